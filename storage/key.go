@@ -1,0 +1,90 @@
+package storage
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Kind names the protocol family an object belongs to. It is part of the object's identity,
+// so a Gradle entry and an Nx entry with the same key never collide.
+type Kind string
+
+// The kinds Kura stores. Bazel's HTTP cache and REAPI share KindCAS and KindAC, so a blob
+// written by one protocol is readable by the other.
+const (
+	KindXcode    Kind = "xcode"    // Xcode CAS artifacts (/api/cache/cas)
+	KindKeyValue Kind = "keyvalue" // keyvalue documents (/api/cache/keyvalue), kept inline in metadata
+	KindGradle   Kind = "gradle"   // Gradle build cache entries
+	KindModule   Kind = "module"   // multipart module cache artifacts
+	KindNx       Kind = "nx"       // Nx self-hosted cache artifacts
+	KindMetro    Kind = "metro"    // Metro HttpStore entries
+	KindCAS      Kind = "cas"      // Bazel content-addressable blobs (REAPI and HTTP /cas/)
+	KindAC       Kind = "ac"       // Bazel action-cache entries (REAPI and HTTP /ac/)
+)
+
+// Kinds lists every valid kind, in a fixed order (used by namespace clean and metrics).
+var Kinds = []Kind{KindXcode, KindKeyValue, KindGradle, KindModule, KindNx, KindMetro, KindCAS, KindAC}
+
+// Valid reports whether k is one of the kinds above.
+func (k Kind) Valid() bool {
+	for _, known := range Kinds {
+		if k == known {
+			return true
+		}
+	}
+	return false
+}
+
+// LastWriterWins reports whether a newer write replaces an existing object of this kind.
+// Keyvalue documents and action-cache entries are mutable (last writer wins, by Version);
+// every other kind is immutable once written (first writer wins, later writes are no-ops).
+func (k Kind) LastWriterWins() bool { return k == KindKeyValue || k == KindAC }
+
+// MaxIdentifierBytes bounds tenant ids, namespace ids and object names.
+const MaxIdentifierBytes = 1024
+
+// Key is the full identity of a stored object. Two keys that differ in any field name
+// different objects: tenant A can never read tenant B's objects.
+type Key struct {
+	Tenant    string
+	Namespace string
+	Kind      Kind
+	Name      string
+}
+
+// String renders the key for logs; it is not an encoding and is never parsed.
+func (k Key) String() string {
+	return fmt.Sprintf("%s/%s/%s/%s", k.Tenant, k.Namespace, k.Kind, k.Name)
+}
+
+// Validate checks every field; the error wraps ErrInvalidKey and names the bad field.
+func (k Key) Validate() error {
+	if err := ValidateIdentifier("tenant_id", k.Tenant); err != nil {
+		return err
+	}
+	if err := ValidateIdentifier("namespace_id", k.Namespace); err != nil {
+		return err
+	}
+	if !k.Kind.Valid() {
+		return fmt.Errorf("%w: unknown kind %q", ErrInvalidKey, k.Kind)
+	}
+	return ValidateIdentifier("key", k.Name)
+}
+
+// ValidateIdentifier checks one identifier taken from a request: non-empty, at most
+// MaxIdentifierBytes, valid UTF-8, no NUL byte. Identifiers are never used as file paths,
+// so no further restriction is needed for safety; protocols add their own patterns.
+func ValidateIdentifier(field, value string) error {
+	switch {
+	case value == "":
+		return fmt.Errorf("%w: %s is empty", ErrInvalidKey, field)
+	case len(value) > MaxIdentifierBytes:
+		return fmt.Errorf("%w: %s is longer than %d bytes", ErrInvalidKey, field, MaxIdentifierBytes)
+	case !utf8.ValidString(value):
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidKey, field)
+	case strings.IndexByte(value, 0) >= 0:
+		return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalidKey, field)
+	}
+	return nil
+}

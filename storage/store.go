@@ -1,0 +1,106 @@
+package storage
+
+import (
+	"context"
+	"encoding/hex"
+	"io"
+	"time"
+)
+
+// Info describes a stored object.
+type Info struct {
+	Key         Key
+	Size        int64
+	ContentType string
+	// SHA256 is the digest of the stored body, computed while it streamed in.
+	SHA256 [32]byte
+	// Version orders writes (last-writer-wins, tombstones). It is also the creation time.
+	Version Version
+}
+
+// ETag is the strong HTTP entity tag of the body.
+func (i Info) ETag() string { return `"` + hex.EncodeToString(i.SHA256[:]) + `"` }
+
+// CreatedAt is the wall time of the write that produced the object.
+func (i Info) CreatedAt() time.Time { return i.Version.Time() }
+
+// UnknownSize marks a body whose length is not known in advance (chunked uploads).
+const UnknownSize = -1
+
+// PutOptions qualify one write.
+type PutOptions struct {
+	// ContentType is stored and served back with the body.
+	ContentType string
+	// Size is the body length when the client declared it, or UnknownSize. A body that ends
+	// early or runs past a declared Size fails with ErrDigestMismatch and nothing is stored.
+	Size int64
+	// Limit is the most body bytes accepted; 0 means no limit. A longer body fails with
+	// ErrTooLarge after at most Limit+1 bytes were read, and nothing is stored.
+	Limit int64
+	// ExpectedSHA256, when set, must equal the body's SHA-256, else ErrDigestMismatch.
+	ExpectedSHA256 *[32]byte
+	// Version to record. Zero means "now" on the store's clock; replication passes the
+	// origin's version so every node orders the write the same way.
+	Version Version
+}
+
+// PutResult reports what a write did.
+type PutResult struct {
+	Info Info
+	// Created is false when the write changed nothing: an immutable kind whose key already
+	// existed (first writer wins), or a versioned write older than the stored state.
+	Created bool
+}
+
+// Reader streams one object's body. Read verifies checksums as it goes and returns an error
+// wrapping ErrCorrupt before handing out any byte of a block that fails verification. The
+// caller must Close it.
+type Reader interface {
+	io.ReadCloser
+	// Info describes the whole object (not just the requested range).
+	Info() Info
+}
+
+// Store keeps objects. Implementations are safe for concurrent use. An acknowledged Put (one
+// that returned a nil error) is durable: it survives a crash of the process or the machine.
+type Store interface {
+	// Stat returns the object's Info, or an error wrapping ErrNotFound.
+	Stat(ctx context.Context, key Key) (Info, error)
+	// Open returns a Reader over length bytes starting at offset (length < 0: to the end).
+	// An offset beyond the size is ErrInvalidKey-free: it yields an empty reader at the end.
+	// Missing objects give an error wrapping ErrNotFound.
+	Open(ctx context.Context, key Key, offset, length int64) (Reader, error)
+	// Put stores body under key. For immutable kinds an existing key is not overwritten and
+	// the body is not read (Created=false). The body is hashed while it streams in and limits
+	// are enforced while streaming; on any error nothing is stored and staged bytes are removed.
+	Put(ctx context.Context, key Key, body io.Reader, opts PutOptions) (PutResult, error)
+	// FindMissing returns the subset of keys that are not stored, in the order given.
+	FindMissing(ctx context.Context, keys []Key) ([]Key, error)
+	// DeleteNamespace removes every object of every kind under tenant/namespace and records a
+	// tombstone at version (zero: now) so that older writes arriving later are ignored.
+	DeleteNamespace(ctx context.Context, tenant, namespace string, version Version) error
+}
+
+// Multipart assembles an object from separately uploaded parts (the module cache protocol).
+// Parts are staged on disk; state survives restarts; abandoned uploads expire.
+type Multipart interface {
+	// StartUpload begins an upload that will be stored under key and returns its id.
+	StartUpload(ctx context.Context, key Key, contentType string) (uploadID string, err error)
+	// PutPart stores (or replaces) one part. Errors: ErrUploadNotFound, ErrInvalidPart,
+	// ErrTooLarge (the part exceeds the per-part limit), ErrUploadTooLarge (the running total
+	// exceeds the upload limit).
+	PutPart(ctx context.Context, uploadID string, partNumber int, body io.Reader) error
+	// CompleteUpload concatenates exactly the listed parts, which must equal the uploaded part
+	// numbers in ascending order (else ErrPartsMismatch), stores the result atomically and
+	// forgets the upload.
+	CompleteUpload(ctx context.Context, uploadID string, parts []int) (PutResult, error)
+}
+
+// Multipart limits from the module cache protocol.
+const (
+	MaxPartBytes   = 10 << 20 // one part
+	MaxUploadBytes = 2 << 30  // all parts of one upload
+	MaxPartNumber  = 10000
+	// UploadExpiry is how long an upload may stay incomplete before the janitor removes it.
+	UploadExpiry = 24 * time.Hour
+)
