@@ -95,7 +95,7 @@ type memReader struct {
 	info storage.Info
 }
 
-func (r *memReader) Close() error        { return nil }
+func (r *memReader) Close() error       { return nil }
 func (r *memReader) Info() storage.Info { return r.info }
 
 // Put implements storage.Store.
