@@ -1,0 +1,66 @@
+package telemetry
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestNewLoggerFormatsAndLevels(t *testing.T) {
+	var buf bytes.Buffer
+	logger, err := NewLogger(&buf, "warn", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger.Info("hidden")
+	logger.Warn("shown", "k", "v")
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("want one JSON record, got %q: %v", buf.String(), err)
+	}
+	if rec["msg"] != "shown" || rec["k"] != "v" {
+		t.Fatalf("unexpected record %v", rec)
+	}
+	buf.Reset()
+	logger, err = NewLogger(&buf, "debug", "text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger.Debug("dbg")
+	if !strings.Contains(buf.String(), "msg=dbg") {
+		t.Fatalf("text handler output %q", buf.String())
+	}
+	for _, bad := range [][2]string{{"loud", "json"}, {"info", "xml"}} {
+		if _, err := NewLogger(&buf, bad[0], bad[1]); err == nil {
+			t.Errorf("NewLogger(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+}
+
+func TestRegistryExportsNodeInfo(t *testing.T) {
+	reg := NewRegistry(NodeIdentity{Node: "n1", Region: "eu", TenantID: "acme", Version: "dev"})
+	want := `
+# HELP kura_node_info Constant 1, labelled with this node's identity.
+# TYPE kura_node_info gauge
+kura_node_info{node="n1",region="eu",tenant_id="acme",version="dev"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kura_node_info"); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sawGo bool
+	for _, f := range families {
+		if f.GetName() == "go_goroutines" {
+			sawGo = true
+		}
+	}
+	if !sawGo {
+		t.Fatal("Go runtime collector missing")
+	}
+}
