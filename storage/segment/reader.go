@@ -1,0 +1,244 @@
+package segment
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+
+	"github.com/kuracache/kura/storage"
+)
+
+// wholeRecordBytes: records up to this size are read with a single pread (body, CRC table
+// and footer together) and served from memory, which for the typical small artifact saves
+// two syscalls and keeps no descriptor open while the caller consumes the body.
+const wholeRecordBytes = 128 << 10
+
+var blockPool = sync.Pool{New: func() any { b := make([]byte, BlockSize); return &b }}
+
+func corruptError(loc Location, format string, args ...any) error {
+	return fmt.Errorf("read record at segment %s offset %d: %w: %s",
+		loc.Segment, loc.Offset, storage.ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// OpenRecord returns a reader over body bytes [offset, offset+length) of the record at loc
+// (length < 0: to the end; an offset at or past the end gives an empty reader). The footer is
+// checked first: magic, CRC, version, name == name, body size == loc.BodySize. Each 64 KiB
+// block is verified against its CRC before any byte of it is returned; a mismatch, a torn or
+// short file, or a missing segment file is an error wrapping storage.ErrCorrupt (the metadata
+// points at bytes that are not what was written). The caller must Close the reader. It reads
+// through its own descriptor, so removing the segment afterwards does not disturb it, and it
+// never takes the append lock.
+func (m *Manager) OpenRecord(loc Location, name []byte, offset, length int64) (io.ReadCloser, error) {
+	if m.closed.Load() {
+		return nil, fmt.Errorf("open record: %w", ErrClosed)
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("open record at segment %s offset %d: negative range offset %d", loc.Segment, loc.Offset, offset)
+	}
+	if loc.Offset < 0 || loc.BodySize < 0 || len(name) > MaxNameBytes || loc.RecordSize != RecordSize(loc.BodySize, len(name)) {
+		return nil, corruptError(loc, "location does not describe a record with a %d-byte name", len(name))
+	}
+	start := min(offset, loc.BodySize)
+	end := loc.BodySize
+	if length >= 0 && length < end-start {
+		end = start + length
+	}
+
+	path := m.segPath(loc.Segment)
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %w", corruptError(loc, "segment file is missing"), err)
+		}
+		return nil, ioError("open segment", path, err)
+	}
+	if loc.RecordSize <= wholeRecordBytes {
+		defer f.Close()
+		return readWholeRecord(f, path, loc, name, start, end)
+	}
+	r, err := openStreamReader(f, path, loc, name, start, end)
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// readAt reads exactly len(p) bytes at off; a short read means the file is shorter than the
+// metadata says (torn by a crash, truncated or the wrong file) and is reported as corruption.
+func readAt(f *os.File, path string, loc Location, p []byte, off int64) error {
+	n, err := f.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return corruptError(loc, "segment file ends after %d of %d bytes at file offset %d", n, len(p), off)
+	}
+	return ioError(fmt.Sprintf("read %d bytes at offset %d of segment", len(p), off), path, err)
+}
+
+// checkFooter decodes the footer bytes and compares them with what the caller expects.
+func checkFooter(loc Location, b, name []byte) error {
+	ft, err := decodeFooter(b)
+	if err != nil {
+		return corruptError(loc, "%v", err)
+	}
+	if !bytes.Equal(ft.name, name) {
+		return corruptError(loc, "record name %q, expected %q", truncateForLog(ft.name), truncateForLog(name))
+	}
+	if ft.bodySize != loc.BodySize {
+		return corruptError(loc, "record body size %d, expected %d", ft.bodySize, loc.BodySize)
+	}
+	return nil
+}
+
+func truncateForLog(b []byte) []byte {
+	if len(b) > 200 {
+		return b[:200]
+	}
+	return b
+}
+
+// blockRange is the first and one-past-last block holding body bytes [start, end).
+func blockRange(start, end int64) (first, last int64) {
+	if start >= end {
+		return 0, 0
+	}
+	return start / BlockSize, (end + BlockSize - 1) / BlockSize
+}
+
+func verifyBlock(loc Location, block int64, data []byte, want uint32) error {
+	if got := crc32.Checksum(data, castagnoli); got != want {
+		return corruptError(loc, "block %d (body bytes %d..%d) CRC %08x, table says %08x",
+			block, block*BlockSize, block*BlockSize+int64(len(data)), got, want)
+	}
+	return nil
+}
+
+func readWholeRecord(f *os.File, path string, loc Location, name []byte, start, end int64) (io.ReadCloser, error) {
+	rec := make([]byte, loc.RecordSize)
+	if err := readAt(f, path, loc, rec, loc.Offset); err != nil {
+		return nil, err
+	}
+	tableAt := loc.BodySize
+	footerAt := tableAt + blockCount(loc.BodySize)*crcEntryLen
+	if err := checkFooter(loc, rec[footerAt:], name); err != nil {
+		return nil, err
+	}
+	first, last := blockRange(start, end)
+	for b := first; b < last; b++ {
+		lo, hi := b*BlockSize, min((b+1)*BlockSize, loc.BodySize)
+		want := binary.LittleEndian.Uint32(rec[tableAt+b*crcEntryLen:])
+		if err := verifyBlock(loc, b, rec[lo:hi], want); err != nil {
+			return nil, err
+		}
+	}
+	return io.NopCloser(bytes.NewReader(rec[start:end])), nil
+}
+
+// streamReader serves a large record block by block, verifying each block before copying any
+// of it out.
+type streamReader struct {
+	f     *os.File
+	path  string
+	loc   Location
+	table []byte // CRC entries of blocks [firstBlock, ...)
+	first int64  // first block of the range
+
+	pos, end int64   // next body offset to return; end of the range
+	buf      *[]byte // pooled block buffer
+	block    int64   // block held in buf, -1 for none
+	blockLen int
+	err      error
+	closed   bool
+}
+
+func openStreamReader(f *os.File, path string, loc Location, name []byte, start, end int64) (*streamReader, error) {
+	ftLen := footerLen(len(name))
+	footerBuf := make([]byte, ftLen)
+	if err := readAt(f, path, loc, footerBuf, loc.Offset+loc.RecordSize-ftLen); err != nil {
+		return nil, err
+	}
+	if err := checkFooter(loc, footerBuf, name); err != nil {
+		return nil, err
+	}
+	r := &streamReader{f: f, path: path, loc: loc, pos: start, end: end, block: -1}
+	first, last := blockRange(start, end)
+	if last > first {
+		// The footer matched, so the record (and with it this table) lies within the file:
+		// the allocation is bounded by what is actually on disk.
+		r.table = make([]byte, (last-first)*crcEntryLen)
+		if err := readAt(f, path, loc, r.table, loc.Offset+loc.BodySize+first*crcEntryLen); err != nil {
+			return nil, err
+		}
+	}
+	r.first = first
+	return r, nil
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	if r.closed {
+		return 0, os.ErrClosed
+	}
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.pos >= r.end {
+		return 0, io.EOF
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	b := r.pos / BlockSize
+	if b != r.block {
+		if err := r.load(b); err != nil {
+			r.err = err
+			return 0, err
+		}
+	}
+	inBlock := r.pos - b*BlockSize
+	avail := min(int64(r.blockLen)-inBlock, r.end-r.pos)
+	n := copy(p, (*r.buf)[inBlock:inBlock+avail])
+	r.pos += int64(n)
+	return n, nil
+}
+
+func (r *streamReader) load(b int64) error {
+	if r.buf == nil {
+		r.buf = blockPool.Get().(*[]byte)
+	}
+	lo := b * BlockSize
+	n := int(min(BlockSize, r.loc.BodySize-lo))
+	data := (*r.buf)[:n]
+	r.block = -1
+	if err := readAt(r.f, r.path, r.loc, data, r.loc.Offset+lo); err != nil {
+		return err
+	}
+	want := binary.LittleEndian.Uint32(r.table[(b-r.first)*crcEntryLen:])
+	if err := verifyBlock(r.loc, b, data, want); err != nil {
+		return err
+	}
+	r.block, r.blockLen = b, n
+	return nil
+}
+
+func (r *streamReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	if r.buf != nil {
+		blockPool.Put(r.buf)
+		r.buf = nil
+	}
+	if err := r.f.Close(); err != nil {
+		return ioError("close segment", r.path, err)
+	}
+	return nil
+}

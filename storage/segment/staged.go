@@ -1,0 +1,319 @@
+package segment
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// spillBufferBytes is the write buffer in front of a staging file: large enough that a
+// caller copying in 32 KiB chunks costs one write syscall per 256 KiB.
+const spillBufferBytes = 256 << 10
+
+type stagedState int
+
+const (
+	stagedOpen stagedState = iota
+	stagedCommitted
+	stagedAborted
+)
+
+// Staged is a record being written. It is used by one goroutine at a time: Write the body,
+// then Commit (or Abort). It hashes and checksums every byte as it arrives, in one pass,
+// so Commit never re-reads the body.
+type Staged struct {
+	m    *Manager
+	name []byte
+
+	sha  hash.Hash
+	crcs crcTable
+	size int64
+
+	buf []byte // the body while it fits in memory (reserved room for CRC table and footer)
+
+	f *os.File // the staging file once the body spilled
+	w *bufio.Writer
+
+	state stagedState
+	err   error // sticky: the first failed write
+}
+
+// Stage starts a record named name. The name is stored in the record's footer and every read
+// must present the same name, which catches metadata that points at the wrong bytes.
+func (m *Manager) Stage(name []byte) (*Staged, error) {
+	if m.closed.Load() {
+		return nil, fmt.Errorf("stage record: %w", ErrClosed)
+	}
+	if len(name) > MaxNameBytes {
+		return nil, fmt.Errorf("stage record: name is %d bytes, longer than %d", len(name), MaxNameBytes)
+	}
+	return &Staged{m: m, name: append([]byte(nil), name...), sha: sha256.New()}, nil
+}
+
+// tailReserve is what Commit appends after an in-memory body: the CRC table and the footer.
+func (s *Staged) tailReserve(bodySize int64) int {
+	return int(blockCount(bodySize))*crcEntryLen + int(footerLen(len(s.name)))
+}
+
+// Write appends p to the body. After an error the record is dead: every later Write and the
+// Commit return that error, and the caller should Abort.
+func (s *Staged) Write(p []byte) (int, error) {
+	if s.state != stagedOpen {
+		return 0, errors.New("write to staged record: already committed or aborted")
+	}
+	if s.err != nil {
+		return 0, s.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.sha.Write(p)
+	s.crcs.write(p)
+	newSize := s.size + int64(len(p))
+	if s.f == nil && newSize <= s.m.opts.SpillThreshold {
+		s.grow(newSize)
+		s.buf = append(s.buf, p...)
+		s.size = newSize
+		return len(p), nil
+	}
+	if s.f == nil {
+		if err := s.spill(); err != nil {
+			s.err = err
+			return 0, err
+		}
+	}
+	if _, err := s.w.Write(p); err != nil {
+		s.err = ioError("write staging file", s.f.Name(), err)
+		return 0, s.err
+	}
+	s.size = newSize
+	return len(p), nil
+}
+
+// grow makes room for a body of newSize bytes plus the record tail, doubling like append but
+// never past what the spill threshold allows, so an in-memory record costs at most
+// SpillThreshold plus its tail.
+func (s *Staged) grow(newSize int64) {
+	need := int(newSize) + s.tailReserve(newSize)
+	if need <= cap(s.buf) {
+		return
+	}
+	limit := int(s.m.opts.SpillThreshold) + s.tailReserve(s.m.opts.SpillThreshold)
+	nb := append(getBuf(bufCap(max(need, 2*cap(s.buf)), limit)), s.buf...)
+	if s.buf != nil {
+		putBuf(s.buf)
+	}
+	s.buf = nb
+}
+
+// spill moves the in-memory body to a new staging file; from here on the body streams to disk.
+func (s *Staged) spill() error {
+	f, err := os.CreateTemp(s.m.opts.TmpDir, stagePrefix+"*"+stageSuffix)
+	if err != nil {
+		return ioError("create staging file in", s.m.opts.TmpDir, err)
+	}
+	s.f = f
+	s.w = spillWriters.Get().(*bufio.Writer)
+	s.w.Reset(opsWriter{f: f, ops: &s.m.ops})
+	_, err = s.w.Write(s.buf)
+	if s.buf != nil {
+		putBuf(s.buf)
+		s.buf = nil
+	}
+	if err != nil {
+		return ioError("write staging file", f.Name(), err)
+	}
+	return nil
+}
+
+// releaseBuffers returns the staging buffers to their pools once the record is done with them.
+func (s *Staged) releaseBuffers() {
+	if s.buf != nil {
+		putBuf(s.buf)
+		s.buf = nil
+	}
+	if s.w != nil {
+		s.w.Reset(nil)
+		spillWriters.Put(s.w)
+		s.w = nil
+	}
+}
+
+// opsWriter routes staging-file writes through the Manager's fileOps (fault injection).
+type opsWriter struct {
+	f   *os.File
+	ops *fileOps
+}
+
+func (w opsWriter) Write(p []byte) (int, error) { return w.ops.write(w.f, p) }
+
+// Size is the number of body bytes written so far.
+func (s *Staged) Size() int64 { return s.size }
+
+// SHA256 is the digest of the body written so far.
+func (s *Staged) SHA256() [32]byte {
+	var d [32]byte
+	s.sha.Sum(d[:0])
+	return d
+}
+
+// Commit makes the record durable and returns where it is. A body that stayed in memory is
+// appended to the shared active segment and shares an fdatasync with concurrent commits. A
+// spilled body gets its CRC table and footer appended to the staging file, which is synced and
+// renamed into Dir as a segment of its own (copied when TmpDir is on another filesystem), and
+// the directory is synced. After a nil error the record survives kill -9 and power loss; after
+// an error nothing has to be cleaned up and the returned Location must not be used. Commit
+// ends the Staged either way. ctx is honoured before anything is written and while waiting
+// for a shared sync; a spilled record's own fsync and rename are not interruptible.
+func (s *Staged) Commit(ctx context.Context) (Location, error) {
+	if s.state != stagedOpen {
+		return Location{}, errors.New("commit staged record: already committed or aborted")
+	}
+	if s.err != nil {
+		err := s.err
+		s.Abort()
+		return Location{}, err
+	}
+	if err := s.m.enter(); err != nil {
+		s.Abort()
+		return Location{}, fmt.Errorf("commit record: %w", err)
+	}
+	defer s.m.inflight.Done()
+	if err := ctx.Err(); err != nil {
+		s.Abort()
+		return Location{}, fmt.Errorf("commit record: %w", context.Cause(ctx))
+	}
+	ft := footer{name: s.name, bodySize: s.size, sha256: s.SHA256()}
+	if s.f == nil {
+		// grow reserved room for the tail, so these appends never reallocate.
+		rec := s.crcs.appendTo(s.buf)
+		rec = appendFooter(rec, ft)
+		s.buf = rec
+		s.state = stagedCommitted
+		loc, err := s.m.appendRecord(ctx, rec, s.size)
+		// appendRecord's pwrite has completed either way: the buffer is free.
+		s.releaseBuffers()
+		return loc, err
+	}
+	loc, err := s.commitSpilled(ft)
+	if err != nil {
+		s.Abort()
+		return Location{}, err
+	}
+	s.state = stagedCommitted
+	s.releaseBuffers()
+	return loc, nil
+}
+
+// commitSpilled turns the staging file into a segment of its own.
+func (s *Staged) commitSpilled(ft footer) (Location, error) {
+	m := s.m
+	tail := s.crcs.appendTo(make([]byte, 0, s.crcs.encodedLen()+int(footerLen(len(ft.name)))))
+	tail = appendFooter(tail, ft)
+	if _, err := s.w.Write(tail); err != nil {
+		return Location{}, ioError("write staging file", s.f.Name(), err)
+	}
+	if err := s.w.Flush(); err != nil {
+		return Location{}, ioError("write staging file", s.f.Name(), err)
+	}
+	if err := m.ops.datasync(s.f); err != nil {
+		return Location{}, ioError("sync staging file", s.f.Name(), err)
+	}
+	recordSize := s.size + int64(len(tail))
+
+	m.mu.Lock()
+	id := m.nextID
+	m.nextID++
+	m.mu.Unlock()
+	dst := m.segPath(id)
+	if err := m.ops.rename(s.f.Name(), dst); err != nil {
+		if !errors.Is(err, syscall.EXDEV) {
+			return Location{}, ioError("move staged record into", dst, err)
+		}
+		if err := s.copyInto(dst); err != nil {
+			return Location{}, err
+		}
+	}
+	// From here the staging file is either renamed or copied; Abort must not touch dst.
+	if err := s.f.Close(); err != nil {
+		m.log.Warn("close staging file", "path", s.f.Name(), "error", err)
+	}
+	if err := os.Remove(s.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.log.Warn("remove copied staging file", "path", s.f.Name(), "error", err)
+	}
+	s.f = nil
+	if err := syncDir(m.dir); err != nil {
+		// Unacknowledged, so the file is garbage; drop it rather than leave it unaccounted.
+		_ = os.Remove(dst)
+		return Location{}, err
+	}
+	m.mu.Lock()
+	m.insertLocked(&segEntry{id: id, size: recordSize})
+	m.mu.Unlock()
+	m.spills.Add(1)
+	return Location{Segment: id, Offset: 0, BodySize: s.size, RecordSize: recordSize}, nil
+}
+
+// copyInto copies the staging file to dst when a rename cannot cross filesystems. The copy
+// is built under a ".partial" name (removed by Open if we crash) and renamed once synced, so
+// Dir never holds a torn segment under a real segment name.
+func (s *Staged) copyInto(dst string) error {
+	m := s.m
+	partial := dst[:len(dst)-len(segSuffix)] + partialSuffix
+	out, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return ioError("create segment copy", partial, err)
+	}
+	fail := func(err error) error {
+		_ = out.Close()
+		_ = os.Remove(partial)
+		return err
+	}
+	if _, err := s.f.Seek(0, 0); err != nil {
+		return fail(ioError("rewind staging file", s.f.Name(), err))
+	}
+	buf := make([]byte, spillBufferBytes)
+	// The struct hides (*os.File).WriteTo so the copy goes through buf and fileOps.
+	if _, err := io.CopyBuffer(opsWriter{f: out, ops: &m.ops}, struct{ io.Reader }{s.f}, buf); err != nil {
+		return fail(ioError("copy staged record to", partial, err))
+	}
+	if err := m.ops.datasync(out); err != nil {
+		return fail(ioError("sync segment copy", partial, err))
+	}
+	if err := out.Close(); err != nil {
+		_ = os.Remove(partial)
+		return ioError("close segment copy", partial, err)
+	}
+	if err := os.Rename(partial, dst); err != nil {
+		_ = os.Remove(partial)
+		return ioError("rename segment copy to", dst, err)
+	}
+	m.log.Debug("staged record copied across filesystems", "from", s.f.Name(), "to", filepath.Base(dst))
+	return nil
+}
+
+// Abort discards the record and removes its staging file. It is safe after Commit (a no-op)
+// and when called twice.
+func (s *Staged) Abort() {
+	if s.state == stagedCommitted || s.state == stagedAborted {
+		return
+	}
+	s.state = stagedAborted
+	s.releaseBuffers()
+	if s.f != nil {
+		name := s.f.Name()
+		_ = s.f.Close()
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.m.log.Warn("remove staging file", "path", name, "error", err)
+		}
+		s.f = nil
+	}
+}
