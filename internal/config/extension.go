@@ -1,0 +1,245 @@
+package config
+
+import (
+	"encoding/base64"
+	"errors"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+// ExtensionConfig configures the Lua policy hooks (SPEC §8). The resource maps are keyed by
+// ResourceID (upper-cased id), collected from every KURA_EXTENSION_<FAMILY>_<ID>_<FIELD>
+// variable in the environment.
+type ExtensionConfig struct {
+	Enabled                 bool
+	ScriptPath              string
+	HookTimeout             time.Duration // KURA_EXTENSION_HOOK_TIMEOUT_MS, 25ms
+	AuthCacheAllowTTL       time.Duration // 600s; 0 = allow decisions are not cached
+	AuthCacheDenyTTL        time.Duration // 3s; 0 = deny decisions are not cached
+	FailClosedAuthenticate  bool          // true: a failing authenticate hook answers 401
+	FailClosedAuthorize     bool          // true: a failing authorize hook answers 403
+	FailOpenResponseHeaders bool          // true: a failing response_headers hook adds nothing
+	Signers                 map[string]Signer
+	JWTVerifiers            map[string]JWTVerifier
+	HTTPClients             map[string]HTTPClient
+}
+
+// Signer backs kura.sign_hmac_base64.
+type Signer struct {
+	Algorithm string // "hmac-sha256", the only one supported
+	Secret    []byte // decoded from the base64 variable: raw key bytes
+}
+
+// JWTVerifier backs kura.jwt_verify.
+type JWTVerifier struct {
+	Algorithm string   // "HS256", "HS384" or "HS512"
+	Secret    []byte   // the variable's bytes as written (not base64), as the original does
+	Issuer    string   // empty = iss not checked
+	Audiences []string // empty = aud not checked
+}
+
+// HTTPClient backs kura.http_json.
+type HTTPClient struct {
+	BaseURL        string // absolute http(s) URL without trailing slash
+	ConnectTimeout time.Duration
+	RequestTimeout time.Duration
+}
+
+// Defaults of the HTTP client family (the original's values: a policy call sits on the
+// request path, so it must give up quickly).
+const (
+	DefaultHTTPClientConnectTimeout = 500 * time.Millisecond
+	DefaultHTTPClientRequestTimeout = 1500 * time.Millisecond
+)
+
+func (p *parser) extension() ExtensionConfig {
+	e := ExtensionConfig{
+		ScriptPath: p.str(EnvExtensionScriptPath, ""),
+	}
+	enabled, set := p.boolean(EnvExtensionEnabled, false)
+	// Setting only the script path enables the hooks, as in the original.
+	e.Enabled = enabled || (!set && e.ScriptPath != "")
+	e.HookTimeout = p.duration(EnvExtensionHookTimeoutMS, 25*time.Millisecond, time.Millisecond, 1)
+	e.AuthCacheAllowTTL = p.duration(EnvExtensionAllowTTLSeconds, 600*time.Second, time.Second, 0)
+	e.AuthCacheDenyTTL = p.duration(EnvExtensionDenyTTLSeconds, 3*time.Second, time.Second, 0)
+	e.FailClosedAuthenticate, _ = p.boolean(EnvExtensionFailClosedAuthn, true)
+	e.FailClosedAuthorize, _ = p.boolean(EnvExtensionFailClosedAuthz, true)
+	e.FailOpenResponseHeaders, _ = p.boolean(EnvExtensionFailOpenRespHeader, true)
+
+	if e.Enabled {
+		switch {
+		case e.ScriptPath == "":
+			p.problem(EnvExtensionScriptPath, "required when %s is true", EnvExtensionEnabled)
+		default:
+			if err := checkReadableFile(e.ScriptPath); err != nil {
+				p.problem(EnvExtensionScriptPath, "cannot read the script: %v", err)
+			}
+		}
+	}
+
+	e.Signers = p.signers()
+	e.JWTVerifiers = p.jwtVerifiers()
+	e.HTTPClients = p.httpClients()
+	return e
+}
+
+// family collects id → field → variable name for one prefix, in sorted id order so
+// problems come out deterministically.
+func (p *parser) family(prefix string) (ids []string, vars map[string]map[string]string) {
+	vars = make(map[string]map[string]string)
+	for name := range p.env {
+		id, field, ok := splitFamily(prefix, name)
+		if !ok {
+			continue
+		}
+		if _, ok := p.get(name); !ok {
+			continue
+		}
+		if vars[id] == nil {
+			vars[id] = make(map[string]string)
+			ids = append(ids, id)
+		}
+		vars[id][field] = name
+	}
+	sort.Strings(ids)
+	return ids, vars
+}
+
+func (p *parser) signers() map[string]Signer {
+	ids, vars := p.family(EnvSignerPrefix)
+	out := make(map[string]Signer, len(ids))
+	for _, id := range ids {
+		f := vars[id]
+		s := Signer{Algorithm: "hmac-sha256"}
+		ok := true
+		if name, set := f["ALGORITHM"]; set {
+			v, _ := p.get(name)
+			switch strings.ToLower(v) {
+			case "hmac-sha256", "hmac_sha256", "hmacsha256":
+			default:
+				p.problem(name, "unsupported signer algorithm %q (only hmac-sha256)", v)
+				ok = false
+			}
+		}
+		if name, set := f["SECRET"]; set {
+			v, _ := p.get(name)
+			// A set variable is non-empty, so valid base64 never decodes to an empty key.
+			key, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				p.problem(name, "is not base64 of the raw key bytes: %v", err)
+				ok = false
+			}
+			s.Secret = key
+		} else {
+			p.problem(EnvSignerPrefix+id+"_SECRET", "required because %s is set", someName(f))
+			ok = false
+		}
+		if ok {
+			out[id] = s
+		}
+	}
+	return out
+}
+
+func (p *parser) jwtVerifiers() map[string]JWTVerifier {
+	ids, vars := p.family(EnvJWTVerifierPrefix)
+	out := make(map[string]JWTVerifier, len(ids))
+	for _, id := range ids {
+		f := vars[id]
+		j := JWTVerifier{Algorithm: "HS256"}
+		ok := true
+		if name, set := f["ALGORITHM"]; set {
+			v, _ := p.get(name)
+			switch up := strings.ToUpper(v); up {
+			case "HS256", "HS384", "HS512":
+				j.Algorithm = up
+			default:
+				p.problem(name, "unsupported JWT algorithm %q (HS256, HS384 or HS512)", v)
+				ok = false
+			}
+		}
+		if name, set := f["SECRET"]; set {
+			v, _ := p.get(name)
+			j.Secret = []byte(v)
+		} else {
+			p.problem(EnvJWTVerifierPrefix+id+"_SECRET", "required because %s is set", someName(f))
+			ok = false
+		}
+		if name, set := f["ISSUER"]; set {
+			j.Issuer, _ = p.get(name)
+		}
+		if name, set := f["AUDIENCES"]; set {
+			v, _ := p.get(name)
+			for a := range strings.SplitSeq(v, ",") {
+				if a = strings.TrimSpace(a); a != "" {
+					j.Audiences = append(j.Audiences, a)
+				}
+			}
+		}
+		if ok {
+			out[id] = j
+		}
+	}
+	return out
+}
+
+func (p *parser) httpClients() map[string]HTTPClient {
+	ids, vars := p.family(EnvHTTPClientPrefix)
+	out := make(map[string]HTTPClient, len(ids))
+	for _, id := range ids {
+		f := vars[id]
+		before := len(p.problems)
+		c := HTTPClient{ConnectTimeout: DefaultHTTPClientConnectTimeout, RequestTimeout: DefaultHTTPClientRequestTimeout}
+		if name, set := f["BASE_URL"]; set {
+			v, _ := p.get(name)
+			u, err := httpURL(v)
+			if err != nil {
+				p.problem(name, "%v", err)
+			}
+			c.BaseURL = u
+		} else {
+			p.problem(EnvHTTPClientPrefix+id+"_BASE_URL", "required because %s is set", someName(f))
+		}
+		if name, set := f["CONNECT_TIMEOUT_MS"]; set {
+			c.ConnectTimeout = p.duration(name, c.ConnectTimeout, time.Millisecond, 1)
+		}
+		if name, set := f["REQUEST_TIMEOUT_MS"]; set {
+			c.RequestTimeout = p.duration(name, c.RequestTimeout, time.Millisecond, 1)
+		}
+		if len(p.problems) == before {
+			out[id] = c
+		}
+	}
+	return out
+}
+
+// someName returns one variable of a resource, for "required because X is set" messages.
+func someName(fields map[string]string) string {
+	names := make([]string, 0, len(fields))
+	for _, n := range fields {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names[0]
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// checkReadableFile proves path is a regular file this process can open for reading.
+func checkReadableFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err // *PathError already says "open <path>: <reason>"
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return &os.PathError{Op: "open", Path: path, Err: errNotRegular}
+	}
+	return nil
+}

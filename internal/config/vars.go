@@ -1,0 +1,206 @@
+package config
+
+import "strings"
+
+// Variable names. Load reads exactly these (plus the extension families below); Usage and
+// the unknown-variable warning are generated from the variables table, so the three never
+// drift apart (a test checks it).
+const (
+	EnvBindAddress  = "KURA_BIND_ADDRESS"
+	EnvPort         = "KURA_PORT"
+	EnvGRPCPort     = "KURA_GRPC_PORT"
+	EnvGossipPort   = "KURA_GOSSIP_PORT"
+	EnvInternalPort = "KURA_INTERNAL_PORT"
+	EnvTenantID     = "KURA_TENANT_ID"
+	EnvRegion       = "KURA_REGION"
+	EnvNodeURL      = "KURA_NODE_URL"
+	EnvNodeName     = "KURA_NODE_NAME"
+
+	EnvDataDir          = "KURA_DATA_DIR"
+	EnvTmpDir           = "KURA_TMP_DIR"
+	EnvDiskBudgetBytes  = "KURA_DISK_BUDGET_BYTES"
+	EnvMaxKeyValueBytes = "KURA_MAX_KEYVALUE_BYTES"
+	EnvMaxXcodeBytes    = "KURA_MAX_XCODE_BYTES"
+
+	EnvPeers               = "KURA_PEERS"
+	EnvDiscoveryDNSName    = "KURA_DISCOVERY_DNS_NAME"
+	EnvGossipKey           = "KURA_GOSSIP_KEY"
+	EnvInternalTLSCACert   = "KURA_INTERNAL_TLS_CA_CERT_PATH"
+	EnvInternalTLSCert     = "KURA_INTERNAL_TLS_CERT_PATH"
+	EnvInternalTLSKey      = "KURA_INTERNAL_TLS_KEY_PATH"
+	EnvFDPoolSize          = "KURA_FILE_DESCRIPTOR_POOL_SIZE"
+	EnvFDAcquireTimeoutMS  = "KURA_FILE_DESCRIPTOR_ACQUIRE_TIMEOUT_MS"
+	EnvSegmentHandleCache  = "KURA_SEGMENT_HANDLE_CACHE_SIZE"
+	EnvMemorySoftLimit     = "KURA_MEMORY_SOFT_LIMIT_BYTES"
+	EnvMemoryHardLimit     = "KURA_MEMORY_HARD_LIMIT_BYTES"
+	EnvManifestCacheMax    = "KURA_MANIFEST_CACHE_MAX_BYTES"
+	EnvMetaMaxOpenFiles    = "KURA_METADATA_STORE_MAX_OPEN_FILES"
+	EnvMetaMaxBGJobs       = "KURA_METADATA_STORE_MAX_BACKGROUND_JOBS"
+	EnvMetaReadCache       = "KURA_METADATA_STORE_READ_CACHE_BYTES"
+	EnvMetaWriteBufferPool = "KURA_METADATA_STORE_WRITE_BUFFER_POOL_BYTES"
+	EnvMetaWriteBuffer     = "KURA_METADATA_STORE_WRITE_BUFFER_BYTES"
+	EnvMetaMaxWriteBuffers = "KURA_METADATA_STORE_MAX_WRITE_BUFFERS"
+
+	EnvOTelEndpoint    = "KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+	EnvOTelServiceName = "KURA_OTEL_SERVICE_NAME"
+	EnvOTelEnvironment = "KURA_OTEL_DEPLOYMENT_ENVIRONMENT"
+	EnvLogLevel        = "KURA_LOG_LEVEL"
+	EnvLogFormat       = "KURA_LOG_FORMAT"
+
+	EnvExtensionEnabled            = "KURA_EXTENSION_ENABLED"
+	EnvExtensionScriptPath         = "KURA_EXTENSION_SCRIPT_PATH"
+	EnvExtensionHookTimeoutMS      = "KURA_EXTENSION_HOOK_TIMEOUT_MS"
+	EnvExtensionAllowTTLSeconds    = "KURA_EXTENSION_AUTH_CACHE_ALLOW_TTL_SECONDS"
+	EnvExtensionDenyTTLSeconds     = "KURA_EXTENSION_AUTH_CACHE_DENY_TTL_SECONDS"
+	EnvExtensionFailClosedAuthn    = "KURA_EXTENSION_FAIL_CLOSED_AUTHENTICATE"
+	EnvExtensionFailClosedAuthz    = "KURA_EXTENSION_FAIL_CLOSED_AUTHORIZE"
+	EnvExtensionFailOpenRespHeader = "KURA_EXTENSION_FAIL_OPEN_RESPONSE_HEADERS"
+
+	// Prefixes of the per-resource extension families: <prefix><ID>_<FIELD>.
+	EnvSignerPrefix      = "KURA_EXTENSION_SIGNER_"
+	EnvJWTVerifierPrefix = "KURA_EXTENSION_JWT_VERIFIER_"
+	EnvHTTPClientPrefix  = "KURA_EXTENSION_HTTP_CLIENT_"
+
+	EnvAnalyticsServerURL       = "KURA_ANALYTICS_SERVER_URL"
+	EnvAnalyticsSigningKey      = "KURA_ANALYTICS_SIGNING_KEY"
+	EnvAnalyticsBatchSize       = "KURA_ANALYTICS_BATCH_SIZE"
+	EnvAnalyticsBatchTimeoutMS  = "KURA_ANALYTICS_BATCH_TIMEOUT_MS"
+	EnvAnalyticsQueueCapacity   = "KURA_ANALYTICS_QUEUE_CAPACITY"
+	EnvAnalyticsRequestTimeout  = "KURA_ANALYTICS_REQUEST_TIMEOUT_MS"
+	EnvAnalyticsBreakerFailures = "KURA_ANALYTICS_CIRCUIT_BREAKER_FAILURE_THRESHOLD"
+	EnvAnalyticsBreakerOpenMS   = "KURA_ANALYTICS_CIRCUIT_BREAKER_OPEN_MS"
+)
+
+// varSpec documents one variable for Usage.
+type varSpec struct {
+	name    string
+	def     string // the default as shown by --help ("auto: rule" for derived values)
+	meaning string
+	family  bool // a <ID> pattern, not a literal name
+}
+
+type varGroup struct {
+	title string
+	vars  []varSpec
+}
+
+// variables is the single table behind Usage and unknown-variable detection, grouped like
+// the SPEC.
+var variables = []varGroup{
+	{"Listeners and identity", []varSpec{
+		{name: EnvBindAddress, def: "0.0.0.0", meaning: "IP address every listener binds to (127.0.0.1 in tests)"},
+		{name: EnvPort, def: "4000", meaning: "public HTTP API port"},
+		{name: EnvGRPCPort, def: "50051", meaning: "REAPI gRPC port (Bazel, Buck2)"},
+		{name: EnvGossipPort, def: "7946", meaning: "memberlist gossip port (TCP and UDP)"},
+		{name: EnvInternalPort, def: "7443", meaning: "internal gRPC plane between nodes; never served on the public port"},
+		{name: EnvTenantID, def: "default", meaning: "tenant for protocols that carry none, and the mesh identity: nodes only join peers of the same tenant"},
+		{name: EnvRegion, def: "local", meaning: "region label advertised in gossip, /up and metrics"},
+		{name: EnvNodeURL, def: "http://<hostname>:$KURA_PORT", meaning: "canonical public URL of this node"},
+		{name: EnvNodeName, def: "<hostname>", meaning: "unique member name in gossip"},
+	}},
+	{"Storage", []varSpec{
+		{name: EnvDataDir, def: "./kura-data", meaning: "persistent state (metadata store, segment files); locked by one process"},
+		{name: EnvTmpDir, def: "$KURA_DATA_DIR/tmp", meaning: "staged request bodies and multipart parts"},
+		{name: EnvDiskBudgetBytes, def: "auto: 50% of the data directory's filesystem size", meaning: "segment bytes kept before cold data is evicted"},
+		{name: EnvMaxKeyValueBytes, def: "1048576", meaning: "keyvalue payload limit (public and replication)"},
+		{name: EnvMaxXcodeBytes, def: "268435456 (256 MiB)", meaning: "Xcode CAS upload limit"},
+	}},
+	{"Cluster", []varSpec{
+		{name: EnvPeers, def: "empty", meaning: "seed peers, comma-separated host:port of their gossip listener, or URLs (gossip on $KURA_GOSSIP_PORT)"},
+		{name: EnvDiscoveryDNSName, def: "empty", meaning: "DNS name whose A/AAAA (or SRV) records are gossip seeds; re-resolved periodically"},
+		{name: EnvGossipKey, def: "empty", meaning: "base64 AES key (16, 24 or 32 bytes) encrypting gossip; nodes without it never join"},
+		{name: EnvInternalTLSCACert, def: "empty", meaning: "CA that client and server certificates of the internal plane must chain to"},
+		{name: EnvInternalTLSCert, def: "empty", meaning: "this node's certificate (server and client auth) for the internal plane"},
+		{name: EnvInternalTLSKey, def: "empty", meaning: "private key of that certificate; all three TLS paths set = mTLS, some set = error"},
+	}},
+	{"Runtime budgets (usable_fds = RLIMIT_NOFILE - 128; memory = the smaller of the cgroup limit and physical memory)", []varSpec{
+		{name: EnvFDPoolSize, def: "auto: usable_fds/8 clamped to [64, 256]", meaning: "descriptors request and background file I/O may hold at once"},
+		{name: EnvFDAcquireTimeoutMS, def: "5000", meaning: "wait for a pooled descriptor before failing with 503 / RESOURCE_EXHAUSTED"},
+		{name: EnvSegmentHandleCache, def: "auto: pool/4 clamped to [16, 64], below the pool", meaning: "segment read handles kept open; must stay below the FD pool"},
+		{name: EnvMemorySoftLimit, def: "auto: 70% of memory (MiB-rounded), min 128 MiB", meaning: "above it Kura sheds optional memory use (cache admission, refresh)"},
+		{name: EnvMemoryHardLimit, def: "auto: 85% of memory (MiB-rounded), >= soft + 64 MiB", meaning: "above it Kura pauses replication work and trims caches"},
+		{name: EnvManifestCacheMax, def: "auto: soft/16 (MiB-rounded) clamped to [8, 64] MiB", meaning: "in-memory manifest hot cache; must stay below the soft limit"},
+		{name: EnvMetaMaxOpenFiles, def: "auto: usable_fds/2 clamped to [128, 1024]", meaning: "descriptors the metadata store (Pebble) may keep open"},
+		{name: EnvMetaMaxBGJobs, def: "auto: CPU count clamped to [1, 8]", meaning: "metadata store flush and compaction concurrency"},
+		{name: EnvMetaReadCache, def: "auto: memory/32 (MiB-rounded) clamped to [16, 128] MiB", meaning: "metadata store block cache"},
+		{name: EnvMetaWriteBufferPool, def: "auto: memory/32 (MiB-rounded) clamped to [16, 128] MiB", meaning: "total memory for metadata write buffers"},
+		{name: EnvMetaWriteBuffer, def: "auto: pool/4 (MiB-rounded) clamped to [4, 32] MiB", meaning: "size of one metadata write buffer (memtable) before flush"},
+		{name: EnvMetaMaxWriteBuffers, def: "auto: pool/buffer clamped to [2, 8]", meaning: "metadata write buffers kept in memory before writes stall"},
+	}},
+	{"Observability", []varSpec{
+		{name: EnvOTelEndpoint, def: "empty (tracing off)", meaning: "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"},
+		{name: EnvOTelServiceName, def: "kura", meaning: "service.name of exported traces"},
+		{name: EnvOTelEnvironment, def: "empty", meaning: "deployment.environment of exported traces"},
+		{name: EnvLogLevel, def: "info", meaning: "debug, info, warn or error"},
+		{name: EnvLogFormat, def: "json", meaning: "json, or text for humans (logs go to stdout)"},
+	}},
+	{"Extensions and policy (<ID> is any name; scripts refer to it case-insensitively)", []varSpec{
+		{name: EnvExtensionEnabled, def: "false (true when the script path is set)", meaning: "run the Lua policy script"},
+		{name: EnvExtensionScriptPath, def: "empty", meaning: "the Lua script; required and readable when enabled"},
+		{name: EnvExtensionHookTimeoutMS, def: "25", meaning: "time limit of one hook call, enforced even against an infinite loop"},
+		{name: EnvExtensionAllowTTLSeconds, def: "600", meaning: "how long allow decisions are cached (0 = not cached)"},
+		{name: EnvExtensionDenyTTLSeconds, def: "3", meaning: "how long deny decisions are cached (0 = not cached)"},
+		{name: EnvExtensionFailClosedAuthn, def: "true", meaning: "a failing authenticate hook answers 401 (false: anonymous)"},
+		{name: EnvExtensionFailClosedAuthz, def: "true", meaning: "a failing authorize hook answers 403 (false: allow)"},
+		{name: EnvExtensionFailOpenRespHeader, def: "true", meaning: "a failing response_headers hook is skipped and the response goes out without its headers"},
+		{name: EnvSignerPrefix + "<ID>_ALGORITHM", def: "hmac-sha256", meaning: "signer <ID> for kura.sign_hmac_base64", family: true},
+		{name: EnvSignerPrefix + "<ID>_SECRET", def: "required", meaning: "base64 of the signer's raw key bytes", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_ALGORITHM", def: "HS256", meaning: "verifier <ID> for kura.jwt_verify: HS256, HS384 or HS512", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_SECRET", def: "required", meaning: "HMAC secret, used as written", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_ISSUER", def: "empty (not checked)", meaning: "required iss claim", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_AUDIENCES", def: "empty (not checked)", meaning: "comma-separated accepted aud values", family: true},
+		{name: EnvHTTPClientPrefix + "<ID>_BASE_URL", def: "required", meaning: "base URL of client <ID> for kura.http_json", family: true},
+		{name: EnvHTTPClientPrefix + "<ID>_CONNECT_TIMEOUT_MS", def: "500", meaning: "connect timeout", family: true},
+		{name: EnvHTTPClientPrefix + "<ID>_REQUEST_TIMEOUT_MS", def: "1500", meaning: "whole-request timeout", family: true},
+	}},
+	{"Runtime analytics (server URL and signing key: both or neither)", []varSpec{
+		{name: EnvAnalyticsServerURL, def: "empty (analytics off)", meaning: "webhook server; events go to /webhooks/cache and /webhooks/gradle-cache"},
+		{name: EnvAnalyticsSigningKey, def: "empty", meaning: "HMAC-SHA256 key of the x-cache-signature header"},
+		{name: EnvAnalyticsBatchSize, def: "100", meaning: "events per webhook request"},
+		{name: EnvAnalyticsBatchTimeoutMS, def: "5000", meaning: "longest wait before a partial batch is sent"},
+		{name: EnvAnalyticsQueueCapacity, def: "1000", meaning: "events buffered in memory; beyond it events are dropped, never blocking a request"},
+		{name: EnvAnalyticsRequestTimeout, def: "5000", meaning: "timeout of one webhook request"},
+		{name: EnvAnalyticsBreakerFailures, def: "5", meaning: "consecutive failures that open a pipeline's circuit breaker"},
+		{name: EnvAnalyticsBreakerOpenMS, def: "30000", meaning: "how long the breaker stays open before half-opening"},
+	}},
+}
+
+// knownVariable reports whether name is a literal variable of the table.
+func knownVariable(name string) bool {
+	for _, g := range variables {
+		for _, v := range g.vars {
+			if !v.family && v.name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// familyFields maps each extension family prefix to its field suffixes.
+var familyFields = map[string][]string{
+	EnvSignerPrefix:      {"ALGORITHM", "SECRET"},
+	EnvJWTVerifierPrefix: {"ALGORITHM", "SECRET", "ISSUER", "AUDIENCES"},
+	EnvHTTPClientPrefix:  {"BASE_URL", "CONNECT_TIMEOUT_MS", "REQUEST_TIMEOUT_MS"},
+}
+
+// splitFamily splits "<prefix><ID>_<FIELD>" into the normalized ID and the field, for a
+// known prefix and field. IDs may contain underscores; the longest matching field wins
+// (none of the fields is a suffix of another, so the match is unique).
+func splitFamily(prefix, name string) (id, field string, ok bool) {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return "", "", false
+	}
+	for _, f := range familyFields[prefix] {
+		if raw, found := strings.CutSuffix(rest, "_"+f); found && strings.TrimSpace(raw) != "" {
+			return ResourceID(raw), f, true
+		}
+	}
+	return "", "", false
+}
+
+// ResourceID normalizes an extension resource id the way the maps of ExtensionConfig are
+// keyed: trimmed and upper-cased, so a script's kura.sign_hmac_base64("tuist", …) finds
+// KURA_EXTENSION_SIGNER_TUIST_*.
+func ResourceID(id string) string { return strings.ToUpper(strings.TrimSpace(id)) }
