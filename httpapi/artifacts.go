@@ -1,0 +1,225 @@
+package httpapi
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/kuracache/kura/storage"
+)
+
+// putSpec qualifies one blob write.
+type putSpec struct {
+	limit   int64 // most body bytes accepted
+	success int   // status of a stored write
+	// exists is the status when an immutable key already exists (0: success). Nx wants 409.
+	exists int
+	// expected, when set, is the SHA-256 the body must hash to (Bazel CAS).
+	expected *[32]byte
+}
+
+// putBlob streams the request body into the store under t. Immutable kinds are checked first
+// so an existing key is answered without reading a byte of the body (first writer wins).
+func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
+	r := c.Request()
+	ctx := r.Context()
+	tooLarge := tooLargeMessage(spec.limit)
+	existsStatus := spec.exists
+	if existsStatus == 0 {
+		existsStatus = spec.success
+	}
+	if err := checkDeclaredLength(r, spec.limit, tooLarge); err != nil {
+		s.metrics.write(t.surface, resultRejected, 0)
+		return err
+	}
+	if !t.kind.LastWriterWins() {
+		_, err := s.store.Stat(ctx, t.key)
+		if err == nil {
+			s.metrics.write(t.surface, resultExists, 0)
+			return c.NoContent(existsStatus)
+		}
+		if !errors.Is(err, storage.ErrNotFound) {
+			return s.writeFailed(t, "inspect artifact", tooLarge, err)
+		}
+	}
+	br := s.newBodyReader(c, spec.limit)
+	res, err := s.store.Put(ctx, t.key, br, storage.PutOptions{
+		ContentType:    contentType(r),
+		Size:           declaredSize(r),
+		Limit:          spec.limit,
+		ExpectedSHA256: spec.expected,
+	})
+	br.done()
+	switch {
+	case err == nil:
+	case errors.Is(err, storage.ErrStale):
+		// A namespace clean newer than this write already covers it; to the client the write
+		// succeeded and was deleted afterwards.
+		s.metrics.write(t.surface, resultExists, 0)
+		return c.NoContent(spec.success)
+	case br.tooLarge:
+		s.metrics.write(t.surface, resultRejected, 0)
+		return &apiError{status: http.StatusRequestEntityTooLarge, message: tooLarge}
+	case br.clientErr != nil:
+		s.metrics.write(t.surface, resultRejected, 0)
+		return &apiError{status: http.StatusBadRequest, message: msgBodyReadFailure, cause: err}
+	default:
+		return s.writeFailed(t, "store artifact", tooLarge, err)
+	}
+	if !res.Created {
+		// Another request stored the key between our Stat and Put.
+		s.metrics.write(t.surface, resultExists, 0)
+		return c.NoContent(existsStatus)
+	}
+	s.metrics.write(t.surface, resultStored, res.Info.Size)
+	return c.NoContent(spec.success)
+}
+
+// writeFailed maps a store error of a write and counts it.
+func (s *Server) writeFailed(t target, action, tooLarge string, err error) error {
+	ae := storeError(action, tooLarge, err)
+	result := resultRejected
+	if ae.status >= 500 {
+		result = resultError
+	}
+	s.metrics.write(t.surface, result, 0)
+	return ae
+}
+
+// readFailed maps a store error of a read and counts it: a missing object is a miss, a corrupt
+// one (answered 404 as well) and a store failure are errors.
+func (s *Server) readFailed(t target, err error) error {
+	ae := storeError("read artifact", "", err)
+	result := resultError
+	if errors.Is(err, storage.ErrNotFound) {
+		result = resultMiss
+	} else if errors.Is(err, storage.ErrCorrupt) {
+		s.log.Warn("corrupt artifact answered as missing", "key", t.key.String(), "error", err)
+	}
+	s.metrics.read(t.surface, result, 0)
+	return ae
+}
+
+// copyBufSize is the streaming chunk: large enough to amortise syscalls, small enough that many
+// concurrent downloads do not add up to much memory.
+const copyBufSize = 64 << 10
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// serveObject streams t's body. The first chunk is read before any header is written so that a
+// missing or corrupt record becomes a clean 404 or 503; a failure after that aborts the
+// connection (the client sees a truncated transfer, never wrong bytes under a 200).
+func (s *Server) serveObject(c echo.Context, t target) error {
+	r := c.Request()
+	rd, err := s.store.Open(r.Context(), t.key, 0, -1)
+	if err != nil {
+		return s.readFailed(t, err)
+	}
+	defer rd.Close()
+	info := rd.Info()
+	etag := info.ETag()
+	w := c.Response()
+	h := w.Header()
+	if etagMatches(r.Header.Get("If-None-Match"), etag) {
+		h.Set("ETag", etag)
+		s.metrics.read(t.surface, resultHit, 0)
+		return c.NoContent(http.StatusNotModified)
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	n, rerr := readSome(rd, buf)
+	if rerr != nil && !errors.Is(rerr, io.EOF) {
+		return s.readFailed(t, rerr)
+	}
+	setObjectHeaders(h, info)
+	w.WriteHeader(http.StatusOK)
+
+	rc := http.NewResponseController(w)
+	// With no server-wide WriteTimeout, a deadline left behind would hit the connection's next
+	// response.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	var sent int64
+	for {
+		if n > 0 {
+			_ = rc.SetWriteDeadline(time.Now().Add(s.idle))
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				// The client went away or stalled past the idle timeout.
+				s.metrics.read(t.surface, resultError, sent)
+				s.log.Debug("send artifact", "key", t.key.String(), "sent", sent, "error", werr)
+				return nil
+			}
+			sent += int64(n)
+		}
+		if rerr != nil {
+			if errors.Is(rerr, io.EOF) {
+				break
+			}
+			s.metrics.read(t.surface, resultError, sent)
+			s.log.Error("artifact read failed mid-stream; aborting response", "key", t.key.String(),
+				"sent", sent, "size", info.Size, "error", rerr)
+			panic(http.ErrAbortHandler)
+		}
+		n, rerr = rd.Read(buf)
+	}
+	s.metrics.read(t.surface, resultHit, sent)
+	return nil
+}
+
+// setObjectHeaders describes a stored body in a GET or HEAD answer.
+func setObjectHeaders(h http.Header, info storage.Info) {
+	ct := info.ContentType
+	if ct == "" {
+		ct = echo.MIMEOctetStream
+	}
+	h.Set("Content-Type", ct)
+	setLength(h, info.Size)
+	h.Set("ETag", info.ETag())
+	// Stored content types come from clients; never let a browser sniff something else.
+	h.Set("X-Content-Type-Options", "nosniff")
+}
+
+// statObject answers a HEAD: status with the object's headers, or 404.
+func (s *Server) statObject(c echo.Context, t target, status int) error {
+	info, err := s.store.Stat(c.Request().Context(), t.key)
+	if err != nil {
+		return s.readFailed(t, err)
+	}
+	s.metrics.read(t.surface, resultHit, 0)
+	if status == http.StatusNoContent {
+		return c.NoContent(status)
+	}
+	setObjectHeaders(c.Response().Header(), info)
+	c.Response().WriteHeader(status)
+	return nil
+}
+
+// readSome reads until it gets at least one byte, an error or EOF.
+func readSome(r io.Reader, p []byte) (int, error) {
+	for range 100 {
+		n, err := r.Read(p)
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, io.ErrNoProgress
+}
+
+// etagMatches implements If-None-Match's weak comparison against a strong tag.
+func etagMatches(header, etag string) bool {
+	if header == "" {
+		return false
+	}
+	for _, tag := range strings.Split(header, ",") {
+		tag = strings.TrimSpace(tag)
+		if tag == "*" || strings.TrimPrefix(tag, "W/") == etag {
+			return true
+		}
+	}
+	return false
+}

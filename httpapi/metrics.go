@@ -1,0 +1,140 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Results of artifact reads and writes (the "result" label).
+const (
+	resultHit      = "hit"      // read served
+	resultMiss     = "miss"     // read of a missing object
+	resultError    = "error"    // the store failed, or the transfer broke on our side
+	resultStored   = "stored"   // write created the object
+	resultExists   = "exists"   // write of an existing immutable object: nothing read or stored
+	resultRejected = "rejected" // refused because of the client: limit, digest, bad body, denied
+)
+
+type metrics struct {
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	reads      *prometheus.CounterVec
+	writes     *prometheus.CounterVec
+	readBytes  *prometheus.CounterVec
+	writeBytes *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	artifactLabels := []string{"kind", "client", "artifact_class", "result"}
+	byteLabels := []string{"kind", "client", "artifact_class"}
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_http_requests_total",
+			Help: "HTTP requests answered, by route pattern, method and status.",
+		}, []string{"route", "method", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kura_http_request_duration_seconds",
+			Help: "HTTP request latency, by route pattern and method.",
+			// Long tail buckets because a 2 GiB upload legitimately takes minutes.
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"route", "method"}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_artifact_reads_total",
+			Help: "Artifact reads over HTTP, by kind, client, artifact class and result (hit, miss, error, rejected).",
+		}, artifactLabels),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_artifact_writes_total",
+			Help: "Artifact writes over HTTP, by kind, client, artifact class and result (stored, exists, rejected, error).",
+		}, artifactLabels),
+		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_artifact_read_bytes_total",
+			Help: "Artifact body bytes sent to HTTP clients.",
+		}, byteLabels),
+		writeBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_artifact_write_bytes_total",
+			Help: "Artifact body bytes stored from HTTP clients.",
+		}, byteLabels),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.reads, m.writes, m.readBytes, m.writeBytes} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register http metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) read(sf surface, result string, n int64) {
+	m.reads.WithLabelValues(string(sf.kind), sf.client, sf.class, result).Inc()
+	if n > 0 {
+		m.readBytes.WithLabelValues(string(sf.kind), sf.client, sf.class).Add(float64(n))
+	}
+}
+
+func (m *metrics) write(sf surface, result string, n int64) {
+	m.writes.WithLabelValues(string(sf.kind), sf.client, sf.class, result).Inc()
+	if n > 0 {
+		m.writeBytes.WithLabelValues(string(sf.kind), sf.client, sf.class).Add(float64(n))
+	}
+}
+
+// methodLabel bounds the method label to the methods HTTP defines.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
+
+// observe records the request counter and latency. It renders handler errors itself so the
+// final status is known when counting; it also counts requests whose handler panicked (the
+// deferred record runs while the panic unwinds, then the panic continues to net/http).
+func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		route := s.routeLabel(c)
+		method := methodLabel(c.Request().Method)
+		returned := false
+		defer func() {
+			status := c.Response().Status
+			switch {
+			case !c.Response().Committed && !returned:
+				// A panic before any byte was written: net/http drops the connection, which
+				// clients see as a server failure.
+				status = http.StatusInternalServerError
+			case !c.Response().Committed:
+				status = http.StatusOK // net/http's implicit answer
+			}
+			s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+			s.metrics.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+		}()
+		if err := next(c); err != nil {
+			c.Error(err)
+		}
+		returned = true
+		return nil
+	}
+}
+
+// handleMetrics serves the injected Gatherer in the Prometheus text format.
+func (s *Server) handleMetrics() echo.HandlerFunc {
+	h := promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{
+		ErrorLog:      slogPrinter{s},
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+	return echo.WrapHandler(h)
+}
+
+type slogPrinter struct{ s *Server }
+
+func (p slogPrinter) Println(v ...any) {
+	p.s.log.Warn("gather metrics", "error", errors.New(fmt.Sprint(v...)))
+}
