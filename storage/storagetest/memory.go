@@ -157,6 +157,11 @@ func readBody(body io.Reader, opts storage.PutOptions) ([]byte, error) {
 
 // FindMissing implements storage.Store.
 func (m *Memory) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Key, error) {
+	for _, k := range keys {
+		if err := k.Validate(); err != nil {
+			return nil, fmt.Errorf("find missing: %w", err)
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var missing []storage.Key

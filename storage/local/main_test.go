@@ -1,0 +1,95 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/meta"
+	"github.com/kuracache/kura/storage/storagetest"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		// The crash child is killed mid-flight; leak checks make no sense there.
+		os.Exit(m.Run())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// testOpts returns options for a store in a fresh temporary directory.
+func testOpts(t testing.TB) Options {
+	return Options{
+		DataDir:    t.TempDir(),
+		Registerer: prometheus.NewRegistry(),
+		Metadata:   smallMeta(),
+	}
+}
+
+func smallMeta() meta.Options {
+	return meta.Options{BlockCacheBytes: 4 << 20, MemTableBytes: 4 << 20}
+}
+
+func openStore(t testing.TB, opts Options) *Store {
+	t.Helper()
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if !s.closed.Load() {
+			if err := s.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		}
+	})
+	return s
+}
+
+func TestStoreConformance(t *testing.T) {
+	storagetest.RunStoreSuite(t, func(t *testing.T) storage.Store { return openStore(t, testOpts(t)) })
+}
+
+func TestMultipartConformance(t *testing.T) {
+	storagetest.RunMultipartSuite(t, func(t *testing.T) storagetest.MultipartStore { return openStore(t, testOpts(t)) })
+}
+
+// Conformance again with tiny segments and spill threshold, so records roll across many
+// files and most bodies take the spilled (own segment) path.
+func TestStoreConformanceSmallSegments(t *testing.T) {
+	storagetest.RunStoreSuite(t, func(t *testing.T) storage.Store {
+		o := testOpts(t)
+		o.TargetSegmentBytes = 256 << 10
+		o.SpillThreshold = 64 << 10
+		return openStore(t, o)
+	})
+}
+
+func ctx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func counterValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+func isNotFound(err error) bool { return errors.Is(err, storage.ErrNotFound) }

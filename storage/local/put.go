@@ -1,0 +1,287 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+
+	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/meta"
+	"github.com/kuracache/kura/storage/segment"
+)
+
+// Put implements storage.Store.
+func (s *Store) Put(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
+	if err := key.Validate(); err != nil {
+		return storage.PutResult{}, fmt.Errorf("put: %w", err)
+	}
+	if err := s.ops.enter(); err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	defer s.ops.leave()
+	return s.put(ctx, key, body, opts)
+}
+
+func (s *Store) put(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
+	// First writer wins: an existing immutable object is the answer, and the body is not read.
+	if !key.Kind.LastWriterWins() {
+		m, err := s.db.GetManifest(key)
+		switch {
+		case err == nil:
+			return storage.PutResult{Info: m.Info(key)}, nil
+		case errors.Is(err, storage.ErrCorrupt):
+			s.dropCorrupt(key, nil, err)
+		case !errors.Is(err, storage.ErrNotFound):
+			return storage.PutResult{}, classify("put "+key.String(), err)
+		}
+	}
+	// A replicated write older than the namespace's tombstone is refused before its body is
+	// read (re-checked under the lock at commit).
+	if opts.Version != 0 {
+		if tomb, ok, err := s.db.GetTombstone(key.Tenant, key.Namespace); err != nil {
+			return storage.PutResult{}, classify("put "+key.String(), err)
+		} else if ok && opts.Version <= tomb {
+			return storage.PutResult{}, fmt.Errorf("put %s at version %v: tombstone %v: %w", key, opts.Version, tomb, storage.ErrStale)
+		}
+	}
+	if opts.Limit > 0 && opts.Size > opts.Limit {
+		return storage.PutResult{}, fmt.Errorf("put %s: declared size %d exceeds the limit %d: %w", key, opts.Size, opts.Limit, storage.ErrTooLarge)
+	}
+	if key.Kind == storage.KindKeyValue {
+		return s.putInline(ctx, key, body, opts)
+	}
+	return s.putSegment(ctx, key, body, opts)
+}
+
+// putInline keeps a keyvalue document in its manifest: it is small, rewritten often (last
+// writer wins) and read whole, so a segment record would only add an indirection.
+func (s *Store) putInline(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
+	capped := opts
+	if capped.Limit <= 0 || capped.Limit > s.opts.MaxInlineBytes {
+		capped.Limit = s.opts.MaxInlineBytes
+	}
+	var buf bytes.Buffer
+	n, err := copyBody(ctx, &buf, body, capped)
+	if err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	if opts.ExpectedSHA256 != nil && sum != *opts.ExpectedSHA256 {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
+	}
+	m := meta.Manifest{Inline: true, Body: buf.Bytes(), Size: n, ContentType: opts.ContentType, SHA256: sum}
+	return s.commitManifest(key, m, opts.Version)
+}
+
+// putSegment streams the body into a segment record in one pass, makes it durable, then
+// commits the manifest.
+func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
+	name := meta.ManifestKey(key)
+	if opts.Size > 0 {
+		// Refuse early when even the declared size cannot fit, before reading anything.
+		if err := s.ensureRoom(ctx, segment.RecordSize(opts.Size, len(name))); err != nil {
+			return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+		}
+	}
+	st, err := s.segs.Stage(name)
+	if err != nil {
+		return storage.PutResult{}, classify("put "+key.String()+": stage", err)
+	}
+	defer st.Abort() // a no-op after Commit; otherwise removes staged bytes
+	n, err := copyBody(ctx, st, body, opts)
+	if err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	sum := st.SHA256()
+	if opts.ExpectedSHA256 != nil && sum != *opts.ExpectedSHA256 {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
+	}
+	// Another writer may have won while the body streamed: answer without committing bytes
+	// that nothing would reference.
+	if !key.Kind.LastWriterWins() {
+		if m, err := s.db.GetManifest(key); err == nil {
+			return storage.PutResult{Info: m.Info(key)}, nil
+		}
+	}
+	if err := s.ensureRoom(ctx, segment.RecordSize(n, len(name))); err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	ticket := s.commits.begin()
+	defer s.commits.end(ticket)
+	loc, err := st.Commit(ctx)
+	if err != nil {
+		return storage.PutResult{}, classify("put "+key.String()+": commit segment record", err)
+	}
+	m := meta.Manifest{
+		Location:    toMetaLocation(loc),
+		Size:        n,
+		ContentType: opts.ContentType,
+		SHA256:      sum,
+	}
+	res, err := s.commitManifest(key, m, opts.Version)
+	if err == nil {
+		s.kickEvictor()
+	}
+	return res, err
+}
+
+// commitManifest is the final check-and-commit, under the namespace (shared) and key locks:
+// tombstone, first writer wins or last writer wins by version, then one synced batch with the
+// manifest, its segment-index entry and OnCommit's additions.
+func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested storage.Version) (storage.PutResult, error) {
+	unlock := s.lockKey(key)
+	defer unlock()
+	tomb, hasTomb, err := s.db.GetTombstone(key.Tenant, key.Namespace)
+	if err != nil {
+		return storage.PutResult{}, classify("put "+key.String(), err)
+	}
+	var prev *meta.Manifest
+	switch cur, err := s.db.GetManifest(key); {
+	case err == nil:
+		prev = &cur
+	case errors.Is(err, storage.ErrCorrupt):
+		// Overwritten below (last writer wins) or replaced (first writer wins on a damaged
+		// entry is no win): either way the damaged value is gone after this batch.
+		s.log.Error("replacing corrupt manifest", "key", key.String(), "error", err)
+		s.metrics.corrupt.Inc()
+	case !errors.Is(err, storage.ErrNotFound):
+		return storage.PutResult{}, classify("put "+key.String(), err)
+	}
+	version := requested
+	if version == 0 {
+		// Order after everything this node has seen for the key and namespace, so a local
+		// write always wins over state stamped by a clock that runs ahead.
+		if hasTomb {
+			s.clock.Observe(tomb)
+		}
+		if prev != nil {
+			s.clock.Observe(prev.Version)
+		}
+		version = s.clock.Now()
+	} else {
+		s.clock.Observe(version)
+	}
+	if hasTomb && version <= tomb {
+		return storage.PutResult{}, fmt.Errorf("put %s at version %v: tombstone %v: %w", key, version, tomb, storage.ErrStale)
+	}
+	if prev != nil && (!key.Kind.LastWriterWins() || prev.Version >= version) {
+		return storage.PutResult{Info: prev.Info(key)}, nil
+	}
+	m.Version = version
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.PutManifest(key, m, prev); err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	info := m.Info(key)
+	if s.opts.OnCommit != nil {
+		if err := s.opts.OnCommit(b, Change{Op: ChangePut, Info: info, Replaced: prev != nil, Version: version}); err != nil {
+			return storage.PutResult{}, fmt.Errorf("put %s: replication hook: %w", key, err)
+		}
+	}
+	if err := b.Commit(); err != nil {
+		return storage.PutResult{}, classify("put "+key.String(), err)
+	}
+	return storage.PutResult{Info: info, Created: true}, nil
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// copyBody streams body into dst enforcing opts.Limit (ErrTooLarge after reading at most
+// Limit+1 bytes) and a declared opts.Size (a short or long body is ErrDigestMismatch; at
+// most Size+1 bytes are read).
+func copyBody(ctx context.Context, dst io.Writer, body io.Reader, opts storage.PutOptions) (int64, error) {
+	readCap := int64(-1)
+	if opts.Limit > 0 {
+		readCap = opts.Limit + 1
+	}
+	if opts.Size >= 0 && (readCap < 0 || opts.Size+1 < readCap) {
+		readCap = opts.Size + 1
+	}
+	src := io.Reader(ctxReader{ctx: ctx, r: body})
+	if readCap >= 0 {
+		src = io.LimitReader(src, readCap)
+	}
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bufp)
+	if err != nil {
+		var re readError
+		if errors.As(err, &re) {
+			return n, fmt.Errorf("read body: %w", re.err)
+		}
+		return n, classify("store body", err)
+	}
+	if opts.Limit > 0 && n > opts.Limit {
+		return n, fmt.Errorf("%w: body exceeds %d bytes", storage.ErrTooLarge, opts.Limit)
+	}
+	if opts.Size >= 0 && n != opts.Size {
+		if n > opts.Size {
+			return n, fmt.Errorf("%w: body is longer than the declared %d bytes", storage.ErrDigestMismatch, opts.Size)
+		}
+		return n, fmt.Errorf("%w: body has %d bytes, declared %d", storage.ErrDigestMismatch, n, opts.Size)
+	}
+	return n, nil
+}
+
+// readError marks errors from the client's body, so they are not mistaken for store failures.
+type readError struct{ err error }
+
+func (e readError) Error() string { return e.err.Error() }
+func (e readError) Unwrap() error { return e.err }
+
+// ctxReader stops a body copy when the request is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, readError{context.Cause(c.ctx)}
+	}
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = readError{err}
+	}
+	return n, err
+}
+
+// onlyWriter and onlyReader hide ReadFrom/WriteTo so io.CopyBuffer uses our bounded buffer
+// and the limit reader, never an implementation's own unbounded fast path.
+type onlyWriter struct{ io.Writer }
+type onlyReader struct{ io.Reader }
+
+// classify wraps an internal failure with the action and the sentinel the front ends map:
+// a full disk is ErrInsufficientStorage, anything else not already classified is
+// ErrUnavailable.
+func classify(action string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		if errors.Is(err, storage.ErrInsufficientStorage) {
+			return fmt.Errorf("%s: %w", action, err)
+		}
+		return fmt.Errorf("%s: %w: %w", action, storage.ErrInsufficientStorage, err)
+	case errors.Is(err, storage.ErrInsufficientStorage), errors.Is(err, storage.ErrUnavailable),
+		errors.Is(err, storage.ErrCorrupt), errors.Is(err, storage.ErrNotFound),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: %w", action, err)
+	default:
+		return fmt.Errorf("%s: %w: %w", action, storage.ErrUnavailable, err)
+	}
+}
+
+func toMetaLocation(l segment.Location) meta.Location {
+	return meta.Location{Segment: uint64(l.Segment), Offset: l.Offset, BodySize: l.BodySize, RecordSize: l.RecordSize}
+}
+
+func toSegmentLocation(l meta.Location) segment.Location {
+	return segment.Location{Segment: segment.ID(l.Segment), Offset: l.Offset, BodySize: l.BodySize, RecordSize: l.RecordSize}
+}

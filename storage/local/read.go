@@ -1,0 +1,202 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"sync"
+
+	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/meta"
+)
+
+// Stat implements storage.Store. It reads metadata only; record checksums are verified when
+// the body is read.
+func (s *Store) Stat(_ context.Context, key storage.Key) (storage.Info, error) {
+	if err := key.Validate(); err != nil {
+		return storage.Info{}, fmt.Errorf("stat: %w", err)
+	}
+	if err := s.ops.enter(); err != nil {
+		return storage.Info{}, fmt.Errorf("stat %s: %w", key, err)
+	}
+	defer s.ops.leave()
+	m, err := s.manifest(key)
+	if err != nil {
+		return storage.Info{}, fmt.Errorf("stat: %w", err)
+	}
+	return m.Info(key), nil
+}
+
+// manifest looks key up; a damaged manifest is dropped and reported as not found.
+func (s *Store) manifest(key storage.Key) (meta.Manifest, error) {
+	m, err := s.db.GetManifest(key)
+	switch {
+	case err == nil:
+		return m, nil
+	case errors.Is(err, storage.ErrCorrupt):
+		s.dropCorrupt(key, nil, err)
+		return meta.Manifest{}, fmt.Errorf("%w (%w)", storage.ErrNotFound, err)
+	case errors.Is(err, storage.ErrNotFound):
+		return meta.Manifest{}, err
+	default:
+		return meta.Manifest{}, classify("read manifest of "+key.String(), err)
+	}
+}
+
+// FindMissing implements storage.Store.
+func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Key, error) {
+	for _, k := range keys {
+		if err := k.Validate(); err != nil {
+			return nil, fmt.Errorf("find missing: %w", err)
+		}
+	}
+	if err := s.ops.enter(); err != nil {
+		return nil, fmt.Errorf("find missing: %w", err)
+	}
+	defer s.ops.leave()
+	var missing []storage.Key
+	for _, k := range keys {
+		_, err := s.manifest(k)
+		switch {
+		case err == nil:
+		case errors.Is(err, storage.ErrNotFound):
+			missing = append(missing, k)
+		default:
+			return nil, fmt.Errorf("find missing: %w", err)
+		}
+	}
+	return missing, nil
+}
+
+// Open implements storage.Store.
+func (s *Store) Open(_ context.Context, key storage.Key, offset, length int64) (storage.Reader, error) {
+	if err := key.Validate(); err != nil {
+		return nil, fmt.Errorf("open: %w", err)
+	}
+	if err := s.ops.enter(); err != nil {
+		return nil, fmt.Errorf("open %s: %w", key, err)
+	}
+	defer s.ops.leave()
+	// Eviction may move or drop the record between the manifest lookup and opening the
+	// file; a failure is only corruption if the manifest still points at the same place.
+	for attempt := 0; ; attempt++ {
+		m, err := s.manifest(key)
+		if err != nil {
+			return nil, fmt.Errorf("open: %w", err)
+		}
+		info := m.Info(key)
+		offset, length := clampRange(offset, length, m.Size)
+		if m.Inline {
+			return &inlineReader{Reader: bytes.NewReader(m.Body[offset : offset+length]), info: info}, nil
+		}
+		name := meta.ManifestKey(key)
+		s.recent.touch(name)
+		if length == 0 {
+			return &inlineReader{Reader: bytes.NewReader(nil), info: info}, nil
+		}
+		rc, err := s.segs.OpenRecord(toSegmentLocation(m.Location), name, offset, length)
+		if err == nil {
+			return &recordReader{rc: rc, info: info, onCorrupt: func(cause error) { s.dropCorrupt(key, &m, cause) }}, nil
+		}
+		if !errors.Is(err, storage.ErrCorrupt) && !errors.Is(err, fs.ErrNotExist) {
+			return nil, classify("open "+key.String(), err)
+		}
+		if cur, cerr := s.db.GetManifest(key); attempt < 3 && (cerr != nil || cur.Location != m.Location) {
+			continue // moved or deleted meanwhile: look again
+		}
+		s.dropCorrupt(key, &m, err)
+		return nil, fmt.Errorf("open %s: %w (%w)", key, storage.ErrNotFound, err)
+	}
+}
+
+// clampRange fits [offset, offset+length) into a body of size bytes (length < 0: to the end).
+func clampRange(offset, length, size int64) (int64, int64) {
+	if offset < 0 {
+		offset = 0
+	}
+	if offset > size {
+		offset = size
+	}
+	if length < 0 || length > size-offset {
+		length = size - offset
+	}
+	return offset, length
+}
+
+type inlineReader struct {
+	*bytes.Reader
+	info storage.Info
+}
+
+func (r *inlineReader) Close() error       { return nil }
+func (r *inlineReader) Info() storage.Info { return r.info }
+
+// recordReader serves a segment record; the segment reader verifies each block before handing
+// out its bytes, and a failure drops the record so later reads see ErrNotFound.
+type recordReader struct {
+	rc        io.ReadCloser
+	info      storage.Info
+	onCorrupt func(error)
+	once      sync.Once
+}
+
+func (r *recordReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	if err != nil && errors.Is(err, storage.ErrCorrupt) {
+		r.once.Do(func() { r.onCorrupt(err) })
+	}
+	return n, err
+}
+
+func (r *recordReader) Close() error       { return r.rc.Close() }
+func (r *recordReader) Info() storage.Info { return r.info }
+
+// dropCorrupt removes key's manifest after its record (or the manifest itself, expected ==
+// nil) failed verification — but only if it still is the manifest that failed: a concurrent
+// write or eviction may already have replaced it with good data.
+func (s *Store) dropCorrupt(key storage.Key, expected *meta.Manifest, cause error) {
+	if err := s.ops.enter(); err != nil {
+		return // closing: the next open finds the damage again
+	}
+	defer s.ops.leave()
+	dropped := func() bool {
+		unlock := s.lockKey(key)
+		defer unlock()
+		cur, err := s.db.GetManifest(key)
+		var prev *meta.Manifest
+		switch {
+		case expected == nil && errors.Is(err, storage.ErrCorrupt):
+		case expected != nil && err == nil && !cur.Inline && cur.Location == expected.Location && cur.Version == expected.Version:
+			prev = &cur
+		default:
+			return false
+		}
+		b := s.db.NewBatch()
+		defer b.Close()
+		err = b.DeleteManifest(key, prev)
+		if err == nil {
+			err = b.Commit()
+		}
+		if err != nil {
+			s.log.Error("could not drop corrupt record", "key", key.String(), "error", err, "cause", cause)
+			return false
+		}
+		return true
+	}()
+	if !dropped {
+		return
+	}
+	s.metrics.corrupt.Inc()
+	attrs := []any{"key", key.String(), "error", cause}
+	if expected != nil {
+		attrs = append(attrs, "segment", expected.Location.Segment, "offset", expected.Location.Offset,
+			"record_size", expected.Location.RecordSize)
+	}
+	s.log.Error("dropped corrupt record", attrs...)
+	if s.opts.OnCorrupt != nil {
+		s.opts.OnCorrupt(key)
+	}
+}

@@ -1,0 +1,473 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/meta"
+	"github.com/kuracache/kura/storage/segment"
+)
+
+// ErrDataDirLocked reports that another running process holds the data directory. Open's
+// error reads "data directory X is locked by another running kura process".
+var ErrDataDirLocked = errors.New("locked by another running kura process")
+
+// ChangeOp says what a committing batch does.
+type ChangeOp int
+
+// The changes OnCommit sees.
+const (
+	// ChangePut: an object was written (Created) or replaced (Replaced, last writer wins).
+	ChangePut ChangeOp = iota + 1
+	// ChangeDeleteNamespace: a namespace was cleaned and its tombstone recorded.
+	ChangeDeleteNamespace
+)
+
+// Change describes a committing write for the replication seam.
+type Change struct {
+	Op ChangeOp
+	// Info describes the stored object (ChangePut).
+	Info storage.Info
+	// Replaced is true when a last-writer-wins object replaced an older version (ChangePut).
+	Replaced bool
+	// Tenant and Namespace name the cleaned namespace (ChangeDeleteNamespace).
+	Tenant, Namespace string
+	// Version is the object's version (ChangePut) or the effective tombstone
+	// (ChangeDeleteNamespace).
+	Version storage.Version
+}
+
+// Defaults for Options left at zero.
+const (
+	// DefaultEvictInterval: how often the background evictor checks the budget even without a
+	// write kicking it (reads do not grow segments, so this only bounds staleness).
+	DefaultEvictInterval = 10 * time.Second
+	// DefaultJanitorInterval: expired multipart uploads are found within this delay; uploads
+	// live 24 h, so minutes of slack cost nothing.
+	DefaultJanitorInterval = 5 * time.Minute
+	// DefaultRecentReads bounds the in-memory set of recently read records that eviction
+	// moves forward (about 100 bytes each for typical keys).
+	DefaultRecentReads = 1 << 16
+	// DefaultMaxInlineBytes caps a keyvalue document kept inline in Pebble whatever the
+	// caller's limit: Pebble handles values of a few MiB well, not hundreds.
+	DefaultMaxInlineBytes = 16 << 20
+)
+
+// Options configure a Store.
+type Options struct {
+	// DataDir holds LOCK, meta/ (Pebble) and segments/. Created if missing.
+	DataDir string
+	// TmpDir holds staging files and multipart parts; default DataDir/tmp. It should be on the
+	// same filesystem as DataDir so large records are renamed, not copied, into place.
+	TmpDir string
+	// DiskBudgetBytes bounds the segment bytes kept; eviction retires the oldest data beyond
+	// it. Zero means no budget (only the filesystem limits growth).
+	DiskBudgetBytes int64
+	// Metadata configures Pebble; Dir and Logger are filled in by Open.
+	Metadata meta.Options
+	// TargetSegmentBytes and SpillThreshold tune storage/segment (zero: its defaults).
+	TargetSegmentBytes int64
+	SpillThreshold     int64
+	// Clock stamps writes; nil means a new clock reading Now.
+	Clock *storage.Clock
+	// Now is the wall clock for upload expiry (nil: time.Now). Tests move it forward.
+	Now func() time.Time
+	// Logger receives lifecycle events and corruption reports (nil: discarded).
+	Logger *slog.Logger
+	// Registerer receives the store's metrics (nil: a private registry).
+	Registerer prometheus.Registerer
+	// OnCommit is called while building every committing batch (object written or replaced,
+	// namespace tombstoned) so replication can add outbox entries to the same synced batch.
+	// It runs under the key's lock: keep it short. An error aborts the write.
+	OnCommit func(b *meta.Batch, c Change) error
+	// OnCorrupt is called (outside any lock) after a corrupt record was dropped, so a peer
+	// copy can be fetched. Optional.
+	OnCorrupt func(key storage.Key)
+
+	// EvictInterval, JanitorInterval: background periods (zero: the defaults above).
+	EvictInterval   time.Duration
+	JanitorInterval time.Duration
+	// RecentReads caps the recently-read set used by eviction (zero: DefaultRecentReads).
+	RecentReads int
+	// MaxInlineBytes caps inline keyvalue documents (zero: DefaultMaxInlineBytes).
+	MaxInlineBytes int64
+	// MaxUploadBytes overrides storage.MaxUploadBytes (zero: the protocol's 2 GiB). Tests
+	// lower it to exercise the limit without writing gigabytes.
+	MaxUploadBytes int64
+}
+
+// Store is the node's disk store. It is safe for concurrent use.
+type Store struct {
+	opts    Options
+	log     *slog.Logger
+	clock   *storage.Clock
+	now     func() time.Time
+	lock    *os.File
+	db      *meta.DB
+	segs    *segment.Manager
+	partDir string
+	metrics *metrics
+
+	seed        maphash.Seed
+	keyLocks    [1024]sync.Mutex
+	nsLocks     [64]sync.RWMutex
+	uploadLocks [64]sync.Mutex
+
+	recent   *recentSet
+	commits  commitTracker
+	evictMu  sync.Mutex
+	kick     chan struct{}
+	bgCtx    context.Context // cancelled by Close: stops the evictor and the janitor
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+	ops      gate
+	closed   atomic.Bool
+}
+
+var (
+	_ storage.Store     = (*Store)(nil)
+	_ storage.Multipart = (*Store)(nil)
+)
+
+// Open locks opts.DataDir, opens Pebble and the segment files, removes garbage left by a
+// crash (unreferenced segments, orphaned multipart files) and starts the evictor and the
+// upload janitor. Close stops them.
+func Open(opts Options) (*Store, error) {
+	if opts.DataDir == "" {
+		return nil, errors.New("open store: no data directory given")
+	}
+	if opts.DiskBudgetBytes < 0 {
+		return nil, fmt.Errorf("open store: negative disk budget %d", opts.DiskBudgetBytes)
+	}
+	if opts.TmpDir == "" {
+		opts.TmpDir = filepath.Join(opts.DataDir, "tmp")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.Clock == nil {
+		opts.Clock = storage.NewClock(opts.Now)
+	}
+	if opts.EvictInterval <= 0 {
+		opts.EvictInterval = DefaultEvictInterval
+	}
+	if opts.JanitorInterval <= 0 {
+		opts.JanitorInterval = DefaultJanitorInterval
+	}
+	if opts.RecentReads <= 0 {
+		opts.RecentReads = DefaultRecentReads
+	}
+	if opts.MaxInlineBytes <= 0 {
+		opts.MaxInlineBytes = DefaultMaxInlineBytes
+	}
+	if opts.MaxUploadBytes <= 0 {
+		opts.MaxUploadBytes = storage.MaxUploadBytes
+	}
+	for _, d := range []string{opts.DataDir, opts.TmpDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("open store: create directory %s: %w", d, err)
+		}
+	}
+	s := &Store{
+		opts:    opts,
+		log:     opts.Logger,
+		clock:   opts.Clock,
+		now:     opts.Now,
+		partDir: filepath.Join(opts.TmpDir, "multipart"),
+		seed:    maphash.MakeSeed(),
+		recent:  newRecentSet(opts.RecentReads),
+		kick:    make(chan struct{}, 1),
+	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	s.commits.init()
+	s.ops.init()
+	lock, err := lockDataDir(opts.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	ok := false
+	defer func() {
+		if !ok {
+			s.bgCancel()
+			_ = s.closeResources()
+		}
+	}()
+	mo := opts.Metadata
+	mo.Dir = filepath.Join(opts.DataDir, "meta")
+	mo.Logger = opts.Logger
+	if s.db, err = meta.Open(mo); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s.segs, err = segment.Open(segment.Options{
+		Dir:                filepath.Join(opts.DataDir, "segments"),
+		TmpDir:             filepath.Join(opts.TmpDir, "staging"),
+		TargetSegmentBytes: opts.TargetSegmentBytes,
+		SpillThreshold:     opts.SpillThreshold,
+		Logger:             opts.Logger.With("component", "segments"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := os.MkdirAll(s.partDir, 0o750); err != nil {
+		return nil, fmt.Errorf("open store: create directory %s: %w", s.partDir, err)
+	}
+	ctx := context.Background()
+	if err := s.removeUnreferencedSegments(ctx); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := s.removeOrphanParts(ctx); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
+		return nil, fmt.Errorf("open store: register metrics: %w", err)
+	}
+	s.bg.Add(2)
+	go s.evictLoop()
+	go s.janitorLoop()
+	ok = true
+	s.log.Info("store opened", "data_dir", opts.DataDir, "tmp_dir", opts.TmpDir,
+		"segment_bytes", s.segs.TotalBytes(), "disk_budget_bytes", opts.DiskBudgetBytes)
+	return s, nil
+}
+
+// Close stops the background work, waits for in-flight operations, and closes the segment
+// files and Pebble. Readers already handed out keep working until closed. Further calls fail.
+func (s *Store) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return errors.New("close store: already closed")
+	}
+	s.bgCancel()
+	s.bg.Wait()
+	s.ops.close()
+	s.metrics.unregister()
+	return s.closeResources()
+}
+
+func (s *Store) closeResources() error {
+	var errs []error
+	if s.segs != nil {
+		if err := s.segs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close segments: %w", err))
+		}
+	}
+	if s.db != nil {
+		if err := s.db.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.lock != nil {
+		// Closing the descriptor releases the flock; the LOCK file stays (removing it would
+		// race with a process that just opened it).
+		if err := s.lock.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("release data directory lock: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// MetadataMetrics samples Pebble's memory gauges for the telemetry layer.
+func (s *Store) MetadataMetrics() meta.Metrics { return s.db.Metrics() }
+
+// lockDataDir takes an exclusive, non-blocking flock on dir/LOCK. The kernel drops it when the
+// process dies, so a crash never leaves a stale lock behind.
+func lockDataDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "LOCK")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file %s: %w", path, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		_ = f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data directory %s is %w", dir, ErrDataDirLocked)
+		}
+		return nil, fmt.Errorf("lock data directory %s: %w", dir, err)
+	}
+	// The pid helps an operator find the holder; failing to write it is harmless.
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
+
+// removeUnreferencedSegments deletes segment files that no record in the index points at.
+// Every segment is sealed at this point (segment.Open never reuses one), so such a file can
+// only hold bytes whose write was never acknowledged (a crash between the segment commit and
+// the metadata commit) or records that all moved on.
+func (s *Store) removeUnreferencedSegments(ctx context.Context) error {
+	for _, si := range s.segs.Segments() {
+		if si.Active {
+			continue
+		}
+		has, err := s.db.SegmentHasRecords(ctx, uint64(si.ID))
+		if err != nil {
+			return err
+		}
+		if has {
+			continue
+		}
+		if err := s.segs.Remove(si.ID); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove unreferenced segment %s: %w", si.ID, err)
+		}
+		s.log.Info("removed unreferenced segment", "segment", si.ID.String(), "bytes", si.Size)
+	}
+	return nil
+}
+
+func (s *Store) hash(parts ...string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	for _, p := range parts {
+		h.WriteString(p)
+		h.WriteByte(0)
+	}
+	return h.Sum64()
+}
+
+// keyLock returns the stripe guarding the final check-and-commit of key.
+func (s *Store) keyLock(key storage.Key) *sync.Mutex {
+	return &s.keyLocks[s.hash(key.Tenant, key.Namespace, string(key.Kind), key.Name)%uint64(len(s.keyLocks))]
+}
+
+// nsLock returns the stripe ordering writes of a namespace against its deletion: writers and
+// eviction hold it shared, DeleteNamespace exclusively. Always taken before a key lock.
+func (s *Store) nsLock(tenant, namespace string) *sync.RWMutex {
+	return &s.nsLocks[s.hash(tenant, namespace)%uint64(len(s.nsLocks))]
+}
+
+func (s *Store) uploadLock(id string) *sync.Mutex {
+	return &s.uploadLocks[s.hash(id)%uint64(len(s.uploadLocks))]
+}
+
+// lockKey takes the namespace stripe (shared) and the key stripe; the result unlocks both.
+func (s *Store) lockKey(key storage.Key) func() {
+	ns := s.nsLock(key.Tenant, key.Namespace)
+	ns.RLock()
+	kl := s.keyLock(key)
+	kl.Lock()
+	return func() {
+		kl.Unlock()
+		ns.RUnlock()
+	}
+}
+
+// gate counts in-flight operations so Close can wait for them and refuse new ones.
+type gate struct {
+	mu     sync.Mutex
+	zero   *sync.Cond
+	n      int
+	closed bool
+}
+
+func (g *gate) init() { g.zero = sync.NewCond(&g.mu) }
+
+func (g *gate) enter() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return fmt.Errorf("%w: the store is closed", storage.ErrUnavailable)
+	}
+	g.n++
+	return nil
+}
+
+func (g *gate) leave() {
+	g.mu.Lock()
+	g.n--
+	if g.n == 0 {
+		g.zero.Broadcast()
+	}
+	g.mu.Unlock()
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	for g.n > 0 {
+		g.zero.Wait()
+	}
+	g.mu.Unlock()
+}
+
+// commitTracker lets eviction wait until every write that may have appended to a sealed
+// segment has committed (or abandoned) its manifest: between a segment commit and the Pebble
+// commit a record is referenced by nothing yet, and retiring its segment then would leave the
+// manifest pointing at a removed file.
+type commitTracker struct {
+	mu     sync.Mutex
+	done   *sync.Cond
+	next   uint64
+	active map[uint64]struct{}
+}
+
+func (c *commitTracker) init() {
+	c.done = sync.NewCond(&c.mu)
+	c.active = map[uint64]struct{}{}
+}
+
+// begin registers a write about to commit a segment record; call end when its manifest is
+// committed or abandoned.
+func (c *commitTracker) begin() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id := c.next
+	c.next++
+	c.active[id] = struct{}{}
+	return id
+}
+
+func (c *commitTracker) end(id uint64) {
+	c.mu.Lock()
+	delete(c.active, id)
+	c.done.Broadcast()
+	c.mu.Unlock()
+}
+
+// waitForEarlier blocks until every write registered before this call has ended. Writes that
+// begin later are not waited for (they cannot append to an already sealed segment).
+func (c *commitTracker) waitForEarlier() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	mark := c.next
+	for {
+		pending := false
+		for id := range c.active {
+			if id < mark {
+				pending = true
+				break
+			}
+		}
+		if !pending {
+			return
+		}
+		c.done.Wait()
+	}
+}
