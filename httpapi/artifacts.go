@@ -82,12 +82,17 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 
 // writeFailed maps a store error of a write and counts it.
 func (s *Server) writeFailed(t target, action, tooLarge string, err error) error {
-	ae := storeError(action, tooLarge, err)
+	return s.writeRefused(t.surface, storeError(action, tooLarge, err))
+}
+
+// writeRefused counts a write answered with ae: rejected when the client is at fault, error
+// when we are.
+func (s *Server) writeRefused(sf surface, ae *apiError) error {
 	result := resultRejected
 	if ae.status >= 500 {
 		result = resultError
 	}
-	s.metrics.write(t.surface, result, 0)
+	s.metrics.write(sf, result, 0)
 	return ae
 }
 

@@ -38,8 +38,9 @@ type GuardRequest struct {
 	Client string
 	// ArtifactClass is "blob" or "action_cache" ("" for clean).
 	ArtifactClass string
-	// ArtifactKey is the object name within the namespace ("" when not known before the body
-	// is read: keyvalue writes, multipart parts and completions).
+	// ArtifactKey is the object name within the namespace ("" for keyvalue writes, whose key
+	// is inside the body). Multipart parts and completions carry the upload's tenant,
+	// namespace and key as recorded when it started, whatever their query says.
 	ArtifactKey string
 	Headers     http.Header
 	Query       url.Values

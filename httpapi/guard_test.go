@@ -15,6 +15,8 @@ func TestGuardSeesEverySurface(t *testing.T) {
 	g := &recordingGuard{}
 	h := newHarness(t, harnessOpts{guard: g})
 	d := sha("b")
+	// Parts and completions name only the upload; the guard sees the upload's own identity.
+	upload := *startUpload(t, h, "tenant_id=t&namespace_id=n&hash=h2&name=m2&cache_category=c2")
 	cases := []struct {
 		method, path, body string
 		want               GuardRequest
@@ -31,8 +33,10 @@ func TestGuardSeesEverySurface(t *testing.T) {
 			GuardRequest{Route: "/api/cache/module/start", Operation: OpWrite, TenantID: "t", NamespaceID: "n", Client: "module", ArtifactClass: "blob", ArtifactKey: "builds/h/m"}},
 		{"HEAD", "/api/cache/module/x?tenant_id=t&namespace_id=n&hash=h&name=m&cache_category=c", "",
 			GuardRequest{Route: "/api/cache/module/{id}", Operation: OpRead, TenantID: "t", NamespaceID: "n", Client: "module", ArtifactClass: "blob", ArtifactKey: "c/h/m"}},
-		{"POST", "/api/cache/module/part?upload_id=u&part_number=1&tenant_id=t&namespace_id=n", "p",
-			GuardRequest{Route: "/api/cache/module/part", Operation: OpWrite, TenantID: "t", NamespaceID: "n", Client: "module", ArtifactClass: "blob"}},
+		{"POST", "/api/cache/module/part?upload_id=" + upload + "&part_number=1", "p",
+			GuardRequest{Route: "/api/cache/module/part", Operation: OpWrite, TenantID: "t", NamespaceID: "n", Client: "module", ArtifactClass: "blob", ArtifactKey: "c2/h2/m2"}},
+		{"POST", "/api/cache/module/complete?upload_id=" + upload + "&tenant_id=t&namespace_id=n", `{"parts":[1]}`,
+			GuardRequest{Route: "/api/cache/module/complete", Operation: OpWrite, TenantID: "t", NamespaceID: "n", Client: "module", ArtifactClass: "blob", ArtifactKey: "c2/h2/m2"}},
 		{"PUT", "/api/nx/t/n/v1/cache/5", "b",
 			GuardRequest{Route: "/api/nx/{tenant_id}/{namespace_id}/v1/cache/{hash}", Operation: OpWrite, TenantID: "t", NamespaceID: "n", Client: "nx", ArtifactClass: "blob", ArtifactKey: "5"}},
 		{"PUT", "/cas/" + d, "b",

@@ -19,16 +19,21 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/storagetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// harness is one real server on a 127.0.0.1 listener backed by the in-memory store.
+// harness is one real server on a 127.0.0.1 listener backed by the in-memory store, or by the
+// real disk store (storage/local) when harnessOpts.disk is set.
 type harness struct {
-	t      testing.TB
-	srv    *Server
+	t   testing.TB
+	srv *Server
+	// mem is the in-memory store (nil on disk); store is whichever backs the server, seen
+	// without the fault injection of harnessOpts.wrap.
 	mem    *storagetest.Memory
+	store  storage.Store
 	reg    *prometheus.Registry
 	addr   string
 	base   string
@@ -42,17 +47,33 @@ type harnessOpts struct {
 	members Membership
 	// wrap replaces the store and multipart seen by the server (fault injection).
 	wrap func(*storagetest.Memory) (storage.Store, storage.Multipart)
+	// disk backs the server with storage/local (Pebble and segment files, fsynced) in a
+	// temporary directory, closed after the server has shut down.
+	disk bool
 }
 
 const testTenant = "default"
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
-	mem := storagetest.NewMemory()
-	var st storage.Store = mem
-	var mp storage.Multipart = mem
-	if o.wrap != nil {
-		st, mp = o.wrap(mem)
+	var (
+		mem     *storagetest.Memory
+		backing storage.Store
+		st      storage.Store
+		mp      storage.Multipart
+	)
+	if o.disk {
+		if o.wrap != nil {
+			t.Fatal("harness: wrap works on the memory store only")
+		}
+		ds := openDiskStore(t)
+		backing, st, mp = ds, ds, ds
+	} else {
+		mem = storagetest.NewMemory()
+		backing, st, mp = mem, mem, mem
+		if o.wrap != nil {
+			st, mp = o.wrap(mem)
+		}
 	}
 	cfg := Config{TenantID: testTenant, Region: "eu", NodeName: "node-a", NodeURL: "http://node-a:4000"}
 	if o.cfg != nil {
@@ -72,8 +93,10 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
-	tr := &http.Transport{DisableCompression: true}
-	h := &harness{t: t, srv: s, mem: mem, reg: reg, addr: ln.Addr().String(),
+	// Enough idle connections that parallel benchmarks reuse theirs instead of churning
+	// through ephemeral ports (the default keeps 2 per host).
+	tr := &http.Transport{DisableCompression: true, MaxIdleConns: 256, MaxIdleConnsPerHost: 256}
+	h := &harness{t: t, srv: s, mem: mem, store: backing, reg: reg, addr: ln.Addr().String(),
 		base: "http://" + ln.Addr().String(), client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
 	t.Cleanup(func() {
 		tr.CloseIdleConnections()
@@ -172,10 +195,25 @@ func expectEmpty404(t testing.TB, r response) {
 	expect(t, r, http.StatusNotFound, "")
 }
 
-// stored reports whether the memory store holds key.
+// openDiskStore opens storage/local in a temporary directory and closes it at cleanup.
+func openDiskStore(t testing.TB) *local.Store {
+	t.Helper()
+	ds, err := local.Open(local.Options{DataDir: t.TempDir(), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatalf("open disk store: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := ds.Close(); err != nil {
+			t.Errorf("close disk store: %v", err)
+		}
+	})
+	return ds
+}
+
+// stored reports whether the store behind the server holds key.
 func (h *harness) stored(k storage.Key) bool {
 	h.t.Helper()
-	_, err := h.mem.Stat(context.Background(), k)
+	_, err := h.store.Stat(context.Background(), k)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		h.t.Fatalf("stat %s: %v", k, err)
 	}

@@ -67,26 +67,48 @@ func (s *Server) handleModuleStart(c echo.Context) error {
 	return c.JSON(http.StatusOK, startResponse{UploadID: &id})
 }
 
-// uploadTarget is the policy's view of a part or completion request. The upload id alone
-// names the object; tenant and namespace are passed when the client sent them (the Multipart
-// interface has no way to look an upload's key up).
-func uploadTarget(q url.Values) (target, string, error) {
-	id := q.Get(paramUploadID)
+// uploadRequest validates the upload_id of a part or completion request and the optional
+// tenant_id and namespace_id (or their aliases) that Tuist sends along.
+func uploadRequest(q url.Values) (id, tenant, namespace string, err error) {
+	id = q.Get(paramUploadID)
 	if id == "" {
-		return target{}, "", badRequest("Missing upload_id")
+		return "", "", "", badRequest("Missing upload_id")
 	}
 	if err := checkIdent(paramUploadID, id); err != nil {
-		return target{}, "", err
+		return "", "", "", err
 	}
-	tenant, err := optionalIdent(q, paramTenant, "")
-	if err != nil {
-		return target{}, "", err
+	if tenant, err = optionalIdent(q, paramTenant, ""); err != nil {
+		return "", "", "", err
 	}
-	namespace, err := optionalIdent(q, paramNamespace, "")
-	if err != nil {
-		return target{}, "", err
+	if namespace, err = optionalIdent(q, paramNamespace, ""); err != nil {
+		return "", "", "", err
 	}
-	return sfModule.at(tenant, namespace, ""), id, nil
+	return id, tenant, namespace, nil
+}
+
+// uploadTarget resolves an upload to the object it will be stored as, so the policy decides
+// a part or a completion on the same tenant, namespace and key as the start that created it,
+// whatever the request's query claims. It runs before the policy: the id is a random UUID, so
+// answering "Upload not found" first tells an unauthorized client nothing it could use, and
+// the policy is never asked about a request that names no real tenant.
+//
+// A request that names a tenant or namespace must name the upload's own: under tenant
+// isolation (SPEC §2) another tenant's upload does not exist for it.
+func (s *Server) uploadTarget(c echo.Context, id, tenant, namespace string) (target, *apiError) {
+	key, err := s.mp.UploadKey(c.Request().Context(), id)
+	switch {
+	case err == nil:
+	case errors.Is(err, storage.ErrCorrupt):
+		// The upload's state is unreadable and will be removed; the client must start over.
+		s.log.Warn("corrupt multipart upload answered as missing", "upload", id, "error", err)
+		return target{}, &apiError{status: http.StatusNotFound, message: msgUploadNotFound}
+	default:
+		return target{}, storeError("look up upload", msgPartTooLarge, err)
+	}
+	if (tenant != "" && tenant != key.Tenant) || (namespace != "" && namespace != key.Namespace) {
+		return target{}, &apiError{status: http.StatusNotFound, message: msgUploadNotFound}
+	}
+	return target{surface: sfModule, key: key}, nil
 }
 
 func parsePartNumber(v string) (int, error) {
@@ -102,13 +124,19 @@ func (s *Server) handleModulePart(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	t, id, err := uploadTarget(q)
+	id, tenant, namespace, err := uploadRequest(q)
 	if err != nil {
 		return err
 	}
 	part, err := parsePartNumber(q.Get(paramPartNumber))
 	if err != nil {
 		return err
+	}
+	// A missing upload is not counted as a failed artifact write, like the part failures
+	// below: the completion is what writes the artifact.
+	t, ae := s.uploadTarget(c, id, tenant, namespace)
+	if ae != nil {
+		return ae
 	}
 	if err := s.authorize(c, OpWrite, t, q, false); err != nil {
 		return err
@@ -157,9 +185,13 @@ func (s *Server) handleModuleComplete(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	t, id, err := uploadTarget(q)
+	id, tenant, namespace, err := uploadRequest(q)
 	if err != nil {
 		return err
+	}
+	t, ae := s.uploadTarget(c, id, tenant, namespace)
+	if ae != nil {
+		return s.writeRefused(sfModule, ae)
 	}
 	if err := s.authorize(c, OpWrite, t, q, false); err != nil {
 		return err

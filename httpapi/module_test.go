@@ -4,8 +4,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/kuracache/kura/storage"
 )
@@ -148,4 +152,90 @@ func TestModuleTotalTooLarge(t *testing.T) {
 	expectMessage(t, h.do("POST", "/api/cache/module/part?upload_id="+id+"&part_number=7", "x"), http.StatusUnprocessableEntity, "Total upload size exceeds 2GB limit")
 	fs.set(func(f *faultStore) { f.partErr = nil; f.doneErr = storage.ErrUploadTooLarge })
 	expectMessage(t, h.do("POST", "/api/cache/module/complete?upload_id="+id, `{"parts":[]}`), http.StatusUnprocessableEntity, "Total upload size exceeds 2GB limit")
+}
+
+// TestModuleGuardSeesUploadIdentity: parts and completions are authorized against the tenant,
+// namespace and key their upload was started with (storage.Multipart.UploadKey), never against
+// what the query claims, on the in-memory and on the real disk store.
+func TestModuleGuardSeesUploadIdentity(t *testing.T) {
+	for _, disk := range []bool{false, true} {
+		name := "memory"
+		if disk {
+			name = "disk"
+		}
+		t.Run(name, func(t *testing.T) { testModuleGuardSeesUploadIdentity(t, disk) })
+	}
+}
+
+func testModuleGuardSeesUploadIdentity(t *testing.T, disk bool) {
+	var locked atomic.Value // the tenant whose writes the policy refuses ("" for none)
+	locked.Store("")
+	g := &recordingGuard{decide: func(r GuardRequest) error {
+		if r.TenantID == locked.Load().(string) {
+			return &Denial{Status: http.StatusForbidden, Message: "tenant locked"}
+		}
+		return nil
+	}}
+	h := newHarness(t, harnessOpts{guard: g, disk: disk})
+	id := *startUpload(t, h, "account_handle=acme&project_handle=ios&hash=h1&name=App.zip&cache_category=tests")
+	key := storage.Key{Tenant: "acme", Namespace: "ios", Kind: storage.KindModule, Name: "tests/h1/App.zip"}
+	partPath := "/api/cache/module/part?upload_id=" + id + "&part_number="
+	completePath := "/api/cache/module/complete?upload_id=" + id
+	saw := func(route string) {
+		t.Helper()
+		got := g.last(t)
+		if got.Query.Get(paramUploadID) != id {
+			t.Fatalf("guard query %v lacks the upload id", got.Query)
+		}
+		got.Headers, got.Query = nil, nil
+		want := GuardRequest{Route: route, Method: http.MethodPost, Operation: OpWrite, TenantID: key.Tenant,
+			NamespaceID: key.Namespace, Client: "module", ArtifactClass: "blob", ArtifactKey: key.Name}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("guard request\n got %+v\nwant %+v", got, want)
+		}
+	}
+
+	// Tuist may send no tenant with a part: the guard still sees the upload's identity.
+	expect(t, h.do("POST", partPath+"1", "one-"), http.StatusNoContent, "")
+	saw("/api/cache/module/part")
+	// Naming the upload's own tenant and namespace (here by their legacy aliases) is fine.
+	expect(t, h.do("POST", partPath+"2&account_handle=acme&project_handle=ios", "two"), http.StatusNoContent, "")
+	saw("/api/cache/module/part")
+
+	// A query naming another tenant or namespace finds no upload (tenant isolation), and an
+	// unknown id none either; the policy is not asked about a request that names no real upload.
+	before := g.count()
+	for _, q := range []string{"&tenant_id=evil", "&namespace_id=android", "&account_handle=evil", "&tenant_id=acme&namespace_id=android"} {
+		expectMessage(t, h.do("POST", partPath+"3"+q, "x"), http.StatusNotFound, "Upload not found")
+		expectMessage(t, h.do("POST", completePath+q, `{"parts":[1,2]}`), http.StatusNotFound, "Upload not found")
+	}
+	unknown := uuid.NewString()
+	expectMessage(t, h.do("POST", "/api/cache/module/part?upload_id="+unknown+"&part_number=1", "x"), http.StatusNotFound, "Upload not found")
+	expectMessage(t, h.do("POST", "/api/cache/module/complete?upload_id="+unknown, `{"parts":[1]}`), http.StatusNotFound, "Upload not found")
+	if n := g.count(); n != before {
+		t.Fatalf("the guard was asked %d times about requests naming no real upload", n-before)
+	}
+
+	// A policy that locks tenant acme refuses its parts and its completion although the
+	// requests name no tenant; the refused part's body is never read.
+	locked.Store("acme")
+	resp := h.rawRequest("POST "+partPath+"3 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n", nil)
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("part of a locked tenant: status %d, want 403", resp.StatusCode)
+	}
+	saw("/api/cache/module/part")
+	expectMessage(t, h.do("POST", completePath, `{"parts":[1,2]}`), http.StatusForbidden, "tenant locked")
+	saw("/api/cache/module/complete")
+	if h.stored(key) {
+		t.Fatal("a refused completion stored the artifact")
+	}
+
+	// Unlocked, the upload completes with the parts that were accepted.
+	locked.Store("")
+	expect(t, h.do("POST", completePath, `{"parts":[1,2]}`), http.StatusNoContent, "")
+	saw("/api/cache/module/complete")
+	expect(t, h.do("GET", "/api/cache/module/x?tenant_id=acme&namespace_id=ios&hash=h1&name=App.zip&cache_category=tests", nil), http.StatusOK, "one-two")
+	// Completed: gone for parts and completions alike.
+	expectMessage(t, h.do("POST", partPath+"3", "x"), http.StatusNotFound, "Upload not found")
+	expectMessage(t, h.do("POST", completePath, `{"parts":[1,2]}`), http.StatusNotFound, "Upload not found")
 }

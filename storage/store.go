@@ -86,6 +86,10 @@ type Store interface {
 type Multipart interface {
 	// StartUpload begins an upload that will be stored under key and returns its id.
 	StartUpload(ctx context.Context, key Key, contentType string) (uploadID string, err error)
+	// UploadKey returns the key an upload will be stored under, so a front end can authorize
+	// a part or a completion against the real tenant, namespace and name before reading its
+	// body. An unknown, expired or completed upload gives an error wrapping ErrUploadNotFound.
+	UploadKey(ctx context.Context, uploadID string) (Key, error)
 	// PutPart stores (or replaces) one part. Errors: ErrUploadNotFound, ErrInvalidPart,
 	// ErrTooLarge (the part exceeds the per-part limit), ErrUploadTooLarge (the running total
 	// exceeds the upload limit).

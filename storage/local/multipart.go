@@ -50,6 +50,36 @@ func (s *Store) uploadDir(id string) (string, error) {
 	return filepath.Join(s.partDir, id), nil
 }
 
+// UploadKey implements storage.Multipart.
+func (s *Store) UploadKey(_ context.Context, uploadID string) (storage.Key, error) {
+	if _, err := s.uploadDir(uploadID); err != nil {
+		return storage.Key{}, fmt.Errorf("look up upload: %w", err)
+	}
+	if err := s.ops.enter(); err != nil {
+		return storage.Key{}, fmt.Errorf("look up upload: %w", err)
+	}
+	defer s.ops.leave()
+	u, err := s.liveUpload(uploadID)
+	if err != nil {
+		return storage.Key{}, fmt.Errorf("look up upload: %w", err)
+	}
+	return u.Key, nil
+}
+
+// liveUpload reads an upload's state. An upload past storage.UploadExpiry is reported gone even
+// while its record waits for the janitor, so whether a late part is accepted never depends on
+// when the janitor last ran.
+func (s *Store) liveUpload(id string) (meta.Upload, error) {
+	u, err := s.db.GetUpload(id)
+	if err != nil {
+		return meta.Upload{}, err
+	}
+	if age := s.now().Sub(time.UnixMilli(u.CreatedMillis)); age > storage.UploadExpiry {
+		return meta.Upload{}, fmt.Errorf("upload %s expired (started %s ago): %w", id, age.Round(time.Second), storage.ErrUploadNotFound)
+	}
+	return u, nil
+}
+
 // PutPart implements storage.Multipart. The part streams to a new file (at most
 // storage.MaxPartBytes+1 bytes are read), is fsynced, and only then recorded, replacing an
 // earlier part with the same number; the file it replaces is removed after the commit.
@@ -65,7 +95,7 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 		return fmt.Errorf("put part: %w", err)
 	}
 	defer s.ops.leave()
-	if _, err := s.db.GetUpload(uploadID); err != nil {
+	if _, err := s.liveUpload(uploadID); err != nil {
 		return fmt.Errorf("put part: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -101,7 +131,7 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 	lock := s.uploadLock(uploadID)
 	lock.Lock()
 	defer lock.Unlock()
-	u, err := s.db.GetUpload(uploadID)
+	u, err := s.liveUpload(uploadID)
 	if err != nil {
 		_ = os.Remove(dir) // only succeeds if empty: the upload expired or completed meanwhile
 		return fmt.Errorf("put part: %w", err)
@@ -146,7 +176,7 @@ func (s *Store) CompleteUpload(ctx context.Context, uploadID string, parts []int
 	lock := s.uploadLock(uploadID)
 	lock.Lock()
 	defer lock.Unlock()
-	u, err := s.db.GetUpload(uploadID)
+	u, err := s.liveUpload(uploadID)
 	if err != nil {
 		return storage.PutResult{}, fmt.Errorf("complete upload: %w", err)
 	}

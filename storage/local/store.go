@@ -290,6 +290,16 @@ func (s *Store) closeResources() error {
 // MetadataMetrics samples Pebble's memory gauges for the telemetry layer.
 func (s *Store) MetadataMetrics() meta.Metrics { return s.db.Metrics() }
 
+// metadataSample is MetadataMetrics for a scrape that may race Close: it reports false instead
+// of touching a closed Pebble.
+func (s *Store) metadataSample() (meta.Metrics, bool) {
+	if err := s.ops.enter(); err != nil {
+		return meta.Metrics{}, false
+	}
+	defer s.ops.leave()
+	return s.db.Metrics(), true
+}
+
 // lockDataDir takes an exclusive, non-blocking flock on dir/LOCK. The kernel drops it when the
 // process dies, so a crash never leaves a stale lock behind.
 func lockDataDir(dir string) (*os.File, error) {

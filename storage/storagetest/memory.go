@@ -212,6 +212,17 @@ func (m *Memory) StartUpload(_ context.Context, key storage.Key, contentType str
 	return id, nil
 }
 
+// UploadKey implements storage.Multipart.
+func (m *Memory) UploadKey(_ context.Context, uploadID string) (storage.Key, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	up, ok := m.uploads[uploadID]
+	if !ok {
+		return storage.Key{}, fmt.Errorf("upload %q: %w", uploadID, storage.ErrUploadNotFound)
+	}
+	return up.key, nil
+}
+
 // PutPart implements storage.Multipart.
 func (m *Memory) PutPart(_ context.Context, uploadID string, partNumber int, body io.Reader) error {
 	if partNumber < 1 || partNumber > storage.MaxPartNumber {

@@ -38,6 +38,7 @@ func RunMultipartSuite(t *testing.T, open func(t *testing.T) MultipartStore) {
 		{"InvalidKey", testMultipartInvalidKey},
 		{"ExistingKey", testMultipartExistingKey},
 		{"ConcurrentParts", testMultipartConcurrentParts},
+		{"UploadKey", testMultipartUploadKey},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
@@ -67,9 +68,24 @@ func putPart(t *testing.T, s MultipartStore, id string, n int, body []byte) {
 	}
 }
 
-// assertUploadGone checks that a finished upload accepts nothing more.
+// assertUploadKey checks that UploadKey reports the key the upload was started with.
+func assertUploadKey(t *testing.T, s MultipartStore, id string, want storage.Key) {
+	t.Helper()
+	got, err := s.UploadKey(ctxT(t), id)
+	if err != nil {
+		t.Fatalf("UploadKey(%s): %v", id, err)
+	}
+	if got != want {
+		t.Fatalf("UploadKey(%s) = %v, want %v", id, got, want)
+	}
+}
+
+// assertUploadGone checks that a finished upload accepts nothing more and has no key.
 func assertUploadGone(t *testing.T, s MultipartStore, id string) {
 	t.Helper()
+	if key, err := s.UploadKey(ctxT(t), id); !errors.Is(err, storage.ErrUploadNotFound) {
+		t.Fatalf("UploadKey after completion = %v, %v; want ErrUploadNotFound", key, err)
+	}
 	if err := s.PutPart(ctxT(t), id, 1, strings.NewReader("x")); !errors.Is(err, storage.ErrUploadNotFound) {
 		t.Fatalf("PutPart after completion: %v, want ErrUploadNotFound", err)
 	}
@@ -155,6 +171,9 @@ func testMultipartInvalidPart(t *testing.T, s MultipartStore) {
 
 func testMultipartUnknownUpload(t *testing.T, s MultipartStore) {
 	for _, id := range []string{uuid.NewString(), "not-a-uuid", "", "../../etc/passwd", "a\x00b"} {
+		if key, err := s.UploadKey(ctxT(t), id); !errors.Is(err, storage.ErrUploadNotFound) {
+			t.Fatalf("UploadKey(%q) = %v, %v; want ErrUploadNotFound", id, key, err)
+		}
 		if err := s.PutPart(ctxT(t), id, 1, strings.NewReader("x")); !errors.Is(err, storage.ErrUploadNotFound) {
 			t.Fatalf("PutPart(%q): %v, want ErrUploadNotFound", id, err)
 		}
@@ -241,4 +260,30 @@ func testMultipartConcurrentParts(t *testing.T, s MultipartStore) {
 		t.Fatal(err)
 	}
 	assertStored(t, s, key, want)
+}
+
+// testMultipartUploadKey: UploadKey names the key given to StartUpload (tenant, namespace, kind
+// and name, so a front end can authorize parts against it) for as long as the upload accepts
+// parts, including after a failed completion, and not once it is completed.
+func testMultipartUploadKey(t *testing.T, s MultipartStore) {
+	a := moduleKey("a.zip")
+	b := storage.Key{Tenant: "other-tenant", Namespace: "android", Kind: storage.KindModule, Name: "tests/def456/b.zip"}
+	idA, idB := start(t, s, a), start(t, s, b)
+	assertUploadKey(t, s, idA, a)
+	assertUploadKey(t, s, idB, b)
+	putPart(t, s, idA, 1, []byte("part"))
+	assertUploadKey(t, s, idA, a)
+	if _, err := s.CompleteUpload(ctxT(t), idA, []int{1, 2}); !errors.Is(err, storage.ErrPartsMismatch) {
+		t.Fatalf("CompleteUpload with a missing part: %v, want ErrPartsMismatch", err)
+	}
+	assertUploadKey(t, s, idA, a)
+	if _, err := s.CompleteUpload(ctxT(t), idA, []int{1}); err != nil {
+		t.Fatal(err)
+	}
+	assertUploadGone(t, s, idA)
+	// Completing one upload leaves the others alone.
+	assertUploadKey(t, s, idB, b)
+	// Two uploads of the same key each report it.
+	idA2 := start(t, s, a)
+	assertUploadKey(t, s, idA2, a)
 }
