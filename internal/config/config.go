@@ -50,6 +50,12 @@ type Config struct {
 	DiscoveryDNSName string   // KURA_DISCOVERY_DNS_NAME
 	GossipKey        []byte   // KURA_GOSSIP_KEY decoded: nil, or 16/24/32 bytes
 	InternalTLS      TLSFiles // KURA_INTERNAL_TLS_*
+	// DiscoveryDNSServer is the host:port of the DNS server asked for DiscoveryDNSName; empty
+	// means the system resolver. [beyond] It lets tests and split-horizon setups name their own.
+	DiscoveryDNSServer  string        // KURA_DISCOVERY_DNS_SERVER
+	RejoinInterval      time.Duration // KURA_GOSSIP_REJOIN_INTERVAL_MS: re-resolve seeds and re-join
+	AntiEntropyInterval time.Duration // KURA_ANTI_ENTROPY_INTERVAL_MS: between anti-entropy sweeps
+	OutboxDropAfter     time.Duration // KURA_OUTBOX_DROP_AFTER_MS: a departed peer's queue is dropped after this
 
 	// Budgets holds the runtime budgets (SPEC §6), derived from Host unless set. It is
 	// embedded so callers write cfg.FileDescriptorPoolSize as well as cfg.Budgets.
@@ -260,6 +266,15 @@ func load(environ []string, opts Options) (*Config, *parser) {
 	if c.DiscoveryDNSName != "" && !validHostname(c.DiscoveryDNSName) {
 		p.problem(EnvDiscoveryDNSName, "%q is not a valid DNS name", c.DiscoveryDNSName)
 	}
+	c.DiscoveryDNSServer = p.str(EnvDiscoveryDNSServer, "")
+	if c.DiscoveryDNSServer != "" {
+		if _, port, err := net.SplitHostPort(c.DiscoveryDNSServer); err != nil || port == "" {
+			p.problem(EnvDiscoveryDNSServer, "%q is not host:port", c.DiscoveryDNSServer)
+		}
+	}
+	c.RejoinInterval = p.duration(EnvRejoinIntervalMS, DefaultRejoinInterval, time.Millisecond, 100)
+	c.AntiEntropyInterval = p.duration(EnvAntiEntropyIntervalMS, DefaultAntiEntropyInterval, time.Millisecond, 100)
+	c.OutboxDropAfter = p.duration(EnvOutboxDropAfterMS, DefaultOutboxDropAfter, time.Millisecond, 1000)
 	if v, ok := p.get(EnvGossipKey); ok {
 		key, err := base64.StdEncoding.DecodeString(v)
 		switch {

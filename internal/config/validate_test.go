@@ -116,6 +116,10 @@ func TestInvalidValues(t *testing.T) {
 		message  string
 	}{
 		{"port zero", []string{"KURA_PORT=0"}, EnvPort, `"0" is not a port number (1..65535)`},
+		{"DNS server without a port", []string{"KURA_DISCOVERY_DNS_SERVER=127.0.0.1"}, EnvDiscoveryDNSServer, "is not host:port"},
+		{"rejoin interval too short", []string{"KURA_GOSSIP_REJOIN_INTERVAL_MS=5"}, EnvRejoinIntervalMS, "must be at least 100"},
+		{"anti-entropy interval not a number", []string{"KURA_ANTI_ENTROPY_INTERVAL_MS=soon"}, EnvAntiEntropyIntervalMS, "is not a whole number"},
+		{"outbox drop-after too short", []string{"KURA_OUTBOX_DROP_AFTER_MS=10"}, EnvOutboxDropAfterMS, "must be at least 1000"},
 		{"port negative", []string{"KURA_INTERNAL_PORT=-1"}, EnvInternalPort, "is not a port number"},
 		{"port 65536", []string{"KURA_GOSSIP_PORT=65536"}, EnvGossipPort, "is not a port number"},
 		{"http and grpc share a port", []string{"KURA_GRPC_PORT=4000"}, EnvGRPCPort, "port 4000 is already KURA_PORT's"},

@@ -1,6 +1,9 @@
 package config
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
 
 // Variable names. Load reads exactly these (plus the extension families below); Usage and
 // the unknown-variable warning are generated from the variables table, so the three never
@@ -22,24 +25,28 @@ const (
 	EnvMaxKeyValueBytes = "KURA_MAX_KEYVALUE_BYTES"
 	EnvMaxXcodeBytes    = "KURA_MAX_XCODE_BYTES"
 
-	EnvPeers               = "KURA_PEERS"
-	EnvDiscoveryDNSName    = "KURA_DISCOVERY_DNS_NAME"
-	EnvGossipKey           = "KURA_GOSSIP_KEY"
-	EnvInternalTLSCACert   = "KURA_INTERNAL_TLS_CA_CERT_PATH"
-	EnvInternalTLSCert     = "KURA_INTERNAL_TLS_CERT_PATH"
-	EnvInternalTLSKey      = "KURA_INTERNAL_TLS_KEY_PATH"
-	EnvFDPoolSize          = "KURA_FILE_DESCRIPTOR_POOL_SIZE"
-	EnvFDAcquireTimeoutMS  = "KURA_FILE_DESCRIPTOR_ACQUIRE_TIMEOUT_MS"
-	EnvSegmentHandleCache  = "KURA_SEGMENT_HANDLE_CACHE_SIZE"
-	EnvMemorySoftLimit     = "KURA_MEMORY_SOFT_LIMIT_BYTES"
-	EnvMemoryHardLimit     = "KURA_MEMORY_HARD_LIMIT_BYTES"
-	EnvManifestCacheMax    = "KURA_MANIFEST_CACHE_MAX_BYTES"
-	EnvMetaMaxOpenFiles    = "KURA_METADATA_STORE_MAX_OPEN_FILES"
-	EnvMetaMaxBGJobs       = "KURA_METADATA_STORE_MAX_BACKGROUND_JOBS"
-	EnvMetaReadCache       = "KURA_METADATA_STORE_READ_CACHE_BYTES"
-	EnvMetaWriteBufferPool = "KURA_METADATA_STORE_WRITE_BUFFER_POOL_BYTES"
-	EnvMetaWriteBuffer     = "KURA_METADATA_STORE_WRITE_BUFFER_BYTES"
-	EnvMetaMaxWriteBuffers = "KURA_METADATA_STORE_MAX_WRITE_BUFFERS"
+	EnvPeers                 = "KURA_PEERS"
+	EnvDiscoveryDNSName      = "KURA_DISCOVERY_DNS_NAME"
+	EnvDiscoveryDNSServer    = "KURA_DISCOVERY_DNS_SERVER"
+	EnvRejoinIntervalMS      = "KURA_GOSSIP_REJOIN_INTERVAL_MS"
+	EnvAntiEntropyIntervalMS = "KURA_ANTI_ENTROPY_INTERVAL_MS"
+	EnvOutboxDropAfterMS     = "KURA_OUTBOX_DROP_AFTER_MS"
+	EnvGossipKey             = "KURA_GOSSIP_KEY"
+	EnvInternalTLSCACert     = "KURA_INTERNAL_TLS_CA_CERT_PATH"
+	EnvInternalTLSCert       = "KURA_INTERNAL_TLS_CERT_PATH"
+	EnvInternalTLSKey        = "KURA_INTERNAL_TLS_KEY_PATH"
+	EnvFDPoolSize            = "KURA_FILE_DESCRIPTOR_POOL_SIZE"
+	EnvFDAcquireTimeoutMS    = "KURA_FILE_DESCRIPTOR_ACQUIRE_TIMEOUT_MS"
+	EnvSegmentHandleCache    = "KURA_SEGMENT_HANDLE_CACHE_SIZE"
+	EnvMemorySoftLimit       = "KURA_MEMORY_SOFT_LIMIT_BYTES"
+	EnvMemoryHardLimit       = "KURA_MEMORY_HARD_LIMIT_BYTES"
+	EnvManifestCacheMax      = "KURA_MANIFEST_CACHE_MAX_BYTES"
+	EnvMetaMaxOpenFiles      = "KURA_METADATA_STORE_MAX_OPEN_FILES"
+	EnvMetaMaxBGJobs         = "KURA_METADATA_STORE_MAX_BACKGROUND_JOBS"
+	EnvMetaReadCache         = "KURA_METADATA_STORE_READ_CACHE_BYTES"
+	EnvMetaWriteBufferPool   = "KURA_METADATA_STORE_WRITE_BUFFER_POOL_BYTES"
+	EnvMetaWriteBuffer       = "KURA_METADATA_STORE_WRITE_BUFFER_BYTES"
+	EnvMetaMaxWriteBuffers   = "KURA_METADATA_STORE_MAX_WRITE_BUFFERS"
 
 	EnvOTelEndpoint    = "KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 	EnvOTelServiceName = "KURA_OTEL_SERVICE_NAME"
@@ -108,6 +115,10 @@ var variables = []varGroup{
 	{"Cluster", []varSpec{
 		{name: EnvPeers, def: "empty", meaning: "seed peers, comma-separated host:port of their gossip listener, or URLs (gossip on $KURA_GOSSIP_PORT)"},
 		{name: EnvDiscoveryDNSName, def: "empty", meaning: "DNS name whose A/AAAA (or SRV) records are gossip seeds; re-resolved periodically"},
+		{name: EnvDiscoveryDNSServer, def: "empty (system resolver)", meaning: "host:port of the DNS server asked for KURA_DISCOVERY_DNS_NAME"},
+		{name: EnvRejoinIntervalMS, def: "15000", meaning: "how often seeds are re-resolved and re-joined, so healed partitions and restarted peers rejoin"},
+		{name: EnvAntiEntropyIntervalMS, def: "30000", meaning: "pause between anti-entropy sweeps that compare digests with every peer and pull what is missing"},
+		{name: EnvOutboxDropAfterMS, def: "3600000 (1 h)", meaning: "a peer gone this long loses its replication queue; anti-entropy repairs it when it returns"},
 		{name: EnvGossipKey, def: "empty", meaning: "base64 AES key (16, 24 or 32 bytes) encrypting gossip; nodes without it never join"},
 		{name: EnvInternalTLSCACert, def: "empty", meaning: "CA that client and server certificates of the internal plane must chain to"},
 		{name: EnvInternalTLSCert, def: "empty", meaning: "this node's certificate (server and client auth) for the internal plane"},
@@ -204,3 +215,16 @@ func splitFamily(prefix, name string) (id, field string, ok bool) {
 // keyed: trimmed and upper-cased, so a script's kura.sign_hmac_base64("tuist", …) finds
 // KURA_EXTENSION_SIGNER_TUIST_*.
 func ResourceID(id string) string { return strings.ToUpper(strings.TrimSpace(id)) }
+
+// Cluster timing defaults, with the reason for each.
+const (
+	// DefaultRejoinInterval: a restarted peer or a healed partition is back within ~15 s, while
+	// DNS and join traffic stays negligible.
+	DefaultRejoinInterval = 15 * time.Second
+	// DefaultAntiEntropyInterval: the outbox delivers almost everything; sweeps only mop up,
+	// and a sweep that finds equal digests costs one 32 KiB exchange per peer.
+	DefaultAntiEntropyInterval = 30 * time.Second
+	// DefaultOutboxDropAfter: long enough for a reboot or a rolling upgrade to keep its queue,
+	// short enough that a decommissioned node's backlog does not grow without bound.
+	DefaultOutboxDropAfter = time.Hour
+)
