@@ -1,0 +1,3 @@
+exports.greet = function greet(name) {
+  return 'hello ' + name + ' from a bundle served by the Kura cache';
+};

@@ -1,0 +1,3 @@
+exports.add = function add(a, b) {
+  return a + b;
+};

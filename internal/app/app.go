@@ -1,0 +1,221 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/kuracache/kura/httpapi"
+	"github.com/kuracache/kura/internal/config"
+	"github.com/kuracache/kura/internal/telemetry"
+	"github.com/kuracache/kura/reapi"
+	"github.com/kuracache/kura/storage/local"
+	"github.com/kuracache/kura/storage/meta"
+)
+
+// Version is the build's version, set with -ldflags "-X github.com/kuracache/kura/internal/app.Version=…".
+var Version = "dev"
+
+// ShutdownTimeout bounds the graceful drain after SIGTERM. It stays below Kubernetes' default
+// 30 s termination grace period so the drain finishes before the kubelet's SIGKILL.
+const ShutdownTimeout = 25 * time.Second
+
+// App is one running Kura node.
+type App struct {
+	cfg      *config.Config
+	logger   *slog.Logger
+	registry *prometheus.Registry
+	store    *local.Store
+	http     *httpapi.Server
+	grpc     *grpc.Server
+	httpLn   net.Listener
+	grpcLn   net.Listener
+}
+
+// New opens the store and binds every listener; nothing is served until Run. On error
+// everything opened so far is closed again.
+func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
+	a := &App{cfg: cfg, logger: logger}
+	a.registry = telemetry.NewRegistry(telemetry.NodeIdentity{
+		Node: cfg.NodeName, Region: cfg.Region, TenantID: cfg.TenantID, Version: Version,
+	})
+	defer func() {
+		if err != nil {
+			a.closeOpened()
+		}
+	}()
+
+	a.store, err = local.Open(local.Options{
+		DataDir:         cfg.DataDir,
+		TmpDir:          cfg.TmpDir,
+		DiskBudgetBytes: cfg.DiskBudgetBytes,
+		Metadata: meta.Options{
+			BlockCacheBytes:             cfg.MetadataStoreReadCacheBytes,
+			MemTableBytes:               cfg.MetadataStoreWriteBufferBytes,
+			MemTableStopWritesThreshold: cfg.MetadataStoreMaxWriteBuffers,
+			MaxOpenFiles:                cfg.MetadataStoreMaxOpenFiles,
+			CompactionConcurrency:       cfg.MetadataStoreMaxBackgroundJobs,
+		},
+		Logger:     logger.With("component", "storage"),
+		Registerer: a.registry,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open the store in %s: %w", cfg.DataDir, err)
+	}
+
+	self := httpapi.Member{Name: cfg.NodeName, Region: cfg.Region, URL: cfg.NodeURL}
+	a.http, err = httpapi.New(httpapi.Config{
+		TenantID:         cfg.TenantID,
+		Region:           cfg.Region,
+		NodeName:         cfg.NodeName,
+		NodeURL:          cfg.NodeURL,
+		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
+		MaxXcodeBytes:    cfg.MaxXcodeBytes,
+	}, httpapi.Deps{
+		Store:      a.store,
+		Multipart:  a.store,
+		Members:    singleNode{self},
+		Registerer: a.registry,
+		Gatherer:   a.registry,
+		Logger:     logger.With("component", "http"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build the HTTP API: %w", err)
+	}
+
+	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
+	cas, err := reapi.New(reapiCfg, reapi.Deps{
+		Store:      a.store,
+		Registerer: a.registry,
+		Logger:     logger.With("component", "reapi"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build the REAPI services: %w", err)
+	}
+	a.grpc = grpc.NewServer(reapi.ServerOptions(reapiCfg)...)
+	cas.Register(a.grpc)
+
+	if a.httpLn, err = listen(cfg.BindAddress, cfg.Port, "KURA_PORT"); err != nil {
+		return nil, err
+	}
+	if a.grpcLn, err = listen(cfg.BindAddress, cfg.GRPCPort, "KURA_GRPC_PORT"); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func listen(host string, port int, variable string) (net.Listener, error) {
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (%s): %w", addr, variable, err)
+	}
+	return ln, nil
+}
+
+// HTTPAddr and GRPCAddr are the bound addresses (useful when a port was 0 in tests).
+func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// GRPCAddr is the bound REAPI address.
+func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
+
+// Run serves until ctx is cancelled or a server fails, then drains within ShutdownTimeout
+// and closes the store. It returns the first server error, or nil after a clean shutdown.
+func (a *App) Run(ctx context.Context) error {
+	a.logger.Info("kura serving",
+		"http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "node", a.cfg.NodeName,
+		"region", a.cfg.Region, "tenant_id", a.cfg.TenantID, "version", Version)
+
+	var g run.Group
+	{
+		stop := make(chan struct{})
+		g.Add(func() error {
+			<-stop
+			return nil
+		}, func(error) { close(stop) })
+		ctxDone := ctx.Done()
+		g.Add(func() error {
+			select {
+			case <-ctxDone:
+				a.logger.Info("shutting down: draining in-flight requests", "timeout", ShutdownTimeout)
+				return nil
+			case <-stop:
+				return nil
+			}
+		}, func(error) {})
+	}
+	g.Add(func() error {
+		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve HTTP: %w", err)
+		}
+		return nil
+	}, func(error) {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		if err := a.http.Shutdown(shutdownCtx); err != nil {
+			a.logger.Warn("HTTP drain incomplete", "err", err)
+		}
+	})
+	g.Add(func() error {
+		if err := a.grpc.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve gRPC: %w", err)
+		}
+		return nil
+	}, func(error) {
+		stopGracefully(a.grpc, ShutdownTimeout)
+	})
+
+	err := g.Run()
+	if cerr := a.store.Close(); cerr != nil {
+		a.logger.Error("closing the store", "err", cerr)
+		if err == nil {
+			err = fmt.Errorf("close the store: %w", cerr)
+		}
+	}
+	a.logger.Info("kura stopped")
+	return err
+}
+
+// stopGracefully lets in-flight RPCs finish, then cuts off whatever is still running (a
+// ByteStream read of a huge blob, say) once the timeout passes.
+func stopGracefully(s *grpc.Server, timeout time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.Stop()
+		<-done
+	}
+}
+
+// closeOpened releases whatever New managed to open before it failed.
+func (a *App) closeOpened() {
+	for _, ln := range []net.Listener{a.httpLn, a.grpcLn} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			a.logger.Error("closing the store after a failed start", "err", err)
+		}
+	}
+}
+
+// singleNode is the cluster view until membership (gossip) is wired in: just this node.
+type singleNode struct{ self httpapi.Member }
+
+func (s singleNode) Members() []httpapi.Member { return []httpapi.Member{s.self} }

@@ -1,0 +1,179 @@
+package reapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/kuracache/kura/storage"
+)
+
+// contentType is what REAPI blobs and action results are stored with, so the Bazel HTTP
+// cache serves them back as opaque bytes.
+const contentType = "application/octet-stream"
+
+// findMissingChunk bounds the keys passed to one Store.FindMissing call.
+const findMissingChunk = 10000
+
+// readBlob reads a whole CAS blob of at most limit bytes into memory. A stored blob whose size
+// differs from the digest's is reported missing: that digest names nothing stored.
+func (s *Server) readBlob(ctx context.Context, namespace string, d digest, limit int64) ([]byte, error) {
+	if d.size == 0 {
+		if d.isEmpty() {
+			return []byte{}, nil
+		}
+		return nil, fmt.Errorf("blob %s: %w (only the empty blob has size 0)", d, storage.ErrNotFound)
+	}
+	if d.size > limit {
+		return nil, fmt.Errorf("%w: blob %s is larger than the %d bytes this request may read into memory", errServerLimit, d, limit)
+	}
+	r, err := s.store.Open(ctx, casKey(s.tenant(), namespace, d), 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("open blob %s: %w", d, err)
+	}
+	defer func() { _ = r.Close() }()
+	if err := checkStoredSize(r.Info(), d); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, d.size)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, fmt.Errorf("read blob %s: %w", d, err)
+	}
+	return buf, nil
+}
+
+// checkStoredSize compares a stored blob's size with the size a digest declares.
+func checkStoredSize(info storage.Info, d digest) error {
+	if info.Size != d.size {
+		return fmt.Errorf("blob %s: %w (the blob with this hash has %d bytes)", d, storage.ErrNotFound, info.Size)
+	}
+	return nil
+}
+
+// putResult interprets a Put for a client: a write that lost to a newer namespace tombstone
+// (ErrStale) is not an error for the client, it simply created nothing.
+func putResult(res storage.PutResult, err error) (storage.PutResult, error) {
+	if errors.Is(err, storage.ErrStale) {
+		return storage.PutResult{}, nil
+	}
+	return res, err
+}
+
+// checkExisting verifies that a blob the store already held (Put created nothing) is the one
+// the digest names.
+func checkExisting(res storage.PutResult, d digest) error {
+	if res.Info.Key.Name != "" && res.Info.Size != d.size {
+		return fmt.Errorf("%w: a blob with hash %s is stored with %d bytes, not %d", errInvalidArgument, d.hex(), res.Info.Size, d.size)
+	}
+	return nil
+}
+
+// putIdentity stores an uncompressed in-memory blob after checking it against its digest.
+func (s *Server) putIdentity(ctx context.Context, namespace string, d digest, data []byte) (created bool, err error) {
+	if int64(len(data)) != d.size {
+		return false, fmt.Errorf("%w: blob %s: data has %d bytes, the digest says %d", errInvalidArgument, d, len(data), d.size)
+	}
+	if sum := sha256.Sum256(data); sum != d.hash {
+		return false, fmt.Errorf("%w: blob %s: data hashes to %x", errInvalidArgument, d, sum)
+	}
+	if d.isEmpty() {
+		return false, nil
+	}
+	res, err := putResult(s.store.Put(ctx, casKey(s.tenant(), namespace, d), bytes.NewReader(data), s.putOptions(d)))
+	if err != nil {
+		return false, fmt.Errorf("store blob %s: %w", d, err)
+	}
+	if !res.Created {
+		return false, checkExisting(res, d)
+	}
+	return true, nil
+}
+
+// putZstd decodes a zstd payload while streaming it into the store. Decoding stops one byte
+// past the declared size (the bomb guard). When the store already held the blob and so read
+// nothing (or not everything), the rest is decoded here, so bad data is never acknowledged.
+func (s *Server) putZstd(ctx context.Context, namespace string, d digest, compressed []byte) (created bool, err error) {
+	dec, err := s.codecs.decoder(bytes.NewReader(compressed))
+	if err != nil {
+		return false, err
+	}
+	defer s.codecs.putDecoder(dec)
+	body := &hashingReader{r: &trackingReader{r: &boundedReader{r: dec, left: d.size}}, h: sha256.New()}
+	var res storage.PutResult
+	if !d.isEmpty() {
+		res, err = putResult(s.store.Put(ctx, casKey(s.tenant(), namespace, d), body, s.putOptions(d)))
+		if err != nil {
+			if derr := dataError(body.tracked().err); derr != nil {
+				return false, fmt.Errorf("blob %s: %w", d, derr)
+			}
+			return false, fmt.Errorf("store blob %s: %w", d, err)
+		}
+		if res.Created {
+			return true, nil
+		}
+	}
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		return false, fmt.Errorf("blob %s: %w", d, dataError(err))
+	}
+	if body.n != d.size || !bytes.Equal(body.h.Sum(nil), d.hash[:]) {
+		return false, fmt.Errorf("%w: blob %s: decompressed data has %d bytes and hashes to %x", errInvalidArgument, d, body.n, body.h.Sum(nil))
+	}
+	return false, checkExisting(res, d)
+}
+
+// putOptions makes the store verify size and hash before it commits.
+func (s *Server) putOptions(d digest) storage.PutOptions {
+	h := d.hash
+	return storage.PutOptions{ContentType: contentType, Size: d.size, ExpectedSHA256: &h}
+}
+
+// hashingReader hashes and counts what passes through it.
+type hashingReader struct {
+	r io.Reader
+	h hash.Hash
+	n int64
+}
+
+func (h *hashingReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.h.Write(p[:n])
+	h.n += int64(n)
+	return n, err
+}
+
+func (h *hashingReader) tracked() *trackingReader { return h.r.(*trackingReader) }
+
+// findMissing returns the hashes among ds that the store does not hold. The empty blob is
+// always present. Keys are deduplicated and looked up in bounded chunks.
+func (s *Server) findMissing(ctx context.Context, namespace string, ds []digest) (map[[sha256.Size]byte]bool, error) {
+	seen := make(map[[sha256.Size]byte]bool, len(ds))
+	keys := make([]storage.Key, 0, len(ds))
+	for _, d := range ds {
+		if d.isEmpty() || seen[d.hash] {
+			continue
+		}
+		seen[d.hash] = true
+		keys = append(keys, casKey(s.tenant(), namespace, d))
+	}
+	missing := map[[sha256.Size]byte]bool{}
+	for len(keys) > 0 {
+		n := min(len(keys), findMissingChunk)
+		absent, err := s.store.FindMissing(ctx, keys[:n])
+		if err != nil {
+			return nil, fmt.Errorf("find missing blobs: %w", err)
+		}
+		for _, k := range absent {
+			h, err := parseHash(k.Name)
+			if err != nil {
+				return nil, fmt.Errorf("find missing blobs: store returned an unexpected key %s", k)
+			}
+			missing[h] = true
+		}
+		keys = keys[n:]
+	}
+	return missing, nil
+}

@@ -1,0 +1,137 @@
+package reapi
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/kuracache/kura/storage"
+)
+
+// Defaults and bounds of Config.
+const (
+	// DefaultTenantID is used when Config.TenantID is empty (KURA_TENANT_ID's default).
+	DefaultTenantID = "default"
+	// DefaultNamespace is the namespace of requests whose instance_name is empty.
+	DefaultNamespace = "default"
+	// MinBatchTotalSizeBytes is the smallest batch limit accepted: 4 MiB is what clients
+	// assume when a server advertises nothing, so advertising less would break them.
+	MinBatchTotalSizeBytes = 4 << 20
+	// DefaultMaxBatchTotalSizeBytes is advertised and enforced when Config leaves it 0.
+	DefaultMaxBatchTotalSizeBytes = MinBatchTotalSizeBytes
+	// maxBatchTotalSizeBytes keeps the derived gRPC message limit inside an int32.
+	maxBatchTotalSizeBytes = 1 << 30
+	// DefaultMaxDecompressedBytes bounds what the zstd items of one BatchUpdateBlobs request
+	// may expand to, 16 times the default batch limit.
+	DefaultMaxDecompressedBytes = 64 << 20
+	// DefaultMaxProtoBytes bounds an ActionResult, Directory or Tree read into memory.
+	DefaultMaxProtoBytes = 64 << 20
+	// messageHeadroom is added to the batch limit to get the gRPC receive limit: it covers
+	// the digests and framing around the blob bytes of a full batch (about 85 bytes per item,
+	// so a full batch of items of 350 bytes or more fits).
+	messageHeadroom = 1 << 20
+)
+
+// Config holds the REAPI settings. The zero value of every limit means its default.
+type Config struct {
+	// TenantID owns every object stored through REAPI (KURA_TENANT_ID).
+	TenantID string
+	// MaxBatchTotalSizeBytes is advertised in the capabilities and enforced: the blob bytes
+	// of one BatchUpdateBlobs request and the blob sizes asked for by one BatchReadBlobs
+	// request may not add up to more. At least MinBatchTotalSizeBytes.
+	MaxBatchTotalSizeBytes int64
+	// MaxDecompressedBytes is the decompression-bomb guard of BatchUpdateBlobs: the declared
+	// (uncompressed) sizes of the zstd items of one request may not add up to more. Every
+	// compressed payload, batched or streamed, is also cut off one byte past its declared
+	// size, so a payload that expands beyond what it declared is rejected at once.
+	MaxDecompressedBytes int64
+	// MaxCASBlobSizeBytes, when positive, is advertised as max_cas_blob_size_bytes and larger
+	// uploads are rejected with INVALID_ARGUMENT. 0 means no limit (the disk budget applies).
+	MaxCASBlobSizeBytes int64
+	// MaxProtoBytes bounds an ActionResult, Directory or Tree that the server reads into
+	// memory (GetActionResult's completeness check, GetTree).
+	MaxProtoBytes int64
+}
+
+// withDefaults fills zero limits with their defaults.
+func (c Config) withDefaults() Config {
+	if c.TenantID == "" {
+		c.TenantID = DefaultTenantID
+	}
+	if c.MaxBatchTotalSizeBytes == 0 {
+		c.MaxBatchTotalSizeBytes = DefaultMaxBatchTotalSizeBytes
+	}
+	if c.MaxDecompressedBytes == 0 {
+		c.MaxDecompressedBytes = max(DefaultMaxDecompressedBytes, c.MaxBatchTotalSizeBytes)
+	}
+	if c.MaxProtoBytes == 0 {
+		c.MaxProtoBytes = DefaultMaxProtoBytes
+	}
+	return c
+}
+
+// Validate reports every problem of the configuration (after defaults are applied).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if err := storage.ValidateIdentifier("tenant_id", c.TenantID); err != nil {
+		errs = append(errs, fmt.Errorf("TenantID: %w", err))
+	}
+	if c.MaxBatchTotalSizeBytes < MinBatchTotalSizeBytes || c.MaxBatchTotalSizeBytes > maxBatchTotalSizeBytes {
+		errs = append(errs, fmt.Errorf("MaxBatchTotalSizeBytes is %d; it must be between %d and %d",
+			c.MaxBatchTotalSizeBytes, MinBatchTotalSizeBytes, maxBatchTotalSizeBytes))
+	}
+	if c.MaxDecompressedBytes < c.MaxBatchTotalSizeBytes {
+		errs = append(errs, fmt.Errorf("MaxDecompressedBytes is %d; it must be at least MaxBatchTotalSizeBytes (%d)",
+			c.MaxDecompressedBytes, c.MaxBatchTotalSizeBytes))
+	}
+	if c.MaxCASBlobSizeBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxCASBlobSizeBytes is %d; it must be 0 (no limit) or positive", c.MaxCASBlobSizeBytes))
+	}
+	if c.MaxProtoBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("MaxProtoBytes is %d; it must be at least 1 MiB", c.MaxProtoBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// maxRecvMsgSize is the gRPC receive limit: a full batch plus its framing.
+func (c Config) maxRecvMsgSize() int {
+	return int(c.MaxBatchTotalSizeBytes + messageHeadroom)
+}
+
+// Deps are the collaborators of the REAPI server.
+type Deps struct {
+	// Store keeps blobs and action results. Required.
+	Store storage.Store
+	// Registerer receives the metrics. Nil means a private registry (metrics not exported).
+	Registerer prometheus.Registerer
+	// Logger receives warnings about store failures and bad stored data. Nil discards.
+	Logger *slog.Logger
+}
+
+// Keepalive policy. Bazel and Buck2 keep long-lived channels; the server pings idle
+// connections to find dead peers, and tolerates client pings down to every 10 s (the gRPC
+// default of 5 min would answer a client's 30 s keepalive with GOAWAY too_many_pings).
+const (
+	keepaliveTime       = time.Minute      // ping a connection after a minute without activity
+	keepaliveTimeout    = 20 * time.Second // close it when the ping is not answered in 20 s
+	keepaliveMinClientT = 10 * time.Second // most frequent client ping tolerated
+)
+
+// ServerOptions returns the gRPC server options the REAPI services need: a receive limit
+// consistent with the advertised batch limit (a full BatchUpdateBlobs request fits; bigger
+// blobs go through ByteStream in chunks) and the keepalive policy. Metrics are not
+// interceptors: Register attaches them to each service (see the package documentation).
+func ServerOptions(cfg Config) []grpc.ServerOption {
+	cfg = cfg.withDefaults()
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.maxRecvMsgSize()),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinClientT, PermitWithoutStream: true}),
+	}
+}

@@ -1,0 +1,38 @@
+// Package reapi serves the Bazel Remote Execution API v2 cache services (Capabilities,
+// ContentAddressableStorage, ActionCache, ByteStream, plus gRPC health and reflection) on top
+// of storage.Store. Blobs are storage.KindCAS objects named by their lowercase hex SHA-256 and
+// action results storage.KindAC objects named by the action digest's hash, exactly as the Bazel
+// HTTP cache in httpapi names them, so both protocols share one cache; the namespace is the
+// instance name ("default" when empty) and the tenant is the configured one.
+//
+// Design notes, for the choices the REAPI leaves to servers:
+//
+//   - Metrics and panic recovery are attached when the services are registered (Register wraps
+//     every generated handler) rather than through ServerOptions interceptors, because
+//     ServerOptions only sees the Config while the metrics belong on the Deps' Registerer.
+//   - Uploads are not resumable: a ByteStream Write streams straight into Store.Put, which
+//     hashes and verifies before it commits, so nothing partial is kept. A first write_offset
+//     other than 0 is INVALID_ARGUMENT and QueryWriteStatus answers NOT_FOUND for anything that
+//     is not a complete blob. Bazel restarts failed uploads from offset 0, which is all it needs.
+//   - A stream closed without finish_write ends the data: the store then checks the size and
+//     hash, so a short upload fails with INVALID_ARGUMENT and nothing is stored.
+//   - Compressed reads honour read_offset (in uncompressed bytes, as the REAPI says) by
+//     compressing the blob's tail; read_limit must be 0 for them (the REAPI requires it).
+//   - FindMissingBlobs and the ActionCache completeness check look blobs up by hash only (the
+//     size is not part of a CAS name); a hash stored with another size is answered NOT_FOUND
+//     when it is read. This keeps FindMissingBlobs one batched store call.
+//   - The ContentAddressableStorage chunking RPCs (SplitBlob, SpliceBlob, GetChunkMapping,
+//     RegisterChunkMapping) answer UNIMPLEMENTED, as the REAPI prescribes for servers whose
+//     capabilities do not advertise split or splice support.
+//   - Artifact metrics (the kura_artifact_* families shared with httpapi, client "bazel")
+//     count the blobs and action results clients asked for (ByteStream, batch items,
+//     ActionCache); the server's own look-ups (GetTree directories, completeness checks) are
+//     not artifact reads, and requests the client cancelled are left to
+//     kura_grpc_requests_total.
+//   - Errors become gRPC codes in one place (codeOf in errors.go): malformed input is
+//     INVALID_ARGUMENT, storage.ErrNotFound and ErrCorrupt NOT_FOUND, ErrInsufficientStorage
+//     RESOURCE_EXHAUSTED, ErrUnavailable UNAVAILABLE, a read_offset outside the blob
+//     OUT_OF_RANGE (ByteStream's own rule). A batch over the advertised limit is
+//     INVALID_ARGUMENT; a message over the gRPC receive limit is refused by gRPC itself with
+//     RESOURCE_EXHAUSTED before it is decoded.
+package reapi

@@ -1,0 +1,340 @@
+package reapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+
+	"github.com/kuracache/kura/storage"
+)
+
+// readChunkBytes is the most data one ReadResponse carries (1 MiB, well under the 4 MiB
+// message limit clients apply by default).
+const readChunkBytes = 1 << 20
+
+// errPutReturned closes an upload pipe's read side once Put has returned, so the receiving
+// loop stops writing into a pipe nobody reads any more.
+var errPutReturned = errors.New("store finished with the upload")
+
+// byteStreamServer implements google.bytestream.ByteStream over the CAS.
+type byteStreamServer struct {
+	s *Server
+}
+
+var _ bspb.ByteStreamServer = (*byteStreamServer)(nil)
+
+// Read streams a blob (or its zstd compression) in chunks of at most readChunkBytes; the
+// blob is never held in memory as a whole.
+func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_ReadServer) (err error) {
+	ctx := stream.Context()
+	rn, err := parseReadResourceName(req.GetResourceName())
+	if err != nil {
+		return toStatus(err)
+	}
+	d, offset, limit := rn.digest, req.GetReadOffset(), req.GetReadLimit()
+	switch {
+	case limit < 0:
+		return toStatus(fmt.Errorf("%w: read_limit %d is negative", errInvalidArgument, limit))
+	case offset < 0 || offset > d.size:
+		return toStatus(fmt.Errorf("%w: read_offset %d is outside blob %s", errOutOfRange, offset, d))
+	case rn.compressor != repb.Compressor_IDENTITY && limit != 0:
+		return toStatus(fmt.Errorf("%w: read_limit must be 0 for compressed-blobs reads (it would count compressed bytes)", errInvalidArgument))
+	}
+	length := d.size - offset
+	if limit > 0 && limit < length {
+		length = limit
+	}
+	served := int64(0)
+	defer func() { b.s.metrics.read(storage.KindCAS, readResult(err), served) }()
+
+	var body io.Reader
+	if d.isEmpty() {
+		body = eofReader{} // always present, never stored
+	} else {
+		r, err := b.s.store.Open(ctx, casKey(b.s.tenant(), rn.namespace(), d), offset, length)
+		if err != nil {
+			return toStatus(fmt.Errorf("open blob %s: %w", d, err))
+		}
+		defer func() { _ = r.Close() }()
+		if err := checkStoredSize(r.Info(), d); err != nil {
+			return toStatus(err)
+		}
+		body = r
+	}
+	if rn.compressor == repb.Compressor_IDENTITY {
+		served, err = sendChunks(stream, body, length)
+	} else {
+		served, err = b.sendCompressed(stream, body, length)
+	}
+	if err != nil {
+		return toStatus(fmt.Errorf("read blob %s: %w", d, err))
+	}
+	return nil
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// sendChunks sends exactly length bytes of body. Each message gets its own buffer: gRPC may
+// still hold a sent message (stats handlers, tracing), so buffers are never reused.
+func sendChunks(stream bspb.ByteStream_ReadServer, body io.Reader, length int64) (int64, error) {
+	sent := int64(0)
+	for sent < length {
+		buf := make([]byte, min(length-sent, readChunkBytes))
+		if _, err := io.ReadFull(body, buf); err != nil {
+			return sent, fmt.Errorf("read from the store at byte %d: %w", sent, err)
+		}
+		if err := stream.Send(&bspb.ReadResponse{Data: buf}); err != nil {
+			return sent, fmt.Errorf("send: %w", err)
+		}
+		sent += int64(len(buf))
+	}
+	return sent, nil
+}
+
+// sendCompressed streams length bytes of body through a zstd encoder into ReadResponses.
+func (b *byteStreamServer) sendCompressed(stream bspb.ByteStream_ReadServer, body io.Reader, length int64) (int64, error) {
+	w := &chunkWriter{stream: stream}
+	enc, err := b.s.codecs.encoder(w)
+	if err != nil {
+		return 0, err
+	}
+	defer b.s.codecs.putEncoder(enc)
+	n, err := io.Copy(enc, io.LimitReader(body, length))
+	if err != nil {
+		_ = enc.Close()
+		return n, fmt.Errorf("compress: %w", err)
+	}
+	if n != length {
+		_ = enc.Close()
+		return n, fmt.Errorf("the store returned %d bytes instead of %d", n, length)
+	}
+	if err := enc.Close(); err != nil {
+		return n, fmt.Errorf("compress: %w", err)
+	}
+	return n, w.flush()
+}
+
+// chunkWriter collects compressed output into messages of readChunkBytes.
+type chunkWriter struct {
+	stream bspb.ByteStream_ReadServer
+	buf    []byte
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		if w.buf == nil {
+			w.buf = make([]byte, 0, readChunkBytes)
+		}
+		n := min(len(p), cap(w.buf)-len(w.buf))
+		w.buf = append(w.buf, p[:n]...)
+		p, written = p[n:], written+n
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, nil
+}
+
+// flush sends what is buffered; a compressed stream always yields at least one message.
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.stream.Send(&bspb.ReadResponse{Data: w.buf})
+	w.buf = nil
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
+
+// Write receives a blob and streams it into Store.Put, which hashes while it stores and
+// commits only if size and SHA-256 match. The receiving loop and Put are joined through a
+// pipe, so memory use does not depend on the blob's size.
+func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error) {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return toStatus(fmt.Errorf("%w: the write stream carried no request", errInvalidArgument))
+	}
+	if err != nil {
+		return toStatus(fmt.Errorf("receive the first write request: %w", err))
+	}
+	rn, err := parseWriteResourceName(first.GetResourceName())
+	if err != nil {
+		b.s.metrics.write(storage.KindCAS, resultRejected, 0)
+		return toStatus(err)
+	}
+	d, compressed := rn.digest, rn.compressor != repb.Compressor_IDENTITY
+	created := false
+	defer func() {
+		stored := int64(0)
+		if created {
+			stored = d.size
+		}
+		b.s.metrics.write(storage.KindCAS, writeResult(err, created), stored)
+	}()
+	if first.GetWriteOffset() != 0 {
+		return toStatus(fmt.Errorf("%w: write_offset %d: uploads are not resumable on this server, start at 0 (QueryWriteStatus reports NOT_FOUND for partial uploads)",
+			errInvalidArgument, first.GetWriteOffset()))
+	}
+	if limit := b.s.cfg.MaxCASBlobSizeBytes; limit > 0 && d.size > limit {
+		return toStatus(fmt.Errorf("%w: blob %s is larger than max_cas_blob_size_bytes (%d)", errInvalidArgument, d, limit))
+	}
+
+	// A blob that is already here completes the upload at once, without reading the rest.
+	done := &bspb.WriteResponse{CommittedSize: d.size}
+	if compressed {
+		done.CommittedSize = -1 // REAPI: -1 for a compressed upload that was already complete
+	}
+	if d.isEmpty() {
+		return stream.SendAndClose(done)
+	}
+	key := casKey(b.s.tenant(), rn.namespace(), d)
+	switch info, err := b.s.store.Stat(ctx, key); {
+	case err == nil:
+		if err := checkExisting(storage.PutResult{Info: info}, d); err != nil {
+			return toStatus(err)
+		}
+		return stream.SendAndClose(done)
+	case !errors.Is(err, storage.ErrNotFound):
+		return toStatus(fmt.Errorf("look up blob %s: %w", d, err))
+	}
+
+	received, res, err := b.receive(ctx, stream, first, rn, key)
+	if err != nil {
+		return toStatus(err)
+	}
+	if !res.Created {
+		// Someone else stored it meanwhile (or a tombstone made it moot): complete as present.
+		if err := checkExisting(res, d); err != nil {
+			return toStatus(err)
+		}
+		return stream.SendAndClose(done)
+	}
+	created = true
+	if compressed {
+		// Offsets of compressed uploads count compressed bytes after the first request.
+		return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: received})
+	}
+	return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: d.size})
+}
+
+// receive pumps the stream's data into Store.Put and returns the number of bytes received
+// (compressed bytes for compressed uploads) and the Put's result.
+func (b *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_WriteServer, first *bspb.WriteRequest,
+	rn resourceName, key storage.Key) (int64, storage.PutResult, error) {
+	d, compressed := rn.digest, rn.compressor != repb.Compressor_IDENTITY
+	pr, pw := io.Pipe()
+	var body io.Reader = pr
+	var tracked *trackingReader
+	if compressed {
+		dec, err := b.s.codecs.decoder(pr)
+		if err != nil {
+			return 0, storage.PutResult{}, err
+		}
+		defer b.s.codecs.putDecoder(dec)
+		tracked = &trackingReader{r: &boundedReader{r: dec, left: d.size}}
+		body = tracked
+	}
+	type outcome struct {
+		res storage.PutResult
+		err error
+	}
+	putDone := make(chan outcome, 1)
+	go func() {
+		res, err := putResult(b.s.store.Put(ctx, key, body, b.s.putOptions(d)))
+		pr.CloseWithError(errPutReturned) // unblocks the receiving loop if Put stopped early
+		putDone <- outcome{res, err}
+	}()
+
+	received, recvErr := receiveInto(stream, first, pw, d, compressed)
+	if recvErr != nil {
+		pw.CloseWithError(recvErr)
+	} else {
+		pw.Close()
+	}
+	out := <-putDone // always joined: the goroutine never outlives the request
+	switch {
+	case recvErr != nil && !errors.Is(recvErr, errPutReturned):
+		return received, storage.PutResult{}, recvErr
+	case out.err != nil && tracked != nil && tracked.err != nil:
+		return received, storage.PutResult{}, fmt.Errorf("blob %s: %w", d, dataError(tracked.err))
+	case out.err != nil:
+		return received, storage.PutResult{}, fmt.Errorf("store blob %s: %w", d, out.err)
+	}
+	return received, out.res, nil
+}
+
+// receiveInto copies the data of the write requests into w, checking offsets, the resource
+// name and the declared size as it goes. It returns at finish_write or at the end of the
+// stream; errPutReturned means the store stopped reading (it already has the blob, or failed).
+func receiveInto(stream bspb.ByteStream_WriteServer, first *bspb.WriteRequest, w io.Writer, d digest, compressed bool) (int64, error) {
+	offset := int64(0)
+	for req := first; ; {
+		if req.GetResourceName() != "" && req.GetResourceName() != first.GetResourceName() {
+			return offset, fmt.Errorf("%w: resource_name changed within the write stream (from %q to %q)",
+				errInvalidArgument, truncate(first.GetResourceName()), truncate(req.GetResourceName()))
+		}
+		if req.GetWriteOffset() != offset {
+			return offset, fmt.Errorf("%w: write_offset %d does not continue the stream at %d", errInvalidArgument, req.GetWriteOffset(), offset)
+		}
+		data := req.GetData()
+		if !compressed && offset+int64(len(data)) > d.size {
+			return offset, fmt.Errorf("%w: blob %s: more data than its size (%d bytes received)", errInvalidArgument, d, offset+int64(len(data)))
+		}
+		if len(data) > 0 {
+			if _, err := w.Write(data); err != nil {
+				return offset, err
+			}
+			offset += int64(len(data))
+		}
+		if req.GetFinishWrite() {
+			return offset, nil
+		}
+		next, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			// Closed without finish_write: the data ends here and the store's size and hash
+			// checks decide whether it is complete.
+			return offset, nil
+		}
+		if err != nil {
+			return offset, fmt.Errorf("receive write request: %w", err)
+		}
+		req = next
+	}
+}
+
+// QueryWriteStatus reports a complete blob as committed. Partial uploads are never kept (see
+// Write), so anything else is NOT_FOUND and the client restarts at offset 0.
+func (b *byteStreamServer) QueryWriteStatus(ctx context.Context, req *bspb.QueryWriteStatusRequest) (*bspb.QueryWriteStatusResponse, error) {
+	rn, err := parseWriteResourceName(req.GetResourceName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	d := rn.digest
+	committed := d.size
+	if rn.compressor != repb.Compressor_IDENTITY {
+		committed = -1
+	}
+	if d.isEmpty() {
+		return &bspb.QueryWriteStatusResponse{CommittedSize: committed, Complete: true}, nil
+	}
+	info, err := b.s.store.Stat(ctx, casKey(b.s.tenant(), rn.namespace(), d))
+	if err == nil {
+		err = checkStoredSize(info, d)
+	}
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("write status of blob %s: %w (partial uploads are not kept; write from offset 0)", d, err))
+	}
+	return &bspb.QueryWriteStatusResponse{CommittedSize: committed, Complete: true}, nil
+}

@@ -1,0 +1,307 @@
+package reapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kuracache/kura/storage"
+)
+
+// batchParallelism bounds the items of one batch request handled at once: enough to overlap
+// the store's fsyncs, few enough that one request cannot monopolize the store.
+const batchParallelism = 8
+
+// GetTree paging: a page holds at most page_size directories (defaultTreePageSize when the
+// client sets none, never more than maxTreePageSize) and about treePageBytes of them, so
+// every message stays well under the 4 MiB clients accept by default.
+const (
+	defaultTreePageSize = 1000
+	maxTreePageSize     = 10000
+	treePageBytes       = 2 << 20
+)
+
+// casServer implements ContentAddressableStorage. The chunking RPCs (SplitBlob, SpliceBlob,
+// GetChunkMapping, RegisterChunkMapping) are left to the embedded Unimplemented server: the
+// capabilities advertise neither split nor splice support, and the REAPI prescribes
+// UNIMPLEMENTED for them in that case.
+type casServer struct {
+	repb.UnimplementedContentAddressableStorageServer
+	s *Server
+}
+
+func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
+	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+		return nil, toStatus(err)
+	}
+	ns, err := namespaceOf(req.GetInstanceName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	ds := make([]digest, len(req.GetBlobDigests()))
+	for i, pd := range req.GetBlobDigests() {
+		if ds[i], err = parseDigest(pd); err != nil {
+			return nil, toStatus(fmt.Errorf("blob_digests[%d]: %w", i, err))
+		}
+	}
+	missing, err := c.s.findMissing(ctx, ns, ds)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &repb.FindMissingBlobsResponse{}
+	reported := map[digest]bool{}
+	for _, d := range ds {
+		if missing[d.hash] && !reported[d] {
+			reported[d] = true
+			resp.MissingBlobDigests = append(resp.MissingBlobDigests, d.proto())
+		}
+	}
+	return resp, nil
+}
+
+func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
+	cfg := c.s.cfg
+	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+		return nil, toStatus(err)
+	}
+	ns, err := namespaceOf(req.GetInstanceName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	var total, decompressed int64
+	for _, item := range req.GetRequests() {
+		total += int64(len(item.GetData()))
+		if item.GetCompressor() != repb.Compressor_IDENTITY && item.GetDigest().GetSizeBytes() > 0 {
+			decompressed += item.GetDigest().GetSizeBytes()
+		}
+	}
+	if total > cfg.MaxBatchTotalSizeBytes {
+		return nil, toStatus(fmt.Errorf("%w: the batch carries %d bytes of blob data; the limit (max_batch_total_size_bytes) is %d; upload large blobs with ByteStream.Write",
+			errInvalidArgument, total, cfg.MaxBatchTotalSizeBytes))
+	}
+	if decompressed > cfg.MaxDecompressedBytes {
+		return nil, toStatus(fmt.Errorf("%w: the compressed items of the batch declare %d uncompressed bytes; the limit is %d; upload large blobs with ByteStream.Write",
+			errInvalidArgument, decompressed, cfg.MaxDecompressedBytes))
+	}
+	resp := &repb.BatchUpdateBlobsResponse{Responses: make([]*repb.BatchUpdateBlobsResponse_Response, len(req.GetRequests()))}
+	var g errgroup.Group
+	g.SetLimit(batchParallelism)
+	for i, item := range req.GetRequests() {
+		g.Go(func() error {
+			err := c.s.updateItem(ctx, ns, item)
+			resp.Responses[i] = &repb.BatchUpdateBlobsResponse_Response{Digest: item.GetDigest(), Status: toStatusProto(err)}
+			return nil
+		})
+	}
+	_ = g.Wait() // items report their errors in their own status
+	return resp, nil
+}
+
+// updateItem stores one BatchUpdateBlobs item.
+func (s *Server) updateItem(ctx context.Context, namespace string, item *repb.BatchUpdateBlobsRequest_Request) (err error) {
+	d, err := parseDigest(item.GetDigest())
+	if err != nil {
+		s.metrics.write(storage.KindCAS, resultRejected, 0)
+		return err
+	}
+	created := false
+	defer func() {
+		stored := int64(0)
+		if created {
+			stored = d.size
+		}
+		s.metrics.write(storage.KindCAS, writeResult(err, created), stored)
+	}()
+	if s.cfg.MaxCASBlobSizeBytes > 0 && d.size > s.cfg.MaxCASBlobSizeBytes {
+		return fmt.Errorf("%w: blob %s is larger than max_cas_blob_size_bytes (%d)", errInvalidArgument, d, s.cfg.MaxCASBlobSizeBytes)
+	}
+	switch item.GetCompressor() {
+	case repb.Compressor_IDENTITY:
+		created, err = s.putIdentity(ctx, namespace, d, item.GetData())
+	case repb.Compressor_ZSTD:
+		created, err = s.putZstd(ctx, namespace, d, item.GetData())
+	default:
+		err = fmt.Errorf("%w: blob %s: compressor %s is not supported in batch updates; use IDENTITY or ZSTD",
+			errInvalidArgument, d, item.GetCompressor())
+	}
+	return err
+}
+
+func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsRequest) (*repb.BatchReadBlobsResponse, error) {
+	cfg := c.s.cfg
+	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+		return nil, toStatus(err)
+	}
+	ns, err := namespaceOf(req.GetInstanceName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	var total int64
+	for _, pd := range req.GetDigests() {
+		if pd.GetSizeBytes() > 0 {
+			total += pd.GetSizeBytes()
+		}
+	}
+	if total > cfg.MaxBatchTotalSizeBytes {
+		return nil, toStatus(fmt.Errorf("%w: the batch asks for %d bytes; the limit (max_batch_total_size_bytes) is %d; read large blobs with ByteStream.Read",
+			errInvalidArgument, total, cfg.MaxBatchTotalSizeBytes))
+	}
+	zstdOK := slices.Contains(req.GetAcceptableCompressors(), repb.Compressor_ZSTD)
+	resp := &repb.BatchReadBlobsResponse{Responses: make([]*repb.BatchReadBlobsResponse_Response, len(req.GetDigests()))}
+	var g errgroup.Group
+	g.SetLimit(batchParallelism)
+	for i, pd := range req.GetDigests() {
+		g.Go(func() error {
+			r := &repb.BatchReadBlobsResponse_Response{Digest: pd}
+			data, err := c.s.readItem(ctx, ns, pd)
+			if err == nil && zstdOK {
+				data = c.s.codecs.block.EncodeAll(data, nil)
+				r.Compressor = repb.Compressor_ZSTD
+			}
+			r.Data = data
+			r.Status = toStatusProto(err)
+			resp.Responses[i] = r
+			return nil
+		})
+	}
+	_ = g.Wait() // items report their errors in their own status
+	return resp, nil
+}
+
+// readItem reads one BatchReadBlobs item.
+func (s *Server) readItem(ctx context.Context, namespace string, pd *repb.Digest) ([]byte, error) {
+	d, err := parseDigest(pd)
+	if err != nil {
+		return nil, err
+	}
+	data, err := s.readBlob(ctx, namespace, d, s.cfg.MaxBatchTotalSizeBytes)
+	s.metrics.read(storage.KindCAS, readResult(err), int64(len(data)))
+	return data, err
+}
+
+func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressableStorage_GetTreeServer) error {
+	ctx := stream.Context()
+	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+		return toStatus(err)
+	}
+	ns, err := namespaceOf(req.GetInstanceName())
+	if err != nil {
+		return toStatus(err)
+	}
+	root, err := parseDigest(req.GetRootDigest())
+	if err != nil {
+		return toStatus(fmt.Errorf("root_digest: %w", err))
+	}
+	start, err := parsePageToken(req.GetPageToken())
+	if err != nil {
+		return toStatus(err)
+	}
+	pageSize := int(req.GetPageSize())
+	switch {
+	case pageSize < 0:
+		return toStatus(fmt.Errorf("%w: page_size %d is negative", errInvalidArgument, pageSize))
+	case pageSize == 0:
+		pageSize = defaultTreePageSize
+	case pageSize > maxTreePageSize:
+		pageSize = maxTreePageSize
+	}
+
+	// Breadth-first from the root; the order depends only on the directories' contents, so a
+	// page token (the index of the next directory in that order) stays valid across calls as
+	// long as the same sub-directories are present.
+	queue := []digest{root}
+	queued := map[[sha256.Size]byte]bool{root.hash: true}
+	var page []*repb.Directory
+	pageBytes, index, sent := 0, 0, false
+	flush := func(token string) error {
+		if err := stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: token}); err != nil {
+			return toStatus(fmt.Errorf("send a GetTree page: %w", err))
+		}
+		page, pageBytes, sent = nil, 0, true
+		return nil
+	}
+	for i := 0; i < len(queue); i++ {
+		dir, err := c.s.readDirectory(ctx, ns, queue[i])
+		if err != nil {
+			if i == 0 {
+				return toStatus(fmt.Errorf("root directory: %w", err))
+			}
+			if errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrCorrupt) || errors.Is(err, errInvalidArgument) {
+				continue // REAPI: missing (or unreadable) parts of the tree are omitted
+			}
+			return toStatus(err)
+		}
+		for _, child := range dir.GetDirectories() {
+			cd, err := parseDigest(child.GetDigest())
+			if err != nil || queued[cd.hash] {
+				continue // an unusable child digest is as good as missing
+			}
+			queued[cd.hash] = true
+			queue = append(queue, cd)
+		}
+		index++
+		if index <= start {
+			continue
+		}
+		// A full page is sent once another directory follows it, so the last page of the
+		// stream is the one without a next_page_token.
+		if len(page) >= pageSize || pageBytes >= treePageBytes {
+			if err := flush(pageToken(index - 1)); err != nil {
+				return err
+			}
+		}
+		page = append(page, dir)
+		pageBytes += proto.Size(dir)
+	}
+	if len(page) > 0 || !sent {
+		return flush("")
+	}
+	return nil
+}
+
+// readDirectory reads and decodes one Directory from the CAS.
+func (s *Server) readDirectory(ctx context.Context, namespace string, d digest) (*repb.Directory, error) {
+	data, err := s.readBlob(ctx, namespace, d, s.cfg.MaxProtoBytes)
+	if err != nil {
+		return nil, err
+	}
+	dir := &repb.Directory{}
+	if err := proto.Unmarshal(data, dir); err != nil {
+		return nil, fmt.Errorf("%w: blob %s is not a Directory message: %v", errInvalidArgument, d, err)
+	}
+	return dir, nil
+}
+
+// Page tokens are opaque to clients: "t" and the index of the next directory, base64url.
+const pageTokenPrefix = "t"
+
+func pageToken(index int) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + strconv.Itoa(index)))
+}
+
+func parsePageToken(token string) (int, error) {
+	if token == "" {
+		return 0, nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	if err == nil && strings.HasPrefix(string(raw), pageTokenPrefix) {
+		n, perr := strconv.Atoi(string(raw[len(pageTokenPrefix):]))
+		if perr == nil && n >= 0 {
+			return n, nil
+		}
+		err = errors.New("bad index")
+	}
+	if err == nil {
+		err = errors.New("bad prefix")
+	}
+	return 0, fmt.Errorf("%w: page_token %q was not issued by this server: %v", errInvalidArgument, truncate(token), err)
+}
