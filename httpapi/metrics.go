@@ -10,6 +10,8 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kuracache/kura/internal/telemetry"
 )
 
 // Results of artifact reads and writes (the "result" label).
@@ -32,8 +34,6 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	artifactLabels := []string{"kind", "client", "artifact_class", "result"}
-	byteLabels := []string{"kind", "client", "artifact_class"}
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kura_http_requests_total",
@@ -45,28 +45,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			// Long tail buckets because a 2 GiB upload legitimately takes minutes.
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
 		}, []string{"route", "method"}),
-		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_reads_total",
-			Help: "Artifact reads over HTTP, by kind, client, artifact class and result (hit, miss, error, rejected).",
-		}, artifactLabels),
-		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_writes_total",
-			Help: "Artifact writes over HTTP, by kind, client, artifact class and result (stored, exists, rejected, error).",
-		}, artifactLabels),
-		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_read_bytes_total",
-			Help: "Artifact body bytes sent to HTTP clients.",
-		}, byteLabels),
-		writeBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_write_bytes_total",
-			Help: "Artifact body bytes stored from HTTP clients.",
-		}, byteLabels),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.reads, m.writes, m.readBytes, m.writeBytes} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register http metrics: %w", err)
 		}
 	}
+	artifacts, err := telemetry.NewArtifactMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register http metrics: %w", err)
+	}
+	m.reads, m.writes, m.readBytes, m.writeBytes = artifacts.Reads, artifacts.Writes, artifacts.ReadBytes, artifacts.WriteBytes
 	return m, nil
 }
 

@@ -1,13 +1,13 @@
 package reapi
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -52,63 +52,31 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to handle a gRPC request (streams: until the handler returns), by full method name.",
 			Buckets: latencyBuckets,
 		}, []string{"method"}),
-		// The four artifact families are the HTTP API's (httpapi/metrics.go): same names,
-		// labels and help text, so on a shared registry the second registration finds the
-		// first one's collectors and reuses them (see register). Keep them identical.
-		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_reads_total",
-			Help: "Artifact reads over HTTP, by kind, client, artifact class and result (hit, miss, error, rejected).",
-		}, []string{"kind", "client", "artifact_class", "result"}),
-		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_writes_total",
-			Help: "Artifact writes over HTTP, by kind, client, artifact class and result (stored, exists, rejected, error).",
-		}, []string{"kind", "client", "artifact_class", "result"}),
-		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_read_bytes_total",
-			Help: "Artifact body bytes sent to HTTP clients.",
-		}, []string{"kind", "client", "artifact_class"}),
-		writeBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kura_artifact_write_bytes_total",
-			Help: "Artifact body bytes stored from HTTP clients.",
-		}, []string{"kind", "client", "artifact_class"}),
 	}
 	var err error
-	// The artifact families are shared with the HTTP API on the same registry: whoever
-	// registers first owns the collector and the other reuses it.
 	if m.requests, err = register(reg, m.requests); err != nil {
 		return nil, err
 	}
 	if m.duration, err = register(reg, m.duration); err != nil {
 		return nil, err
 	}
-	if m.reads, err = register(reg, m.reads); err != nil {
-		return nil, err
+	// The artifact families are shared with the HTTP API on the same registry.
+	artifacts, err := telemetry.NewArtifactMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register REAPI metrics: %w", err)
 	}
-	if m.writes, err = register(reg, m.writes); err != nil {
-		return nil, err
-	}
-	if m.readBytes, err = register(reg, m.readBytes); err != nil {
-		return nil, err
-	}
-	if m.writeBytes, err = register(reg, m.writeBytes); err != nil {
-		return nil, err
-	}
+	m.reads, m.writes, m.readBytes, m.writeBytes = artifacts.Reads, artifacts.Writes, artifacts.ReadBytes, artifacts.WriteBytes
 	return m, nil
 }
 
-// register registers c, or returns the identical collector registered before.
+// register registers c, or reuses the identical collector registered before (a second
+// server on the same registry, as tests build).
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
+	c, err := telemetry.RegisterOrReuse(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("register REAPI metrics: %w", err)
 	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("register REAPI metrics: %w", err)
+	return c, nil
 }
 
 func (m *metrics) observeRequest(method string, code codes.Code, elapsed time.Duration) {

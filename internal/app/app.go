@@ -37,6 +37,7 @@ type App struct {
 	store    *local.Store
 	http     *httpapi.Server
 	grpc     *grpc.Server
+	reapi    *reapi.Server
 	httpLn   net.Listener
 	grpcLn   net.Listener
 }
@@ -93,7 +94,7 @@ func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
 	}
 
 	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
-	cas, err := reapi.New(reapiCfg, reapi.Deps{
+	a.reapi, err = reapi.New(reapiCfg, reapi.Deps{
 		Store:      a.store,
 		Registerer: a.registry,
 		Logger:     logger.With("component", "reapi"),
@@ -102,7 +103,7 @@ func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
 		return nil, fmt.Errorf("build the REAPI services: %w", err)
 	}
 	a.grpc = grpc.NewServer(reapi.ServerOptions(reapiCfg)...)
-	cas.Register(a.grpc)
+	a.reapi.Register(a.grpc)
 
 	if a.httpLn, err = listen(cfg.BindAddress, cfg.Port, "KURA_PORT"); err != nil {
 		return nil, err
@@ -171,6 +172,8 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	}, func(error) {
+		// Health checks fail first, so load balancers stop routing here during the drain.
+		a.reapi.SetServing(false)
 		stopGracefully(a.grpc, ShutdownTimeout)
 	})
 
