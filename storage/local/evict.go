@@ -182,13 +182,15 @@ func (s *Store) retire(ctx context.Context, id segment.ID) error {
 }
 
 // evictRecord handles one index entry of a retiring segment. It returns how many records it
-// moved forward and dropped (0 or 1 each).
+// moved forward and dropped (0 or 1 each). A dropped record keeps its manifest as an evicted
+// stub: same key, size, digest and version, so the anti-entropy digests do not change and
+// peers do not push it back, while reads miss.
 func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID) (moved, dropped int, err error) {
 	unlock := s.lockKey(key)
 	defer unlock()
 	m, err := s.db.GetManifest(key)
-	if err != nil || m.Inline || segment.ID(m.Location.Segment) != id {
-		return 0, 0, nil // gone, damaged (dropped on its next read) or already elsewhere
+	if err != nil || !m.InSegment() || segment.ID(m.Location.Segment) != id {
+		return 0, 0, nil // gone, damaged (dropped on its next read), a stub or already elsewhere
 	}
 	name := meta.ManifestKey(key)
 	b := s.db.NewBatch()
@@ -211,6 +213,7 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 			s.metrics.moved.Inc()
 			return 1, 0, nil
 		case errors.Is(err, storage.ErrCorrupt):
+			// It was being evicted anyway: stub it like any other dropped record.
 			s.log.Error("dropped corrupt record during eviction", "key", key.String(), "segment", m.Location.Segment,
 				"offset", m.Location.Offset, "error", err)
 			s.metrics.corrupt.Inc()
@@ -218,7 +221,7 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 			return 0, 0, err
 		}
 	}
-	if err := b.DeleteManifest(key, &m); err != nil {
+	if err := b.PutManifest(key, m.Stub(), &m); err != nil {
 		return 0, 0, err
 	}
 	if err := b.CommitNoSync(); err != nil {

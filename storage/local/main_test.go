@@ -61,6 +61,10 @@ func TestMultipartConformance(t *testing.T) {
 	storagetest.RunMultipartSuite(t, func(t *testing.T) storagetest.MultipartStore { return openStore(t, testOpts(t)) })
 }
 
+func TestIndexConformance(t *testing.T) {
+	storagetest.RunIndexSuite(t, func(t *testing.T) storagetest.IndexStore { return openStore(t, testOpts(t)) })
+}
+
 // Conformance again with tiny segments and spill threshold, so records roll across many
 // files and most bodies take the spilled (own segment) path.
 func TestStoreConformanceSmallSegments(t *testing.T) {

@@ -16,12 +16,14 @@ type metrics struct {
 	retired prometheus.Counter
 	corrupt prometheus.Counter
 	expired prometheus.Counter
+
+	digestBuilds prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 	evictions := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kura_storage_eviction_records_total",
-		Help: "Records handled by eviction of retired segments, by action (moved forward because recently read, or dropped).",
+		Help: "Records handled by eviction of retired segments, by action (moved forward because recently read, or dropped: body removed, metadata kept as an evicted stub).",
 	}, []string{"action"})
 	m := &metrics{
 		reg:     reg,
@@ -39,9 +41,17 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 			Name: "kura_storage_multipart_uploads_expired_total",
 			Help: "Multipart uploads removed by the janitor after storage.UploadExpiry without completion.",
 		}),
+		digestBuilds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kura_storage_digest_builds_total",
+			Help: "Full builds of the anti-entropy bucket digests: one at startup, then only after a damaged manifest was removed.",
+		}),
 	}
 	m.collectors = []prometheus.Collector{
-		evictions, m.retired, m.corrupt, m.expired,
+		evictions, m.retired, m.corrupt, m.expired, m.digestBuilds,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_storage_index_objects",
+			Help: "Objects in the anti-entropy digests: stored objects plus evicted stubs.",
+		}, func() float64 { return float64(s.digests.objects()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kura_storage_segment_bytes",
 			Help: "Bytes held in segment files (what the disk budget counts).",

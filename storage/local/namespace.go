@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/meta"
 )
 
 // DeleteNamespace implements storage.Store: in one synced batch it records the tombstone (the
@@ -28,6 +29,7 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 	ns := s.nsLock(tenant, namespace)
 	ns.Lock()
 	defer ns.Unlock()
+	replicated := version != 0
 	if version == 0 {
 		version = s.clock.Now()
 	} else {
@@ -35,19 +37,33 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	effective, err := b.DeleteNamespace(ctx, tenant, namespace, version)
+	// The scan that decides the deletion also XORs every deleted entry out of the digests;
+	// the exclusive namespace lock keeps the namespace's manifests still until the commit.
+	delta := new(meta.DigestTable)
+	unknown := 0
+	effective, err := b.DeleteNamespaceFunc(ctx, tenant, namespace, version, func(k storage.Key, m meta.Manifest, err error) {
+		if err != nil {
+			unknown++
+			return
+		}
+		e := digestOf(meta.ManifestKey(k), k.Kind, &m)
+		delta.Remove(e.bucket, &e.hash)
+	})
 	if err != nil {
 		return classify(fmt.Sprintf("delete namespace %s/%s", tenant, namespace), err)
 	}
 	s.clock.Observe(effective)
 	if s.opts.OnCommit != nil {
-		c := Change{Op: ChangeDeleteNamespace, Tenant: tenant, Namespace: namespace, Version: effective}
+		c := Change{Op: ChangeDeleteNamespace, Tenant: tenant, Namespace: namespace, Version: effective, Replicated: replicated}
 		if err := s.opts.OnCommit(b, c); err != nil {
 			return fmt.Errorf("delete namespace %s/%s: replication hook: %w", tenant, namespace, err)
 		}
 	}
-	if err := b.Commit(); err != nil {
+	if err := s.commitDelta(b, delta); err != nil {
 		return classify(fmt.Sprintf("delete namespace %s/%s", tenant, namespace), err)
+	}
+	if unknown > 0 {
+		s.kickDigestRebuild()
 	}
 	s.log.Info("namespace deleted", "tenant", tenant, "namespace", namespace, "tombstone", effective.String())
 	return nil

@@ -29,9 +29,11 @@ func (s *Store) Put(ctx context.Context, key storage.Key, body io.Reader, opts s
 
 func (s *Store) put(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
 	// First writer wins: an existing immutable object is the answer, and the body is not read.
+	// An evicted stub counts as absent: this write brings the body back.
 	if !key.Kind.LastWriterWins() {
 		m, err := s.db.GetManifest(key)
 		switch {
+		case err == nil && m.Evicted:
 		case err == nil:
 			return storage.PutResult{Info: m.Info(key)}, nil
 		case errors.Is(err, storage.ErrCorrupt):
@@ -104,7 +106,7 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 	// Another writer may have won while the body streamed: answer without committing bytes
 	// that nothing would reference.
 	if !key.Kind.LastWriterWins() {
-		if m, err := s.db.GetManifest(key); err == nil {
+		if m, err := s.db.GetManifest(key); err == nil && !m.Evicted {
 			return storage.PutResult{Info: m.Info(key)}, nil
 		}
 	}
@@ -132,7 +134,11 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 
 // commitManifest is the final check-and-commit, under the namespace (shared) and key locks:
 // tombstone, first writer wins or last writer wins by version, then one synced batch with the
-// manifest, its segment-index entry and OnCommit's additions.
+// manifest, its segment-index entry and OnCommit's additions, and the digest update.
+//
+// An evicted stub is treated as absent by first writer wins. For last-writer-wins kinds it
+// keeps its version: a write older than the stub is stale, one at the stub's version (a
+// read-through or repair bringing that very version back) or newer fills it.
 func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested storage.Version) (storage.PutResult, error) {
 	unlock := s.lockKey(key)
 	defer unlock()
@@ -141,14 +147,17 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 		return storage.PutResult{}, classify("put "+key.String(), err)
 	}
 	var prev *meta.Manifest
+	unknownPrev := false
 	switch cur, err := s.db.GetManifest(key); {
 	case err == nil:
 		prev = &cur
 	case errors.Is(err, storage.ErrCorrupt):
 		// Overwritten below (last writer wins) or replaced (first writer wins on a damaged
-		// entry is no win): either way the damaged value is gone after this batch.
+		// entry is no win): either way the damaged value is gone after this batch, and the
+		// digests are rebuilt since its contribution cannot be computed.
 		s.log.Error("replacing corrupt manifest", "key", key.String(), "error", err)
 		s.metrics.corrupt.Inc()
+		unknownPrev = true
 	case !errors.Is(err, storage.ErrNotFound):
 		return storage.PutResult{}, classify("put "+key.String(), err)
 	}
@@ -169,8 +178,13 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 	if hasTomb && version <= tomb {
 		return storage.PutResult{}, fmt.Errorf("put %s at version %v: tombstone %v: %w", key, version, tomb, storage.ErrStale)
 	}
-	if prev != nil && (!key.Kind.LastWriterWins() || prev.Version >= version) {
-		return storage.PutResult{Info: prev.Info(key)}, nil
+	if prev != nil {
+		switch {
+		case !prev.Evicted && (!key.Kind.LastWriterWins() || prev.Version >= version):
+			return storage.PutResult{Info: prev.Info(key)}, nil
+		case prev.Evicted && key.Kind.LastWriterWins() && prev.Version > version:
+			return storage.PutResult{Info: prev.Info(key)}, nil
+		}
 	}
 	m.Version = version
 	b := s.db.NewBatch()
@@ -180,12 +194,22 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 	}
 	info := m.Info(key)
 	if s.opts.OnCommit != nil {
-		if err := s.opts.OnCommit(b, Change{Op: ChangePut, Info: info, Replaced: prev != nil, Version: version}); err != nil {
+		c := Change{Op: ChangePut, Info: info, Replaced: prev != nil && !prev.Evicted, Version: version, Replicated: requested != 0}
+		if err := s.opts.OnCommit(b, c); err != nil {
 			return storage.PutResult{}, fmt.Errorf("put %s: replication hook: %w", key, err)
 		}
 	}
-	if err := b.Commit(); err != nil {
+	ek := meta.ManifestKey(key)
+	add := entryDigest{bucket: meta.DigestBucket(ek, storage.DigestBucketBits), hash: meta.EntryHash(ek, key.Kind, m.SHA256, version)}
+	var remove *entryDigest
+	if prev != nil {
+		remove = &entryDigest{bucket: add.bucket, hash: meta.EntryHash(ek, key.Kind, prev.SHA256, prev.Version)}
+	}
+	if err := s.commitDigested(b, remove, &add); err != nil {
 		return storage.PutResult{}, classify("put "+key.String(), err)
+	}
+	if unknownPrev {
+		s.kickDigestRebuild()
 	}
 	return storage.PutResult{Info: info, Created: true}, nil
 }

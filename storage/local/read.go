@@ -34,6 +34,9 @@ func (s *Store) Stat(_ context.Context, key storage.Key) (storage.Info, error) {
 func (s *Store) manifest(key storage.Key) (meta.Manifest, error) {
 	m, err := s.db.GetManifest(key)
 	switch {
+	case err == nil && m.Evicted:
+		// A stub only remembers the object for anti-entropy; clients see nothing.
+		return meta.Manifest{}, fmt.Errorf("read manifest of %s: %w (evicted)", key, storage.ErrNotFound)
 	case err == nil:
 		return m, nil
 	case errors.Is(err, storage.ErrCorrupt):
@@ -156,7 +159,9 @@ func (r *recordReader) Info() storage.Info { return r.info }
 
 // dropCorrupt removes key's manifest after its record (or the manifest itself, expected ==
 // nil) failed verification — but only if it still is the manifest that failed: a concurrent
-// write or eviction may already have replaced it with good data.
+// write or eviction may already have replaced it with good data. The object leaves the
+// anti-entropy digests (it is deleted, not stubbed), so a peer's copy shows up as missing
+// here and is pulled back.
 func (s *Store) dropCorrupt(key storage.Key, expected *meta.Manifest, cause error) {
 	if err := s.ops.enter(); err != nil {
 		return // closing: the next open finds the damage again
@@ -169,7 +174,7 @@ func (s *Store) dropCorrupt(key storage.Key, expected *meta.Manifest, cause erro
 		var prev *meta.Manifest
 		switch {
 		case expected == nil && errors.Is(err, storage.ErrCorrupt):
-		case expected != nil && err == nil && !cur.Inline && cur.Location == expected.Location && cur.Version == expected.Version:
+		case expected != nil && err == nil && cur.InSegment() && cur.Location == expected.Location && cur.Version == expected.Version:
 			prev = &cur
 		default:
 			return false
@@ -178,7 +183,16 @@ func (s *Store) dropCorrupt(key storage.Key, expected *meta.Manifest, cause erro
 		defer b.Close()
 		err = b.DeleteManifest(key, prev)
 		if err == nil {
-			err = b.Commit()
+			if prev != nil {
+				remove := digestOf(meta.ManifestKey(key), key.Kind, prev)
+				err = s.commitDigested(b, &remove, nil)
+			} else {
+				// The damaged value's contribution cannot be computed: rebuild instead.
+				err = b.Commit()
+				if err == nil {
+					s.kickDigestRebuild()
+				}
+			}
 		}
 		if err != nil {
 			s.log.Error("could not drop corrupt record", "key", key.String(), "error", err, "cause", cause)

@@ -44,7 +44,14 @@ type Change struct {
 	// Info describes the stored object (ChangePut).
 	Info storage.Info
 	// Replaced is true when a last-writer-wins object replaced an older version (ChangePut).
+	// Filling an evicted stub is not a replacement.
 	Replaced bool
+	// Replicated is true when the caller supplied the version (PutOptions.Version or
+	// DeleteNamespace's version): a write applied from a peer (push, anti-entropy,
+	// read-through, repair) rather than one that originated here. The outbox forwards only
+	// writes that originated here, so a replicated write is not echoed back around the
+	// cluster.
+	Replicated bool
 	// Tenant and Namespace name the cleaned namespace (ChangeDeleteNamespace).
 	Tenant, Namespace string
 	// Version is the object's version (ChangePut) or the effective tombstone
@@ -93,7 +100,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// OnCommit is called while building every committing batch (object written or replaced,
 	// namespace tombstoned) so replication can add outbox entries to the same synced batch.
-	// It runs under the key's lock: keep it short. An error aborts the write.
+	// It runs under the key's lock: keep it short. An error aborts the write. It is not
+	// called for eviction (a record becoming a stub changes nothing peers need) nor for
+	// ApplyStub (a stub is learnt from a peer).
 	OnCommit func(b *meta.Batch, c Change) error
 	// OnCorrupt is called (outside any lock) after a corrupt record was dropped, so a peer
 	// copy can be fetched. Optional.
@@ -130,6 +139,7 @@ type Store struct {
 
 	recent   *recentSet
 	commits  commitTracker
+	digests  digestState
 	evictMu  sync.Mutex
 	kick     chan struct{}
 	bgCtx    context.Context // cancelled by Close: stops the evictor and the janitor
@@ -145,8 +155,8 @@ var (
 )
 
 // Open locks opts.DataDir, opens Pebble and the segment files, removes garbage left by a
-// crash (unreferenced segments, orphaned multipart files) and starts the evictor and the
-// upload janitor. Close stops them.
+// crash (unreferenced segments, orphaned multipart files) and starts the evictor, the upload
+// janitor and the first build of the anti-entropy digests. Close stops them.
 func Open(opts Options) (*Store, error) {
 	if opts.DataDir == "" {
 		return nil, errors.New("open store: no data directory given")
@@ -202,6 +212,7 @@ func Open(opts Options) (*Store, error) {
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.commits.init()
 	s.ops.init()
+	s.digests.init()
 	lock, err := lockDataDir(opts.DataDir)
 	if err != nil {
 		return nil, err
@@ -243,9 +254,10 @@ func Open(opts Options) (*Store, error) {
 	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
 		return nil, fmt.Errorf("open store: register metrics: %w", err)
 	}
-	s.bg.Add(2)
+	s.bg.Add(3)
 	go s.evictLoop()
 	go s.janitorLoop()
+	go s.digestLoop()
 	ok = true
 	s.log.Info("store opened", "data_dir", opts.DataDir, "tmp_dir", opts.TmpDir,
 		"segment_bytes", s.segs.TotalBytes(), "disk_budget_bytes", opts.DiskBudgetBytes)

@@ -57,7 +57,8 @@ func (b *Batch) Count() uint32 { return b.b.Count() }
 
 // PutManifest records m for k. A segment-backed manifest also gets its segment-index entry,
 // and when prev (the manifest being replaced, if any) lived in another segment its index
-// entry is removed, so eviction's view of each segment stays exact for live records.
+// entry is removed, so eviction's view of each segment stays exact for live records. An
+// evicted stub has no index entry.
 func (b *Batch) PutManifest(k storage.Key, m Manifest, prev *Manifest) error {
 	mk := ManifestKey(k)
 	v, err := EncodeManifest(m)
@@ -67,12 +68,12 @@ func (b *Batch) PutManifest(k storage.Key, m Manifest, prev *Manifest) error {
 	if err := b.b.Set(mk, v, nil); err != nil {
 		return fmt.Errorf("put manifest of %s: %w", k, err)
 	}
-	if prev != nil && !prev.Inline && (m.Inline || prev.Location.Segment != m.Location.Segment) {
+	if prev != nil && prev.InSegment() && (!m.InSegment() || prev.Location.Segment != m.Location.Segment) {
 		if err := b.b.Delete(segIndexKey(prev.Location.Segment, mk), nil); err != nil {
 			return fmt.Errorf("put manifest of %s: %w", k, err)
 		}
 	}
-	if !m.Inline {
+	if m.InSegment() {
 		if err := b.b.Set(segIndexKey(m.Location.Segment, mk), nil, nil); err != nil {
 			return fmt.Errorf("put manifest of %s: %w", k, err)
 		}
@@ -86,7 +87,7 @@ func (b *Batch) DeleteManifest(k storage.Key, prev *Manifest) error {
 	if err := b.b.Delete(mk, nil); err != nil {
 		return fmt.Errorf("delete manifest of %s: %w", k, err)
 	}
-	if prev != nil && !prev.Inline {
+	if prev != nil && prev.InSegment() {
 		if err := b.b.Delete(segIndexKey(prev.Location.Segment, mk), nil); err != nil {
 			return fmt.Errorf("delete manifest of %s: %w", k, err)
 		}
@@ -110,6 +111,16 @@ func (b *Batch) DropSegmentIndex(seg uint64) error {
 // namespace's own keys. The caller must keep writers of this namespace out until Commit.
 // It returns the effective tombstone version.
 func (b *Batch) DeleteNamespace(ctx context.Context, tenant, namespace string, version storage.Version) (storage.Version, error) {
+	return b.DeleteNamespaceFunc(ctx, tenant, namespace, version, nil)
+}
+
+// DeleteNamespaceFunc is DeleteNamespace that also reports every manifest the batch deletes
+// (stubs included) to deleted, so the caller can update what it derives from them (the
+// anti-entropy digests) from the same scan. err is set, wrapping storage.ErrCorrupt, for an
+// entry that could not be decoded (it is deleted too); k and m are then unreliable.
+// deleted runs during the scan, before Commit.
+func (b *Batch) DeleteNamespaceFunc(ctx context.Context, tenant, namespace string, version storage.Version,
+	deleted func(k storage.Key, m Manifest, err error)) (storage.Version, error) {
 	if err := storage.ValidateIdentifier("tenant_id", tenant); err != nil {
 		return 0, err
 	}
@@ -128,9 +139,18 @@ func (b *Batch) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 	runStart := prefix
 	var keep [][]byte
 	_, err = b.db.scan(ctx, prefix, end, 0, func(k, v []byte) error {
-		m, err := DecodeManifest(v)
+		m, err := decodeManifest(v, false)
 		if err == nil && m.Version > version {
 			keep = append(keep, bytes.Clone(k))
+			return nil
+		}
+		if deleted != nil {
+			var key storage.Key
+			if err == nil {
+				key, err = DecodeManifestKey(k)
+			}
+			m.Body = nil // aliases the iterator; nobody needs it
+			deleted(key, m, err)
 		}
 		return nil
 	})

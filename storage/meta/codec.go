@@ -25,10 +25,14 @@ type Location struct {
 }
 
 // Manifest is everything known about one stored object. Exactly one of Location and Body
-// holds the bytes: Inline bodies (keyvalue documents) live in Pebble itself.
+// holds the bytes: Inline bodies (keyvalue documents) live in Pebble itself. An Evicted
+// manifest is a stub: the body was dropped to stay within the disk budget and neither
+// Location nor Body is set, but the identity (size, digest, version) is kept so the object
+// still counts in anti-entropy digests and is not pulled back from peers.
 type Manifest struct {
 	Inline      bool
-	Location    Location // when !Inline
+	Evicted     bool
+	Location    Location // when neither Inline nor Evicted
 	Body        []byte   // when Inline
 	Size        int64
 	ContentType string
@@ -40,6 +44,15 @@ type Manifest struct {
 func (m Manifest) Info(key storage.Key) storage.Info {
 	return storage.Info{Key: key, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version}
 }
+
+// Stub returns the evicted stub of m: the same identity without any bytes.
+func (m Manifest) Stub() Manifest {
+	return Manifest{Evicted: true, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version}
+}
+
+// InSegment reports whether the manifest points at a segment record (neither inline nor a
+// stub).
+func (m Manifest) InSegment() bool { return !m.Inline && !m.Evicted }
 
 // Upload is the state of one multipart upload.
 type Upload struct {
@@ -182,18 +195,28 @@ func appendBytes(b, v []byte) []byte {
 	return append(b, v...)
 }
 
-const flagInline = 1
+const (
+	flagInline  = 1
+	flagEvicted = 2
+)
 
 // EncodeManifest returns the stored form of m.
 func EncodeManifest(m Manifest) ([]byte, error) {
 	if m.Size < 0 {
 		return nil, fmt.Errorf("encode manifest: negative size %d", m.Size)
 	}
-	if m.Inline {
+	switch {
+	case m.Inline && m.Evicted:
+		return nil, errors.New("encode manifest: a manifest cannot be both inline and evicted")
+	case m.Evicted:
+		if len(m.Body) != 0 || m.Location != (Location{}) {
+			return nil, errors.New("encode manifest: an evicted stub holds no body and no location")
+		}
+	case m.Inline:
 		if int64(len(m.Body)) != m.Size {
 			return nil, fmt.Errorf("encode manifest: inline body has %d bytes, size says %d", len(m.Body), m.Size)
 		}
-	} else {
+	default:
 		l := m.Location
 		if l.Offset < 0 || l.BodySize != m.Size || l.RecordSize < l.BodySize {
 			return nil, fmt.Errorf("encode manifest: inconsistent location %+v for size %d", l, m.Size)
@@ -205,14 +228,20 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 	if m.Inline {
 		flags |= flagInline
 	}
+	if m.Evicted {
+		flags |= flagEvicted
+	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(m.Version))
 	b = binary.AppendUvarint(b, uint64(m.Size))
 	b = append(b, m.SHA256[:]...)
 	b = appendBytes(b, []byte(m.ContentType))
-	if m.Inline {
+	switch {
+	case m.Evicted:
+		// A stub ends after the identity fields.
+	case m.Inline:
 		b = appendBytes(b, m.Body)
-	} else {
+	default:
 		b = binary.AppendUvarint(b, m.Location.Segment)
 		b = binary.AppendUvarint(b, uint64(m.Location.Offset))
 		b = binary.AppendUvarint(b, uint64(m.Location.BodySize))
@@ -224,6 +253,12 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 // DecodeManifest parses a stored manifest. The result does not alias v. Any damage is reported
 // as an error wrapping storage.ErrCorrupt.
 func DecodeManifest(v []byte) (Manifest, error) {
+	return decodeManifest(v, true)
+}
+
+// decodeManifest parses a stored manifest; with copyBody false an inline body aliases v
+// (scans that only need the identity then avoid copying documents of up to 16 MiB).
+func decodeManifest(v []byte, copyBody bool) (Manifest, error) {
 	p, err := unseal("manifest", v)
 	if err != nil {
 		return Manifest{}, err
@@ -231,21 +266,30 @@ func DecodeManifest(v []byte) (Manifest, error) {
 	d := decoder{b: p}
 	var m Manifest
 	flags := d.byte()
-	if flags&^flagInline != 0 {
+	switch {
+	case flags&^(flagInline|flagEvicted) != 0:
 		d.fail(fmt.Errorf("unknown flags %#x", flags))
+	case flags == flagInline|flagEvicted:
+		d.fail(errors.New("flags say both inline and evicted"))
 	}
 	m.Inline = flags&flagInline != 0
+	m.Evicted = flags&flagEvicted != 0
 	m.Version = storage.Version(d.uvarint())
 	m.Size = d.int64()
 	d.fixed(m.SHA256[:])
 	m.ContentType = string(d.bytes())
-	if m.Inline {
+	switch {
+	case m.Evicted:
+	case m.Inline:
 		body := d.bytes()
 		if d.err == nil && int64(len(body)) != m.Size {
 			d.fail(fmt.Errorf("inline body has %d bytes, size says %d", len(body), m.Size))
 		}
-		m.Body = append([]byte{}, body...)
-	} else {
+		if copyBody {
+			body = append([]byte{}, body...)
+		}
+		m.Body = body
+	default:
 		m.Location.Segment = d.uvarint()
 		m.Location.Offset = d.int64()
 		m.Location.BodySize = d.int64()

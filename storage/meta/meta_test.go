@@ -437,6 +437,8 @@ func FuzzDecodeManifest(f *testing.F) {
 	f.Add(v)
 	v, _ = EncodeManifest(Manifest{Inline: true, Body: []byte("{}"), Size: 2})
 	f.Add(v)
+	v, _ = EncodeManifest(segManifest(1, 2, "abc", 3).Stub())
+	f.Add(v)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := DecodeManifest(b)
 		if err != nil {

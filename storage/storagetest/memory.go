@@ -28,6 +28,8 @@ type Memory struct {
 type memObject struct {
 	info storage.Info
 	body []byte
+	// evicted marks a stub: invisible to reads, counted by the Index.
+	evicted bool
 }
 
 type memUpload struct {
@@ -39,6 +41,7 @@ type memUpload struct {
 var (
 	_ storage.Store     = (*Memory)(nil)
 	_ storage.Multipart = (*Memory)(nil)
+	_ storage.Index     = (*Memory)(nil)
 )
 
 // NewMemory returns an empty store.
@@ -59,7 +62,7 @@ func (m *Memory) Stat(_ context.Context, key storage.Key) (storage.Info, error) 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	obj, ok := m.objects[key]
-	if !ok {
+	if !ok || obj.evicted {
 		return storage.Info{}, fmt.Errorf("stat %s: %w", key, storage.ErrNotFound)
 	}
 	return obj.info, nil
@@ -73,7 +76,7 @@ func (m *Memory) Open(_ context.Context, key storage.Key, offset, length int64) 
 	m.mu.Lock()
 	obj, ok := m.objects[key]
 	m.mu.Unlock()
-	if !ok {
+	if !ok || obj.evicted {
 		return nil, fmt.Errorf("open %s: %w", key, storage.ErrNotFound)
 	}
 	body := obj.body
@@ -124,7 +127,12 @@ func (m *Memory) Put(ctx context.Context, key storage.Key, body io.Reader, opts 
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, storage.ErrStale)
 	}
 	if existing, ok := m.objects[key]; ok {
-		if !key.Kind.LastWriterWins() || existing.info.Version >= version {
+		// A stub is absent for first writer wins; for last writer wins it keeps its version
+		// (a write at that version fills it, an older one is stale).
+		switch {
+		case !existing.evicted && (!key.Kind.LastWriterWins() || existing.info.Version >= version):
+			return storage.PutResult{Info: existing.info}, nil
+		case existing.evicted && key.Kind.LastWriterWins() && existing.info.Version > version:
 			return storage.PutResult{Info: existing.info}, nil
 		}
 	}
@@ -166,7 +174,7 @@ func (m *Memory) FindMissing(_ context.Context, keys []storage.Key) ([]storage.K
 	defer m.mu.Unlock()
 	var missing []storage.Key
 	for _, k := range keys {
-		if _, ok := m.objects[k]; !ok {
+		if obj, ok := m.objects[k]; !ok || obj.evicted {
 			missing = append(missing, k)
 		}
 	}

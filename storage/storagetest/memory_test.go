@@ -13,3 +13,7 @@ func TestMemoryStore(t *testing.T) {
 func TestMemoryMultipart(t *testing.T) {
 	RunMultipartSuite(t, func(*testing.T) MultipartStore { return NewMemory() })
 }
+
+func TestMemoryIndex(t *testing.T) {
+	RunIndexSuite(t, func(*testing.T) IndexStore { return NewMemory() })
+}

@@ -96,12 +96,16 @@ func (x *ObjectKey) GetName() string {
 
 // ObjectHeader mirrors storage.Info: what a receiver needs to verify and order the body.
 type ObjectHeader struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           *ObjectKey             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	ContentType   string                 `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
-	Sha256        []byte                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`    // 32 bytes; the receiver verifies the body against it before commit
-	Version       uint64                 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"` // storage.Version (hybrid logical clock) of the origin's write
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Key         *ObjectKey             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Size        int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	ContentType string                 `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Sha256      []byte                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`    // 32 bytes; the receiver verifies the body against it before commit
+	Version     uint64                 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"` // storage.Version (hybrid logical clock) of the origin's write
+	// evicted is set only in ListObjects: the lister dropped the body to stay within its disk
+	// budget and keeps a stub (storage.ObjectSummary.Evicted), so the receiver records a stub
+	// instead of fetching a body that is not there.
+	Evicted       bool `protobuf:"varint,6,opt,name=evicted,proto3" json:"evicted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -169,6 +173,13 @@ func (x *ObjectHeader) GetVersion() uint64 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *ObjectHeader) GetEvicted() bool {
+	if x != nil {
+		return x.Evicted
+	}
+	return false
 }
 
 // A pushed or fetched object travels as one header message followed by body chunks.
@@ -756,13 +767,14 @@ const file_peer_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x12\n" +
-	"\x04name\x18\x04 \x01(\tR\x04name\"\xa6\x01\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\"\xc0\x01\n" +
 	"\fObjectHeader\x12-\n" +
 	"\x03key\x18\x01 \x01(\v2\x1b.kura.internal.v1.ObjectKeyR\x03key\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12!\n" +
 	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12\x16\n" +
 	"\x06sha256\x18\x04 \x01(\fR\x06sha256\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\x04R\aversion\"f\n" +
+	"\aversion\x18\x05 \x01(\x04R\aversion\x12\x18\n" +
+	"\aevicted\x18\x06 \x01(\bR\aevicted\"f\n" +
 	"\n" +
 	"ObjectPart\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.kura.internal.v1.ObjectHeaderH\x00R\x06header\x12\x16\n" +

@@ -1,0 +1,11 @@
+// Package peer is the internal gRPC plane between Kura nodes: a Server that applies
+// replication pushes and namespace tombstones to the local store and serves fetches, range
+// digests and listings from it, and a pooled Client that the outbox, anti-entropy and
+// read-through call. It is served on KURA_INTERNAL_PORT only, with mutual TLS when the three
+// KURA_INTERNAL_TLS_* files are configured (LoadTLS).
+//
+// Bodies stream in both directions in chunks of at most MaxChunkBytes and are verified
+// against the origin's size and SHA-256 before anything is committed (push) or handed out as
+// complete (fetch). Storage errors become gRPC codes in one place (errors.go), carrying a
+// reason so the client maps them back to the exact storage sentinel.
+package peer

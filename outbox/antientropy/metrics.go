@@ -1,0 +1,116 @@
+package antientropy
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the sweeper's Prometheus series, registered on the injected Registerer.
+type metrics struct {
+	runs             *prometheus.CounterVec
+	bucketsCompared  prometheus.Counter
+	bucketsDiffering prometheus.Counter
+	pulled           prometheus.Counter
+	stubs            prometheus.Counter
+	tombstones       prometheus.Counter
+	conflicts        prometheus.Counter
+	duration         prometheus.Histogram
+	repairs          *prometheus.CounterVec
+	paused           prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, s *Sweeper) (*metrics, error) {
+	repaired := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kura_antientropy_objects_repaired_total",
+		Help: "Objects restored by anti-entropy, by how: pulled (fetched and stored) or stub (a peer's eviction recorded).",
+	}, []string{"how"})
+	m := &metrics{
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_antientropy_runs_total",
+			Help: "Anti-entropy sweeps by result: ok, partial (some peers failed), failed, aborted (shutdown).",
+		}, []string{"result"}),
+		bucketsCompared: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kura_antientropy_buckets_compared_total",
+			Help: "Digest buckets (key ranges) compared with peers.",
+		}),
+		bucketsDiffering: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kura_antientropy_buckets_differing_total",
+			Help: "Digest buckets whose digest differed from the peer's and were listed.",
+		}),
+		pulled: repaired.WithLabelValues("pulled"),
+		stubs:  repaired.WithLabelValues("stub"),
+		tombstones: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kura_antientropy_tombstones_applied_total",
+			Help: "Namespace tombstones learnt from peers by anti-entropy.",
+		}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kura_antientropy_conflicts_total",
+			Help: "Objects whose body differs from a peer's copy with no rule to pick one (immutable kinds, or equal versions), counted at every sweep that meets them; each node keeps its own.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kura_antientropy_sweep_duration_seconds",
+			Help:    "Duration of one anti-entropy sweep over every live peer.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 4, 10), // 5 ms .. about 22 min
+		}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_corrupt_repairs_total",
+			Help: "Corrupt local records re-fetched from peers, by result: repaired, not_found, stale, failed, dropped (queue full).",
+		}, []string{"result"}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kura_antientropy_paused",
+			Help: "1 while anti-entropy and repairs are paused by the hard memory watermark.",
+		}),
+	}
+	collectors := []prometheus.Collector{
+		m.runs, m.bucketsCompared, m.bucketsDiffering, repaired, m.tombstones, m.conflicts,
+		m.duration, m.repairs, m.paused,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_corrupt_repairs_pending",
+			Help: "Corrupt-record repairs queued or in progress.",
+		}, func() float64 {
+			s.pendingMu.Lock()
+			defer s.pendingMu.Unlock()
+			return float64(len(s.pending))
+		}),
+	}
+	for i, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			for _, done := range collectors[:i] {
+				reg.Unregister(done)
+			}
+			return nil, err
+		}
+	}
+	// Pre-create the label values so dashboards show zeros rather than gaps.
+	for _, r := range []string{"ok", "partial", "failed", "aborted"} {
+		m.runs.WithLabelValues(r)
+	}
+	for _, r := range []string{"repaired", "not_found", "stale", "failed", "dropped"} {
+		m.repairs.WithLabelValues(r)
+	}
+	return m, nil
+}
+
+// readThroughResults is kura_read_through_total; several decorators (one per store) may
+// share a registry, so an existing registration is reused.
+func readThroughCounter(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kura_read_through_total",
+		Help: "Local misses asked of peers, by result: hit (served from a peer and stored), miss (no peer had it), error (peers or the local store failed).",
+	}, []string{"result"})
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+				return existing
+			}
+		}
+		// Only a programming error (a different metric under this name) gets here.
+		panic("register kura_read_through_total: " + err.Error())
+	}
+	for _, r := range []string{"hit", "miss", "error"} {
+		c.WithLabelValues(r)
+	}
+	return c
+}
