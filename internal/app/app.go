@@ -8,16 +8,22 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
+	"github.com/kuracache/kura/cluster"
+	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/httpapi"
 	"github.com/kuracache/kura/internal/config"
 	"github.com/kuracache/kura/internal/telemetry"
+	"github.com/kuracache/kura/outbox"
+	"github.com/kuracache/kura/outbox/antientropy"
 	"github.com/kuracache/kura/reapi"
+	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/meta"
 )
@@ -40,6 +46,14 @@ type App struct {
 	reapi    *reapi.Server
 	httpLn   net.Listener
 	grpcLn   net.Listener
+
+	// The cluster: membership, the internal plane, replication and repair.
+	cluster    *cluster.Cluster
+	peerServer *peer.Server
+	peerClient *peer.Client
+	internalLn net.Listener
+	outbox     *outbox.Outbox
+	sweeper    *antientropy.Sweeper
 }
 
 // New opens the store and binds every listener; nothing is served until Run. On error
@@ -55,6 +69,11 @@ func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
 		}
 	}()
 
+	// The store is opened first, but its replication hooks call into the outbox and the
+	// sweeper, which need the store to exist: they are bound late, through atomics, before any
+	// listener serves a write.
+	var outboxRef atomic.Pointer[outbox.Outbox]
+	var sweeperRef atomic.Pointer[antientropy.Sweeper]
 	a.store, err = local.Open(local.Options{
 		DataDir:         cfg.DataDir,
 		TmpDir:          cfg.TmpDir,
@@ -68,12 +87,39 @@ func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
 		},
 		Logger:     logger.With("component", "storage"),
 		Registerer: a.registry,
+		OnCommit: func(b *meta.Batch, c local.Change) error {
+			if ob := outboxRef.Load(); ob != nil {
+				return ob.OnCommit(b, c)
+			}
+			return nil
+		},
+		AfterCommit: func() {
+			if ob := outboxRef.Load(); ob != nil {
+				ob.Notify()
+			}
+		},
+		OnCorrupt: func(key storage.Key) {
+			if sw := sweeperRef.Load(); sw != nil {
+				sw.Repair(key)
+			}
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open the store in %s: %w", cfg.DataDir, err)
 	}
+	if err := a.buildCluster(); err != nil {
+		return nil, err
+	}
+	outboxRef.Store(a.outbox)
+	sweeperRef.Store(a.sweeper)
+	// Front ends read through to peers on a local miss; the internal plane, the outbox and the
+	// sweeper use the raw local store, so a miss never bounces between nodes.
+	frontStore := antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
+		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
+		Logger:           logger,
+		Registerer:       a.registry,
+	})
 
-	self := httpapi.Member{Name: cfg.NodeName, Region: cfg.Region, URL: cfg.NodeURL}
 	a.http, err = httpapi.New(httpapi.Config{
 		TenantID:         cfg.TenantID,
 		Region:           cfg.Region,
@@ -82,9 +128,9 @@ func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		MaxXcodeBytes:    cfg.MaxXcodeBytes,
 	}, httpapi.Deps{
-		Store:      a.store,
+		Store:      frontStore,
 		Multipart:  a.store,
-		Members:    singleNode{self},
+		Members:    membersView{a.cluster},
 		Registerer: a.registry,
 		Gatherer:   a.registry,
 		Logger:     logger.With("component", "http"),
@@ -95,7 +141,7 @@ func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
 
 	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
 	a.reapi, err = reapi.New(reapiCfg, reapi.Deps{
-		Store:      a.store,
+		Store:      frontStore,
 		Registerer: a.registry,
 		Logger:     logger.With("component", "reapi"),
 	})
@@ -133,7 +179,8 @@ func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
 // and closes the store. It returns the first server error, or nil after a clean shutdown.
 func (a *App) Run(ctx context.Context) error {
 	a.logger.Info("kura serving",
-		"http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "node", a.cfg.NodeName,
+		"http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "internal", a.internalLn.Addr().String(),
+		"gossip", a.cluster.Self().GossipAddr, "node", a.cfg.NodeName,
 		"region", a.cfg.Region, "tenant_id", a.cfg.TenantID, "version", Version)
 
 	var g run.Group
@@ -177,7 +224,12 @@ func (a *App) Run(ctx context.Context) error {
 		stopGracefully(a.grpc, ShutdownTimeout)
 	})
 
+	a.addClusterActors(&g)
+
 	err := g.Run()
+	if cerr := a.peerClient.Close(); cerr != nil {
+		a.logger.Warn("closing peer connections", "err", cerr)
+	}
 	if cerr := a.store.Close(); cerr != nil {
 		a.logger.Error("closing the store", "err", cerr)
 		if err == nil {
@@ -206,10 +258,18 @@ func stopGracefully(s *grpc.Server, timeout time.Duration) {
 
 // closeOpened releases whatever New managed to open before it failed.
 func (a *App) closeOpened() {
-	for _, ln := range []net.Listener{a.httpLn, a.grpcLn} {
+	for _, ln := range []net.Listener{a.httpLn, a.grpcLn, a.internalLn} {
 		if ln != nil {
 			_ = ln.Close()
 		}
+	}
+	if a.cluster != nil {
+		if err := a.cluster.Close(); err != nil {
+			a.logger.Warn("closing the gossip listener after a failed start", "err", err)
+		}
+	}
+	if a.peerClient != nil {
+		_ = a.peerClient.Close()
 	}
 	if a.store != nil {
 		if err := a.store.Close(); err != nil {
@@ -217,8 +277,3 @@ func (a *App) closeOpened() {
 		}
 	}
 }
-
-// singleNode is the cluster view until membership (gossip) is wired in: just this node.
-type singleNode struct{ self httpapi.Member }
-
-func (s singleNode) Members() []httpapi.Member { return []httpapi.Member{s.self} }

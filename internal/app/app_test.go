@@ -30,7 +30,7 @@ func testConfig(t *testing.T) *config.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Port, cfg.GRPCPort = 0, 0 // the kernel picks free ports
+	cfg.Port, cfg.GRPCPort, cfg.GossipPort, cfg.InternalPort = 0, 0, 0, 0 // the kernel picks free ports
 	return cfg
 }
 
@@ -87,7 +87,7 @@ func TestAppServesAndShutsDownGracefully(t *testing.T) {
 	http.DefaultClient.CloseIdleConnections()
 
 	// The data directory is released on shutdown: a second node opens it and still has the entry.
-	cfg.Port, cfg.GRPCPort = 0, 0
+	cfg.Port, cfg.GRPCPort, cfg.GossipPort, cfg.InternalPort = 0, 0, 0, 0
 	again, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatalf("reopen after shutdown: %v", err)

@@ -65,6 +65,7 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 	if unknown > 0 {
 		s.kickDigestRebuild()
 	}
+	s.afterCommit()
 	s.log.Info("namespace deleted", "tenant", tenant, "namespace", namespace, "tombstone", effective.String())
 	return nil
 }

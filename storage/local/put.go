@@ -211,6 +211,7 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 	if unknownPrev {
 		s.kickDigestRebuild()
 	}
+	s.afterCommit()
 	return storage.PutResult{Info: info, Created: true}, nil
 }
 

@@ -104,6 +104,11 @@ type Options struct {
 	// called for eviction (a record becoming a stub changes nothing peers need) nor for
 	// ApplyStub (a stub is learnt from a peer).
 	OnCommit func(b *meta.Batch, c Change) error
+	// AfterCommit is called after every batch that OnCommit contributed to has been synced
+	// (so its additions are visible to readers of the metadata store). It may run while the
+	// key's lock is held, so it must not block. The outbox uses it to wake its idle workers
+	// at once instead of at their next poll.
+	AfterCommit func()
 	// OnCorrupt is called (outside any lock) after a corrupt record was dropped, so a peer
 	// copy can be fetched. Optional.
 	OnCorrupt func(key storage.Key)
@@ -236,7 +241,7 @@ func Open(opts Options) (*Store, error) {
 		TmpDir:             filepath.Join(opts.TmpDir, "staging"),
 		TargetSegmentBytes: opts.TargetSegmentBytes,
 		SpillThreshold:     opts.SpillThreshold,
-		Logger:             opts.Logger.With("component", "segments"),
+		Logger:             opts.Logger.With("subcomponent", "segments"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -491,5 +496,12 @@ func (c *commitTracker) waitForEarlier() {
 			return
 		}
 		c.done.Wait()
+	}
+}
+
+// afterCommit runs the AfterCommit hook, if any.
+func (s *Store) afterCommit() {
+	if s.opts.AfterCommit != nil {
+		s.opts.AfterCommit()
 	}
 }

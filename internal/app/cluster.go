@@ -1,0 +1,196 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/oklog/run"
+
+	"github.com/kuracache/kura/cluster"
+	"github.com/kuracache/kura/cluster/peer"
+	"github.com/kuracache/kura/httpapi"
+	"github.com/kuracache/kura/outbox"
+	"github.com/kuracache/kura/outbox/antientropy"
+)
+
+// buildCluster creates membership, the internal plane (server and client), the outbox and the
+// anti-entropy sweeper around the already opened store. Nothing runs until Run.
+func (a *App) buildCluster() error {
+	cfg := a.cfg
+	var serverTLS, clientTLS *tls.Config
+	if cfg.InternalTLS.Enabled() {
+		var err error
+		serverTLS, clientTLS, err = peer.LoadTLS(cfg.InternalTLS.CACertPath, cfg.InternalTLS.CertPath, cfg.InternalTLS.KeyPath)
+		if err != nil {
+			return fmt.Errorf("load the internal plane's TLS files: %w", err)
+		}
+	}
+	a.peerClient = peer.NewClient(peer.ClientConfig{
+		TLS:        clientTLS,
+		Logger:     a.logger.With("component", "peer-client"),
+		Registerer: a.registry,
+	})
+	a.peerServer = peer.NewServer(peer.ServerConfig{
+		TLS:              serverTLS,
+		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
+		Logger:           a.logger.With("component", "peer-server"),
+		Registerer:       a.registry,
+	}, a.store)
+
+	// The internal listener is bound before gossip starts so the address members advertise is
+	// the one really bound (a wildcard host is replaced by the gossip IP in cluster).
+	var err error
+	if a.internalLn, err = listen(cfg.BindAddress, cfg.InternalPort, "KURA_INTERNAL_PORT"); err != nil {
+		return err
+	}
+	_, internalPort, err := net.SplitHostPort(a.internalLn.Addr().String())
+	if err != nil {
+		return fmt.Errorf("internal listener address: %w", err)
+	}
+
+	seeds := make([]string, 0, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		seeds = append(seeds, p.Addr())
+	}
+	a.cluster, err = cluster.New(cluster.Config{
+		Self: cluster.Member{
+			Name:         cfg.NodeName,
+			Region:       cfg.Region,
+			Tenant:       cfg.TenantID,
+			URL:          cfg.NodeURL,
+			InternalAddr: net.JoinHostPort(cfg.BindAddress, internalPort),
+		},
+		BindAddr:       cfg.BindAddress,
+		BindPort:       cfg.GossipPort,
+		Seeds:          seeds,
+		DNSName:        cfg.DiscoveryDNSName,
+		DNSServer:      cfg.DiscoveryDNSServer,
+		GossipKey:      cfg.GossipKey,
+		RejoinInterval: cfg.RejoinInterval,
+		Logger:         a.logger,
+		Registerer:     a.registry,
+	})
+	if err != nil {
+		return fmt.Errorf("start gossip on %s (KURA_GOSSIP_PORT): %w", cfg.GossipAddr(), err)
+	}
+
+	a.outbox, err = outbox.New(outbox.Config{
+		DB:         a.store.Metadata(),
+		Store:      a.store,
+		Sender:     a.peerClient,
+		DropAfter:  cfg.OutboxDropAfter,
+		Logger:     a.logger.With("component", "outbox"),
+		Registerer: a.registry,
+	})
+	if err != nil {
+		return fmt.Errorf("open the replication outbox: %w", err)
+	}
+	a.sweeper, err = antientropy.New(antientropy.Config{
+		Local:            a.store,
+		Source:           a.peerClient,
+		Peers:            peersView{a.cluster},
+		SelfRegion:       cfg.Region,
+		Interval:         cfg.AntiEntropyInterval,
+		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
+		Logger:           a.logger,
+		Registerer:       a.registry,
+	})
+	if err != nil {
+		return fmt.Errorf("build anti-entropy: %w", err)
+	}
+	return nil
+}
+
+// addClusterActors adds membership, the internal plane, the outbox dispatcher, the sweeper and
+// the membership-to-outbox feed to the lifecycle group. They share one context, cancelled
+// when the group is interrupted.
+func (a *App) addClusterActors(g *run.Group) {
+	ctx, cancel := context.WithCancel(context.Background())
+	background := func(name string, fn func(context.Context) error) {
+		g.Add(func() error {
+			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		}, func(error) { cancel() })
+	}
+	background("gossip", a.cluster.Run)
+	background("outbox", a.outbox.Run)
+	background("anti-entropy", a.sweeper.Run)
+	background("replication targets", a.followMembership)
+
+	g.Add(func() error {
+		if err := a.peerServer.Serve(a.internalLn); err != nil {
+			return fmt.Errorf("serve the internal plane: %w", err)
+		}
+		return nil
+	}, func(error) {
+		stopCtx, stop := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer stop()
+		a.peerServer.Stop(stopCtx)
+	})
+}
+
+// followMembership keeps the outbox's replication targets equal to the live peers, and drops
+// pooled connections to peers that left.
+func (a *App) followMembership(ctx context.Context) error {
+	events, unsubscribe := a.cluster.Subscribe(64)
+	defer unsubscribe()
+	live := map[string]outbox.Target{}
+	publish := func() {
+		targets := make([]outbox.Target, 0, len(live))
+		for _, t := range live {
+			targets = append(targets, t)
+		}
+		a.outbox.SetTargets(targets)
+	}
+	publish()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			switch ev.Type {
+			case cluster.Joined, cluster.Updated:
+				if old, ok := live[ev.Member.Name]; ok && old.Addr != ev.Member.InternalAddr {
+					_ = a.peerClient.Forget(old.Addr)
+				}
+				live[ev.Member.Name] = outbox.Target{Name: ev.Member.Name, Addr: ev.Member.InternalAddr}
+			case cluster.Left:
+				delete(live, ev.Member.Name)
+				_ = a.peerClient.Forget(ev.Member.InternalAddr)
+			}
+			publish()
+		}
+	}
+}
+
+// membersView feeds /up from gossip.
+type membersView struct{ c *cluster.Cluster }
+
+func (m membersView) Members() []httpapi.Member {
+	members := m.c.Members()
+	out := make([]httpapi.Member, 0, len(members))
+	for _, member := range members {
+		out = append(out, httpapi.Member{Name: member.Name, Region: member.Region, URL: member.URL})
+	}
+	return out
+}
+
+// peersView gives anti-entropy and read-through the live peers with their internal addresses.
+type peersView struct{ c *cluster.Cluster }
+
+func (p peersView) Peers() []antientropy.Peer {
+	members := p.c.Peers()
+	out := make([]antientropy.Peer, 0, len(members))
+	for _, member := range members {
+		out = append(out, antientropy.Peer{Name: member.Name, Region: member.Region, Addr: member.InternalAddr})
+	}
+	return out
+}
