@@ -202,11 +202,14 @@ func TestOtherTenantIsRejectedBothWays(t *testing.T) {
 		}
 		return sameView([]*node{a, b}, a, b)
 	})
+	// What matters is that neither side ever admits the other. (A join attempt's own
+	// success counter is not asserted: aPort was chosen by freePort and, until node-a binds
+	// it, any other process on the machine may briefly hold it.)
 	if err := sameView([]*node{x}, x); err != nil {
 		t.Error(err)
 	}
-	if got := x.counter(x.c.metrics.joinAttempts, "success"); got != 0 {
-		t.Errorf("node-x joined %v times", got)
+	if err := sameView([]*node{a, b}, a, b); err != nil {
+		t.Error(err)
 	}
 }
 
