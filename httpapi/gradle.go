@@ -14,10 +14,12 @@ import (
 // bodies that really are larger (Gradle 4.x turns its remote cache off after one 413 or 5xx).
 
 func (s *Server) registerGradle() {
-	s.route(http.MethodPut, "/api/cache/gradle/:cache_key", s.handleGradle(s.gradleQueryTarget, true))
-	s.route(http.MethodGet, "/api/cache/gradle/:cache_key", s.handleGradle(s.gradleQueryTarget, false))
-	s.route(http.MethodPut, "/api/cache/gradle/:tenant_id/:namespace_id/:cache_key", s.handleGradle(s.gradlePathTarget, true))
-	s.route(http.MethodGet, "/api/cache/gradle/:tenant_id/:namespace_id/:cache_key", s.handleGradle(s.gradlePathTarget, false))
+	// The spec is built per request: limits may be tuned after New (tests do).
+	put := func() putSpec { return putSpec{limit: s.limits.gradle, success: http.StatusCreated} }
+	s.route(http.MethodPut, "/api/cache/gradle/:cache_key", s.handleBlob(s.gradleQueryTarget, put))
+	s.route(http.MethodGet, "/api/cache/gradle/:cache_key", s.handleBlob(s.gradleQueryTarget, nil))
+	s.route(http.MethodPut, "/api/cache/gradle/:tenant_id/:namespace_id/:cache_key", s.handleBlob(s.gradlePathTarget, put))
+	s.route(http.MethodGet, "/api/cache/gradle/:tenant_id/:namespace_id/:cache_key", s.handleBlob(s.gradlePathTarget, nil))
 }
 
 func (s *Server) gradleQueryTarget(c echo.Context) (target, url.Values, error) {
@@ -44,13 +46,15 @@ func (s *Server) gradlePathTarget(c echo.Context) (target, url.Values, error) {
 	return sfGradle.at(tenant, namespace, key), q, nil
 }
 
-func (s *Server) handleGradle(resolve func(echo.Context) (target, url.Values, error), write bool) echo.HandlerFunc {
+// handleBlob serves one blob surface whose target comes from resolve: a write (put != nil)
+// stores the body as put() says, a read streams the stored object. The policy seam runs first.
+func (s *Server) handleBlob(resolve func(echo.Context) (target, url.Values, error), put func() putSpec) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		t, q, err := resolve(c)
 		if err != nil {
 			return err
 		}
-		if !write {
+		if put == nil {
 			if err := s.authorize(c, OpRead, t, q, false); err != nil {
 				return err
 			}
@@ -59,6 +63,6 @@ func (s *Server) handleGradle(resolve func(echo.Context) (target, url.Values, er
 		if err := s.authorize(c, OpWrite, t, q, false); err != nil {
 			return err
 		}
-		return s.putBlob(c, t, putSpec{limit: s.limits.gradle, success: http.StatusCreated})
+		return s.putBlob(c, t, put())
 	}
 }

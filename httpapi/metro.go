@@ -14,8 +14,10 @@ import (
 // served exactly as sent and no Content-Encoding is ever set.
 
 func (s *Server) registerMetro() {
-	s.route(http.MethodPut, "/api/metro/cache/:cache_key", s.handleMetro(true))
-	s.route(http.MethodGet, "/api/metro/cache/:cache_key", s.handleMetro(false))
+	s.route(http.MethodPut, "/api/metro/cache/:cache_key", s.handleBlob(s.metroTarget, func() putSpec {
+		return putSpec{limit: s.limits.blob, success: http.StatusOK}
+	}))
+	s.route(http.MethodGet, "/api/metro/cache/:cache_key", s.handleBlob(s.metroTarget, nil))
 }
 
 func (s *Server) metroTarget(c echo.Context) (target, url.Values, error) {
@@ -39,23 +41,4 @@ func (s *Server) metroTarget(c echo.Context) (target, url.Values, error) {
 		return target{}, nil, badRequest("Invalid cache_key: Metro keys are hex strings")
 	}
 	return sfMetro.at(tenant, namespace, key), q, nil
-}
-
-func (s *Server) handleMetro(write bool) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		t, q, err := s.metroTarget(c)
-		if err != nil {
-			return err
-		}
-		if !write {
-			if err := s.authorize(c, OpRead, t, q, false); err != nil {
-				return err
-			}
-			return s.serveObject(c, t)
-		}
-		if err := s.authorize(c, OpWrite, t, q, false); err != nil {
-			return err
-		}
-		return s.putBlob(c, t, putSpec{limit: s.limits.blob, success: http.StatusOK})
-	}
 }
