@@ -53,15 +53,7 @@ func (a *App) buildMemoryController(opts options) error {
 	}
 	ctrl.PauseOnHard("outbox", a.outbox)
 	ctrl.PauseOnHard("antientropy", a.sweeper)
-	var levers []string
-	if s, ok := any(a.store).(cacheAdmission); ok {
-		ctrl.OnSoft(func(entered bool) { s.SetCacheAdmission(!entered) })
-		levers = append(levers, "cache admission")
-	}
-	if s, ok := any(a.store).(cacheTrimmer); ok {
-		ctrl.OnTrim(s.TrimCaches)
-		levers = append(levers, "cache trimming")
-	}
+	levers := wireStoreLevers(ctrl, a.store)
 	log.Info("memory watermarks", "source", ctrl.Source(),
 		"soft_limit_bytes", cfg.MemorySoftLimitBytes, "hard_limit_bytes", cfg.MemoryHardLimitBytes,
 		"go_memory_limit_bytes", goLimit, "store_levers", levers)
@@ -70,4 +62,20 @@ func (a *App) buildMemoryController(opts options) error {
 	}
 	a.memory = ctrl
 	return nil
+}
+
+// wireStoreLevers connects whichever cache levers store has to ctrl and names them for the
+// startup log: admission off while at or above soft (back on below it), a trim on each of the
+// controller's trims while above hard.
+func wireStoreLevers(ctrl *memory.Controller, store any) []string {
+	var levers []string
+	if s, ok := store.(cacheAdmission); ok {
+		ctrl.OnSoft(func(entered bool) { s.SetCacheAdmission(!entered) })
+		levers = append(levers, "cache admission")
+	}
+	if s, ok := store.(cacheTrimmer); ok {
+		ctrl.OnTrim(s.TrimCaches)
+		levers = append(levers, "cache trimming")
+	}
+	return levers
 }

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -285,4 +287,120 @@ func TestNodeStartingAboveHardIsPausedBeforeRun(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+}
+
+// leveredStore records the cache levers the controller pulls.
+type leveredStore struct {
+	mu    sync.Mutex
+	admit []bool
+	trims int
+}
+
+func (s *leveredStore) SetCacheAdmission(admit bool) {
+	s.mu.Lock()
+	s.admit = append(s.admit, admit)
+	s.mu.Unlock()
+}
+
+func (s *leveredStore) TrimCaches() {
+	s.mu.Lock()
+	s.trims++
+	s.mu.Unlock()
+}
+
+// The store's levers (added to storage/local separately) are found by interface and pulled
+// at the right bands; a store without them is simply not levered.
+func TestStoreCacheLevers(t *testing.T) {
+	var usage atomic.Int64
+	ctrl, err := memory.New(memory.Config{
+		Soft: 100, Hard: 200, Sample: func() (int64, error) { return usage.Load(), nil },
+		FreeOSMemory: func() {}, Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if levers := wireStoreLevers(ctrl, struct{}{}); len(levers) != 0 {
+		t.Fatalf("levers on a store without any: %v", levers)
+	}
+	s := &leveredStore{}
+	if levers := wireStoreLevers(ctrl, s); strings.Join(levers, ",") != "cache admission,cache trimming" {
+		t.Fatalf("levers = %v", levers)
+	}
+	step := func(v int64, wantAdmit []bool, wantTrims int) {
+		t.Helper()
+		usage.Store(v)
+		if _, err := ctrl.Check(); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if fmt.Sprint(s.admit) != fmt.Sprint(wantAdmit) || s.trims != wantTrims {
+			t.Fatalf("at %d: admission calls %v, trims %d; want %v, %d", v, s.admit, s.trims, wantAdmit, wantTrims)
+		}
+	}
+	step(50, nil, 0)
+	step(150, []bool{false}, 0)     // soft: admission off
+	step(250, []bool{false}, 1)     // hard: trimmed, admission still off
+	step(0, []bool{false, true}, 1) // normal: admission back on
+}
+
+// While the node runs, the Go runtime's memory limit is the hard watermark; it is restored
+// when the node stops, and left alone when the operator set GOMEMLIMIT.
+func TestGoMemoryLimitFollowsTheHardWatermark(t *testing.T) {
+	for _, withEnv := range []bool{false, true} {
+		t.Run(fmt.Sprintf("GOMEMLIMIT set %v", withEnv), func(t *testing.T) {
+			if withEnv {
+				t.Setenv("GOMEMLIMIT", "1GiB")
+			}
+			before := debug.SetMemoryLimit(-1)
+			cfg := nodeConfig(t, "limit")
+			var logs lockedBuffer
+			a, err := newApp(cfg, slog.New(slog.NewTextHandler(&logs, nil)), options{
+				memorySample: func() (int64, error) { return 0, nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			poll(t, 10*time.Second, "the memory controller running", func() bool {
+				return strings.Contains(logs.String(), "memory controller running")
+			})
+			want := cfg.MemoryHardLimitBytes
+			if withEnv {
+				want = before
+				if !strings.Contains(logs.String(), "GOMEMLIMIT is set") {
+					t.Error("GOMEMLIMIT not acknowledged in the log")
+				}
+			}
+			if got := debug.SetMemoryLimit(-1); got != want {
+				t.Errorf("Go memory limit while running = %d, want %d", got, want)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if got := debug.SetMemoryLimit(-1); got != before {
+				t.Errorf("Go memory limit after stopping = %d, want the previous %d", got, before)
+			}
+		})
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
