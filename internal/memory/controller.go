@@ -42,8 +42,9 @@ func (s State) String() string {
 // Defaults for Config fields left at zero, with the reason for each.
 const (
 	// DefaultInterval between samples: reading statm or two cgroup files costs microseconds,
-	// and a burst of large uploads grows memory by hundreds of MiB within a second or two, so
-	// a quarter second catches it well before it can run from the hard watermark to the limit.
+	// and a burst of concurrent requests (keyvalue documents and gRPC batches are buffered)
+	// can grow memory by hundreds of MiB within a second or two, so a quarter second catches
+	// it well before it can run from the hard watermark to the limit.
 	DefaultInterval = 250 * time.Millisecond
 	// DefaultHysteresis: a band is left only 5 % below its watermark. Memory use of a Go
 	// process oscillates by a few percent with each collection cycle; without the margin a
