@@ -19,6 +19,7 @@ import (
 	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/httpapi"
 	"github.com/kuracache/kura/internal/config"
+	"github.com/kuracache/kura/internal/memory"
 	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/outbox"
 	"github.com/kuracache/kura/outbox/antientropy"
@@ -54,11 +55,27 @@ type App struct {
 	internalLn net.Listener
 	outbox     *outbox.Outbox
 	sweeper    *antientropy.Sweeper
+
+	// memory keeps the node within its memory watermarks (SPEC §6).
+	memory *memory.Controller
+}
+
+// options are seams for in-package tests; New uses the zero value (the real system).
+type options struct {
+	// memorySample replaces the memory controller's system sampler, so a test can move a node
+	// across its watermarks and back without allocating gigabytes.
+	memorySample func() (int64, error)
+	// memoryInterval replaces the controller's sampling interval (0: its default).
+	memoryInterval time.Duration
 }
 
 // New opens the store and binds every listener; nothing is served until Run. On error
 // everything opened so far is closed again.
-func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
+func New(cfg *config.Config, logger *slog.Logger) (*App, error) {
+	return newApp(cfg, logger, options{})
+}
+
+func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err error) {
 	a := &App{cfg: cfg, logger: logger}
 	a.registry = telemetry.NewRegistry(telemetry.NodeIdentity{
 		Node: cfg.NodeName, Region: cfg.Region, TenantID: cfg.TenantID, Version: Version,
@@ -112,6 +129,9 @@ func New(cfg *config.Config, logger *slog.Logger) (_ *App, err error) {
 	}
 	outboxRef.Store(a.outbox)
 	sweeperRef.Store(a.sweeper)
+	if err := a.buildMemoryController(opts); err != nil {
+		return nil, err
+	}
 	// Front ends read through to peers on a local miss; the internal plane, the outbox and the
 	// sweeper use the raw local store, so a miss never bounces between nodes.
 	frontStore := antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
@@ -225,6 +245,10 @@ func (a *App) Run(ctx context.Context) error {
 	})
 
 	a.addClusterActors(&g)
+	{
+		memCtx, stopMemory := context.WithCancel(context.Background())
+		g.Add(func() error { return a.memory.Run(memCtx) }, func(error) { stopMemory() })
+	}
 
 	err := g.Run()
 	if cerr := a.peerClient.Close(); cerr != nil {
