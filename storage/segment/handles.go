@@ -97,11 +97,13 @@ func (c *handleCache) acquire(ctx context.Context, id ID, path string) (*handle,
 		c.misses.Add(1)
 		h := &handle{id: id, refs: 1, ready: make(chan struct{})}
 		if c.size > 0 && !c.closed {
+			// Entered before the open so that concurrent misses share it. Older handles
+			// make room only once the open succeeded: a failed open (an exhausted pool)
+			// must not cost the cache a handle that still serves other readers.
 			h.refs++ // the cache's own reference
 			h.cached = true
 			c.entries[id] = h
 			c.pushFrontLocked(h)
-			c.evictOverLocked()
 		}
 		c.mu.Unlock()
 
@@ -115,6 +117,9 @@ func (c *handleCache) acquire(ctx context.Context, id ID, path string) (*handle,
 		} else {
 			h.f = f
 			c.open.Add(1)
+			if h.cached {
+				c.evictOverLocked(h)
+			}
 		}
 		close(h.ready)
 		c.mu.Unlock()
@@ -126,10 +131,18 @@ func (c *handleCache) acquire(ctx context.Context, id ID, path string) (*handle,
 	}
 }
 
-// evictOverLocked drops least recently used handles beyond the capacity.
-func (c *handleCache) evictOverLocked() {
+// evictOverLocked drops least recently used handles beyond the capacity, keeping keep (the
+// handle just opened). Handles still being opened count too, so the cache briefly exceeds its
+// size only by opens in flight, each of which holds a pool slot.
+func (c *handleCache) evictOverLocked(keep *handle) {
 	for len(c.entries) > c.size {
 		victim := c.lru.prev
+		if victim == keep {
+			victim = victim.prev
+		}
+		if victim == &c.lru {
+			return
+		}
 		c.dropLocked(victim)
 		c.evictions.Add(1)
 	}
