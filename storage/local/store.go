@@ -319,6 +319,9 @@ func Open(opts Options) (*Store, error) {
 	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
 		return nil, fmt.Errorf("open store: register metrics: %w", err)
 	}
+	if err := s.segs.CheckRoom(0); errors.Is(err, storage.ErrInsufficientStorage) {
+		s.log.Warn("the data filesystem is at its free-space reserve: writes are refused (507) until room exists", "error", err)
+	}
 	s.bg.Add(3)
 	go s.evictLoop()
 	go s.janitorLoop()
