@@ -37,7 +37,8 @@ type Pool struct {
 	timeouts atomic.Uint64
 
 	rmu        sync.Mutex
-	reclaimers []func() bool
+	reclaimers map[int]func() bool
+	nextID     int
 }
 
 // New returns a pool of size slots whose checkouts wait at most acquireTimeout. size must be
@@ -70,16 +71,30 @@ func (p *Pool) Timeouts() uint64 { return p.timeouts.Load() }
 // AddReclaimer registers fn, which closes one idle descriptor its owner keeps only as an
 // optimisation (a cached read handle) and reports whether it did. Acquire calls reclaimers
 // before it waits, so idle caches give way to requests. fn runs on the acquiring goroutine
-// with no pool lock held; it must not call Acquire.
-func (p *Pool) AddReclaimer(fn func() bool) {
+// with no pool lock held; it must not call Acquire. The returned function unregisters fn (its
+// owner closes).
+func (p *Pool) AddReclaimer(fn func() bool) (remove func()) {
 	p.rmu.Lock()
-	p.reclaimers = append(p.reclaimers, fn)
-	p.rmu.Unlock()
+	defer p.rmu.Unlock()
+	if p.reclaimers == nil {
+		p.reclaimers = make(map[int]func() bool)
+	}
+	id := p.nextID
+	p.nextID++
+	p.reclaimers[id] = fn
+	return func() {
+		p.rmu.Lock()
+		delete(p.reclaimers, id)
+		p.rmu.Unlock()
+	}
 }
 
 func (p *Pool) reclaim() bool {
 	p.rmu.Lock()
-	rs := p.reclaimers
+	rs := make([]func() bool, 0, len(p.reclaimers))
+	for _, fn := range p.reclaimers {
+		rs = append(rs, fn)
+	}
 	p.rmu.Unlock()
 	for _, fn := range rs {
 		if fn() {

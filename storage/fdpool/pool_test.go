@@ -173,7 +173,7 @@ func TestReclaimerFreesIdleSlots(t *testing.T) {
 	// Two idle "cached handles" hold both slots.
 	idle := 2
 	var mu sync.Mutex
-	p.AddReclaimer(func() bool {
+	remove := p.AddReclaimer(func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		if idle == 0 {
@@ -197,6 +197,17 @@ func TestReclaimerFreesIdleSlots(t *testing.T) {
 	}
 	if p.InUse() != 2 {
 		t.Fatalf("in use %d, want 2", p.InUse())
+	}
+	// Once its owner is gone the reclaimer is never asked again: with the pool full, the
+	// checkout waits (here until its context ends) instead of taking the last idle slot.
+	remove()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := p.Acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire on a full pool without reclaimers = %v, want the context's deadline", err)
+	}
+	if idle != 1 {
+		t.Fatalf("a removed reclaimer ran (idle %d)", idle)
 	}
 	p.Release()
 	p.Release()

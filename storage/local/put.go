@@ -287,8 +287,9 @@ type roomWriter struct {
 
 const roomCheckBytes = 4 << 20
 
-// newRoomWriter checks first when the body passes inMemory bytes (the spill threshold of a
-// staged record; zero for a file written from the first byte).
+// newRoomWriter wraps a staged record: its first check is due when the body outgrows the
+// spill threshold (until then it is held in memory). A part file, written to disk from the
+// first byte, uses a roomWriter with next = 0 instead.
 func (s *Store) newRoomWriter(ctx context.Context, w io.Writer) *roomWriter {
 	return &roomWriter{s: s, ctx: ctx, w: w, next: s.spillThreshold(), first: true}
 }

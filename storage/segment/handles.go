@@ -30,6 +30,8 @@ type handleCache struct {
 
 	hits, misses, evictions atomic.Uint64
 	open                    atomic.Int64
+
+	unregister func() // takes reclaimIdle off the pool
 }
 
 // handle is one open (or opening) segment file.
@@ -49,7 +51,7 @@ type handle struct {
 func newHandleCache(pool *fdpool.Pool, size int) *handleCache {
 	c := &handleCache{pool: pool, size: max(size, 0), entries: make(map[ID]*handle)}
 	c.lru.next, c.lru.prev = &c.lru, &c.lru
-	pool.AddReclaimer(c.reclaimIdle)
+	c.unregister = pool.AddReclaimer(c.reclaimIdle)
 	return c
 }
 
@@ -225,6 +227,7 @@ func (c *handleCache) trim() int {
 // close drops every cached handle; handles in use close when their readers finish. Later
 // acquires open uncached handles.
 func (c *handleCache) close() {
+	c.unregister()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true

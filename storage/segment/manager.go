@@ -186,7 +186,7 @@ func Open(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("open segments: the handle cache (%d) must stay below the file descriptor pool (%d)",
 			cacheSize, pool.Capacity())
 	}
-	m := &Manager{opts: opts, ops: osFileOps, log: opts.Logger, pool: pool, handles: newHandleCache(pool, cacheSize)}
+	m := &Manager{opts: opts, ops: osFileOps, log: opts.Logger, pool: pool}
 	if opts.ops != nil {
 		m.ops = *opts.ops
 	}
@@ -215,7 +215,9 @@ func Open(opts Options) (*Manager, error) {
 		_ = dir.Close()
 		return nil, err
 	}
-	m.log.Info("segments opened", "dir", opts.Dir, "segments", len(m.segs), "bytes", m.total.Load())
+	m.handles = newHandleCache(pool, cacheSize)
+	m.log.Info("segments opened", "dir", opts.Dir, "segments", len(m.segs), "bytes", m.total.Load(),
+		"handle_cache_size", cacheSize)
 	return m, nil
 }
 
