@@ -22,6 +22,9 @@ type apiError struct {
 	status  int
 	message string
 	plain   bool
+	// retryAfter, when set, is sent as the Retry-After header (seconds): the failure is
+	// transient and the client may try again that soon.
+	retryAfter int
 	// cause is logged for server-side failures; it never reaches the client because it may
 	// name files or peers.
 	cause error
@@ -71,6 +74,11 @@ func storeError(action, tooLarge string, err error) *apiError {
 		return &apiError{status: http.StatusRequestEntityTooLarge, message: tooLarge}
 	case errors.Is(err, storage.ErrDigestMismatch):
 		return badRequest(sentinelDetail(err, storage.ErrDigestMismatch, "Digest mismatch"))
+	case errors.Is(err, storage.ErrBusy):
+		// The file-descriptor pool stayed exhausted past its acquire timeout: shed this
+		// request rather than queue it without bound. Nothing was stored.
+		return &apiError{status: http.StatusServiceUnavailable, message: "Storage busy: failed to " + action + ", retry later",
+			retryAfter: 1, cause: err}
 	case errors.Is(err, storage.ErrInsufficientStorage):
 		return &apiError{status: http.StatusInsufficientStorage, message: "Insufficient storage: failed to " + action, cause: err}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -131,6 +139,9 @@ func writeError(w http.ResponseWriter, ae *apiError) {
 	// Headers set for a success that never happened must not leak into the error.
 	for _, k := range []string{"Content-Length", "Content-Type", "Etag", "Content-Encoding"} {
 		h.Del(k)
+	}
+	if ae.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(ae.retryAfter))
 	}
 	if ae.message == "" {
 		h.Set("Content-Length", "0")

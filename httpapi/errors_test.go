@@ -26,6 +26,8 @@ func TestStoreErrorMapping(t *testing.T) {
 		{fmt.Errorf("%w: SHA-256 differs", storage.ErrDigestMismatch), 400, "Digest mismatch: SHA-256 differs"},
 		{storage.ErrInsufficientStorage, 507, "Insufficient storage: failed to store artifact"},
 		{storage.ErrUnavailable, 503, "Storage unavailable: failed to store artifact"},
+		{storage.ErrBusy, 503, "Storage busy: failed to store artifact, retry later"},
+		{fmt.Errorf("%w: %w", storage.ErrBusy, storage.ErrUnavailable), 503, "Storage busy: failed to store artifact, retry later"},
 		{errors.New("EIO on /var/kura/segment-7"), 503, "Storage unavailable: failed to store artifact"},
 		{storage.ErrUploadNotFound, 404, "Upload not found"},
 		{storage.ErrInvalidPart, 400, "Invalid part_number"},
@@ -51,11 +53,17 @@ func TestWriteFailuresOverHTTP(t *testing.T) {
 	expectMessage(t, h.do("POST", path, "x"), http.StatusInsufficientStorage, "Insufficient storage")
 	fs.set(func(f *faultStore) { f.putErr = storage.ErrUnavailable })
 	expectMessage(t, h.do("POST", path, "x"), http.StatusServiceUnavailable, "Storage unavailable")
+	fs.set(func(f *faultStore) { f.putErr = storage.ErrBusy })
+	busy := h.do("POST", path, "x")
+	expectMessage(t, busy, http.StatusServiceUnavailable, "Storage busy: failed to store artifact, retry later")
+	if ra := busy.header.Get("Retry-After"); ra != "1" {
+		t.Errorf("busy answer Retry-After = %q, want 1", ra)
+	}
 	fs.set(func(f *faultStore) { f.putErr = nil; f.statErr = storage.ErrUnavailable })
 	expectMessage(t, h.do("POST", path, "x"), http.StatusServiceUnavailable, "Storage unavailable: failed to inspect artifact")
 	expect(t, h.do("HEAD", "/cas/"+sha("q"), nil), http.StatusServiceUnavailable, "")
-	if got := counterValue(t, h.srv.metrics.writes, "xcode", "xcode", "blob", "error"); got != 3 {
-		t.Errorf("write errors = %v, want 3", got)
+	if got := counterValue(t, h.srv.metrics.writes, "xcode", "xcode", "blob", "error"); got != 4 {
+		t.Errorf("write errors = %v, want 4", got)
 	}
 }
 

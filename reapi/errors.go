@@ -39,7 +39,10 @@ func codeOf(err error) codes.Code {
 		// A corrupt record is dropped by the store and is, from now on, missing.
 		errors.Is(err, storage.ErrCorrupt):
 		return codes.NotFound
-	case errors.Is(err, storage.ErrInsufficientStorage), errors.Is(err, errServerLimit):
+	case errors.Is(err, storage.ErrInsufficientStorage), errors.Is(err, errServerLimit),
+		// The file-descriptor pool stayed exhausted: Bazel retries RESOURCE_EXHAUSTED with
+		// backoff, which is what a transient overload wants.
+		errors.Is(err, storage.ErrBusy):
 		return codes.ResourceExhausted
 	case errors.Is(err, storage.ErrUnavailable):
 		return codes.Unavailable

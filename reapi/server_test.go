@@ -249,6 +249,8 @@ func TestCodeOf(t *testing.T) {
 		{fmt.Errorf("x: %w", storage.ErrTooLarge), codes.InvalidArgument},
 		{fmt.Errorf("x: %w", storage.ErrInsufficientStorage), codes.ResourceExhausted},
 		{fmt.Errorf("x: %w", storage.ErrUnavailable), codes.Unavailable},
+		{fmt.Errorf("x: %w", storage.ErrBusy), codes.ResourceExhausted},
+		{fmt.Errorf("x: %w: %w", storage.ErrUnavailable, storage.ErrBusy), codes.ResourceExhausted},
 		{fmt.Errorf("x: %w", errInvalidArgument), codes.InvalidArgument},
 		{fmt.Errorf("x: %w", errOutOfRange), codes.OutOfRange},
 		{fmt.Errorf("x: %w", errServerLimit), codes.ResourceExhausted},

@@ -17,9 +17,14 @@ var (
 	// ErrInsufficientStorage: the disk or the disk budget is full and eviction could not make
 	// room. HTTP 507, gRPC RESOURCE_EXHAUSTED. Reads keep working.
 	ErrInsufficientStorage = errors.New("insufficient storage")
-	// ErrUnavailable: the store cannot serve right now (I/O failure, resource pool exhausted,
-	// shutting down). HTTP 503, gRPC UNAVAILABLE or RESOURCE_EXHAUSTED.
+	// ErrUnavailable: the store cannot serve right now (I/O failure, shutting down). HTTP 503,
+	// gRPC UNAVAILABLE.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrBusy: a bounded resource (the file-descriptor pool) stayed exhausted for longer than
+	// its acquire timeout, or the process ran out of descriptors. Transient: the same request
+	// may succeed a moment later. HTTP 503 with a JSON message, gRPC RESOURCE_EXHAUSTED.
+	// Nothing was stored.
+	ErrBusy = errors.New("resource pool exhausted")
 	// ErrCorrupt: a stored record failed its checksum. Returned by Reader.Read before any byte
 	// of the bad block is handed out; the record is dropped so later reads see ErrNotFound.
 	ErrCorrupt = errors.New("stored record is corrupt")

@@ -36,6 +36,9 @@ var mapping = []struct {
 	{ErrMalformed, codes.InvalidArgument, "MALFORMED"},
 	{errBadHeader, codes.InvalidArgument, "MALFORMED"},
 	{storage.ErrInsufficientStorage, codes.ResourceExhausted, "INSUFFICIENT_STORAGE"},
+	// The FD pool stayed exhausted (before ErrUnavailable: a busy store is not a down one).
+	// The reason lets the pushing peer tell it from a full disk; both are retried.
+	{storage.ErrBusy, codes.ResourceExhausted, "BUSY"},
 	{storage.ErrUnavailable, codes.Unavailable, "UNAVAILABLE"},
 }
 

@@ -95,6 +95,12 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		DataDir:         cfg.DataDir,
 		TmpDir:          cfg.TmpDir,
 		DiskBudgetBytes: cfg.DiskBudgetBytes,
+		// SPEC §6 budgets: every store descriptor comes out of the pool, the handle cache
+		// stays below it, and the manifest cache is bounded in bytes.
+		FileDescriptorPoolSize:       cfg.FileDescriptorPoolSize,
+		FileDescriptorAcquireTimeout: cfg.FileDescriptorAcquireTimeout,
+		SegmentHandleCacheSize:       cfg.SegmentHandleCacheSize,
+		ManifestCacheMaxBytes:        cfg.ManifestCacheMaxBytes,
 		Metadata: meta.Options{
 			BlockCacheBytes:             cfg.MetadataStoreReadCacheBytes,
 			MemTableBytes:               cfg.MetadataStoreWriteBufferBytes,

@@ -22,4 +22,22 @@
 // type; some 150 bytes for a typical CAS key before Pebble's compression, so 1.5 GB per ten
 // million evicted objects) that stays until its namespace is cleaned. A corrupt record, by contrast, is deleted outright, so the digests
 // stop counting it and anti-entropy restores it from a peer.
+//
+// Runtime budgets (SPEC §6). Every file the store opens — segment read and write handles,
+// staging files, multipart parts, directory syncs — is checked out of one FD pool
+// (storage/fdpool, KURA_FILE_DESCRIPTOR_POOL_SIZE); a checkout that waits longer than the
+// acquire timeout fails with storage.ErrBusy (503 / RESOURCE_EXHAUSTED), never EMFILE. Segment
+// read handles are cached (KURA_SEGMENT_HANDLE_CACHE_SIZE, in storage/segment). Manifests are
+// cached in a byte-bounded LRU (KURA_MANIFEST_CACHE_MAX_BYTES) that Stat, Open, FindMissing and
+// the first-writer-wins check consult before Pebble; every manifest change updates or drops its
+// entry under the key's (or the namespace's) lock, and per-stripe generation counters stop a
+// reader's racing Pebble read from re-admitting an old value, so the cache is never stale. The
+// memory controller switches its admission off (SetCacheAdmission) and empties it and the idle
+// handles (TrimCaches) under memory pressure.
+//
+// Full disk. Writes leave ReservedDiskBytes free on the data filesystem, because Pebble treats
+// a failed WAL write as fatal: a write that would eat into the reserve first retires old
+// segments (when that can make enough room) and otherwise fails with
+// storage.ErrInsufficientStorage before any byte is written, while reads, deletions and
+// eviction (which may use the reserve) go on; writes succeed again as soon as room exists.
 package local

@@ -76,11 +76,47 @@ func (s *Store) kickEvictor() {
 	}
 }
 
-// ensureRoom makes sure need more segment bytes fit in the budget, retiring old segments
-// synchronously if they do not. ErrInsufficientStorage when the budget cannot be met; reads
-// are unaffected. Concurrent writers may each pass the check, so the budget can be exceeded
-// by the bytes of writes in flight; the background evictor restores the margin.
+// ensureRoom makes sure need more segment bytes fit in the budget and on the filesystem
+// (leaving the reserve free), retiring old segments synchronously if they do not.
+// ErrInsufficientStorage when that cannot be met; reads are unaffected. Concurrent writers may
+// each pass the check, so the budget can be exceeded by the bytes of writes in flight; the
+// background evictor restores the margin, and the segment layer re-checks the filesystem
+// right before it writes.
 func (s *Store) ensureRoom(ctx context.Context, need int64) error {
+	if err := s.ensureBudget(ctx, need); err != nil {
+		return err
+	}
+	return s.ensureDiskRoom(ctx, need)
+}
+
+// ensureDiskRoom makes sure need more bytes can be written while the filesystem keeps the
+// reserve (Options.ReservedDiskBytes) free, retiring the oldest segments when it cannot:
+// something else may have filled the disk, and the cache gives way to new writes.
+// ErrInsufficientStorage when even that is not enough.
+func (s *Store) ensureDiskRoom(ctx context.Context, need int64) error {
+	err := s.segs.CheckRoom(need)
+	if err == nil || !errors.Is(err, storage.ErrInsufficientStorage) {
+		return err
+	}
+	free, ferr := s.segs.FreeBytes()
+	if ferr != nil {
+		return ferr
+	}
+	shortfall := s.segs.ReserveBytes() + need - free
+	if shortfall > s.segs.TotalBytes() {
+		return err // evicting everything would not be enough: keep the cache
+	}
+	if eerr := s.evictTo(ctx, s.segs.TotalBytes()-shortfall); eerr != nil {
+		return errors.Join(err, eerr)
+	}
+	if err := s.segs.CheckRoom(need); err != nil {
+		return fmt.Errorf("%w (after evicting what could be evicted)", err)
+	}
+	return nil
+}
+
+// ensureBudget is ensureRoom for the disk budget alone.
+func (s *Store) ensureBudget(ctx context.Context, need int64) error {
 	budget := s.opts.DiskBudgetBytes
 	if budget == 0 || s.segs.TotalBytes()+need <= budget {
 		return nil
@@ -205,8 +241,10 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 				return 0, 0, err
 			}
 			if err := b.CommitNoSync(); err != nil {
+				s.mcache.invalidate(name)
 				return 0, 0, err
 			}
+			s.mcache.update(name, next)
 			// Moved once per read: a record that is not read again is dropped next time,
 			// so eviction always makes progress.
 			s.recent.forget(name)
@@ -217,16 +255,23 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 			s.log.Error("dropped corrupt record during eviction", "key", key.String(), "segment", m.Location.Segment,
 				"offset", m.Location.Offset, "error", err)
 			s.metrics.corrupt.Inc()
+		case errors.Is(err, storage.ErrInsufficientStorage), errors.Is(err, storage.ErrBusy):
+			// The disk is too full to move it (eviction may be running to make room), or no
+			// descriptor is free: drop it instead, so eviction always makes progress.
+			s.log.Warn("evicting a recently read record instead of moving it forward", "key", key.String(), "error", err)
 		default:
 			return 0, 0, err
 		}
 	}
-	if err := b.PutManifest(key, m.Stub(), &m); err != nil {
+	stub := m.Stub()
+	if err := b.PutManifest(key, stub, &m); err != nil {
 		return 0, 0, err
 	}
 	if err := b.CommitNoSync(); err != nil {
+		s.mcache.invalidate(name)
 		return 0, 0, err
 	}
+	s.mcache.update(name, stub)
 	s.metrics.dropped.Inc()
 	return 0, 1, nil
 }
@@ -234,12 +279,12 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 // copyForward re-appends a record's body (verified block by block on the way) as a new
 // record and returns its durable location.
 func (s *Store) copyForward(ctx context.Context, m meta.Manifest, name []byte) (segment.Location, error) {
-	rc, err := s.segs.OpenRecord(toSegmentLocation(m.Location), name, 0, -1)
+	rc, err := s.segs.OpenRecord(ctx, toSegmentLocation(m.Location), name, 0, -1)
 	if err != nil {
 		return segment.Location{}, err
 	}
 	defer rc.Close()
-	st, err := s.segs.Stage(name)
+	st, err := s.segs.Stage(ctx, name)
 	if err != nil {
 		return segment.Location{}, err
 	}

@@ -422,8 +422,10 @@ func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 		remove = &r
 	}
 	if err := s.commitDigested(b, remove, &add); err != nil {
+		s.mcache.invalidate(ek)
 		return classify("apply stub of "+key.String(), err)
 	}
+	s.mcache.update(ek, stub)
 	if unknownPrev {
 		s.kickDigestRebuild()
 	}

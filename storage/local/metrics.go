@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kuracache/kura/storage/meta"
+	"github.com/kuracache/kura/storage/segment"
 )
 
 // metrics are the store's Prometheus series, registered on the injected Registerer.
@@ -66,6 +67,8 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 		}, func() float64 { return float64(s.opts.DiskBudgetBytes) }),
 	}
 	m.collectors = append(m.collectors, metadataGauges(s)...)
+	m.collectors = append(m.collectors, s.pool.Collectors()...)
+	m.collectors = append(m.collectors, cacheCollectors(s)...)
 	for i, c := range m.collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range m.collectors[:i] {
@@ -122,5 +125,80 @@ func metadataGauges(s *Store) []prometheus.Collector {
 		gauge("kura_metadata_store_write_buffer_capacity_bytes",
 			"Most bytes the metadata store's write buffers may hold before writes stall (write buffer size times the maximum number of write buffers).",
 			func(mm meta.Metrics) int64 { return mm.MemTableCapacityBytes }),
+	}
+}
+
+// cacheCollectors are the series of the segment read-handle cache and the manifest cache
+// (SPEC §7: FD-pool pressure, manifest-cache occupancy, hits and admissions), plus the free
+// space the full-disk guard watches.
+func cacheCollectors(s *Store) []prometheus.Collector {
+	handles := func(name, help string, counter bool, value func(segment.HandleStats) float64) prometheus.Collector {
+		f := func() float64 { return value(s.segs.HandleStats()) }
+		if counter {
+			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+		}
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	mc := s.mcache
+	return []prometheus.Collector{
+		handles("kura_segment_handle_cache_hits_total",
+			"Segment record reads served through an already open, cached segment read handle.", true,
+			func(h segment.HandleStats) float64 { return float64(h.Hits) }),
+		handles("kura_segment_handle_cache_misses_total",
+			"Segment record reads that had to open the segment file (checking a descriptor out of the pool).", true,
+			func(h segment.HandleStats) float64 { return float64(h.Misses) }),
+		handles("kura_segment_handle_cache_evictions_total",
+			"Segment read handles dropped from the cache: over capacity, closed for a request waiting on the FD pool, trimmed, or their segment removed. A handle still in use closes when its last reader finishes.", true,
+			func(h segment.HandleStats) float64 { return float64(h.Evictions) }),
+		handles("kura_segment_handle_cache_open",
+			"Open segment read handles: cached ones plus evicted ones still used by a reader.", false,
+			func(h segment.HandleStats) float64 { return float64(h.Open) }),
+		handles("kura_segment_handle_cache_capacity",
+			"Segment read handles the cache keeps open at most (KURA_SEGMENT_HANDLE_CACHE_SIZE).", false,
+			func(h segment.HandleStats) float64 { return float64(h.Capacity) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_manifest_cache_bytes",
+			Help: "Bytes held by the manifest cache (keys, manifests and per-entry overhead).",
+		}, func() float64 { b, _ := mc.stats(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_manifest_cache_entries",
+			Help: "Manifests held by the manifest cache.",
+		}, func() float64 { _, n := mc.stats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_manifest_cache_capacity_bytes",
+			Help: "Bound of the manifest cache (KURA_MANIFEST_CACHE_MAX_BYTES; 0: disabled).",
+		}, func() float64 { return float64(mc.max) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_manifest_cache_admission_enabled",
+			Help: "1 while reads admit manifests into the cache, 0 while admission is off (above the soft memory watermark).",
+		}, func() float64 {
+			if mc.admission.Load() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kura_manifest_cache_hits_total",
+			Help: "Manifest lookups (Stat, Open, FindMissing, first-writer-wins checks) answered by the manifest cache.",
+		}, func() float64 { return float64(mc.hits.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kura_manifest_cache_misses_total",
+			Help: "Manifest lookups that went to the metadata store.",
+		}, func() float64 { return float64(mc.misses.Load()) }),
+		mc.admissions,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_storage_filesystem_free_bytes",
+			Help: "Free bytes on the data filesystem (the smallest of the data and tmp filesystems); writes stop at kura_storage_reserved_disk_bytes.",
+		}, func() float64 {
+			free, err := s.segs.FreeBytes()
+			if err != nil {
+				return 0
+			}
+			return float64(free)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_storage_reserved_disk_bytes",
+			Help: "Free space writes leave on the data filesystem for the metadata store; below it writes fail with 507 / RESOURCE_EXHAUSTED.",
+		}, func() float64 { return float64(s.segs.ReserveBytes()) }),
 	}
 }

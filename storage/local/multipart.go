@@ -14,12 +14,13 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/fdpool"
 	"github.com/kuracache/kura/storage/meta"
 )
 
 // StartUpload implements storage.Multipart. The upload's state lives in Pebble, so it survives
 // restarts; its parts are staged under TmpDir/multipart/<id>/.
-func (s *Store) StartUpload(_ context.Context, key storage.Key, contentType string) (string, error) {
+func (s *Store) StartUpload(ctx context.Context, key storage.Key, contentType string) (string, error) {
 	if err := key.Validate(); err != nil {
 		return "", fmt.Errorf("start upload: %w", err)
 	}
@@ -27,6 +28,10 @@ func (s *Store) StartUpload(_ context.Context, key storage.Key, contentType stri
 		return "", fmt.Errorf("start upload: %w", err)
 	}
 	defer s.ops.leave()
+	// An upload will write parts and then the object: refuse it up front on a full disk.
+	if err := s.ensureDiskRoom(ctx, 0); err != nil {
+		return "", fmt.Errorf("start upload: %w", err)
+	}
 	id := uuid.NewString()
 	b := s.db.NewBatch()
 	defer b.Close()
@@ -98,10 +103,13 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 	if _, err := s.liveUpload(uploadID); err != nil {
 		return fmt.Errorf("put part: %w", err)
 	}
+	if err := s.ensureDiskRoom(ctx, 0); err != nil {
+		return fmt.Errorf("put part %d of %s: %w", partNumber, uploadID, err)
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return classify("put part: create "+dir, err)
 	}
-	f, err := os.CreateTemp(dir, fmt.Sprintf("%d-*.part", partNumber))
+	f, err := s.pool.CreateTemp(ctx, dir, fmt.Sprintf("%d-*.part", partNumber))
 	if err != nil {
 		return classify("put part: create part file", err)
 	}
@@ -113,7 +121,8 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 			_ = os.Remove(path)
 		}
 	}()
-	size, err := copyBody(ctx, f, body, storage.PutOptions{Size: storage.UnknownSize, Limit: storage.MaxPartBytes})
+	rw := &roomWriter{s: s, ctx: ctx, w: f, first: true}
+	size, err := copyBody(ctx, rw, body, storage.PutOptions{Size: storage.UnknownSize, Limit: storage.MaxPartBytes})
 	if err != nil {
 		return fmt.Errorf("put part %d of %s: %w", partNumber, uploadID, err)
 	}
@@ -124,7 +133,7 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 	if err := f.Close(); err != nil {
 		return classify("put part: close "+path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := s.syncDir(ctx, dir); err != nil {
 		return classify("put part", err)
 	}
 
@@ -196,7 +205,7 @@ func (s *Store) CompleteUpload(ctx context.Context, uploadID string, parts []int
 		}
 		files[i] = path
 	}
-	body := &partsReader{files: files}
+	body := &partsReader{ctx: ctx, pool: s.pool, files: files}
 	defer body.Close()
 	res, err := s.put(ctx, u.Key, body, storage.PutOptions{ContentType: u.ContentType, Size: u.Total()})
 	if err != nil {
@@ -213,17 +222,19 @@ func (s *Store) CompleteUpload(ctx context.Context, uploadID string, parts []int
 		s.log.Warn("forget completed upload", "upload", uploadID, "error", err)
 	}
 	_ = body.Close()
-	if err := os.RemoveAll(dir); err != nil {
+	if err := s.pool.Do(context.WithoutCancel(ctx), func() error { return os.RemoveAll(dir) }); err != nil {
 		s.log.Warn("remove completed upload's parts", "upload", uploadID, "error", err)
 	}
 	return res, nil
 }
 
 // partsReader concatenates part files, opening one at a time so a 200-part upload holds one
-// descriptor.
+// descriptor of the pool.
 type partsReader struct {
+	ctx   context.Context
+	pool  *fdpool.Pool
 	files []string
-	cur   *os.File
+	cur   *fdpool.File
 }
 
 func (r *partsReader) Read(p []byte) (int, error) {
@@ -232,8 +243,11 @@ func (r *partsReader) Read(p []byte) (int, error) {
 			if len(r.files) == 0 {
 				return 0, io.EOF
 			}
-			f, err := os.Open(r.files[0])
+			f, err := r.pool.Open(r.ctx, r.files[0])
 			if err != nil {
+				if errors.Is(err, storage.ErrBusy) || r.ctx.Err() != nil {
+					return 0, fmt.Errorf("open multipart part: %w", err)
+				}
 				return 0, fmt.Errorf("%w: open multipart part: %w", storage.ErrUnavailable, err)
 			}
 			r.cur, r.files = f, r.files[1:]
@@ -313,7 +327,7 @@ func (s *Store) expireUploads(ctx context.Context) (int, error) {
 			return err
 		}
 		if dir, err := s.uploadDir(id); err == nil {
-			if err := os.RemoveAll(dir); err != nil {
+			if err := s.pool.Do(ctx, func() error { return os.RemoveAll(dir) }); err != nil {
 				s.log.Warn("remove expired upload's parts", "upload", id, "error", err)
 			}
 		}
@@ -365,8 +379,8 @@ func (s *Store) removeOrphanParts(_ context.Context) error {
 }
 
 // syncDir fsyncs a directory so entries created in it survive a crash.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+func (s *Store) syncDir(ctx context.Context, dir string) error {
+	d, err := s.pool.Open(ctx, dir)
 	if err != nil {
 		return fmt.Errorf("open directory %s: %w", dir, err)
 	}

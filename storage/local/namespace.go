@@ -59,6 +59,9 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 			return fmt.Errorf("delete namespace %s/%s: replication hook: %w", tenant, namespace, err)
 		}
 	}
+	// Committed or not (the outcome of a failed commit is unknown), the namespace's cached
+	// manifests go; the exclusive lock keeps writers out until then.
+	defer s.mcache.invalidateNamespace(tenant, namespace)
 	if err := s.commitDelta(b, delta); err != nil {
 		return classify(fmt.Sprintf("delete namespace %s/%s", tenant, namespace), err)
 	}

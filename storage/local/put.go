@@ -31,7 +31,7 @@ func (s *Store) put(ctx context.Context, key storage.Key, body io.Reader, opts s
 	// First writer wins: an existing immutable object is the answer, and the body is not read.
 	// An evicted stub counts as absent: this write brings the body back.
 	if !key.Kind.LastWriterWins() {
-		m, err := s.db.GetManifest(key)
+		m, err := s.lookupManifest(key, meta.ManifestKey(key))
 		switch {
 		case err == nil && m.Evicted:
 		case err == nil:
@@ -67,9 +67,16 @@ func (s *Store) putInline(ctx context.Context, key storage.Key, body io.Reader, 
 	if capped.Limit <= 0 || capped.Limit > s.opts.MaxInlineBytes {
 		capped.Limit = s.opts.MaxInlineBytes
 	}
+	// The document goes to Pebble, whose WAL must never meet a full disk.
+	if err := s.ensureDiskRoom(ctx, 0); err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
 	var buf bytes.Buffer
 	n, err := copyBody(ctx, &buf, body, capped)
 	if err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := s.ensureDiskRoom(ctx, 2*n); err != nil { // the WAL record, then its flush
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
 	sum := sha256.Sum256(buf.Bytes())
@@ -84,18 +91,17 @@ func (s *Store) putInline(ctx context.Context, key storage.Key, body io.Reader, 
 // commits the manifest.
 func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
 	name := meta.ManifestKey(key)
-	if opts.Size > 0 {
-		// Refuse early when even the declared size cannot fit, before reading anything.
-		if err := s.ensureRoom(ctx, segment.RecordSize(opts.Size, len(name))); err != nil {
-			return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
-		}
+	// Refuse early when even the declared size cannot fit (or the disk is at its reserve),
+	// before reading anything.
+	if err := s.ensureRoom(ctx, segment.RecordSize(max(opts.Size, 0), len(name))); err != nil {
+		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
-	st, err := s.segs.Stage(name)
+	st, err := s.segs.Stage(ctx, name)
 	if err != nil {
 		return storage.PutResult{}, classify("put "+key.String()+": stage", err)
 	}
 	defer st.Abort() // a no-op after Commit; otherwise removes staged bytes
-	n, err := copyBody(ctx, st, body, opts)
+	n, err := copyBody(ctx, s.newRoomWriter(ctx, st), body, opts)
 	if err != nil {
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -106,7 +112,7 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 	// Another writer may have won while the body streamed: answer without committing bytes
 	// that nothing would reference.
 	if !key.Kind.LastWriterWins() {
-		if m, err := s.db.GetManifest(key); err == nil && !m.Evicted {
+		if m, err := s.lookupManifest(key, name); err == nil && !m.Evicted {
 			return storage.PutResult{Info: m.Info(key)}, nil
 		}
 	}
@@ -187,6 +193,17 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 		}
 	}
 	m.Version = version
+	ek := meta.ManifestKey(key)
+	committed := false
+	defer func() {
+		// After the commit the cache learns the new manifest; after a failure whose effect
+		// is unknown it forgets the key, so the next read asks Pebble.
+		if committed {
+			s.mcache.update(ek, m)
+		} else {
+			s.mcache.invalidate(ek)
+		}
+	}()
 	b := s.db.NewBatch()
 	defer b.Close()
 	if err := b.PutManifest(key, m, prev); err != nil {
@@ -199,7 +216,6 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 			return storage.PutResult{}, fmt.Errorf("put %s: replication hook: %w", key, err)
 		}
 	}
-	ek := meta.ManifestKey(key)
 	add := entryDigest{bucket: meta.DigestBucket(ek, storage.DigestBucketBits), hash: meta.EntryHash(ek, key.Kind, m.SHA256, version)}
 	var remove *entryDigest
 	if prev != nil {
@@ -208,6 +224,7 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 	if err := s.commitDigested(b, remove, &add); err != nil {
 		return storage.PutResult{}, classify("put "+key.String(), err)
 	}
+	committed = true
 	if unknownPrev {
 		s.kickDigestRebuild()
 	}
@@ -254,6 +271,54 @@ func copyBody(ctx context.Context, dst io.Writer, body io.Reader, opts storage.P
 	return n, nil
 }
 
+// roomWriter passes a body on to a staged record or a part file and makes sure the disk
+// keeps its reserve as the body grows (evicting if it must): first when the body outgrows
+// memory and starts going to disk, then every roomCheckBytes. A long chunked upload onto a
+// full disk is thus refused as soon as the disk fills, not after it was staged whole, and
+// eviction runs before the segment layer's own check (which cannot evict) would refuse it.
+type roomWriter struct {
+	s       *Store
+	ctx     context.Context
+	w       io.Writer
+	written int64
+	next    int64 // body size at which the next check is due
+	first   bool  // the next check is the first one
+}
+
+const roomCheckBytes = 4 << 20
+
+// newRoomWriter wraps a staged record: its first check is due when the body outgrows the
+// spill threshold (until then it is held in memory). A part file, written to disk from the
+// first byte, uses a roomWriter with next = 0 instead.
+func (s *Store) newRoomWriter(ctx context.Context, w io.Writer) *roomWriter {
+	return &roomWriter{s: s, ctx: ctx, w: w, next: s.spillThreshold(), first: true}
+}
+
+func (r *roomWriter) Write(p []byte) (int, error) {
+	if r.written+int64(len(p)) > r.next {
+		need := roomCheckBytes + int64(len(p))
+		if r.first {
+			need += r.written // what was held in memory goes to disk now
+			r.first = false
+		}
+		if err := r.s.ensureDiskRoom(r.ctx, need); err != nil {
+			return 0, err
+		}
+		r.next = r.written + roomCheckBytes
+	}
+	n, err := r.w.Write(p)
+	r.written += int64(n)
+	return n, err
+}
+
+// spillThreshold is the staging layer's effective spill threshold.
+func (s *Store) spillThreshold() int64 {
+	if s.opts.SpillThreshold > 0 {
+		return s.opts.SpillThreshold
+	}
+	return segment.DefaultSpillThreshold
+}
+
 // readError marks errors from the client's body, so they are not mistaken for store failures.
 type readError struct{ err error }
 
@@ -283,8 +348,8 @@ type onlyWriter struct{ io.Writer }
 type onlyReader struct{ io.Reader }
 
 // classify wraps an internal failure with the action and the sentinel the front ends map:
-// a full disk is ErrInsufficientStorage, anything else not already classified is
-// ErrUnavailable.
+// a full disk is ErrInsufficientStorage, running out of descriptors ErrBusy, anything else
+// not already classified is ErrUnavailable.
 func classify(action string, err error) error {
 	switch {
 	case err == nil:
@@ -294,7 +359,12 @@ func classify(action string, err error) error {
 			return fmt.Errorf("%s: %w", action, err)
 		}
 		return fmt.Errorf("%s: %w: %w", action, storage.ErrInsufficientStorage, err)
-	case errors.Is(err, storage.ErrInsufficientStorage), errors.Is(err, storage.ErrUnavailable),
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		if errors.Is(err, storage.ErrBusy) {
+			return fmt.Errorf("%s: %w", action, err)
+		}
+		return fmt.Errorf("%s: %w: %w", action, storage.ErrBusy, err)
+	case errors.Is(err, storage.ErrInsufficientStorage), errors.Is(err, storage.ErrUnavailable), errors.Is(err, storage.ErrBusy),
 		errors.Is(err, storage.ErrCorrupt), errors.Is(err, storage.ErrNotFound),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: %w", action, err)

@@ -23,16 +23,31 @@ func (s *Store) Stat(_ context.Context, key storage.Key) (storage.Info, error) {
 		return storage.Info{}, fmt.Errorf("stat %s: %w", key, err)
 	}
 	defer s.ops.leave()
-	m, err := s.manifest(key)
+	m, err := s.manifest(key, meta.ManifestKey(key))
 	if err != nil {
 		return storage.Info{}, fmt.Errorf("stat: %w", err)
 	}
 	return m.Info(key), nil
 }
 
-// manifest looks key up; a damaged manifest is dropped and reported as not found.
-func (s *Store) manifest(key storage.Key) (meta.Manifest, error) {
+// lookupManifest returns key's manifest (ek is its encoding) as stored, evicted stubs
+// included: from the manifest cache, else from Pebble, admitting what it found.
+func (s *Store) lookupManifest(key storage.Key, ek []byte) (meta.Manifest, error) {
+	if m, ok := s.mcache.get(ek); ok {
+		return m, nil
+	}
+	tok := s.mcache.token(key, ek)
 	m, err := s.db.GetManifest(key)
+	if err == nil {
+		s.mcache.admit(key, ek, m, tok)
+	}
+	return m, err
+}
+
+// manifest looks key up (ek is its encoding) for a reader; a damaged manifest is dropped and
+// reported as not found, and so is an evicted stub.
+func (s *Store) manifest(key storage.Key, ek []byte) (meta.Manifest, error) {
+	m, err := s.lookupManifest(key, ek)
 	switch {
 	case err == nil && m.Evicted:
 		// A stub only remembers the object for anti-entropy; clients see nothing.
@@ -62,7 +77,7 @@ func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Ke
 	defer s.ops.leave()
 	var missing []storage.Key
 	for _, k := range keys {
-		_, err := s.manifest(k)
+		_, err := s.manifest(k, meta.ManifestKey(k))
 		switch {
 		case err == nil:
 		case errors.Is(err, storage.ErrNotFound):
@@ -75,7 +90,7 @@ func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Ke
 }
 
 // Open implements storage.Store.
-func (s *Store) Open(_ context.Context, key storage.Key, offset, length int64) (storage.Reader, error) {
+func (s *Store) Open(ctx context.Context, key storage.Key, offset, length int64) (storage.Reader, error) {
 	if err := key.Validate(); err != nil {
 		return nil, fmt.Errorf("open: %w", err)
 	}
@@ -83,10 +98,11 @@ func (s *Store) Open(_ context.Context, key storage.Key, offset, length int64) (
 		return nil, fmt.Errorf("open %s: %w", key, err)
 	}
 	defer s.ops.leave()
+	name := meta.ManifestKey(key)
 	// Eviction may move or drop the record between the manifest lookup and opening the
 	// file; a failure is only corruption if the manifest still points at the same place.
 	for attempt := 0; ; attempt++ {
-		m, err := s.manifest(key)
+		m, err := s.manifest(key, name)
 		if err != nil {
 			return nil, fmt.Errorf("open: %w", err)
 		}
@@ -95,12 +111,11 @@ func (s *Store) Open(_ context.Context, key storage.Key, offset, length int64) (
 		if m.Inline {
 			return &inlineReader{Reader: bytes.NewReader(m.Body[offset : offset+length]), info: info}, nil
 		}
-		name := meta.ManifestKey(key)
 		s.recent.touch(name)
 		if length == 0 {
 			return &inlineReader{Reader: bytes.NewReader(nil), info: info}, nil
 		}
-		rc, err := s.segs.OpenRecord(toSegmentLocation(m.Location), name, offset, length)
+		rc, err := s.segs.OpenRecord(ctx, toSegmentLocation(m.Location), name, offset, length)
 		if err == nil {
 			return &recordReader{rc: rc, info: info, onCorrupt: func(cause error) { s.dropCorrupt(key, &m, cause) }}, nil
 		}
@@ -182,6 +197,8 @@ func (s *Store) dropCorrupt(key storage.Key, expected *meta.Manifest, cause erro
 		b := s.db.NewBatch()
 		defer b.Close()
 		err = b.DeleteManifest(key, prev)
+		// Whatever the commit's outcome, the cached manifest is the one that failed.
+		defer s.mcache.invalidate(meta.ManifestKey(key))
 		if err == nil {
 			if prev != nil {
 				remove := digestOf(meta.ManifestKey(key), key.Kind, prev)

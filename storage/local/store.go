@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/fdpool"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
 )
@@ -123,7 +124,35 @@ type Options struct {
 	// MaxUploadBytes overrides storage.MaxUploadBytes (zero: the protocol's 2 GiB). Tests
 	// lower it to exercise the limit without writing gigabytes.
 	MaxUploadBytes int64
+
+	// FileDescriptorPoolSize is KURA_FILE_DESCRIPTOR_POOL_SIZE: the descriptors the store may
+	// hold at once for segment files, staging files, multipart parts and directory syncs
+	// (Pebble has its own budget). Zero: fdpool.DefaultSize.
+	FileDescriptorPoolSize int
+	// FileDescriptorAcquireTimeout is KURA_FILE_DESCRIPTOR_ACQUIRE_TIMEOUT_MS: how long an
+	// operation waits for a descriptor before failing with storage.ErrBusy. Zero:
+	// fdpool.DefaultAcquireTimeout.
+	FileDescriptorAcquireTimeout time.Duration
+	// SegmentHandleCacheSize is KURA_SEGMENT_HANDLE_CACHE_SIZE: segment read handles kept open
+	// between reads; it must stay below the pool. Zero: derived from the pool (see
+	// segment.Options.HandleCacheSize); negative: no cache.
+	SegmentHandleCacheSize int
+	// ManifestCacheMaxBytes is KURA_MANIFEST_CACHE_MAX_BYTES: the bound of the in-memory
+	// manifest cache in front of Pebble. Zero: DefaultManifestCacheBytes; negative: no cache.
+	ManifestCacheMaxBytes int64
+	// ReservedDiskBytes is the free space writes leave on the data filesystem for the metadata
+	// store, which must never meet a full disk (Pebble treats a failed WAL write as fatal):
+	// once free space would drop below it, writes fail with storage.ErrInsufficientStorage
+	// after eviction tried to make room, while deletions, eviction and reads go on. Zero:
+	// DefaultReservedDiskBytes or a twentieth of the filesystem, whichever is smaller;
+	// negative: no reserve.
+	ReservedDiskBytes int64
 }
+
+// DefaultReservedDiskBytes is the free-space reserve on a large filesystem: room for several
+// WAL files and memtable flushes of the metadata store at the largest derived write-buffer
+// budget (128 MiB), plus compaction headroom.
+const DefaultReservedDiskBytes = 256 << 20
 
 // Store is the node's disk store. It is safe for concurrent use.
 type Store struct {
@@ -136,6 +165,8 @@ type Store struct {
 	segs    *segment.Manager
 	partDir string
 	metrics *metrics
+	pool    *fdpool.Pool
+	mcache  *manifestCache
 
 	seed        maphash.Seed
 	keyLocks    [1024]sync.Mutex
@@ -199,10 +230,34 @@ func Open(opts Options) (*Store, error) {
 	if opts.MaxUploadBytes <= 0 {
 		opts.MaxUploadBytes = storage.MaxUploadBytes
 	}
+	if opts.FileDescriptorPoolSize < 0 || opts.FileDescriptorAcquireTimeout < 0 {
+		return nil, fmt.Errorf("open store: negative file descriptor pool size %d or acquire timeout %v",
+			opts.FileDescriptorPoolSize, opts.FileDescriptorAcquireTimeout)
+	}
+	if opts.FileDescriptorPoolSize == 0 {
+		opts.FileDescriptorPoolSize = fdpool.DefaultSize
+	}
+	if opts.FileDescriptorAcquireTimeout == 0 {
+		opts.FileDescriptorAcquireTimeout = fdpool.DefaultAcquireTimeout
+	}
+	if opts.ManifestCacheMaxBytes == 0 {
+		opts.ManifestCacheMaxBytes = DefaultManifestCacheBytes
+	}
 	for _, d := range []string{opts.DataDir, opts.TmpDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("open store: create directory %s: %w", d, err)
 		}
+	}
+	if opts.ReservedDiskBytes == 0 {
+		size, err := filesystemSize(opts.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		opts.ReservedDiskBytes = min(DefaultReservedDiskBytes, size/20)
+	}
+	pool, err := fdpool.New(opts.FileDescriptorPoolSize, opts.FileDescriptorAcquireTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
 	}
 	s := &Store{
 		opts:    opts,
@@ -213,6 +268,8 @@ func Open(opts Options) (*Store, error) {
 		seed:    maphash.MakeSeed(),
 		recent:  newRecentSet(opts.RecentReads),
 		kick:    make(chan struct{}, 1),
+		pool:    pool,
+		mcache:  newManifestCache(opts.ManifestCacheMaxBytes),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.commits.init()
@@ -242,6 +299,9 @@ func Open(opts Options) (*Store, error) {
 		TargetSegmentBytes: opts.TargetSegmentBytes,
 		SpillThreshold:     opts.SpillThreshold,
 		Logger:             opts.Logger.With("subcomponent", "segments"),
+		Pool:               pool,
+		HandleCacheSize:    opts.SegmentHandleCacheSize,
+		ReserveBytes:       max(opts.ReservedDiskBytes, 0),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -259,13 +319,19 @@ func Open(opts Options) (*Store, error) {
 	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
 		return nil, fmt.Errorf("open store: register metrics: %w", err)
 	}
+	if err := s.segs.CheckRoom(0); errors.Is(err, storage.ErrInsufficientStorage) {
+		s.log.Warn("the data filesystem is at its free-space reserve: writes are refused (507) until room exists", "error", err)
+	}
 	s.bg.Add(3)
 	go s.evictLoop()
 	go s.janitorLoop()
 	go s.digestLoop()
 	ok = true
 	s.log.Info("store opened", "data_dir", opts.DataDir, "tmp_dir", opts.TmpDir,
-		"segment_bytes", s.segs.TotalBytes(), "disk_budget_bytes", opts.DiskBudgetBytes)
+		"segment_bytes", s.segs.TotalBytes(), "disk_budget_bytes", opts.DiskBudgetBytes,
+		"fd_pool_size", pool.Capacity(), "fd_acquire_timeout", pool.AcquireTimeout(),
+		"segment_handle_cache_size", s.segs.HandleStats().Capacity,
+		"manifest_cache_max_bytes", max(opts.ManifestCacheMaxBytes, 0), "reserved_disk_bytes", max(opts.ReservedDiskBytes, 0))
 	return s, nil
 }
 
@@ -304,6 +370,28 @@ func (s *Store) closeResources() error {
 	return errors.Join(errs...)
 }
 
+// FDPool is the store's file-descriptor pool, for callers that open files on its behalf and
+// for tests that watch its occupancy.
+func (s *Store) FDPool() *fdpool.Pool { return s.pool }
+
+// SetCacheAdmission switches admission to the manifest cache on or off. The memory controller
+// turns it off above the soft memory watermark: entries already cached keep serving (and stay
+// coherent), but reads stop adding new ones until it is switched back on.
+func (s *Store) SetCacheAdmission(on bool) {
+	if s.mcache.admission.Swap(on) != on {
+		s.log.Info("manifest cache admission switched", "on", on)
+	}
+}
+
+// TrimCaches empties the manifest cache and closes every idle cached segment read handle.
+// The memory controller calls it above the hard memory watermark; the caches refill from
+// Pebble and the segment files as reads come in.
+func (s *Store) TrimCaches() {
+	freed := s.mcache.trim()
+	handles := s.segs.TrimHandles()
+	s.log.Info("caches trimmed", "manifest_cache_bytes_freed", freed, "segment_handles_closed", handles)
+}
+
 // MetadataMetrics samples Pebble's memory gauges for the telemetry layer.
 func (s *Store) MetadataMetrics() meta.Metrics { return s.db.Metrics() }
 
@@ -315,6 +403,15 @@ func (s *Store) metadataSample() (meta.Metrics, bool) {
 	}
 	defer s.ops.leave()
 	return s.db.Metrics(), true
+}
+
+// filesystemSize is the total size of path's filesystem.
+func filesystemSize(path string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("inspect filesystem of %s: %w", path, err)
+	}
+	return int64(st.Blocks) * int64(st.Bsize), nil //nolint:unconvert // field types differ between architectures
 }
 
 // lockDataDir takes an exclusive, non-blocking flock on dir/LOCK. The kernel drops it when the

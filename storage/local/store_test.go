@@ -399,7 +399,7 @@ func TestUnreferencedSegmentRemovedOnOpen(t *testing.T) {
 	s := openStore(t, opts)
 	put(t, s, cas("kept"), storagetest.Bytes(1, 2<<20))
 	// Simulate a crash between a segment commit and its manifest commit.
-	st, err := s.segs.Stage(meta.ManifestKey(cas("orphan")))
+	st, err := s.segs.Stage(context.Background(), meta.ManifestKey(cas("orphan")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,13 +6,15 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+
+	"github.com/kuracache/kura/storage/fdpool"
 )
 
 // activeSegment is a segment that takes (or, once sealed, took) appends of small records.
 type activeSegment struct {
 	id    ID
 	path  string
-	f     *os.File // write handle; closed once sealed and no commit waits on it
+	f     *fdpool.File // write handle (holds a pool slot); closed once sealed and no commit waits on it
 	entry *segEntry
 
 	// Guarded by Manager.mu.
@@ -36,15 +38,18 @@ type syncRound struct {
 	done chan struct{}
 }
 
-// newActiveLocked creates the next shared segment. Its directory entry is made durable by
-// the first sync round, together with the first records, so the roll itself stays cheap.
+// newActiveLocked creates the next shared segment with the pool slot the caller checked out
+// (the slot is returned if the creation fails). Its directory entry is made durable by the
+// first sync round, together with the first records, so the roll itself stays cheap.
 func (m *Manager) newActiveLocked() (*activeSegment, error) {
 	id := m.nextID
 	path := m.segPath(id)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	osf, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return nil, ioError("create segment", path, err)
+		m.pool.Release()
+		return nil, ioError("create segment", path, fdpool.Classify(err))
 	}
+	f := m.pool.Adopt(osf)
 	m.nextID++
 	seg := &activeSegment{id: id, path: path, f: f, entry: &segEntry{id: id}}
 	m.insertLocked(seg.entry)
@@ -57,17 +62,47 @@ func (m *Manager) newActiveLocked() (*activeSegment, error) {
 // segment and returns once a sync covering it has completed. Concurrent callers share syncs:
 // the first to find no sync running leads one for everybody appended so far.
 func (m *Manager) appendRecord(ctx context.Context, rec []byte, bodySize int64) (Location, error) {
+	if err := m.CheckRoom(int64(len(rec))); err != nil {
+		return Location{}, fmt.Errorf("append %d bytes: %w", len(rec), err)
+	}
+	// A new active segment needs a descriptor slot. The append lock is never held while
+	// waiting for one: the slot is taken before locking, or, when none is free at once, the
+	// lock is dropped, the wait done, and the attempt repeated (another committer may have
+	// started the segment meanwhile, and the spare slot goes back).
+	slot := false
+	defer func() {
+		if slot {
+			m.pool.Release()
+		}
+	}()
 	m.mu.Lock()
+	for m.active == nil && !slot {
+		if m.pool.TryAcquire() {
+			slot = true
+			break
+		}
+		m.mu.Unlock()
+		if err := m.pool.Acquire(ctx); err != nil {
+			return Location{}, fmt.Errorf("start a segment: %w", err)
+		}
+		slot = true
+		m.mu.Lock()
+	}
 	seg := m.active
+	if seg != nil && slot {
+		m.pool.Release() // somebody else started the segment while we waited
+		slot = false
+	}
 	if seg == nil {
 		var err error
+		slot = false // newActiveLocked owns it now
 		if seg, err = m.newActiveLocked(); err != nil {
 			m.mu.Unlock()
 			return Location{}, err
 		}
 	}
 	off := seg.size
-	if n, err := m.ops.writeAt(seg.f, rec, off); err != nil {
+	if n, err := m.ops.writeAt(seg.f.File, rec, off); err != nil {
 		m.recoverAppendLocked(seg, off, n, err)
 		m.mu.Unlock()
 		return Location{}, ioError(fmt.Sprintf("append %d bytes at offset %d to segment", len(rec), off), seg.path, err)
@@ -163,11 +198,11 @@ func (m *Manager) waitDurable(ctx context.Context, seg *activeSegment, end int64
 
 		// Everything written before this load is covered by the fdatasync below.
 		target := seg.written.Load()
-		err := m.ops.datasync(seg.f)
+		err := m.ops.datasync(seg.f.File)
 		if err != nil {
 			err = ioError("sync segment", seg.path, err)
 		} else if needDir {
-			err = syncDir(m.dir)
+			err = syncDir(m.dir.File)
 		}
 		m.syncs.Add(1)
 

@@ -66,7 +66,7 @@ func benchRead(b *testing.B, size int) {
 	b.ResetTimer()
 	for i := range b.N {
 		j := i % records
-		r, err := m.OpenRecord(locs[j], []byte(fmt.Sprintf("k%d", j)), 0, -1)
+		r, err := m.OpenRecord(context.Background(), locs[j], []byte(fmt.Sprintf("k%d", j)), 0, -1)
 		if err != nil {
 			b.Fatal(err)
 		}

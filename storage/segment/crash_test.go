@@ -88,7 +88,7 @@ func TestCrashKill9(t *testing.T) {
 			t.Fatalf("reopen after kill: %v", err)
 		}
 		for _, r := range acked {
-			rd, err := m.OpenRecord(r.loc, []byte(r.name), 0, -1)
+			rd, err := m.OpenRecord(context.Background(), r.loc, []byte(r.name), 0, -1)
 			if err != nil {
 				t.Fatalf("acknowledged record %s at %+v: %v", r.name, r.loc, err)
 			}

@@ -45,5 +45,16 @@
 // A full disk (ENOSPC, EDQUOT) is reported as storage.ErrInsufficientStorage and leaves the
 // active segment consistent (cut back or rolled), so writes succeed again once room exists.
 // Tests inject such failures through an unexported file-operations seam (fileOps) and also
-// fill a real, deliberately tiny tmpfs when the test may mount one.
+// fill a real, deliberately tiny tmpfs when the test may mount one. With Options.ReserveBytes
+// set, appends, spills and copies first check (statfs) that the write leaves that much free,
+// and fail with storage.ErrInsufficientStorage before writing anything otherwise.
+//
+// # Descriptors
+//
+// Every descriptor the Manager holds is checked out of an fdpool.Pool: the directory handle,
+// the active segment's write handle, staging files, and read handles. Reads go through a
+// reference-counted LRU of read-only handles, one per segment (pread needs no shared offset,
+// so concurrent readers share it): a cached read costs one pread instead of open, pread and
+// close. An evicted or removed segment's handle closes when its last reader finishes, and an
+// idle cached handle gives its slot up to anybody waiting for one.
 package segment

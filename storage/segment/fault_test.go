@@ -145,7 +145,7 @@ func TestSpillENOSPC(t *testing.T) {
 	before := m.TotalBytes()
 
 	// The disk fills while the body streams in.
-	s, err := m.Stage([]byte("big"))
+	s, err := m.Stage(context.Background(), []byte("big"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func commit(t testing.TB, m *Manager, name string, body []byte) Location {
 }
 
 func tryCommit(ctx context.Context, m *Manager, name string, body []byte) (Location, error) {
-	s, err := m.Stage([]byte(name))
+	s, err := m.Stage(context.Background(), []byte(name))
 	if err != nil {
 		return Location{}, err
 	}
@@ -92,7 +92,7 @@ func tryCommit(ctx context.Context, m *Manager, name string, body []byte) (Locat
 
 // readRecord reads body bytes [off, off+n) of the record at loc.
 func readRecord(m *Manager, loc Location, name string, off, n int64) ([]byte, error) {
-	r, err := m.OpenRecord(loc, []byte(name), off, n)
+	r, err := m.OpenRecord(context.Background(), loc, []byte(name), off, n)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/kuracache/kura/storage/fdpool"
 )
 
 // ID names a segment. IDs only grow (a new segment always gets a larger ID than every existing
@@ -48,6 +51,9 @@ const (
 	// DefaultSpillThreshold keeps typical build artifacts (mostly well under 1 MiB) in memory
 	// so they go to the shared segment in one write, while bounding memory per upload.
 	DefaultSpillThreshold = 1 << 20
+	// DefaultHandleCacheSize is the upper end of KURA_SEGMENT_HANDLE_CACHE_SIZE's derivation
+	// clamp [16, 64]: enough to keep every segment of a hot working set open.
+	DefaultHandleCacheSize = 64
 )
 
 // Options configure a Manager.
@@ -65,6 +71,20 @@ type Options struct {
 	SpillThreshold int64
 	// Logger receives segment lifecycle events (rolls, removals, failures). Optional.
 	Logger *slog.Logger
+	// Pool is the file-descriptor budget every descriptor of the Manager is checked out of:
+	// the directory handle, the active segment's write handle, cached read handles, staging
+	// files and cross-filesystem copies. Nil means a private pool of fdpool.DefaultSize slots.
+	Pool *fdpool.Pool
+	// HandleCacheSize is how many segment read handles stay open between reads. Zero derives
+	// it from the pool (a quarter, between 1 and DefaultHandleCacheSize); negative disables
+	// the cache (every read opens and closes its own handle). It must stay below the pool's
+	// capacity so transient work always finds a descriptor.
+	HandleCacheSize int
+	// ReserveBytes is free space every append, spill and copy leaves on the filesystems of Dir
+	// and TmpDir: a write that would eat into it fails with storage.ErrInsufficientStorage
+	// before anything is written. storage/local keeps it for the metadata store, which must
+	// never meet a full disk. Zero: no reserve (only a real ENOSPC stops a write).
+	ReserveBytes int64
 
 	// ops replaces the file operations in tests (fault injection, sync counting).
 	ops *fileOps
@@ -95,10 +115,16 @@ type Stats struct {
 // goroutines. It starts no goroutines: group commit is led by whichever committer arrives
 // while no sync is running.
 type Manager struct {
-	opts Options
-	ops  fileOps
-	log  *slog.Logger
-	dir  *os.File // Options.Dir, kept open for directory fsyncs
+	opts    Options
+	ops     fileOps
+	log     *slog.Logger
+	pool    *fdpool.Pool
+	handles *handleCache
+	dir     *fdpool.File // Options.Dir, kept open for directory fsyncs
+
+	// roomPaths are the directories whose filesystems CheckRoom inspects: Dir, plus TmpDir
+	// when it lives on another filesystem.
+	roomPaths []string
 
 	closed   atomic.Bool
 	inflight sync.WaitGroup // Commits and Removes in progress; Close waits for them
@@ -140,7 +166,27 @@ func Open(opts Options) (*Manager, error) {
 	if opts.SpillThreshold <= 0 {
 		opts.SpillThreshold = DefaultSpillThreshold
 	}
-	m := &Manager{opts: opts, ops: osFileOps, log: opts.Logger}
+	if opts.ReserveBytes < 0 {
+		return nil, fmt.Errorf("open segments: negative ReserveBytes %d", opts.ReserveBytes)
+	}
+	pool := opts.Pool
+	if pool == nil {
+		var err error
+		if pool, err = fdpool.New(fdpool.DefaultSize, fdpool.DefaultAcquireTimeout); err != nil {
+			return nil, fmt.Errorf("open segments: %w", err)
+		}
+	}
+	cacheSize := opts.HandleCacheSize
+	switch {
+	case cacheSize == 0:
+		cacheSize = min(max(pool.Capacity()/4, 1), DefaultHandleCacheSize, pool.Capacity()-1)
+	case cacheSize < 0:
+		cacheSize = 0
+	case cacheSize >= pool.Capacity():
+		return nil, fmt.Errorf("open segments: the handle cache (%d) must stay below the file descriptor pool (%d)",
+			cacheSize, pool.Capacity())
+	}
+	m := &Manager{opts: opts, ops: osFileOps, log: opts.Logger, pool: pool}
 	if opts.ops != nil {
 		m.ops = *opts.ops
 	}
@@ -152,7 +198,11 @@ func Open(opts Options) (*Manager, error) {
 			return nil, ioError("create directory", d, err)
 		}
 	}
-	dir, err := os.Open(opts.Dir)
+	var err error
+	if m.roomPaths, err = distinctFilesystems(opts.Dir, opts.TmpDir); err != nil {
+		return nil, err
+	}
+	dir, err := pool.Open(context.Background(), opts.Dir)
 	if err != nil {
 		return nil, ioError("open segment directory", opts.Dir, err)
 	}
@@ -165,7 +215,9 @@ func Open(opts Options) (*Manager, error) {
 		_ = dir.Close()
 		return nil, err
 	}
-	m.log.Info("segments opened", "dir", opts.Dir, "segments", len(m.segs), "bytes", m.total.Load())
+	m.handles = newHandleCache(pool, cacheSize)
+	m.log.Info("segments opened", "dir", opts.Dir, "segments", len(m.segs), "bytes", m.total.Load(),
+		"handle_cache_size", cacheSize)
 	return m, nil
 }
 
@@ -273,9 +325,10 @@ func (m *Manager) insertLocked(e *segEntry) {
 	m.total.Add(e.size)
 }
 
-// Close waits for in-flight commits, syncs and closes the active segment and releases the
-// directory handle. Further calls to any method fail with ErrClosed; readers returned by
-// OpenRecord stay usable until closed.
+// Close waits for in-flight commits, syncs and closes the active segment, releases the
+// directory handle and the cached read handles. Further calls to any method fail with
+// ErrClosed; readers returned by OpenRecord stay usable until closed (their handles close
+// with the last of them).
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed.Load() {
@@ -297,10 +350,10 @@ func (m *Manager) Close() error {
 	if seg != nil {
 		// Only records whose Commit was cancelled can be unsynced here; syncing them anyway
 		// keeps the file consistent with its size for the next Open.
-		if err := m.ops.datasync(seg.f); err != nil {
+		if err := m.ops.datasync(seg.f.File); err != nil {
 			errs = append(errs, ioError("sync segment", seg.path, err))
 		} else if !seg.dirSynced {
-			errs = append(errs, syncDir(m.dir))
+			errs = append(errs, syncDir(m.dir.File))
 		}
 		if err := seg.f.Close(); err != nil {
 			errs = append(errs, ioError("close segment", seg.path, err))
@@ -309,6 +362,7 @@ func (m *Manager) Close() error {
 	if err := m.dir.Close(); err != nil {
 		errs = append(errs, ioError("close segment directory", m.opts.Dir, err))
 	}
+	m.handles.close()
 	return errors.Join(errs...)
 }
 
@@ -358,6 +412,7 @@ func (m *Manager) sealLocked(seg *activeSegment, reason string) {
 	}
 }
 
+// closeWriteHandleLocked closes the write handle, which returns its pool slot.
 func (m *Manager) closeWriteHandleLocked(seg *activeSegment) {
 	if err := seg.f.Close(); err != nil {
 		m.log.Warn("close sealed segment", "segment", seg.id.String(), "error", err)
@@ -366,7 +421,8 @@ func (m *Manager) closeWriteHandleLocked(seg *activeSegment) {
 
 // Remove deletes a sealed segment file and fsyncs the directory. The caller (eviction) must
 // have stopped referencing its records first. Readers that already opened a record in it keep
-// reading through their open descriptor. Removing the active segment fails with ErrActive; an
+// reading through their open descriptor, whose pool slot (and the file's space) is released
+// when the last of them closes. Removing the active segment fails with ErrActive; an
 // unknown ID fails with fs.ErrNotExist.
 func (m *Manager) Remove(id ID) error {
 	if err := m.enter(); err != nil {
@@ -397,6 +453,9 @@ func (m *Manager) Remove(id ID) error {
 		m.mu.Unlock()
 		return ioError("remove segment", path, err)
 	}
+	// The cached read handle goes too, so the space is freed once the last reader finishes
+	// rather than when the handle would have aged out of the cache.
+	m.handles.remove(id)
 	m.log.Info("segment removed", "segment", id.String(), "size", e.size)
-	return syncDir(m.dir)
+	return syncDir(m.dir.File)
 }

@@ -2,6 +2,7 @@ package segment
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,10 +32,14 @@ func corruptError(loc Location, format string, args ...any) error {
 // checked first: magic, CRC, version, name == name, body size == loc.BodySize. Each 64 KiB
 // block is verified against its CRC before any byte of it is returned; a mismatch, a torn or
 // short file, or a missing segment file is an error wrapping storage.ErrCorrupt (the metadata
-// points at bytes that are not what was written). The caller must Close the reader. It reads
-// through its own descriptor, so removing the segment afterwards does not disturb it, and it
-// never takes the append lock.
-func (m *Manager) OpenRecord(loc Location, name []byte, offset, length int64) (io.ReadCloser, error) {
+// points at bytes that are not what was written). The caller must Close the reader.
+//
+// Reads go through the segment's shared read handle from the handle cache (opened through the
+// FD pool on a miss: when no descriptor frees up within the acquire timeout the error wraps
+// storage.ErrBusy; ctx bounds that wait). The reader keeps its reference to the handle until
+// Close, so removing the segment afterwards does not disturb it, and it never takes the append
+// lock. A small record is read whole with one pread and the handle given back at once.
+func (m *Manager) OpenRecord(ctx context.Context, loc Location, name []byte, offset, length int64) (io.ReadCloser, error) {
 	if m.closed.Load() {
 		return nil, fmt.Errorf("open record: %w", ErrClosed)
 	}
@@ -51,22 +56,26 @@ func (m *Manager) OpenRecord(loc Location, name []byte, offset, length int64) (i
 	}
 
 	path := m.segPath(loc.Segment)
-	f, err := os.Open(path)
+	h, err := m.handles.acquire(ctx, loc.Segment, path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %w", corruptError(loc, "segment file is missing"), err)
 		}
+		if errors.Is(err, storage.ErrBusy) || ctx.Err() != nil {
+			return nil, fmt.Errorf("open record in segment %s: %w", loc.Segment, err)
+		}
 		return nil, ioError("open segment", path, err)
 	}
 	if loc.RecordSize <= wholeRecordBytes {
-		defer f.Close()
-		return readWholeRecord(f, path, loc, name, start, end)
+		defer m.handles.release(h)
+		return readWholeRecord(h.f.File, path, loc, name, start, end)
 	}
-	r, err := openStreamReader(f, path, loc, name, start, end)
+	r, err := openStreamReader(h.f.File, path, loc, name, start, end)
 	if err != nil {
-		_ = f.Close()
+		m.handles.release(h)
 		return nil, err
 	}
+	r.h, r.cache = h, m.handles
 	return r, nil
 }
 
@@ -145,7 +154,9 @@ func readWholeRecord(f *os.File, path string, loc Location, name []byte, start, 
 // streamReader serves a large record block by block, verifying each block before copying any
 // of it out.
 type streamReader struct {
-	f     *os.File
+	f     *os.File // h's descriptor, shared with other readers (pread only)
+	h     *handle
+	cache *handleCache
 	path  string
 	loc   Location
 	table []byte // CRC entries of blocks [firstBlock, ...)
@@ -237,8 +248,7 @@ func (r *streamReader) Close() error {
 		blockPool.Put(r.buf)
 		r.buf = nil
 	}
-	if err := r.f.Close(); err != nil {
-		return ioError("close segment", r.path, err)
-	}
+	r.cache.release(r.h)
+	r.h, r.f = nil, nil
 	return nil
 }

@@ -110,7 +110,7 @@ func TestRanges(t *testing.T) {
 			}
 		}
 		// The reader must follow io.Reader's rules with odd buffer sizes too.
-		r, err := m.OpenRecord(loc, []byte(name), BlockSize-7, 2*BlockSize+11)
+		r, err := m.OpenRecord(context.Background(), loc, []byte(name), BlockSize-7, 2*BlockSize+11)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func TestRanges(t *testing.T) {
 		}
 		r.Close()
 	}
-	if _, err := m.OpenRecord(Location{}, nil, -1, 1); err == nil {
+	if _, err := m.OpenRecord(context.Background(), Location{}, nil, -1, 1); err == nil {
 		t.Fatal("negative offset accepted")
 	}
 }
@@ -331,7 +331,7 @@ func TestCorruption(t *testing.T) {
 					firstBad = (at - loc.Offset - loc.BodySize) / crcEntryLen * BlockSize
 				}
 
-				r, err := m.OpenRecord(loc, []byte("victim"), 0, -1)
+				r, err := m.OpenRecord(context.Background(), loc, []byte("victim"), 0, -1)
 				var got []byte
 				if err == nil {
 					got, err = io.ReadAll(r)
@@ -483,7 +483,7 @@ func TestRemove(t *testing.T) {
 		t.Fatalf("Remove(unknown) = %v, want fs.ErrNotExist", err)
 	}
 	// A reader opened before the removal keeps reading the whole record.
-	r, err := m.OpenRecord(large, []byte("large"), 0, -1)
+	r, err := m.OpenRecord(context.Background(), large, []byte("large"), 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,7 +528,7 @@ func TestReopen(t *testing.T) {
 	a := commit(t, m, "a", testBody(1, 1000))
 	b := commit(t, m, "b", testBody(2, 10_000))
 	// Leave a staged spill behind, as a crash would.
-	s, err := m.Stage([]byte("abandoned"))
+	s, err := m.Stage(context.Background(), []byte("abandoned"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,11 +581,11 @@ func TestReopen(t *testing.T) {
 func TestClose(t *testing.T) {
 	m := openManager(t, Options{SpillThreshold: 1024})
 	loc := commit(t, m, "x", testBody(1, 300<<10))
-	r, err := m.OpenRecord(loc, []byte("x"), 0, -1)
+	r, err := m.OpenRecord(context.Background(), loc, []byte("x"), 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pending, err := m.Stage([]byte("pending"))
+	pending, err := m.Stage(context.Background(), []byte("pending"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -604,10 +604,10 @@ func TestClose(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(m.opts.TmpDir, "*")); len(left) != 0 {
 		t.Fatalf("failed Commit left staging files: %v", left)
 	}
-	if _, err := m.Stage(nil); !errors.Is(err, ErrClosed) {
+	if _, err := m.Stage(context.Background(), nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Stage after Close = %v", err)
 	}
-	if _, err := m.OpenRecord(loc, []byte("x"), 0, -1); !errors.Is(err, ErrClosed) {
+	if _, err := m.OpenRecord(context.Background(), loc, []byte("x"), 0, -1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("OpenRecord after Close = %v", err)
 	}
 	if err := m.Remove(loc.Segment); !errors.Is(err, ErrClosed) {
@@ -624,11 +624,11 @@ func TestClose(t *testing.T) {
 
 func TestStagedLifecycle(t *testing.T) {
 	m := openManager(t, Options{SpillThreshold: 1000})
-	if _, err := m.Stage(make([]byte, MaxNameBytes+1)); err == nil {
+	if _, err := m.Stage(context.Background(), make([]byte, MaxNameBytes+1)); err == nil {
 		t.Fatal("over-long name accepted")
 	}
 	// Abort of a spilled record removes its staging file; Abort is idempotent.
-	s, _ := m.Stage([]byte("a"))
+	s, _ := m.Stage(context.Background(), []byte("a"))
 	if _, err := s.Write(testBody(1, 5000)); err != nil {
 		t.Fatal(err)
 	}
@@ -647,7 +647,7 @@ func TestStagedLifecycle(t *testing.T) {
 		t.Fatal("Commit after Abort accepted")
 	}
 	// Abort after Commit keeps the record.
-	s2, _ := m.Stage([]byte("b"))
+	s2, _ := m.Stage(context.Background(), []byte("b"))
 	body := testBody(2, 999)
 	s2.Write(body[:500])
 	s2.Write(nil)

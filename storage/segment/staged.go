@@ -12,11 +12,19 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/fdpool"
 )
 
 // spillBufferBytes is the write buffer in front of a staging file: large enough that a
 // caller copying in 32 KiB chunks costs one write syscall per 256 KiB.
 const spillBufferBytes = 256 << 10
+
+// roomCheckBytes: a spilling body re-checks the free space (CheckRoom) every time this many
+// more bytes have arrived, so a long upload stops before it eats the reserve rather than
+// after.
+const roomCheckBytes = 4 << 20
 
 type stagedState int
 
@@ -31,6 +39,7 @@ const (
 // so Commit never re-reads the body.
 type Staged struct {
 	m    *Manager
+	ctx  context.Context // bounds the wait for a staging file's descriptor
 	name []byte
 
 	sha  hash.Hash
@@ -39,23 +48,25 @@ type Staged struct {
 
 	buf []byte // the body while it fits in memory (reserved room for CRC table and footer)
 
-	f *os.File // the staging file once the body spilled
-	w *bufio.Writer
+	f         *fdpool.File // the staging file once the body spilled (holds a pool slot)
+	w         *bufio.Writer
+	nextCheck int64 // body size at which the spill re-checks the free space
 
 	state stagedState
 	err   error // sticky: the first failed write
 }
 
 // Stage starts a record named name. The name is stored in the record's footer and every read
-// must present the same name, which catches metadata that points at the wrong bytes.
-func (m *Manager) Stage(name []byte) (*Staged, error) {
+// must present the same name, which catches metadata that points at the wrong bytes. ctx
+// bounds the wait for a descriptor if the body spills to a staging file.
+func (m *Manager) Stage(ctx context.Context, name []byte) (*Staged, error) {
 	if m.closed.Load() {
 		return nil, fmt.Errorf("stage record: %w", ErrClosed)
 	}
 	if len(name) > MaxNameBytes {
 		return nil, fmt.Errorf("stage record: name is %d bytes, longer than %d", len(name), MaxNameBytes)
 	}
-	return &Staged{m: m, name: append([]byte(nil), name...), sha: sha256.New()}, nil
+	return &Staged{m: m, ctx: ctx, name: append([]byte(nil), name...), sha: sha256.New()}, nil
 }
 
 // tailReserve is what Commit appends after an in-memory body: the CRC table and the footer.
@@ -90,6 +101,13 @@ func (s *Staged) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if newSize >= s.nextCheck {
+		if err := s.m.CheckRoom(newSize - s.size + roomCheckBytes); err != nil {
+			s.err = fmt.Errorf("stage record: %w", err)
+			return 0, s.err
+		}
+		s.nextCheck = newSize + roomCheckBytes
+	}
 	if _, err := s.w.Write(p); err != nil {
 		s.err = ioError("write staging file", s.f.Name(), err)
 		return 0, s.err
@@ -116,13 +134,20 @@ func (s *Staged) grow(newSize int64) {
 
 // spill moves the in-memory body to a new staging file; from here on the body streams to disk.
 func (s *Staged) spill() error {
-	f, err := os.CreateTemp(s.m.opts.TmpDir, stagePrefix+"*"+stageSuffix)
+	if err := s.m.CheckRoom(s.size + roomCheckBytes); err != nil {
+		return fmt.Errorf("stage record: %w", err)
+	}
+	f, err := s.m.pool.CreateTemp(s.ctx, s.m.opts.TmpDir, stagePrefix+"*"+stageSuffix)
 	if err != nil {
+		if errors.Is(err, storage.ErrBusy) || s.ctx.Err() != nil {
+			return fmt.Errorf("create staging file: %w", err)
+		}
 		return ioError("create staging file in", s.m.opts.TmpDir, err)
 	}
 	s.f = f
+	s.nextCheck = s.size + roomCheckBytes
 	s.w = spillWriters.Get().(*bufio.Writer)
-	s.w.Reset(opsWriter{f: f, ops: &s.m.ops})
+	s.w.Reset(opsWriter{f: f.File, ops: &s.m.ops})
 	_, err = s.w.Write(s.buf)
 	if s.buf != nil {
 		putBuf(s.buf)
@@ -224,7 +249,7 @@ func (s *Staged) commitSpilled(ft footer) (Location, error) {
 	if err := s.w.Flush(); err != nil {
 		return Location{}, ioError("write staging file", s.f.Name(), err)
 	}
-	if err := m.ops.datasync(s.f); err != nil {
+	if err := m.ops.datasync(s.f.File); err != nil {
 		return Location{}, ioError("sync staging file", s.f.Name(), err)
 	}
 	recordSize := s.size + int64(len(tail))
@@ -250,7 +275,7 @@ func (s *Staged) commitSpilled(ft footer) (Location, error) {
 		m.log.Warn("remove copied staging file", "path", s.f.Name(), "error", err)
 	}
 	s.f = nil
-	if err := syncDir(m.dir); err != nil {
+	if err := syncDir(m.dir.File); err != nil {
 		// Unacknowledged, so the file is garbage; drop it rather than leave it unaccounted.
 		_ = os.Remove(dst)
 		return Location{}, err
@@ -268,8 +293,16 @@ func (s *Staged) commitSpilled(ft footer) (Location, error) {
 func (s *Staged) copyInto(dst string) error {
 	m := s.m
 	partial := dst[:len(dst)-len(segSuffix)] + partialSuffix
-	out, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err := m.CheckRoom(s.size); err != nil {
+		return fmt.Errorf("copy staged record: %w", err)
+	}
+	// A second descriptor while the staging file is held: the copy waits for it like any
+	// checkout (the context ended or not, a cross-filesystem copy is rare enough).
+	out, err := m.pool.OpenFile(context.WithoutCancel(s.ctx), partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
+		if errors.Is(err, storage.ErrBusy) {
+			return fmt.Errorf("create segment copy %s: %w", partial, err)
+		}
 		return ioError("create segment copy", partial, err)
 	}
 	fail := func(err error) error {
@@ -282,10 +315,10 @@ func (s *Staged) copyInto(dst string) error {
 	}
 	buf := make([]byte, spillBufferBytes)
 	// The struct hides (*os.File).WriteTo so the copy goes through buf and fileOps.
-	if _, err := io.CopyBuffer(opsWriter{f: out, ops: &m.ops}, struct{ io.Reader }{s.f}, buf); err != nil {
+	if _, err := io.CopyBuffer(opsWriter{f: out.File, ops: &m.ops}, struct{ io.Reader }{s.f.File}, buf); err != nil {
 		return fail(ioError("copy staged record to", partial, err))
 	}
-	if err := m.ops.datasync(out); err != nil {
+	if err := m.ops.datasync(out.File); err != nil {
 		return fail(ioError("sync segment copy", partial, err))
 	}
 	if err := out.Close(); err != nil {
