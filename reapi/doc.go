@@ -31,7 +31,8 @@
 //     kura_grpc_requests_total.
 //   - Errors become gRPC codes in one place (codeOf in errors.go): malformed input is
 //     INVALID_ARGUMENT, storage.ErrNotFound and ErrCorrupt NOT_FOUND, ErrInsufficientStorage
-//     RESOURCE_EXHAUSTED, ErrUnavailable UNAVAILABLE, a read_offset outside the blob
+//     and ErrBusy (the file-descriptor pool is exhausted) RESOURCE_EXHAUSTED, ErrUnavailable
+//     UNAVAILABLE, a read_offset outside the blob
 //     OUT_OF_RANGE (ByteStream's own rule). A batch over the advertised limit is
 //     INVALID_ARGUMENT; a message over the gRPC receive limit is refused by gRPC itself with
 //     RESOURCE_EXHAUSTED before it is decoded.
