@@ -323,6 +323,8 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 		entries, drainTook.Round(time.Millisecond), entries/drainTook.Seconds(), counting.calls.Load(), counting.maxLimit.Load())
 	t.Logf("live heap (after GC) peak: queued %.1f MiB, peer down %.1f MiB, draining %.1f MiB",
 		float64(heapQueued)/mib, float64(heapDown)/mib, float64(heapDrain)/mib)
+	t.Logf("figure: million-entry outbox backlog: peak RSS %.1f MiB, peak live heap %.1f MiB, drained at %.0f entries/s",
+		float64(peakRSS)/mib, float64(peakHeap)/mib, entries/drainTook.Seconds())
 	t.Logf("RSS: %.1f MiB at start; peak (VmHWM) queueing %.1f MiB, peer down %.1f MiB, draining %.1f MiB (sampled VmRSS peak %.1f MiB)",
 		float64(rssStart)/mib, float64(hwmQueued)/mib, float64(hwmDown)/mib, float64(hwmDrain)/mib, float64(rssPeakSampled)/mib)
 
