@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"fmt"
 	"sync"
 	"time"
@@ -65,4 +66,15 @@ func (c *Clock) Observe(v Version) {
 		c.last = v
 	}
 	c.mu.Unlock()
+}
+
+// Supersedes reports whether a last-writer-wins write stamped (v, sum) replaces the stored
+// state (cur, curSum). The higher version wins; on equal versions (two nodes writing the same
+// key in the same millisecond) the higher SHA-256 wins, so every node picks the same winner
+// whatever order the writes arrive in. Identical states do not supersede each other.
+func Supersedes(v Version, sum [32]byte, cur Version, curSum [32]byte) bool {
+	if v != cur {
+		return v > cur
+	}
+	return bytes.Compare(sum[:], curSum[:]) > 0
 }

@@ -310,11 +310,10 @@ func (s *Sweeper) decide(p Peer, r storage.ObjectSummary, l *storage.ObjectSumma
 	case l == nil:
 		return pullOrStub
 	case key.Kind.LastWriterWins():
-		if r.Info.Version > l.Info.Version {
+		// Equal versions with different bodies (two nodes writing in the same millisecond)
+		// are settled by storage.Supersedes, the same rule every store applies.
+		if storage.Supersedes(r.Info.Version, r.Info.SHA256, l.Info.Version, l.Info.SHA256) {
 			return pullOrStub
-		}
-		if r.Info.Version == l.Info.Version && r.Info.SHA256 != l.Info.SHA256 {
-			s.conflict(p, r.Info, l.Info, count)
 		}
 	case r.Info.SHA256 != l.Info.SHA256:
 		s.conflict(p, r.Info, l.Info, count)

@@ -396,7 +396,7 @@ func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 	unknownPrev := false
 	switch cur, err := s.db.GetManifest(key); {
 	case err == nil:
-		if !key.Kind.LastWriterWins() || cur.Version >= info.Version {
+		if !key.Kind.LastWriterWins() || !storage.Supersedes(info.Version, info.SHA256, cur.Version, cur.SHA256) {
 			return nil
 		}
 		prev = &cur

@@ -186,9 +186,9 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 	}
 	if prev != nil {
 		switch {
-		case !prev.Evicted && (!key.Kind.LastWriterWins() || prev.Version >= version):
+		case !prev.Evicted && (!key.Kind.LastWriterWins() || !storage.Supersedes(version, m.SHA256, prev.Version, prev.SHA256)):
 			return storage.PutResult{Info: prev.Info(key)}, nil
-		case prev.Evicted && key.Kind.LastWriterWins() && prev.Version > version:
+		case prev.Evicted && key.Kind.LastWriterWins() && storage.Supersedes(prev.Version, prev.SHA256, version, m.SHA256):
 			return storage.PutResult{Info: prev.Info(key)}, nil
 		}
 	}

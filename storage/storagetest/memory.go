@@ -115,6 +115,7 @@ func (m *Memory) Put(ctx context.Context, key storage.Key, body io.Reader, opts 
 	if err != nil {
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
+	sum := sha256.Sum256(data)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	version := opts.Version
@@ -130,9 +131,9 @@ func (m *Memory) Put(ctx context.Context, key storage.Key, body io.Reader, opts 
 		// A stub is absent for first writer wins; for last writer wins it keeps its version
 		// (a write at that version fills it, an older one is stale).
 		switch {
-		case !existing.evicted && (!key.Kind.LastWriterWins() || existing.info.Version >= version):
+		case !existing.evicted && (!key.Kind.LastWriterWins() || !storage.Supersedes(version, sum, existing.info.Version, existing.info.SHA256)):
 			return storage.PutResult{Info: existing.info}, nil
-		case existing.evicted && key.Kind.LastWriterWins() && existing.info.Version > version:
+		case existing.evicted && key.Kind.LastWriterWins() && storage.Supersedes(existing.info.Version, existing.info.SHA256, version, sum):
 			return storage.PutResult{Info: existing.info}, nil
 		}
 	}

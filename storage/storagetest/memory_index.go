@@ -113,7 +113,7 @@ func (m *Memory) ApplyStub(_ context.Context, info storage.Info) error {
 	if tomb, ok := m.tombstones[[2]string{info.Key.Tenant, info.Key.Namespace}]; ok && info.Version <= tomb {
 		return nil
 	}
-	if cur, ok := m.objects[info.Key]; ok && (!info.Key.Kind.LastWriterWins() || cur.info.Version >= info.Version) {
+	if cur, ok := m.objects[info.Key]; ok && (!info.Key.Kind.LastWriterWins() || !storage.Supersedes(info.Version, info.SHA256, cur.info.Version, cur.info.SHA256)) {
 		return nil
 	}
 	m.clock.Observe(info.Version)

@@ -205,9 +205,26 @@ func testLastWriterWins(t *testing.T, s storage.Store) {
 				t.Fatalf("older put = %+v; want Created=false with the stored version", r0)
 			}
 			assertStored(t, s, key, []byte(`{"v":1}`))
-			// The same version is not newer either.
-			if r, err := s.Put(ctxT(t), key, strings.NewReader(`{"v":9}`), storage.PutOptions{Size: storage.UnknownSize, Version: base + 10}); err != nil || r.Created {
-				t.Fatalf("same-version put = %+v, %v", r, err)
+			// The same version with the same body changes nothing; with another body the
+			// higher SHA-256 wins (storage.Supersedes), whichever order the two arrive in, so
+			// two nodes that wrote in the same millisecond settle on one value.
+			if r, err := s.Put(ctxT(t), key, strings.NewReader(`{"v":1}`), storage.PutOptions{Size: storage.UnknownSize, Version: base + 10}); err != nil || r.Created {
+				t.Fatalf("same-version, same-body put = %+v, %v", r, err)
+			}
+			for _, body := range []string{`{"v":8}`, `{"v":9}`} {
+				cur, err := s.Stat(ctxT(t), key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sum := sha256.Sum256([]byte(body))
+				want := storage.Supersedes(base+10, sum, cur.Version, cur.SHA256)
+				r, err := s.Put(ctxT(t), key, strings.NewReader(body), storage.PutOptions{Size: storage.UnknownSize, Version: base + 10})
+				if err != nil || r.Created != want {
+					t.Fatalf("same-version put of %s = %+v, %v; want Created=%v", body, r, err, want)
+				}
+			}
+			if cur, err := s.Stat(ctxT(t), key); err != nil || cur.Version != base+10 {
+				t.Fatalf("after the same-version puts: %+v, %v", cur, err)
 			}
 			r2 := mustPut(t, s, key, []byte(`{"v":2}`), storage.PutOptions{ContentType: "application/json", Version: base + 20})
 			if !r2.Created || r2.Info.Version != base+20 {
