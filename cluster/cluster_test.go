@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"fmt"
+	"github.com/kuracache/kura/internal/testdns"
 	"io"
 	"log"
 	"net"
@@ -363,7 +364,7 @@ func TestSeedsThatComeUpLaterAreJoined(t *testing.T) {
 }
 
 func TestDNSDiscoveryARecords(t *testing.T) {
-	dns := startDNSServer(t)
+	dns := testdns.Start(t)
 	port := freePort(t, "127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 	ac := testConfig("node-a", "eu")
@@ -376,7 +377,7 @@ func TestDNSDiscoveryARecords(t *testing.T) {
 	eventually(t, "seed cluster", func() error { return sameView([]*node{a, b}, a, b) })
 
 	// The record set includes the new node itself, as a headless service would.
-	dns.setAddrs("kura-gossip.test", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+	dns.SetA("kura-gossip.test", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 	dc := testConfig("node-d", "ap")
 	dc.BindAddr, dc.BindPort = "127.0.0.4", port
 	dc.DNSName = "kura-gossip.test."
@@ -389,7 +390,7 @@ func TestDNSDiscoveryARecords(t *testing.T) {
 }
 
 func TestDNSDiscoverySRVRecordsReresolved(t *testing.T) {
-	dns := startDNSServer(t)
+	dns := testdns.Start(t)
 	a := startNode(t, testConfig("node-a", "eu"))
 	bc := testConfig("node-b", "eu")
 	bc.Seeds = []string{a.addr()}
@@ -401,7 +402,7 @@ func TestDNSDiscoverySRVRecordsReresolved(t *testing.T) {
 	d := startNode(t, dc)
 	// Until the records exist the name does not resolve; node-d must keep asking.
 	eventually(t, "node-d re-resolves", func() error {
-		if q := dns.queries.Load(); q < 6 {
+		if q := dns.Queries(); q < 6 {
 			return fmt.Errorf("%d DNS queries", q)
 		}
 		return nil
@@ -415,8 +416,8 @@ func TestDNSDiscoverySRVRecordsReresolved(t *testing.T) {
 		p, _ := strconv.Atoi(ps)
 		return uint16(p)
 	}
-	dns.setAddrs("a.kura.test", "127.0.0.1")
-	dns.setAddrs("b.kura.test", "127.0.0.1")
-	dns.setSRV("_gossip._tcp.kura.test", map[string]uint16{"a.kura.test": portOf(a), "b.kura.test": portOf(b)})
+	dns.SetA("a.kura.test", "127.0.0.1")
+	dns.SetA("b.kura.test", "127.0.0.1")
+	dns.SetSRV("_gossip._tcp.kura.test", []testdns.Target{{Host: "a.kura.test", Port: portOf(a)}, {Host: "b.kura.test", Port: portOf(b)}})
 	eventually(t, "SRV-discovered node joins", func() error { return sameView([]*node{a, b, d}, a, b, d) })
 }

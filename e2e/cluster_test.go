@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"github.com/kuracache/kura/internal/testdns"
 	"net/http"
 	"slices"
 	"strings"
@@ -351,7 +352,7 @@ func TestClusterRestartConverges(t *testing.T) {
 func TestClusterBootstrap(t *testing.T) {
 	t.Parallel()
 	objects := clusterObjects()
-	dns := startTestDNS(t)
+	dns := testdns.Start(t)
 	nodes := startKuraCluster(t, 3, nil)
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	k := newClusterKit(t, nil)
@@ -376,11 +377,11 @@ func TestClusterBootstrap(t *testing.T) {
 	if got, err := connected(e); err != nil || len(got) != 0 {
 		t.Fatalf("node-4 has peers %v (%v) before any DNS record exists", got, err)
 	}
-	var targets []dnsTarget
+	var targets []testdns.Target
 	for _, n := range []*Node{a, b, c} {
 		host := n.Name + ".cluster.e2e.test."
 		dns.SetA(host, "127.0.0.1")
-		targets = append(targets, dnsTarget{Host: host, Port: uint16(n.GossipPort)})
+		targets = append(targets, testdns.Target{Host: host, Port: uint16(n.GossipPort)})
 	}
 	dns.SetSRV(srvName, targets)
 	start = time.Now()

@@ -1,4 +1,7 @@
-package e2e
+// Package testdns is a tiny authoritative DNS server on 127.0.0.1 for tests of DNS discovery
+// (KURA_DISCOVERY_DNS_NAME with KURA_DISCOVERY_DNS_SERVER). The cluster package's tests and the
+// e2e suite share it. It is test support only; nothing in the kura binary imports it.
+package testdns
 
 import (
 	"errors"
@@ -12,12 +15,12 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 )
 
-// testDNS is a tiny authoritative DNS server on 127.0.0.1 UDP for KURA_DISCOVERY_DNS_SERVER.
+// Server is a tiny authoritative DNS server on 127.0.0.1 UDP for KURA_DISCOVERY_DNS_SERVER.
 // It answers A questions for the names given to SetA and SRV questions for the names given to
 // SetSRV, from records the test may change while it runs (a node started before the records
 // exist must find its peers once they appear: kura re-resolves periodically). Unknown names
 // are NXDOMAIN; a known name asked for another type is an empty NOERROR answer (AAAA, say).
-type testDNS struct {
+type Server struct {
 	conn    *net.UDPConn
 	done    chan struct{}
 	queries atomic.Int64 // questions answered, every type
@@ -27,14 +30,14 @@ type testDNS struct {
 	srv map[string][]dnsmessage.SRVResource
 }
 
-// startTestDNS starts the server; it stops when the test ends.
-func startTestDNS(t testing.TB) *testDNS {
+// Start starts a server; it stops when the test ends.
+func Start(t testing.TB) *Server {
 	t.Helper()
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatalf("listen for DNS on 127.0.0.1: %v", err)
 	}
-	s := &testDNS{conn: conn, done: make(chan struct{}), a: map[string][]netip.Addr{}, srv: map[string][]dnsmessage.SRVResource{}}
+	s := &Server{conn: conn, done: make(chan struct{}), a: map[string][]netip.Addr{}, srv: map[string][]dnsmessage.SRVResource{}}
 	// The serving goroutine is owned by the test: closing the socket in cleanup ends it.
 	go s.serve(t)
 	t.Cleanup(func() {
@@ -45,10 +48,10 @@ func startTestDNS(t testing.TB) *testDNS {
 }
 
 // Addr is host:port for KURA_DISCOVERY_DNS_SERVER.
-func (s *testDNS) Addr() string { return s.conn.LocalAddr().String() }
+func (s *Server) Addr() string { return s.conn.LocalAddr().String() }
 
 // Queries is how many questions the server has answered so far.
-func (s *testDNS) Queries() int64 { return s.queries.Load() }
+func (s *Server) Queries() int64 { return s.queries.Load() }
 
 func fqdn(name string) string {
 	name = strings.ToLower(name)
@@ -59,7 +62,7 @@ func fqdn(name string) string {
 }
 
 // SetA sets the A records of name.
-func (s *testDNS) SetA(name string, ips ...string) {
+func (s *Server) SetA(name string, ips ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var addrs []netip.Addr
@@ -70,7 +73,7 @@ func (s *testDNS) SetA(name string, ips ...string) {
 }
 
 // SetSRV sets the SRV records of name: one per target name and port.
-func (s *testDNS) SetSRV(name string, targets []dnsTarget) {
+func (s *Server) SetSRV(name string, targets []Target) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var records []dnsmessage.SRVResource
@@ -80,13 +83,13 @@ func (s *testDNS) SetSRV(name string, targets []dnsTarget) {
 	s.srv[fqdn(name)] = records
 }
 
-// dnsTarget is one SRV record's target.
-type dnsTarget struct {
+// Target is one SRV record's target.
+type Target struct {
 	Host string
 	Port uint16
 }
 
-func (s *testDNS) serve(t testing.TB) {
+func (s *Server) serve(t testing.TB) {
 	defer close(s.done)
 	buf := make([]byte, 4096)
 	for {
@@ -110,7 +113,7 @@ func (s *testDNS) serve(t testing.TB) {
 	}
 }
 
-func (s *testDNS) answer(req []byte) ([]byte, error) {
+func (s *Server) answer(req []byte) ([]byte, error) {
 	var p dnsmessage.Parser
 	h, err := p.Start(req)
 	if err != nil {
