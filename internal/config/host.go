@@ -193,7 +193,7 @@ func smallestLimit(root, mount, rel, file, label string) (int64, string, bool) {
 	)
 	for dir := rel; ; dir = path.Dir(dir) {
 		full := filepath.Join(mount, filepath.FromSlash(dir), file)
-		if n, ok := readCgroupLimit(full); ok && (!found || n < best) {
+		if n, ok := ReadCgroupLimit(full); ok && (!found || n < best) {
 			best, found = n, true
 			shown := full
 			if r, err := filepath.Rel(root, full); err == nil {
@@ -208,7 +208,10 @@ func smallestLimit(root, mount, rel, file, label string) (int64, string, bool) {
 	return best, source, found
 }
 
-func readCgroupLimit(file string) (int64, bool) {
+// ReadCgroupLimit reads a cgroup memory limit file (v2 memory.max or v1
+// memory.limit_in_bytes): the limit, or false when the file is missing, unreadable or says
+// "no limit" ("max" in v2, a huge number in v1). The memory controller reads limits the same way.
+func ReadCgroupLimit(file string) (int64, bool) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return 0, false

@@ -11,11 +11,9 @@ import (
 	"runtime/metrics"
 	"strconv"
 	"strings"
-)
 
-// cgroupV1Unlimited: cgroup v1 reports "no limit" as a page-rounded huge number
-// (0x7FFFFFFFFFFFF000 on 64-bit); anything at or above 2^62 bytes is not a real limit.
-const cgroupV1Unlimited = int64(1) << 62
+	"github.com/kuracache/kura/internal/config"
+)
 
 // SystemSampler reads the process's memory use from the operating system. The source is chosen
 // once, in NewSystemSampler; see the package documentation for why each. It is safe for
@@ -131,7 +129,7 @@ func smallestLimit(mount, rel, file string) (string, bool) {
 	)
 	for dir := rel; ; dir = path.Dir(dir) {
 		full := filepath.Join(mount, filepath.FromSlash(dir))
-		if n, ok := readLimit(filepath.Join(full, file)); ok && (found == "" || n < best) {
+		if n, ok := config.ReadCgroupLimit(filepath.Join(full, file)); ok && (found == "" || n < best) {
 			best, found = n, full
 		}
 		if dir == "/" {
@@ -139,22 +137,6 @@ func smallestLimit(mount, rel, file string) (string, bool) {
 		}
 	}
 	return found, found != ""
-}
-
-func readLimit(file string) (int64, bool) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return 0, false
-	}
-	s := strings.TrimSpace(string(data))
-	if s == "max" {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 || n >= cgroupV1Unlimited {
-		return 0, false
-	}
-	return n, true
 }
 
 // cgroupWorkingSet is usage minus the inactive file pages, never below zero.
