@@ -63,6 +63,11 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 	}
 	waitFor(t, "the hard band from real memory use", func() bool { return c.State() == Hard })
 	peak := c.Usage()
+	waitFor(t, "the pause call", func() bool {
+		work.mu.Lock()
+		defer work.mu.Unlock()
+		return len(work.calls) >= 1
+	})
 	work.mu.Lock()
 	pausedCalls := append([]bool(nil), work.calls...)
 	work.mu.Unlock()
@@ -74,6 +79,12 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 	}
 	unmapped = true
 	waitFor(t, "the normal band after the memory was released", func() bool { return c.State() == Normal })
+	// The state flips before the transition's reactions have run: wait for the resume call.
+	waitFor(t, "the resume call", func() bool {
+		work.mu.Lock()
+		defer work.mu.Unlock()
+		return len(work.calls) >= 2
+	})
 	work.mu.Lock()
 	defer work.mu.Unlock()
 	if len(work.calls) != 2 || work.calls[1] {
