@@ -216,6 +216,16 @@ func TestEvictionKeepsStubs(t *testing.T) {
 		infos = append(infos, put(t, s, cas(fmt.Sprint(i)), body(i)).Info)
 	}
 	waitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s.segs.TotalBytes() <= opts.DiskBudgetBytes })
+	// A background pass may still be running on towards its low watermark: hold the eviction
+	// lock while comparing listings with reads, so the store cannot change between the two.
+	settled := s
+	settled.evictMu.Lock()
+	locked := true
+	defer func() { // a failed check must not leave Close waiting on the evictor
+		if locked {
+			settled.evictMu.Unlock()
+		}
+	}()
 	if got := commits.Load(); got != n {
 		t.Fatalf("OnCommit ran %d times for %d writes: eviction must not replicate anything", got, n)
 	}
@@ -261,6 +271,9 @@ func TestEvictionKeepsStubs(t *testing.T) {
 			}
 		}
 	}
+
+	settled.evictMu.Unlock() // before Close, which waits for the background evictor
+	locked = false
 
 	// Stubs survive a restart, and so do the digests.
 	if err := s.Close(); err != nil {
