@@ -94,7 +94,9 @@ func TestDefaults(t *testing.T) {
 		Extension: ExtensionConfig{
 			HookTimeout: 25 * time.Millisecond, AuthCacheAllowTTL: 600 * time.Second, AuthCacheDenyTTL: 3 * time.Second,
 			FailClosedAuthenticate: true, FailClosedAuthorize: true, FailOpenResponseHeaders: true,
+			CacheMaxEntries: 100_000, HookMemoryBytes: 32 * MiB,
 			Signers: map[string]Signer{}, JWTVerifiers: map[string]JWTVerifier{}, HTTPClients: map[string]HTTPClient{},
+			Files: map[string]string{},
 		},
 		Analytics: AnalyticsConfig{BatchSize: 100, BatchTimeout: 5 * time.Second, QueueCapacity: 1000,
 			RequestTimeout: 5 * time.Second, CircuitBreakerFailureThreshold: 5, CircuitBreakerOpen: 30 * time.Second},
@@ -153,7 +155,10 @@ func TestEveryVariableSet(t *testing.T) {
 		"KURA_EXTENSION_ENABLED=true", "KURA_EXTENSION_SCRIPT_PATH=" + script, "KURA_EXTENSION_HOOK_TIMEOUT_MS=40",
 		"KURA_EXTENSION_AUTH_CACHE_ALLOW_TTL_SECONDS=60", "KURA_EXTENSION_AUTH_CACHE_DENY_TTL_SECONDS=0",
 		"KURA_EXTENSION_FAIL_CLOSED_AUTHENTICATE=false", "KURA_EXTENSION_FAIL_CLOSED_AUTHORIZE=no",
-		"KURA_EXTENSION_FAIL_OPEN_RESPONSE_HEADERS=0",
+		"KURA_EXTENSION_FAIL_OPEN_RESPONSE_HEADERS=0", "KURA_EXTENSION_CACHE_MAX_ENTRIES=5000",
+		"KURA_EXTENSION_POOL_SIZE=12", "KURA_EXTENSION_HOOK_MEMORY_BYTES=8MiB", "KURA_EXTENSION_FILE_Tokens_PATH=" + script,
+		"KURA_EXTENSION_JWT_VERIFIER_OIDC_JWKS_URL=https://token.actions.example/.well-known/jwks",
+		"KURA_EXTENSION_JWT_VERIFIER_OIDC_JWKS_REFRESH_SECONDS=60", "KURA_EXTENSION_JWT_VERIFIER_OIDC_AUDIENCES=kura",
 		"KURA_EXTENSION_SIGNER_TUIST_ALGORITHM=HMAC-SHA256", "KURA_EXTENSION_SIGNER_TUIST_SECRET=" + base64.StdEncoding.EncodeToString(signerKey),
 		"KURA_EXTENSION_JWT_VERIFIER_MY_APP_ALGORITHM=hs512", "KURA_EXTENSION_JWT_VERIFIER_MY_APP_SECRET=jwt-secret",
 		"KURA_EXTENSION_JWT_VERIFIER_MY_APP_ISSUER=tuist", "KURA_EXTENSION_JWT_VERIFIER_MY_APP_AUDIENCES=cli, web,",
@@ -200,9 +205,15 @@ func TestEveryVariableSet(t *testing.T) {
 	check("extension", c.Extension, ExtensionConfig{
 		Enabled: true, ScriptPath: script, HookTimeout: 40 * time.Millisecond,
 		AuthCacheAllowTTL: time.Minute, AuthCacheDenyTTL: 0,
-		Signers:      map[string]Signer{"TUIST": {Algorithm: "hmac-sha256", Secret: signerKey}},
-		JWTVerifiers: map[string]JWTVerifier{"MY_APP": {Algorithm: "HS512", Secret: []byte("jwt-secret"), Issuer: "tuist", Audiences: []string{"cli", "web"}}},
-		HTTPClients:  map[string]HTTPClient{"TUIST": {BaseURL: "https://tuist.dev", ConnectTimeout: 3 * time.Second, RequestTimeout: 4 * time.Second}},
+		CacheMaxEntries: 5000, PoolSize: 12, HookMemoryBytes: 8 * MiB,
+		Signers: map[string]Signer{"TUIST": {Algorithm: "hmac-sha256", Secret: signerKey}},
+		JWTVerifiers: map[string]JWTVerifier{
+			"MY_APP": {Algorithms: []string{"HS512"}, Secret: []byte("jwt-secret"), JWKSRefresh: DefaultJWKSRefresh, Issuer: "tuist", Audiences: []string{"cli", "web"}},
+			"OIDC": {Algorithms: []string{"RS256", "ES256"}, JWKSURL: "https://token.actions.example/.well-known/jwks",
+				JWKSRefresh: time.Minute, Audiences: []string{"kura"}},
+		},
+		Files:       map[string]string{"TOKENS": script},
+		HTTPClients: map[string]HTTPClient{"TUIST": {BaseURL: "https://tuist.dev", ConnectTimeout: 3 * time.Second, RequestTimeout: 4 * time.Second}},
 	})
 	check("analytics", c.Analytics, AnalyticsConfig{
 		ServerURL: "https://tuist.dev", SigningKey: "s3cret", BatchSize: 50, BatchTimeout: time.Second,

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -21,9 +22,13 @@ type ExtensionConfig struct {
 	FailClosedAuthenticate  bool          // true: a failing authenticate hook answers 401
 	FailClosedAuthorize     bool          // true: a failing authorize hook answers 403
 	FailOpenResponseHeaders bool          // true: a failing response_headers hook adds nothing
+	CacheMaxEntries         int           // KURA_EXTENSION_CACHE_MAX_ENTRIES, 100000
+	PoolSize                int           // KURA_EXTENSION_POOL_SIZE; 0 = derived from the CPU count
+	HookMemoryBytes         int64         // KURA_EXTENSION_HOOK_MEMORY_BYTES, 32 MiB
 	Signers                 map[string]Signer
 	JWTVerifiers            map[string]JWTVerifier
 	HTTPClients             map[string]HTTPClient
+	Files                   map[string]string // id → path, for kura.file
 }
 
 // Signer backs kura.sign_hmac_base64.
@@ -32,12 +37,14 @@ type Signer struct {
 	Secret    []byte // decoded from the base64 variable: raw key bytes
 }
 
-// JWTVerifier backs kura.jwt_verify.
+// JWTVerifier backs kura.jwt_verify: an HMAC secret (HS*) or a JWKS URL (RS*, ES*).
 type JWTVerifier struct {
-	Algorithm string   // "HS256", "HS384" or "HS512"
-	Secret    []byte   // the variable's bytes as written (not base64), as the original does
-	Issuer    string   // empty = iss not checked
-	Audiences []string // empty = aud not checked
+	Algorithms  []string      // e.g. ["HS256"] or ["RS256", "ES256"]
+	Secret      []byte        // the variable's bytes as written (not base64), as the original does
+	JWKSURL     string        // the public keys of RS*/ES* tokens
+	JWKSRefresh time.Duration // how often the JWKS is fetched again, 5 min
+	Issuer      string        // empty = iss not checked
+	Audiences   []string      // empty = aud not checked
 }
 
 // HTTPClient backs kura.http_json.
@@ -54,6 +61,10 @@ const (
 	DefaultHTTPClientRequestTimeout = 1500 * time.Millisecond
 )
 
+// DefaultJWKSRefresh is how often a verifier's JWKS is fetched again (a key rotated out stops
+// verifying within this long).
+const DefaultJWKSRefresh = 5 * time.Minute
+
 func (p *parser) extension() ExtensionConfig {
 	e := ExtensionConfig{
 		ScriptPath: p.str(EnvExtensionScriptPath, ""),
@@ -67,6 +78,9 @@ func (p *parser) extension() ExtensionConfig {
 	e.FailClosedAuthenticate, _ = p.boolean(EnvExtensionFailClosedAuthn, true)
 	e.FailClosedAuthorize, _ = p.boolean(EnvExtensionFailClosedAuthz, true)
 	e.FailOpenResponseHeaders, _ = p.boolean(EnvExtensionFailOpenRespHeader, true)
+	e.CacheMaxEntries = p.count(EnvExtensionCacheMaxEntries, 100_000, 1)
+	e.PoolSize = p.count(EnvExtensionPoolSize, 0, 1)
+	e.HookMemoryBytes = p.size(EnvExtensionHookMemoryBytes, 32<<20, 1<<20)
 
 	if e.Enabled {
 		switch {
@@ -82,6 +96,7 @@ func (p *parser) extension() ExtensionConfig {
 	e.Signers = p.signers()
 	e.JWTVerifiers = p.jwtVerifiers()
 	e.HTTPClients = p.httpClients()
+	e.Files = p.files()
 	return e
 }
 
@@ -143,30 +158,49 @@ func (p *parser) signers() map[string]Signer {
 	return out
 }
 
+// JWT algorithms kura.jwt_verify accepts: HMAC ones need a secret, public-key ones a JWKS.
+var (
+	hmacAlgorithms      = []string{"HS256", "HS384", "HS512"}
+	publicKeyAlgorithms = []string{"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
+)
+
 func (p *parser) jwtVerifiers() map[string]JWTVerifier {
 	ids, vars := p.family(EnvJWTVerifierPrefix)
 	out := make(map[string]JWTVerifier, len(ids))
 	for _, id := range ids {
 		f := vars[id]
-		j := JWTVerifier{Algorithm: "HS256"}
-		ok := true
-		if name, set := f["ALGORITHM"]; set {
-			v, _ := p.get(name)
-			switch up := strings.ToUpper(v); up {
-			case "HS256", "HS384", "HS512":
-				j.Algorithm = up
-			default:
-				p.problem(name, "unsupported JWT algorithm %q (HS256, HS384 or HS512)", v)
-				ok = false
-			}
-		}
+		before := len(p.problems)
+		j := JWTVerifier{JWKSRefresh: DefaultJWKSRefresh}
 		if name, set := f["SECRET"]; set {
 			v, _ := p.get(name)
 			j.Secret = []byte(v)
-		} else {
-			p.problem(EnvJWTVerifierPrefix+id+"_SECRET", "required because %s is set", someName(f))
-			ok = false
 		}
+		if name, set := f["JWKS_URL"]; set {
+			v, _ := p.get(name)
+			u, err := httpURL(v)
+			if err != nil {
+				p.problem(name, "%v", err)
+			}
+			j.JWKSURL = u
+		}
+		if name, set := f["JWKS_REFRESH_SECONDS"]; set {
+			j.JWKSRefresh = p.duration(name, DefaultJWKSRefresh, time.Second, 1)
+		}
+		algName := EnvJWTVerifierPrefix + id + "_ALGORITHM"
+		if name, set := f["ALGORITHM"]; set {
+			algName = name
+			v, _ := p.get(name)
+			for a := range strings.SplitSeq(v, ",") {
+				if a = strings.ToUpper(strings.TrimSpace(a)); a != "" {
+					j.Algorithms = append(j.Algorithms, a)
+				}
+			}
+		} else if _, jwks := f["JWKS_URL"]; jwks {
+			j.Algorithms = []string{"RS256", "ES256"}
+		} else {
+			j.Algorithms = []string{"HS256"}
+		}
+		p.checkJWTAlgorithms(id, algName, f, j)
 		if name, set := f["ISSUER"]; set {
 			j.Issuer, _ = p.get(name)
 		}
@@ -178,9 +212,56 @@ func (p *parser) jwtVerifiers() map[string]JWTVerifier {
 				}
 			}
 		}
-		if ok {
+		if len(p.problems) == before {
 			out[id] = j
 		}
+	}
+	return out
+}
+
+// checkJWTAlgorithms reports a verifier whose algorithms are unknown, mixed, or lack the key
+// material they need.
+func (p *parser) checkJWTAlgorithms(id, algName string, f map[string]string, j JWTVerifier) {
+	var hmac, public int
+	for _, a := range j.Algorithms {
+		switch {
+		case slices.Contains(hmacAlgorithms, a):
+			hmac++
+		case slices.Contains(publicKeyAlgorithms, a):
+			public++
+		default:
+			p.problem(algName, "unsupported JWT algorithm %q (%s, or %s with a JWKS URL)", a,
+				strings.Join(hmacAlgorithms, ", "), strings.Join(publicKeyAlgorithms, ", "))
+			return
+		}
+	}
+	switch {
+	case len(j.Algorithms) == 0:
+		p.problem(algName, "names no algorithm")
+	case hmac > 0 && public > 0:
+		p.problem(algName, "mixes HMAC and public-key algorithms; use two verifiers")
+	case hmac > 0 && len(j.Secret) == 0:
+		p.problem(EnvJWTVerifierPrefix+id+"_SECRET", "required for %s because %s is set", strings.Join(j.Algorithms, ","), someName(f))
+	case hmac > 0 && j.JWKSURL != "":
+		p.problem(EnvJWTVerifierPrefix+id+"_JWKS_URL", "only applies to RS*/ES* algorithms, not %s", strings.Join(j.Algorithms, ","))
+	case public > 0 && f["JWKS_URL"] == "":
+		p.problem(EnvJWTVerifierPrefix+id+"_JWKS_URL", "required for %s because %s is set", strings.Join(j.Algorithms, ","), someName(f))
+	case public > 0 && len(j.Secret) > 0:
+		p.problem(EnvJWTVerifierPrefix+id+"_SECRET", "only applies to HS* algorithms, not %s", strings.Join(j.Algorithms, ","))
+	}
+}
+
+func (p *parser) files() map[string]string {
+	ids, vars := p.family(EnvFilePrefix)
+	out := make(map[string]string, len(ids))
+	for _, id := range ids {
+		name := vars[id]["PATH"]
+		path, _ := p.get(name)
+		if err := checkReadableFile(path); err != nil {
+			p.problem(name, "cannot read the file: %v", err)
+			continue
+		}
+		out[id] = path
 	}
 	return out
 }

@@ -103,8 +103,8 @@ func (e ExtensionConfig) logAttr() slog.Attr {
 		signers = append(signers, id+" "+s.Algorithm+" secret="+secret(len(s.Secret) > 0))
 	}
 	for id, j := range e.JWTVerifiers {
-		verifiers = append(verifiers, id+" "+j.Algorithm+" secret="+secret(len(j.Secret) > 0)+
-			" issuer="+j.Issuer+" audiences="+strings.Join(j.Audiences, ","))
+		verifiers = append(verifiers, id+" "+strings.Join(j.Algorithms, ",")+" secret="+secret(len(j.Secret) > 0)+
+			" jwks="+redactURL(j.JWKSURL)+" issuer="+j.Issuer+" audiences="+strings.Join(j.Audiences, ","))
 	}
 	for id, h := range e.HTTPClients {
 		clients = append(clients, id+" "+redactURL(h.BaseURL)+" connect="+h.ConnectTimeout.String()+" request="+h.RequestTimeout.String())
@@ -121,6 +121,10 @@ func (e ExtensionConfig) logAttr() slog.Attr {
 		slog.Bool("fail_closed_authenticate", e.FailClosedAuthenticate),
 		slog.Bool("fail_closed_authorize", e.FailClosedAuthorize),
 		slog.Bool("fail_open_response_headers", e.FailOpenResponseHeaders),
+		slog.Int("cache_max_entries", e.CacheMaxEntries),
+		slog.Int("pool_size", e.PoolSize),
+		slog.Int64("hook_memory_bytes", e.HookMemoryBytes),
+		slog.Any("files", e.Files),
 		slog.Any("signers", signers),
 		slog.Any("jwt_verifiers", verifiers),
 		slog.Any("http_clients", clients),

@@ -62,11 +62,15 @@ const (
 	EnvExtensionFailClosedAuthn    = "KURA_EXTENSION_FAIL_CLOSED_AUTHENTICATE"
 	EnvExtensionFailClosedAuthz    = "KURA_EXTENSION_FAIL_CLOSED_AUTHORIZE"
 	EnvExtensionFailOpenRespHeader = "KURA_EXTENSION_FAIL_OPEN_RESPONSE_HEADERS"
+	EnvExtensionCacheMaxEntries    = "KURA_EXTENSION_CACHE_MAX_ENTRIES"
+	EnvExtensionPoolSize           = "KURA_EXTENSION_POOL_SIZE"
+	EnvExtensionHookMemoryBytes    = "KURA_EXTENSION_HOOK_MEMORY_BYTES"
 
 	// Prefixes of the per-resource extension families: <prefix><ID>_<FIELD>.
 	EnvSignerPrefix      = "KURA_EXTENSION_SIGNER_"
 	EnvJWTVerifierPrefix = "KURA_EXTENSION_JWT_VERIFIER_"
 	EnvHTTPClientPrefix  = "KURA_EXTENSION_HTTP_CLIENT_"
+	EnvFilePrefix        = "KURA_EXTENSION_FILE_"
 
 	EnvAnalyticsServerURL       = "KURA_ANALYTICS_SERVER_URL"
 	EnvAnalyticsSigningKey      = "KURA_ANALYTICS_SIGNING_KEY"
@@ -153,16 +157,22 @@ var variables = []varGroup{
 		{name: EnvExtensionDenyTTLSeconds, def: "3", meaning: "how long deny decisions are cached (0 = not cached)"},
 		{name: EnvExtensionFailClosedAuthn, def: "true", meaning: "a failing authenticate hook answers 401 (false: anonymous)"},
 		{name: EnvExtensionFailClosedAuthz, def: "true", meaning: "a failing authorize hook answers 403 (false: allow)"},
-		{name: EnvExtensionFailOpenRespHeader, def: "true", meaning: "a failing response_headers hook is skipped and the response goes out without its headers"},
+		{name: EnvExtensionFailOpenRespHeader, def: "true", meaning: "a failing response_headers hook is skipped and the response goes out without its headers (false: with x-kura-extension-error)"},
+		{name: EnvExtensionCacheMaxEntries, def: "100000", meaning: "decisions kept in the cache, least recently used out first"},
+		{name: EnvExtensionPoolSize, def: "auto: 4 per CPU, between 4 and 64", meaning: "Lua interpreters running hooks at once"},
+		{name: EnvExtensionHookMemoryBytes, def: "32MiB", meaning: "what one hook call may allocate before it is aborted"},
 		{name: EnvSignerPrefix + "<ID>_ALGORITHM", def: "hmac-sha256", meaning: "signer <ID> for kura.sign_hmac_base64", family: true},
 		{name: EnvSignerPrefix + "<ID>_SECRET", def: "required", meaning: "base64 of the signer's raw key bytes", family: true},
-		{name: EnvJWTVerifierPrefix + "<ID>_ALGORITHM", def: "HS256", meaning: "verifier <ID> for kura.jwt_verify: HS256, HS384 or HS512", family: true},
-		{name: EnvJWTVerifierPrefix + "<ID>_SECRET", def: "required", meaning: "HMAC secret, used as written", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_ALGORITHM", def: "HS256 (RS256,ES256 with a JWKS URL)", meaning: "verifier <ID> for kura.jwt_verify: comma-separated HS256, HS384, HS512, or RS256, RS384, RS512, ES256, ES384, ES512", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_SECRET", def: "required for HS*", meaning: "HMAC secret, used as written", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_JWKS_URL", def: "required for RS*/ES*", meaning: "JWKS document of the public keys (an OIDC issuer's jwks_uri)", family: true},
+		{name: EnvJWTVerifierPrefix + "<ID>_JWKS_REFRESH_SECONDS", def: "300", meaning: "how often the JWKS keys are fetched again (an unknown kid also fetches, at most once a minute)", family: true},
 		{name: EnvJWTVerifierPrefix + "<ID>_ISSUER", def: "empty (not checked)", meaning: "required iss claim", family: true},
 		{name: EnvJWTVerifierPrefix + "<ID>_AUDIENCES", def: "empty (not checked)", meaning: "comma-separated accepted aud values", family: true},
 		{name: EnvHTTPClientPrefix + "<ID>_BASE_URL", def: "required", meaning: "base URL of client <ID> for kura.http_json", family: true},
 		{name: EnvHTTPClientPrefix + "<ID>_CONNECT_TIMEOUT_MS", def: "500", meaning: "connect timeout", family: true},
-		{name: EnvHTTPClientPrefix + "<ID>_REQUEST_TIMEOUT_MS", def: "1500", meaning: "whole-request timeout", family: true},
+		{name: EnvHTTPClientPrefix + "<ID>_REQUEST_TIMEOUT_MS", def: "1500", meaning: "whole-request timeout (the hook's own deadline still applies)", family: true},
+		{name: EnvFilePrefix + "<ID>_PATH", def: "required", meaning: "file <ID> for kura.file (a token list, say), re-read within 5 s of a change", family: true},
 	}},
 	{"Runtime analytics (server URL and signing key: both or neither)", []varSpec{
 		{name: EnvAnalyticsServerURL, def: "empty (analytics off)", meaning: "webhook server; events go to /webhooks/cache and /webhooks/gradle-cache"},
@@ -191,8 +201,9 @@ func knownVariable(name string) bool {
 // familyFields maps each extension family prefix to its field suffixes.
 var familyFields = map[string][]string{
 	EnvSignerPrefix:      {"ALGORITHM", "SECRET"},
-	EnvJWTVerifierPrefix: {"ALGORITHM", "SECRET", "ISSUER", "AUDIENCES"},
+	EnvJWTVerifierPrefix: {"ALGORITHM", "SECRET", "ISSUER", "AUDIENCES", "JWKS_URL", "JWKS_REFRESH_SECONDS"},
 	EnvHTTPClientPrefix:  {"BASE_URL", "CONNECT_TIMEOUT_MS", "REQUEST_TIMEOUT_MS"},
+	EnvFilePrefix:        {"PATH"},
 }
 
 // splitFamily splits "<prefix><ID>_<FIELD>" into the normalized ID and the field, for a
