@@ -165,8 +165,8 @@ func New(cfg Config) (*Reporter, error) {
 		return nil, err
 	}
 	base := strings.TrimRight(cfg.ServerURL, "/")
-	r.xcode = newPipeline(r, Xcode, base+"/webhooks/cache", "cas_id", m)
-	r.gradle = newPipeline(r, Gradle, base+"/webhooks/gradle-cache", "cache_key", m)
+	r.xcode = newPipeline(r, Xcode, base+"/webhooks/cache", m)
+	r.gradle = newPipeline(r, Gradle, base+"/webhooks/gradle-cache", m)
 	if err := m.registerGauges(cfg.Registerer, r.xcode, r.gradle); err != nil {
 		return nil, err
 	}

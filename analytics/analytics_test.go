@@ -349,6 +349,25 @@ func TestRunFlushesOnCancel(t *testing.T) {
 		}
 	})
 
+	t.Run("a long queue is flushed in batches", func(t *testing.T) {
+		f := newFixture(t, func(c *Config) { c.BatchSize = 2 })
+		for i := range 5 {
+			f.r.Record(gradleEvent(fmt.Sprint("g", i), 1, Upload))
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := f.r.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var sizes []int
+		for _, b := range f.rc.byPath(gradlePath) {
+			sizes = append(sizes, len(b.events))
+		}
+		if fmt.Sprint(sizes) != "[2 2 1]" {
+			t.Fatalf("batch sizes = %v, want [2 2 1]", sizes)
+		}
+	})
+
 	t.Run("the flush is bounded", func(t *testing.T) {
 		f := newFixture(t, func(c *Config) { c.RequestTimeout = time.Minute })
 		f.rc.hang.Store(true)
@@ -404,4 +423,29 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	if r.ServerURL() != "https://analytics.example" {
 		t.Errorf("ServerURL = %q", r.ServerURL())
 	}
+}
+
+// BenchmarkRecord is the cost Record adds to a request, with room in the queue (a worker
+// drains it) and with the queue full (every event dropped).
+func BenchmarkRecord(b *testing.B) {
+	e := xcodeEvent("0123456789abcdef0123456789abcdef", 4096, Upload)
+	b.Run("enqueue", func(b *testing.B) {
+		f := newFixture(b, func(c *Config) { c.BatchSize = 1000; c.QueueCapacity = 10000; c.BatchTimeout = 10 * time.Millisecond })
+		f.run()
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				f.r.Record(e)
+			}
+		})
+	})
+	b.Run("queue full", func(b *testing.B) {
+		f := newFixture(b, func(c *Config) { c.QueueCapacity = 1 })
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				f.r.Record(e)
+			}
+		})
+	})
 }

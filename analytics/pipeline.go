@@ -23,14 +23,13 @@ type queued struct {
 	at int64
 }
 
-// pipeline is one webhook's queue, worker state, breaker and metric children. Only its
-// worker goroutine touches batch and br; queue and depth are shared with Record.
+// pipeline is one webhook's queue, breaker and metric children. Only its worker goroutine
+// touches br; queue and depth are shared with Record.
 type pipeline struct {
-	r        *Reporter
-	name     Pipeline
-	url      string
-	keyField string // "cas_id" or "cache_key"
-	queue    chan queued
+	r     *Reporter
+	name  Pipeline
+	url   string
+	queue chan queued
 	// depth counts events accepted by Record and not yet delivered or dropped: those in the
 	// queue plus the batch the worker holds.
 	depth atomic.Int64
@@ -40,14 +39,13 @@ type pipeline struct {
 	m     pipelineMetrics
 }
 
-func newPipeline(r *Reporter, name Pipeline, url, keyField string, m *metrics) *pipeline {
+func newPipeline(r *Reporter, name Pipeline, url string, m *metrics) *pipeline {
 	p := &pipeline{
-		r:        r,
-		name:     name,
-		url:      url,
-		keyField: keyField,
-		queue:    make(chan queued, r.cfg.QueueCapacity),
-		br:       breaker{threshold: r.cfg.BreakerFailureThreshold, openFor: r.cfg.BreakerOpen},
+		r:     r,
+		name:  name,
+		url:   url,
+		queue: make(chan queued, r.cfg.QueueCapacity),
+		br:    breaker{threshold: r.cfg.BreakerFailureThreshold, openFor: r.cfg.BreakerOpen},
 	}
 	p.m = m.forPipeline(string(name))
 	return p
@@ -79,7 +77,7 @@ func (p *pipeline) run(ctx, sends context.Context) {
 	breakerTimer.Stop()
 	defer breakerTimer.Stop()
 
-	send := func() {
+	sendBatch := func() {
 		batchTimer.Stop()
 		p.deliver(sends, batch)
 		batch = batch[:0]
@@ -100,10 +98,10 @@ func (p *pipeline) run(ctx, sends context.Context) {
 				batchTimer.Reset(p.r.cfg.BatchTimeout)
 			}
 			if len(batch) >= p.r.cfg.BatchSize {
-				send()
+				sendBatch()
 			}
 		case <-batchTimer.C:
-			send()
+			sendBatch()
 		case <-breakerTimer.C:
 			now := p.r.now()
 			if t := p.br.expire(now); t != noTransition {
@@ -116,27 +114,18 @@ func (p *pipeline) run(ctx, sends context.Context) {
 	}
 }
 
-// flush sends batch and everything still queued, in batches, once Run's context is done.
+// flush sends batch and what is queued, in batches, once Run's context is done. It takes only
+// the events queued when it starts, so it ends even if Record goes on being called.
 func (p *pipeline) flush(sends context.Context, batch []queued) {
-	for {
-		select {
-		case q := <-p.queue:
-			batch = append(batch, q)
-			if len(batch) < p.r.cfg.BatchSize {
-				continue
-			}
-		default:
-		}
-		if len(batch) == 0 {
-			return
-		}
-		full := len(batch) >= p.r.cfg.BatchSize
-		p.deliver(sends, batch)
-		batch = batch[:0]
-		if !full {
-			return // the queue was empty
+	for range len(p.queue) {
+		// This goroutine is the only receiver, so the queue holds at least this many.
+		batch = append(batch, <-p.queue)
+		if len(batch) == p.r.cfg.BatchSize {
+			p.deliver(sends, batch)
+			batch = batch[:0]
 		}
 	}
+	p.deliver(sends, batch)
 }
 
 // deliver sends one batch through the breaker and accounts for every event in it.
