@@ -10,6 +10,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/kuracache/kura/analytics"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -72,11 +73,16 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 		return s.writeFailed(t, "store artifact", tooLarge, err)
 	}
 	if !res.Created {
-		// Another request stored the key between our Stat and Put.
+		// Another request stored the key between our Stat and Put. When this client's body
+		// was received in full it still uploaded the artifact, so analytics count it.
 		s.metrics.write(t.surface, resultExists, 0)
+		if br.complete {
+			s.recordTransfer(t, analytics.Upload, res.Info.Size)
+		}
 		return c.NoContent(existsStatus)
 	}
 	s.metrics.write(t.surface, resultStored, res.Info.Size)
+	s.recordTransfer(t, analytics.Upload, res.Info.Size)
 	return c.NoContent(spec.success)
 }
 
@@ -173,6 +179,7 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 		n, rerr = rd.Read(buf)
 	}
 	s.metrics.read(t.surface, resultHit, sent)
+	s.recordTransfer(t, analytics.Download, sent)
 	return nil
 }
 

@@ -25,6 +25,8 @@ type bodyReader struct {
 	limit    int64 // 0: none
 	n        int64
 	tooLarge bool
+	// complete is set once the body was read to its end.
+	complete bool
 	// clientErr is the first read error other than io.EOF: a client that disconnected, sent a
 	// short or malformed body, or stalled past the idle timeout.
 	clientErr error
@@ -63,6 +65,9 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	if err != nil && !errors.Is(err, io.EOF) {
 		b.clientErr = fmt.Errorf("read request body: %w", err)
 		return n, b.clientErr
+	}
+	if err != nil {
+		b.complete = true
 	}
 	return n, err
 }

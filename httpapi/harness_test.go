@@ -45,6 +45,8 @@ type harnessOpts struct {
 	limits  func(*limits)
 	guard   Guard
 	members Membership
+	// events receives the analytics events (nil: analytics off).
+	events EventRecorder
 	// wrap replaces the store and multipart seen by the server (fault injection).
 	wrap func(*storagetest.Memory) (storage.Store, storage.Multipart)
 	// disk backs the server with storage/local (Pebble and segment files, fsynced) in a
@@ -80,7 +82,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		o.cfg(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Registerer: reg, Gatherer: reg})
+	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Registerer: reg, Gatherer: reg})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

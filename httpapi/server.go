@@ -76,6 +76,7 @@ type Deps struct {
 	Multipart storage.Multipart // required (module cache)
 	Members   Membership        // nil: /up reports this node alone
 	Guard     Guard             // nil: allow everything
+	Analytics EventRecorder     // nil: no analytics events
 	// Registerer receives the kura_http_* and kura_artifact_* metrics. Gatherer is served on
 	// /metrics. When both are nil a private registry is used for both.
 	Registerer prometheus.Registerer
@@ -96,6 +97,7 @@ type Server struct {
 	mp       storage.Multipart
 	members  Membership
 	guard    Guard
+	events   EventRecorder // nil: analytics off
 	log      *slog.Logger
 	metrics  *metrics
 	gatherer prometheus.Gatherer
@@ -160,6 +162,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		mp:       deps.Multipart,
 		members:  deps.Members,
 		guard:    deps.Guard,
+		events:   deps.Analytics,
 		log:      logger,
 		metrics:  m,
 		gatherer: gat,

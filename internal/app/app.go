@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
+	"github.com/kuracache/kura/analytics"
 	"github.com/kuracache/kura/cluster"
 	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/httpapi"
@@ -58,6 +59,9 @@ type App struct {
 
 	// memory keeps the node within its memory watermarks (SPEC §6).
 	memory *memory.Controller
+
+	// analytics sends the runtime analytics webhooks (SPEC §9); nil when they are off.
+	analytics *analytics.Reporter
 }
 
 // options are seams for in-package tests; New uses the zero value (the real system).
@@ -146,6 +150,14 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Registerer:       a.registry,
 	})
 
+	// A nil *Reporter must not reach Deps as a non-nil interface.
+	var events httpapi.EventRecorder
+	if cfg.Analytics.Enabled() {
+		if a.analytics, err = a.buildAnalytics(); err != nil {
+			return nil, err
+		}
+		events = a.analytics
+	}
 	a.http, err = httpapi.New(httpapi.Config{
 		TenantID:         cfg.TenantID,
 		Region:           cfg.Region,
@@ -157,6 +169,7 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Store:      frontStore,
 		Multipart:  a.store,
 		Members:    membersView{a.cluster},
+		Analytics:  events,
 		Registerer: a.registry,
 		Gatherer:   a.registry,
 		Logger:     logger.With("component", "http"),
@@ -186,6 +199,42 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	return a, nil
 }
 
+// buildAnalytics builds the webhook reporter from KURA_ANALYTICS_*.
+func (a *App) buildAnalytics() (*analytics.Reporter, error) {
+	ac := a.cfg.Analytics
+	r, err := analytics.New(analytics.Config{
+		ServerURL:               ac.ServerURL,
+		SigningKey:              ac.SigningKey,
+		NodeURL:                 a.cfg.NodeURL,
+		BatchSize:               ac.BatchSize,
+		BatchTimeout:            ac.BatchTimeout,
+		RequestTimeout:          ac.RequestTimeout,
+		QueueCapacity:           ac.QueueCapacity,
+		BreakerFailureThreshold: ac.CircuitBreakerFailureThreshold,
+		BreakerOpen:             ac.CircuitBreakerOpen,
+		Logger:                  a.logger.With("component", "analytics"),
+		Registerer:              a.registry,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build the analytics reporter (KURA_ANALYTICS_*): %w", err)
+	}
+	return r, nil
+}
+
+// logAnalytics says once at startup whether analytics webhooks are sent, and where.
+func (a *App) logAnalytics() {
+	if a.analytics == nil {
+		a.logger.Info("analytics webhooks off", "reason", "KURA_ANALYTICS_SERVER_URL not set")
+		return
+	}
+	ac := a.cfg.Analytics
+	a.logger.Info("analytics webhooks on",
+		"server_url", a.analytics.ServerURL(), "batch_size", ac.BatchSize, "batch_timeout", ac.BatchTimeout,
+		"queue_capacity", ac.QueueCapacity, "request_timeout", ac.RequestTimeout,
+		"circuit_breaker_failure_threshold", ac.CircuitBreakerFailureThreshold,
+		"circuit_breaker_open", ac.CircuitBreakerOpen)
+}
+
 func listen(host string, port int, variable string) (net.Listener, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	ln, err := net.Listen("tcp", addr)
@@ -208,6 +257,7 @@ func (a *App) Run(ctx context.Context) error {
 		"http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "internal", a.internalLn.Addr().String(),
 		"gossip", a.cluster.Self().GossipAddr, "node", a.cfg.NodeName,
 		"region", a.cfg.Region, "tenant_id", a.cfg.TenantID, "version", Version)
+	a.logAnalytics()
 
 	var g run.Group
 	{
@@ -249,6 +299,14 @@ func (a *App) Run(ctx context.Context) error {
 		a.reapi.SetServing(false)
 		stopGracefully(a.grpc, ShutdownTimeout)
 	})
+	if a.analytics != nil {
+		// Added after the front ends: run.Group interrupts actors in order and the HTTP
+		// interrupt returns only once the drain is over, so the final flush also carries the
+		// events of the requests that finished during the drain. The flush is bounded by
+		// min(request timeout, 2 s).
+		analyticsCtx, stopAnalytics := context.WithCancel(context.Background())
+		g.Add(func() error { return a.analytics.Run(analyticsCtx) }, func(error) { stopAnalytics() })
+	}
 
 	a.addClusterActors(&g)
 	{

@@ -22,15 +22,16 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
 }
 
-// testConfig loads a real configuration for a node on ephemeral loopback ports.
-func testConfig(t *testing.T) *config.Config {
+// testConfig loads a real configuration for a node on ephemeral loopback ports, plus any
+// extra KURA_* settings.
+func testConfig(t *testing.T, extra ...string) *config.Config {
 	t.Helper()
-	cfg, err := config.Load([]string{
+	cfg, err := config.Load(append([]string{
 		"KURA_DATA_DIR=" + t.TempDir(),
 		"KURA_BIND_ADDRESS=127.0.0.1",
 		"KURA_NODE_NAME=app-test",
 		"KURA_DISK_BUDGET_BYTES=64MiB",
-	})
+	}, extra...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +88,9 @@ func TestAppServesAndShutsDownGracefully(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "kura stopped") {
 		t.Fatalf("no stop log in:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "analytics webhooks off") {
+		t.Fatalf("no analytics startup line in:\n%s", logs.String())
 	}
 	http.DefaultClient.CloseIdleConnections()
 
