@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kuracache/kura/analytics"
+	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
 )
@@ -63,11 +64,11 @@ func gradleEvent(a analytics.Action, key string, size int64) analytics.Event {
 // stored size; an existing key, a 304, a miss, a 413 and a denial are not.
 func TestAnalyticsXcodeEvents(t *testing.T) {
 	rec := &fakeRecorder{}
-	g := &recordingGuard{decide: func(r GuardRequest) error {
+	g := &recordingGuard{decide: func(r policy.Request) policy.Decision {
 		if r.NamespaceID == "forbidden" {
-			return &Denial{Status: http.StatusForbidden}
+			return policy.Decision{Status: http.StatusForbidden}
 		}
-		return nil
+		return policy.Decision{Allowed: true}
 	}}
 	h := newHarness(t, harnessOpts{events: rec, guard: g, limits: func(l *limits) { l.xcode = 64 }})
 	const path = "/api/cache/cas/cas-1?tenant_id=acme&namespace_id=ios"

@@ -63,10 +63,13 @@ func (s *Server) handleBazel(sf surface, method string) echo.HandlerFunc {
 		}
 		q, _ := url.ParseQuery(c.Request().URL.RawQuery)
 		op := OpRead
-		if method == http.MethodPut {
+		switch method {
+		case http.MethodPut:
 			op = OpWrite
+		case http.MethodHead:
+			op = OpInspect
 		}
-		if err := s.authorize(c, op, t, q, false); err != nil {
+		if err := s.authorize(c, op, t, q, false, t.key.Name); err != nil {
 			return err
 		}
 		switch {

@@ -23,7 +23,7 @@ func (s *Server) handleClean(c echo.Context) error {
 		return err
 	}
 	t := target{key: storage.Key{Tenant: tenant, Namespace: namespace}}
-	if err := s.authorize(c, OpNamespaceDelete, t, q, false); err != nil {
+	if err := s.authorize(c, OpNamespaceDelete, t, q, false, ""); err != nil {
 		return err
 	}
 	if err := s.store.DeleteNamespace(c.Request().Context(), tenant, namespace, 0); err != nil {

@@ -55,12 +55,12 @@ func (s *Server) handleBlob(resolve func(echo.Context) (target, url.Values, erro
 			return err
 		}
 		if put == nil {
-			if err := s.authorize(c, OpRead, t, q, false); err != nil {
+			if err := s.authorize(c, OpRead, t, q, false, ""); err != nil {
 				return err
 			}
 			return s.serveObject(c, t)
 		}
-		if err := s.authorize(c, OpWrite, t, q, false); err != nil {
+		if err := s.authorize(c, OpWrite, t, q, false, ""); err != nil {
 			return err
 		}
 		return s.putBlob(c, t, put())

@@ -18,7 +18,7 @@ func TestGradleBothForms(t *testing.T) {
 		"Content-Type", "application/vnd.gradle.build-cache-artifact.v1", "Authorization", "Basic dXNlcjpwYXNz")
 	expect(t, r, http.StatusCreated, "")
 	req := g.last(t)
-	if req.Headers.Get("Authorization") != "Basic dXNlcjpwYXNz" || req.Operation != OpWrite || req.Client != "gradle" ||
+	if firstValue(req.Headers, "authorization") != "Basic dXNlcjpwYXNz" || req.Operation != OpWrite || req.Producer != "gradle" ||
 		req.TenantID != "acme" || req.NamespaceID != "android" || req.ArtifactKey != key ||
 		req.Route != "/api/cache/gradle/{tenant_id}/{namespace_id}/{cache_key}" {
 		t.Fatalf("guard request = %+v", req)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -270,24 +271,32 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	}
 }
 
-// recordingGuard records every request and answers with decide (nil: allow).
+// recordingGuard records every request and answers with decide (nil: allow). headers, when
+// set, is its response_headers hook.
 type recordingGuard struct {
-	mu     sync.Mutex
-	reqs   []GuardRequest
-	decide func(GuardRequest) error
+	mu      sync.Mutex
+	reqs    []policy.Request
+	decide  func(policy.Request) policy.Decision
+	headers func(r policy.Request, d policy.Decision, status int) map[string]string
 }
 
-func (g *recordingGuard) Check(_ context.Context, req GuardRequest) error {
+func (g *recordingGuard) Decide(_ context.Context, req *policy.Request) policy.Decision {
 	g.mu.Lock()
-	g.reqs = append(g.reqs, req)
+	g.reqs = append(g.reqs, *req)
 	g.mu.Unlock()
 	if g.decide == nil {
-		return nil
+		return policy.Decision{Allowed: true}
 	}
-	return g.decide(req)
+	return g.decide(*req)
 }
 
-func (g *recordingGuard) last(t testing.TB) GuardRequest {
+func (g *recordingGuard) HasResponseHeaders() bool { return g.headers != nil }
+
+func (g *recordingGuard) ResponseHeaders(_ context.Context, r *policy.Request, d policy.Decision, status int) map[string]string {
+	return g.headers(*r, d, status)
+}
+
+func (g *recordingGuard) last(t testing.TB) policy.Request {
 	t.Helper()
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -94,7 +94,7 @@ func (s *Server) handleKeyValuePut(c echo.Context) error {
 	// The policy runs before the body is read (an unauthenticated client must not make us read
 	// a megabyte), so it sees no artifact key here.
 	t := sfKeyValue.at(tenant, namespace, "")
-	if err := s.authorize(c, OpWrite, t, q, false); err != nil {
+	if err := s.authorize(c, OpWrite, t, q, false, ""); err != nil {
 		return err
 	}
 	limit := s.limits.keyValue
@@ -141,7 +141,7 @@ func (s *Server) handleKeyValueGet(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.authorize(c, OpRead, t, q, false); err != nil {
+	if err := s.authorize(c, OpRead, t, q, false, ""); err != nil {
 		return err
 	}
 	return s.serveObject(c, t)

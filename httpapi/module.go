@@ -48,7 +48,7 @@ func (s *Server) handleModuleStart(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.authorize(c, OpWrite, t, q, false); err != nil {
+	if err := s.authorize(c, OpWrite, t, q, false, queryValue(q, paramHash)); err != nil {
 		return err
 	}
 	ctx := c.Request().Context()
@@ -138,7 +138,7 @@ func (s *Server) handleModulePart(c echo.Context) error {
 	if ae != nil {
 		return ae
 	}
-	if err := s.authorize(c, OpWrite, t, q, false); err != nil {
+	if err := s.authorize(c, OpWrite, t, q, false, ""); err != nil {
 		return err
 	}
 	if err := checkDeclaredLength(c.Request(), s.limits.part, msgPartTooLarge); err != nil {
@@ -193,7 +193,7 @@ func (s *Server) handleModuleComplete(c echo.Context) error {
 	if ae != nil {
 		return s.writeRefused(sfModule, ae)
 	}
-	if err := s.authorize(c, OpWrite, t, q, false); err != nil {
+	if err := s.authorize(c, OpWrite, t, q, false, ""); err != nil {
 		return err
 	}
 	data, err := s.readCapped(c, s.limits.completeBody)
@@ -235,7 +235,11 @@ func (s *Server) handleModuleRead(head bool) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		if err := s.authorize(c, OpRead, t, q, false); err != nil {
+		op := OpRead
+		if head {
+			op = OpInspect
+		}
+		if err := s.authorize(c, op, t, q, false, queryValue(q, paramHash)); err != nil {
 			return err
 		}
 		if head {

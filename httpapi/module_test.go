@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -170,11 +171,11 @@ func TestModuleGuardSeesUploadIdentity(t *testing.T) {
 func testModuleGuardSeesUploadIdentity(t *testing.T, disk bool) {
 	var locked atomic.Value // the tenant whose writes the policy refuses ("" for none)
 	locked.Store("")
-	g := &recordingGuard{decide: func(r GuardRequest) error {
+	g := &recordingGuard{decide: func(r policy.Request) policy.Decision {
 		if r.TenantID == locked.Load().(string) {
-			return &Denial{Status: http.StatusForbidden, Message: "tenant locked"}
+			return policy.Decision{Status: http.StatusForbidden, Message: "tenant locked"}
 		}
-		return nil
+		return policy.Decision{Allowed: true}
 	}}
 	h := newHarness(t, harnessOpts{guard: g, disk: disk})
 	id := *startUpload(t, h, "account_handle=acme&project_handle=ios&hash=h1&name=App.zip&cache_category=tests")
@@ -188,8 +189,8 @@ func testModuleGuardSeesUploadIdentity(t *testing.T, disk bool) {
 			t.Fatalf("guard query %v lacks the upload id", got.Query)
 		}
 		got.Headers, got.Query = nil, nil
-		want := GuardRequest{Route: route, Method: http.MethodPost, Operation: OpWrite, TenantID: key.Tenant,
-			NamespaceID: key.Namespace, Client: "module", ArtifactClass: "blob", ArtifactKey: key.Name}
+		want := policy.Request{Transport: "http", Route: route, Method: http.MethodPost, Operation: OpWrite, TenantID: key.Tenant,
+			NamespaceID: key.Namespace, Producer: "module", ArtifactClass: "blob", ArtifactKey: key.Name}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("guard request\n got %+v\nwant %+v", got, want)
 		}

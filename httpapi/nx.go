@@ -64,12 +64,12 @@ func (s *Server) handleNx(resolve func(echo.Context) (target, error), write bool
 		// Nx sends no query string; the policy still gets one, like on every other surface.
 		q, _ := url.ParseQuery(c.Request().URL.RawQuery)
 		if !write {
-			if err := s.authorize(c, OpRead, t, q, true); err != nil {
+			if err := s.authorize(c, OpRead, t, q, true, t.key.Name); err != nil {
 				return err
 			}
 			return s.serveObject(c, t)
 		}
-		if err := s.authorize(c, OpWrite, t, q, true); err != nil {
+		if err := s.authorize(c, OpWrite, t, q, true, t.key.Name); err != nil {
 			return err
 		}
 		r := c.Request()

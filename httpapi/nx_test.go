@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -76,17 +77,17 @@ func TestNxScopedPath(t *testing.T) {
 // TestNxDenialsArePlainText: Nx needs text/plain on 401 (it prints the body) and ignores 403 on
 // PUT; both must never be JSON.
 func TestNxDenialsArePlainText(t *testing.T) {
-	g := &recordingGuard{decide: func(r GuardRequest) error {
-		switch r.Headers.Get("Authorization") {
+	g := &recordingGuard{decide: func(r policy.Request) policy.Decision {
+		switch firstValue(r.Headers, "authorization") {
 		case "Bearer good":
-			return nil
+			return policy.Decision{Allowed: true}
 		case "Bearer readonly":
 			if r.Operation == OpWrite {
-				return &Denial{Status: http.StatusForbidden, Message: "Token is read-only"}
+				return policy.Decision{Status: http.StatusForbidden, Message: "Token is read-only"}
 			}
-			return nil
+			return policy.Decision{Allowed: true}
 		}
-		return &Denial{Status: http.StatusUnauthorized, Message: "Missing or invalid access token"}
+		return policy.Decision{Status: http.StatusUnauthorized, Message: "Missing or invalid access token"}
 	}}
 	h := newHarness(t, harnessOpts{guard: g})
 	for _, c := range []struct {
@@ -119,7 +120,7 @@ func TestNxDenialsArePlainText(t *testing.T) {
 	expect(t, h.do("PUT", "/v1/cache/77", "ok", "Authorization", "Bearer good"), http.StatusOK, "")
 	expect(t, h.do("GET", "/v1/cache/77", nil, "Authorization", "Bearer readonly"), http.StatusOK, "ok")
 	req := g.last(t)
-	if req.Client != "nx" || req.NamespaceID != "nx" || req.TenantID != testTenant || req.ArtifactKey != "77" ||
+	if req.Producer != "nx" || req.NamespaceID != "nx" || req.TenantID != testTenant || req.ArtifactKey != "77" ||
 		req.Operation != OpRead || req.Route != "/v1/cache/{hash}" || req.ArtifactClass != "blob" {
 		t.Fatalf("guard request = %+v", req)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
 )
@@ -76,8 +77,14 @@ func startServer(t *testing.T, cfg Config, deps Deps) (*Server, string, <-chan e
 // arrivalGuard signals each request reaching the policy, i.e. a handler in flight.
 type arrivalGuard chan struct{}
 
-func (g arrivalGuard) Check(context.Context, GuardRequest) error {
+func (g arrivalGuard) Decide(context.Context, *policy.Request) policy.Decision {
 	g <- struct{}{}
+	return policy.Decision{Allowed: true}
+}
+
+func (g arrivalGuard) HasResponseHeaders() bool { return false }
+
+func (g arrivalGuard) ResponseHeaders(context.Context, *policy.Request, policy.Decision, int) map[string]string {
 	return nil
 }
 

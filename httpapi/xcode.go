@@ -19,7 +19,7 @@ func (s *Server) handleXcodePut(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.authorize(c, OpWrite, t, q, false); err != nil {
+	if err := s.authorize(c, OpWrite, t, q, false, ""); err != nil {
 		return err
 	}
 	return s.putBlob(c, t, putSpec{limit: s.limits.xcode, success: http.StatusNoContent})
@@ -30,7 +30,7 @@ func (s *Server) handleXcodeGet(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.authorize(c, OpRead, t, q, false); err != nil {
+	if err := s.authorize(c, OpRead, t, q, false, ""); err != nil {
 		return err
 	}
 	return s.serveObject(c, t)
