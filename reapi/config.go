@@ -112,6 +112,8 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Logger receives warnings about store failures and bad stored data. Nil discards.
 	Logger *slog.Logger
+	// Guard, when set, decides every call but health checks (see (*Server).ServerOptions).
+	Guard Guard
 }
 
 // Keepalive policy. Bazel and Buck2 keep long-lived channels; the server pings idle

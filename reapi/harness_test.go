@@ -52,6 +52,12 @@ type harness struct {
 // newHarness starts a server over an in-memory store; wrap, when set, decorates the store.
 func newHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store) *harness {
 	t.Helper()
+	return newGuardedHarness(t, cfg, wrap, nil)
+}
+
+// newGuardedHarness is newHarness with an access policy on every call.
+func newGuardedHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, guard Guard) *harness {
+	t.Helper()
 	if cfg.TenantID == "" {
 		cfg.TenantID = testTenant
 	}
@@ -60,7 +66,7 @@ func newHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store
 	if wrap != nil {
 		h.store = wrap(h.mem)
 	}
-	srv, err := New(cfg, Deps{Store: h.store, Registerer: h.reg})
+	srv, err := New(cfg, Deps{Store: h.store, Registerer: h.reg, Guard: guard})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -69,7 +75,7 @@ func newHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	g := grpc.NewServer(ServerOptions(cfg)...)
+	g := grpc.NewServer(srv.ServerOptions()...)
 	srv.Register(g)
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(lis) }()

@@ -29,6 +29,7 @@ type Server struct {
 	metrics *metrics
 	codecs  *codecs
 	health  *health.Server
+	guard   Guard
 }
 
 // New validates cfg and builds the services.
@@ -62,6 +63,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		metrics: m,
 		codecs:  c,
 		health:  health.NewServer(),
+		guard:   deps.Guard,
 	}, nil
 }
 
