@@ -237,6 +237,20 @@ func (e *Engine) Close() error {
 	return nil
 }
 
+// Hooks lists the hooks the script defines.
+func (e *Engine) Hooks() []string {
+	var out []string
+	for _, h := range hookNames {
+		if e.hooks[h] {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// PoolSize is the number of interpreters hooks run on.
+func (e *Engine) PoolSize() int { return e.cfg.PoolSize }
+
 // HasResponseHeaders reports whether the script defines response_headers, so front ends can
 // skip the per-response call when it does not.
 func (e *Engine) HasResponseHeaders() bool { return e.hooks[hookResponseHeaders] }

@@ -24,6 +24,7 @@ import (
 	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/outbox"
 	"github.com/kuracache/kura/outbox/antientropy"
+	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/reapi"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
@@ -60,6 +61,8 @@ type App struct {
 	// memory keeps the node within its memory watermarks (SPEC §6).
 	memory *memory.Controller
 
+	// policy runs the operator's Lua hooks before every public request; nil when off.
+	policy *policy.Engine
 	// analytics sends the runtime analytics webhooks (SPEC §9); nil when they are off.
 	analytics *analytics.Reporter
 }
@@ -150,7 +153,15 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Registerer:       a.registry,
 	})
 
-	// A nil *Reporter must not reach Deps as a non-nil interface.
+	// A nil *Engine or *Reporter must not reach Deps as a non-nil interface.
+	var httpGuard httpapi.Guard
+	var grpcGuard reapi.Guard
+	if cfg.Extension.Enabled {
+		if a.policy, err = a.buildPolicy(); err != nil {
+			return nil, err
+		}
+		httpGuard, grpcGuard = a.policy, a.policy
+	}
 	var events httpapi.EventRecorder
 	if cfg.Analytics.Enabled() {
 		if a.analytics, err = a.buildAnalytics(); err != nil {
@@ -169,6 +180,7 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Store:      frontStore,
 		Multipart:  a.store,
 		Members:    membersView{a.cluster},
+		Guard:      httpGuard,
 		Analytics:  events,
 		Registerer: a.registry,
 		Gatherer:   a.registry,
@@ -183,11 +195,12 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Store:      frontStore,
 		Registerer: a.registry,
 		Logger:     logger.With("component", "reapi"),
+		Guard:      grpcGuard,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the REAPI services: %w", err)
 	}
-	a.grpc = grpc.NewServer(reapi.ServerOptions(reapiCfg)...)
+	a.grpc = grpc.NewServer(a.reapi.ServerOptions()...)
 	a.reapi.Register(a.grpc)
 
 	if a.httpLn, err = listen(cfg.BindAddress, cfg.Port, "KURA_PORT"); err != nil {
@@ -257,6 +270,7 @@ func (a *App) Run(ctx context.Context) error {
 		"http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "internal", a.internalLn.Addr().String(),
 		"gossip", a.cluster.Self().GossipAddr, "node", a.cfg.NodeName,
 		"region", a.cfg.Region, "tenant_id", a.cfg.TenantID, "version", Version)
+	a.logPolicy()
 	a.logAnalytics()
 
 	var g run.Group
@@ -315,6 +329,9 @@ func (a *App) Run(ctx context.Context) error {
 	}
 
 	err := g.Run()
+	if a.policy != nil {
+		_ = a.policy.Close() // stops JWKS refreshes; nothing to flush
+	}
 	if cerr := a.peerClient.Close(); cerr != nil {
 		a.logger.Warn("closing peer connections", "err", cerr)
 	}
@@ -358,6 +375,9 @@ func (a *App) closeOpened() {
 	}
 	if a.peerClient != nil {
 		_ = a.peerClient.Close()
+	}
+	if a.policy != nil {
+		_ = a.policy.Close()
 	}
 	if a.store != nil {
 		if err := a.store.Close(); err != nil {

@@ -1,0 +1,75 @@
+package app
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/kuracache/kura/policy"
+)
+
+// buildPolicy loads the operator's Lua script (KURA_EXTENSION_*): it runs before every public
+// request from now on. A script that does not load stops startup with the Lua message.
+func (a *App) buildPolicy() (*policy.Engine, error) {
+	ec := a.cfg.Extension
+	pc := policy.Config{
+		ScriptPath:                ec.ScriptPath,
+		ServerTenantID:            a.cfg.TenantID,
+		HookTimeout:               ec.HookTimeout,
+		AllowTTL:                  ec.AuthCacheAllowTTL,
+		DenyTTL:                   ec.AuthCacheDenyTTL,
+		AuthenticateFailOpen:      !ec.FailClosedAuthenticate,
+		AuthorizeFailOpen:         !ec.FailClosedAuthorize,
+		ResponseHeadersFailClosed: !ec.FailOpenResponseHeaders,
+		CacheMaxEntries:           ec.CacheMaxEntries,
+		PoolSize:                  ec.PoolSize,
+		HookMemoryBytes:           ec.HookMemoryBytes,
+		Signers:                   map[string][]byte{},
+		JWTVerifiers:              map[string]policy.JWTVerifier{},
+		HTTPClients:               map[string]policy.HTTPClient{},
+		Files:                     ec.Files,
+		Env:                       environment(),
+		Logger:                    a.logger,
+		Registerer:                a.registry,
+	}
+	for id, s := range ec.Signers {
+		pc.Signers[id] = s.Secret
+	}
+	for id, j := range ec.JWTVerifiers {
+		pc.JWTVerifiers[id] = policy.JWTVerifier{
+			Algorithms: j.Algorithms, Secret: j.Secret, JWKSURL: j.JWKSURL, JWKSRefresh: j.JWKSRefresh,
+			Issuer: j.Issuer, Audiences: j.Audiences,
+		}
+	}
+	for id, h := range ec.HTTPClients {
+		pc.HTTPClients[id] = policy.HTTPClient{BaseURL: h.BaseURL, ConnectTimeout: h.ConnectTimeout, RequestTimeout: h.RequestTimeout}
+	}
+	e, err := policy.New(pc)
+	if err != nil {
+		return nil, fmt.Errorf("the policy script (KURA_EXTENSION_SCRIPT_PATH): %w", err)
+	}
+	return e, nil
+}
+
+// environment is what kura.env sees: the node's environment at startup.
+func environment() map[string]string {
+	env := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// logPolicy says once at startup whether requests run through the policy script.
+func (a *App) logPolicy() {
+	if a.policy == nil {
+		a.logger.Warn("access control off: any client that reaches this node can read, write and clean every namespace",
+			"how_to_enable", "KURA_EXTENSION_SCRIPT_PATH=<policy.lua> (see examples/policies/)")
+		return
+	}
+	a.logger.Info("access control on: every public request runs the policy script",
+		"script", a.cfg.Extension.ScriptPath, "hooks", strings.Join(a.policy.Hooks(), ","),
+		"hook_timeout", a.cfg.Extension.HookTimeout, "pool_size", a.policy.PoolSize())
+}
