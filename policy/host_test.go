@@ -97,14 +97,14 @@ func TestJWTVerifyHMAC(t *testing.T) {
 		t.Fatalf("expired 10 s ago (inside the leeway): %v", err)
 	}
 	refused := map[string]string{
-		"forged":       hs256(t, "wrong", valid),
-		"expired":      hs256(t, "s3cret", with("exp", now.Add(-time.Minute).Unix())),
-		"no exp":       hs256(t, "s3cret", with("exp", nil)),
-		"not yet":      hs256(t, "s3cret", with("nbf", now.Add(time.Minute).Unix())),
-		"issuer":       hs256(t, "s3cret", with("iss", "https://evil")),
-		"audience":     hs256(t, "s3cret", with("aud", "someone-else")),
-		"garbage":      "not.a.jwt",
-		"alg none":     unsignedToken(t, valid),
+		"forged":   hs256(t, "wrong", valid),
+		"expired":  hs256(t, "s3cret", with("exp", now.Add(-time.Minute).Unix())),
+		"no exp":   hs256(t, "s3cret", with("exp", nil)),
+		"not yet":  hs256(t, "s3cret", with("nbf", now.Add(time.Minute).Unix())),
+		"issuer":   hs256(t, "s3cret", with("iss", "https://evil")),
+		"audience": hs256(t, "s3cret", with("aud", "someone-else")),
+		"garbage":  "not.a.jwt",
+		"alg none": unsignedToken(t, valid),
 		"HS512 for HS256": func() string {
 			s, _ := jwt.NewWithClaims(jwt.SigningMethodHS512, valid).SignedString([]byte("s3cret"))
 			return s

@@ -27,7 +27,7 @@ type Guard interface {
 // grpcOperations maps each served method to its policy operation. Health checks are not in
 // it: like /up they answer probes and never run the policy.
 var grpcOperations = map[string]string{
-	"/build.bazel.remote.execution.v2.Capabilities/GetCapabilities":              policy.OpInspect,
+	"/build.bazel.remote.execution.v2.Capabilities/GetCapabilities":               policy.OpInspect,
 	"/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs": policy.OpInspect,
 	"/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs": policy.OpWrite,
 	"/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs":   policy.OpRead,
