@@ -112,9 +112,22 @@ func (b bazelBuild) RemoteHits() int {
 // plus any extra flags, and collects the process summary and the execution log.
 func (w *bazelWorkspace) build(remoteCache string, extra ...string) bazelBuild {
 	w.t.Helper()
+	args, execLog := w.buildArgs(remoteCache, extra...)
+	out := w.run(args...)
+	return bazelBuild{Output: out, Processes: parseBazelProcesses(w.t, out), Spawns: readExecLog(w.t, execLog)}
+}
+
+// tryBuild is build for a build that may fail: it returns Bazel's output and exit error.
+func (w *bazelWorkspace) tryBuild(remoteCache string, extra ...string) (string, error) {
+	w.t.Helper()
+	args, _ := w.buildArgs(remoteCache, extra...)
+	return runClientErr(w.t, w.dir, w.env(), w.bazel, w.startup(args...)...)
+}
+
+func (w *bazelWorkspace) buildArgs(remoteCache string, extra ...string) (args []string, execLog string) {
 	w.builds++
-	execLog := filepath.Join(w.outputUserRoot, fmt.Sprintf("exec-%d.json", w.builds))
-	args := []string{
+	execLog = filepath.Join(w.outputUserRoot, fmt.Sprintf("exec-%d.json", w.builds))
+	args = []string{
 		"build", "//...",
 		"--remote_cache=" + remoteCache,
 		"--execution_log_json_file=" + execLog,
@@ -124,9 +137,7 @@ func (w *bazelWorkspace) build(remoteCache string, extra ...string) bazelBuild {
 		// Bazel 4.2 would download these; the in-tree stand-ins forward to native rules.
 		args = append(args, "--override_repository="+repo+"="+filepath.Join(w.stubs, repo))
 	}
-	args = append(args, extra...)
-	out := w.run(args...)
-	return bazelBuild{Output: out, Processes: parseBazelProcesses(w.t, out), Spawns: readExecLog(w.t, execLog)}
+	return append(args, extra...), execLog
 }
 
 // clean removes outputs and the local action cache, so the next build must ask the remote.

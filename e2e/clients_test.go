@@ -220,7 +220,7 @@ func (m Metrics) Has(name string) bool {
 // ArtifactCounts are the artifact read/write counters of one kind (SPEC §7), from
 // kura_artifact_reads_total and kura_artifact_writes_total.
 type ArtifactCounts struct {
-	Hits, Misses, Stored float64
+	Hits, Misses, Stored, Rejected float64
 }
 
 // Artifacts reads the artifact counters of one storage kind ("nx", "metro", "gradle", …). A
@@ -231,12 +231,15 @@ func (m Metrics) Artifacts(kind string) ArtifactCounts {
 		Hits:   m.Sum("kura_artifact_reads_total", map[string]string{"kind": kind, "result": "hit"}),
 		Misses: m.Sum("kura_artifact_reads_total", map[string]string{"kind": kind, "result": "miss"}),
 		Stored: m.Sum("kura_artifact_writes_total", map[string]string{"kind": kind, "result": "stored"}),
+		// Writes refused because of the client: a limit, a bad digest, or the policy.
+		Rejected: m.Sum("kura_artifact_writes_total", map[string]string{"kind": kind, "result": "rejected"}),
 	}
 }
 
 // Sub is the change from an earlier scrape.
 func (a ArtifactCounts) Sub(before ArtifactCounts) ArtifactCounts {
-	return ArtifactCounts{Hits: a.Hits - before.Hits, Misses: a.Misses - before.Misses, Stored: a.Stored - before.Stored}
+	return ArtifactCounts{Hits: a.Hits - before.Hits, Misses: a.Misses - before.Misses, Stored: a.Stored - before.Stored,
+		Rejected: a.Rejected - before.Rejected}
 }
 
 // readFile reads a file the test needs, failing the test when it is missing.

@@ -18,7 +18,8 @@ func TestGradleBuildCache(t *testing.T) {
 	requireCommand(t, "java")
 	node := StartNode(t, NodeOptions{})
 	cacheURL := node.URL() + "/api/cache/gradle/acme/android/"
-	dir := copyWorkspace(t, "gradle", map[string]string{"KURA_GRADLE_CACHE_URL": cacheURL})
+	dir := copyWorkspace(t, "gradle", map[string]string{"KURA_GRADLE_CACHE_URL": cacheURL,
+		"KURA_GRADLE_USER": "e2e", "KURA_GRADLE_PASSWORD": "e2e-secret"})
 	// A private Gradle home: no daemon registry, init scripts or caches from the machine.
 	env := clientEnv("GRADLE_USER_HOME=" + t.TempDir())
 	// No --offline: it turns the remote build cache off.

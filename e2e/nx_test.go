@@ -34,15 +34,27 @@ func newNxWorkspace(t *testing.T) *nxWorkspace {
 // output and the task's output file content.
 func (w *nxWorkspace) build(server string) (output, artifact string) {
 	w.t.Helper()
+	output, err := w.run(server, "e2e-token")
+	if err != nil {
+		w.t.Fatalf("nx run lib1:build: %v\n%s", err, output)
+	}
+	return output, string(readFile(w.t, filepath.Join(w.dir, "packages", "lib1", "dist", "out.txt")))
+}
+
+// run runs `nx run lib1:build` with the given access token ("" sends none) and returns Nx's
+// output and exit error.
+func (w *nxWorkspace) run(server, token string) (string, error) {
+	w.t.Helper()
 	env := clientEnv(
 		"NX_DAEMON=false",
 		"NX_NO_CLOUD=true",
 		"NX_TUI=false",
 		"NX_SELF_HOSTED_REMOTE_CACHE_SERVER="+server,
-		"NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=e2e-token",
 	)
-	output = runClient(w.t, w.dir, env, w.nx, "run", "lib1:build", "--outputStyle=static")
-	return output, string(readFile(w.t, filepath.Join(w.dir, "packages", "lib1", "dist", "out.txt")))
+	if token != "" {
+		env = append(env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN="+token)
+	}
+	return runClientErr(w.t, w.dir, env, w.nx, "run", "lib1:build", "--outputStyle=static")
 }
 
 // forget removes Nx's local cache and the task outputs, as on a fresh CI checkout.

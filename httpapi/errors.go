@@ -150,7 +150,9 @@ func writeError(w http.ResponseWriter, ae *apiError) {
 	}
 	var body []byte
 	if ae.plain {
-		h.Set("Content-Type", "text/plain; charset=utf-8")
+		// Exactly "text/plain": Nx 24 compares the whole header and, for anything else on a
+		// 401, reports a misconfigured endpoint instead of the message.
+		h.Set("Content-Type", "text/plain")
 		body = []byte(ae.message + "\n")
 	} else {
 		h.Set("Content-Type", "application/json")
