@@ -588,3 +588,24 @@ func TestPolicyStartupErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestPolicyInternalPlaneNeverRunsHooks: two nodes behind a policy that refuses every request
+// without a token still replicate to each other, because the internal plane has no hooks; a
+// token holder reads on B what was written on A.
+func TestPolicyInternalPlaneNeverRunsHooks(t *testing.T) {
+	t.Parallel()
+	nodes := startKuraCluster(t, 2, func(_ int, o *NodeOptions) {
+		o.Env = map[string]string{
+			"KURA_EXTENSION_SCRIPT_PATH": examplePolicy("static-tokens.lua"),
+			"KURA_POLICY_TOKENS":         staticTokens,
+		}
+	})
+	path := "/api/cache/cas/replicated?tenant_id=default&namespace_id=android"
+	expectHTTP(t, "write on A", call(t, "POST", nodes[0].URL()+path, "across the mesh", bearer("ci-rw")...), 204)
+	expectDenial(t, "token-less read on B", call(t, "GET", nodes[1].URL()+path, ""), 401)
+	kit := newClusterKit(t, nil)
+	kit.waitConverged(t, convergeTimeout(1), 1, nodes...)
+	if r := call(t, "GET", nodes[1].URL()+path, "", bearer("ci-rw")...); r.status != 200 || r.body != "across the mesh" {
+		t.Fatalf("read on B: %d %q", r.status, r.body)
+	}
+}
