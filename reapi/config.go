@@ -35,6 +35,8 @@ const (
 	// the digests and framing around the blob bytes of a full batch (about 85 bytes per item,
 	// so a full batch of items of 350 bytes or more fits).
 	messageHeadroom = 1 << 20
+	// maxHeaderListBytes bounds a call's metadata (see ServerOptions).
+	maxHeaderListBytes = 64 << 10
 )
 
 // Config holds the REAPI settings. The zero value of every limit means its default.
@@ -133,6 +135,10 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 	cfg = cfg.withDefaults()
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.maxRecvMsgSize()),
+		// Metadata carries credentials the policy fingerprints and reads; 64 KiB, as for HTTP
+		// headers, leaves room for large JWTs while refusing header floods (grpc-go would
+		// accept 16 MiB).
+		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinClientT, PermitWithoutStream: true}),
 	}
