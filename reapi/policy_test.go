@@ -260,3 +260,15 @@ end`), 0o600); err != nil {
 		t.Fatalf("denial message: %v", err)
 	}
 }
+
+func TestMetadataIsBounded(t *testing.T) {
+	h := newHarness(t, Config{}, nil)
+	small := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+strings.Repeat("a", 32<<10))
+	if _, err := h.caps.GetCapabilities(small, &repb.GetCapabilitiesRequest{}); err != nil {
+		t.Fatalf("32 KiB of metadata: %v", err)
+	}
+	huge := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+strings.Repeat("a", 100<<10))
+	if _, err := h.caps.GetCapabilities(huge, &repb.GetCapabilitiesRequest{}); err == nil {
+		t.Fatal("100 KiB of metadata was accepted")
+	}
+}
