@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 	// The internal plane's generated stubs are its wire contract, like the REAPI stubs are
 	// Bazel's: the suite talks to kura.internal.v1 as a peer would, to read digests and
 	// listings without going through the public read path (which reads through to peers).
+	// peer itself only lends the credential a keyed node's plane requires.
+	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/cluster/peer/peerpb"
 )
 
@@ -208,15 +211,22 @@ func newClusterKit(t *testing.T, internalTLS *tls.Config) *clusterKit {
 	return k
 }
 
-func (k *clusterKit) conn(addr string, creds credentials.TransportCredentials) *grpc.ClientConn {
+func (k *clusterKit) conn(addr string, creds credentials.TransportCredentials, extra ...grpc.DialOption) *grpc.ClientConn {
+	return k.connAs(addr, "", creds, extra...)
+}
+
+// connAs is conn with an identity for the pool: connections with other dial options (a
+// credential's key) must not be shared.
+func (k *clusterKit) connAs(addr, identity string, creds credentials.TransportCredentials, extra ...grpc.DialOption) *grpc.ClientConn {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	key := addr + "|" + creds.Info().SecurityProtocol
+	key := addr + "|" + creds.Info().SecurityProtocol + "|" + identity
 	if c, ok := k.conns[key]; ok {
 		return c
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20))}, extra...)
+	c, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		// NewClient only parses the target; an error is a bug in the test.
 		panic(fmt.Sprintf("grpc.NewClient(%s): %v", addr, err))
@@ -230,13 +240,25 @@ func (k *clusterKit) reapiConn(n *Node) *grpc.ClientConn {
 	return k.conn(n.GRPCAddr(), insecure.NewCredentials())
 }
 
-// internal is a client of the node's internal plane, as a peer would dial it.
+// internal is a client of the node's internal plane, as a peer would dial it: with the
+// kit's certificate when it has one, and with the credential derived from the node's own
+// KURA_GOSSIP_KEY when it was started with one (a node with another key gets that key's).
 func (k *clusterKit) internal(n *Node) peerpb.ReplicationClient {
 	creds := insecure.NewCredentials()
 	if k.internalTLS != nil {
 		creds = credentials.NewTLS(k.internalTLS)
 	}
-	return peerpb.NewReplicationClient(k.conn(n.InternalAddr(), creds))
+	encoded := n.opts.Env["KURA_GOSSIP_KEY"]
+	if encoded == "" {
+		return peerpb.NewReplicationClient(k.conn(n.InternalAddr(), creds))
+	}
+	gossipKey, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		panic(fmt.Sprintf("%s: KURA_GOSSIP_KEY %q: %v", n.Name, encoded, err)) // a bug in the test
+	}
+	unary, stream := peer.CredentialInterceptors(gossipKey)
+	return peerpb.NewReplicationClient(k.connAs(n.InternalAddr(), "key "+encoded, creds,
+		grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream)))
 }
 
 // nodeDigest is one node's summary of everything it stores.

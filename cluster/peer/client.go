@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,6 +38,12 @@ type ClientConfig struct {
 	// TLS, when set, is the client configuration from LoadTLS (it presents the node's
 	// certificate and verifies the peer's against the CA). nil dials plaintext.
 	TLS *tls.Config
+	// PlaneKey, when set, is the cluster's gossip key (KURA_GOSSIP_KEY, decoded): every call
+	// then carries the credential a Server with the same PlaneKey requires (auth.go), with
+	// TLS on too. nil attaches none.
+	PlaneKey []byte
+	// Now is the clock that timestamps credentials (nil: time.Now).
+	Now func() time.Time
 	// DialTimeout bounds one connection attempt (zero: DefaultDialTimeout). Reconnects back
 	// off up to maxReconnectDelay; calls fail fast with UNAVAILABLE meanwhile.
 	DialTimeout time.Duration
@@ -86,6 +93,16 @@ func NewClient(cfg ClientConfig) *Client {
 	if cfg.TLS != nil {
 		creds = credentials.NewTLS(cfg.TLS)
 	}
+	unary, streams := cfg.UnaryInterceptors, cfg.StreamInterceptors
+	if len(cfg.PlaneKey) > 0 {
+		sign := signer{key: derivePlaneKey(cfg.PlaneKey), now: cfg.Now}
+		if sign.now == nil {
+			sign.now = time.Now
+		}
+		// Innermost, so a retry by an interceptor of the caller is signed afresh.
+		unary = append(slices.Clone(unary), sign.unary)
+		streams = append(slices.Clone(streams), sign.stream)
+	}
 	bo := backoff.DefaultConfig
 	bo.BaseDelay = 100 * time.Millisecond
 	bo.MaxDelay = maxReconnectDelay
@@ -96,8 +113,8 @@ func NewClient(cfg ClientConfig) *Client {
 		// killed VM) in ~40 s instead of the kernel's TCP timeout.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes), grpc.MaxCallSendMsgSize(MaxChunkBytes+maxHeaderBytes)),
-		grpc.WithChainUnaryInterceptor(cfg.UnaryInterceptors...),
-		grpc.WithChainStreamInterceptor(cfg.StreamInterceptors...),
+		grpc.WithChainUnaryInterceptor(unary...),
+		grpc.WithChainStreamInterceptor(streams...),
 	}
 	for _, h := range cfg.StatsHandlers {
 		c.opts = append(c.opts, grpc.WithStatsHandler(h))

@@ -1,6 +1,9 @@
 package peer
 
 import (
+	"encoding/base64"
+	"strconv"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -35,6 +38,30 @@ func FuzzObjectHeader(f *testing.F) {
 		again, err := headerToInfo(infoToHeader(info, false))
 		if err != nil || again != info {
 			t.Fatalf("round trip: %+v, %v; want %+v", again, err, info)
+		}
+	})
+}
+
+// FuzzParseInternalCredential feeds arbitrary header values to the credential parser every
+// keyed server runs on every call, before any authentication: it must never panic, and what
+// it accepts must be the one canonical spelling formatCredential would produce.
+func FuzzParseInternalCredential(f *testing.F) {
+	k := derivePlaneKey(clusterKey)
+	f.Add(formatCredential(k, peerpb.Replication_PushObject_FullMethodName, 1_760_000_000_123))
+	f.Add(formatCredential(k, peerpb.Replication_ListObjects_FullMethodName, 0))
+	f.Add("")
+	f.Add("v1:")
+	f.Add("v1:1:")
+	f.Add("v1:-1:AAAA")
+	f.Add("v1:9223372036854775807:" + strings.Repeat("A", 43))
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := parseCredential(s)
+		if err != nil {
+			return
+		}
+		again := credentialVersion + ":" + strconv.FormatInt(c.millis, 10) + ":" + base64.RawURLEncoding.EncodeToString(c.mac[:])
+		if again != s || c.millis < 0 {
+			t.Fatalf("accepted %q as %+v, which spells %q", s, c, again)
 		}
 	})
 }

@@ -55,11 +55,23 @@ const (
 	maxConcurrentStreams = 256
 )
 
-// ServerConfig configures a Server. The zero value serves plaintext with the defaults.
+// ServerConfig configures a Server. The zero value serves plaintext with the defaults, open
+// to anyone who can reach the port: set TLS, PlaneKey or (better) both.
 type ServerConfig struct {
 	// TLS, when set, is the mTLS configuration from LoadTLS (client certificates required
 	// and verified). nil serves plaintext.
 	TLS *tls.Config
+	// PlaneKey, when set, is the cluster's gossip key (KURA_GOSSIP_KEY, decoded): every call
+	// must then carry the credential a Client with the same PlaneKey attaches (auth.go), or
+	// it is refused with UNAUTHENTICATED before its handler runs. It is checked with TLS on
+	// too, as defence in depth: a leaked certificate alone does not open the plane, nor does
+	// a leaked gossip key alone. nil checks no credential.
+	PlaneKey []byte
+	// CredentialSkew is how far a credential's timestamp may be from Now, either way (zero:
+	// DefaultCredentialSkew).
+	CredentialSkew time.Duration
+	// Now is the clock credentials are checked against (nil: time.Now).
+	Now func() time.Time
 	// MaxChunkBytes is the size of the chunks FetchObject sends (zero or above the protocol's
 	// MaxChunkBytes: MaxChunkBytes).
 	MaxChunkBytes int
@@ -84,6 +96,7 @@ type Server struct {
 	metrics   *metrics
 	grpc      *grpc.Server
 	transport string
+	checked   bool // calls must carry a credential
 }
 
 // handlers implements the Replication service over the backend.
@@ -125,6 +138,22 @@ func NewServer(cfg ServerConfig, backend Backend) *Server {
 		creds = credentials.NewTLS(cfg.TLS)
 		s.transport = "mtls"
 	}
+	// The observer runs first so refused calls are counted and recovered like the rest; the
+	// credential check runs before the caller's interceptors and every handler.
+	unary := []grpc.UnaryServerInterceptor{s.unaryObserver}
+	streams := []grpc.StreamServerInterceptor{s.streamObserver}
+	if len(cfg.PlaneKey) > 0 {
+		now := cfg.Now
+		if now == nil {
+			now = time.Now
+		}
+		check, err := newChecker(cfg, s.log, now)
+		if err != nil {
+			panic(fmt.Sprintf("peer.NewServer: %v", err))
+		}
+		unary, streams = append(unary, check.unary), append(streams, check.stream)
+		s.checked = true
+	}
 	opts := []grpc.ServerOption{
 		grpc.Creds(creds),
 		grpc.MaxRecvMsgSize(MaxChunkBytes + maxHeaderBytes),
@@ -136,8 +165,8 @@ func NewServer(cfg ServerConfig, backend Backend) *Server {
 		// that, but not more often than every 10 s.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
-		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{s.unaryObserver}, cfg.UnaryInterceptors...)...),
-		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{s.streamObserver}, cfg.StreamInterceptors...)...),
+		grpc.ChainUnaryInterceptor(append(unary, cfg.UnaryInterceptors...)...),
+		grpc.ChainStreamInterceptor(append(streams, cfg.StreamInterceptors...)...),
 	}
 	for _, h := range cfg.StatsHandlers {
 		opts = append(opts, grpc.StatsHandler(h))
@@ -149,7 +178,7 @@ func NewServer(cfg ServerConfig, backend Backend) *Server {
 
 // Serve accepts connections on ln until Stop; it returns nil after Stop and closes ln.
 func (s *Server) Serve(ln net.Listener) error {
-	s.log.Info("internal plane listening", "addr", ln.Addr().String(), "transport", s.transport)
+	s.log.Info("internal plane listening", "addr", ln.Addr().String(), "transport", s.transport, "credential_required", s.checked)
 	if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve internal plane on %s: %w", ln.Addr(), err)
 	}
@@ -215,6 +244,9 @@ func (s *Server) finished(fullMethod string, start time.Time, err error) {
 	s.metrics.observe(method, code, time.Since(start))
 	switch code {
 	case codes.OK, codes.NotFound, codes.Canceled:
+	case codes.Unauthenticated:
+		// The credential check logs its refusals itself, rate-limited: a scanner must not
+		// flood the log through this line.
 	case codes.InvalidArgument:
 		// A peer sent something this node refuses: a bug or a configuration mismatch
 		// between nodes (keyvalue limit), never routine.

@@ -138,3 +138,36 @@ func TestAppRefusesALockedDataDirectory(t *testing.T) {
 		t.Fatalf("second node on the same data dir: err = %v", err)
 	}
 }
+
+// A node with neither mTLS nor a gossip key says once, at startup, that its internal plane is
+// open and how to close it; a node with a gossip key does not.
+func TestAppWarnsWhenTheInternalPlaneIsOpen(t *testing.T) {
+	const warning = "internal plane is open"
+	for _, tc := range []struct {
+		name      string
+		gossipKey []byte
+		warns     bool
+	}{
+		{"no key, no mTLS", nil, true},
+		{"gossip key", bytes.Repeat([]byte{7}, 32), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.GossipKey = tc.gossipKey
+			var logs bytes.Buffer
+			node, err := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			node.closeOpened()
+			n := strings.Count(logs.String(), warning)
+			switch {
+			case tc.warns && (n != 1 || !strings.Contains(logs.String(), "level=WARN") ||
+				!strings.Contains(logs.String(), "KURA_GOSSIP_KEY") || !strings.Contains(logs.String(), "KURA_INTERNAL_TLS_")):
+				t.Fatalf("want one WARN naming KURA_GOSSIP_KEY and KURA_INTERNAL_TLS_*, got %d in:\n%s", n, logs.String())
+			case !tc.warns && n != 0:
+				t.Fatalf("warned with a gossip key:\n%s", logs.String())
+			}
+		})
+	}
+}

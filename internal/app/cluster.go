@@ -28,13 +28,18 @@ func (a *App) buildCluster() error {
 			return fmt.Errorf("load the internal plane's TLS files: %w", err)
 		}
 	}
+	a.warnIfInternalPlaneOpen()
+	// The gossip key also keys the internal plane's credential, with mTLS on too: a leaked
+	// certificate alone, or a leaked gossip key alone, then does not open the plane.
 	a.peerClient = peer.NewClient(peer.ClientConfig{
 		TLS:        clientTLS,
+		PlaneKey:   cfg.GossipKey,
 		Logger:     a.logger.With("component", "peer-client"),
 		Registerer: a.registry,
 	})
 	a.peerServer = peer.NewServer(peer.ServerConfig{
 		TLS:              serverTLS,
+		PlaneKey:         cfg.GossipKey,
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		Logger:           a.logger.With("component", "peer-server"),
 		Registerer:       a.registry,
@@ -102,6 +107,20 @@ func (a *App) buildCluster() error {
 		return fmt.Errorf("build anti-entropy: %w", err)
 	}
 	return nil
+}
+
+// warnIfInternalPlaneOpen logs, once at startup, that without mTLS and without a gossip key
+// anyone who can reach KURA_INTERNAL_PORT can push objects and tombstones into the mesh. It
+// is a warning, not an error, so that a single node or a trusted network starts with no
+// configuration at all.
+func (a *App) warnIfInternalPlaneOpen() {
+	if a.cfg.InternalTLS.Enabled() || len(a.cfg.GossipKey) > 0 {
+		return
+	}
+	a.logger.Warn("internal plane is open: anyone who can reach KURA_INTERNAL_PORT can push objects and tombstones into this node; "+
+		"close it with KURA_GOSSIP_KEY (the same on every node, e.g. `head -c 32 /dev/urandom | base64`) "+
+		"or the three KURA_INTERNAL_TLS_* files (mTLS), or both",
+		"port", a.cfg.InternalPort)
 }
 
 // addClusterActors adds membership, the internal plane, the outbox dispatcher, the sweeper and

@@ -1,0 +1,287 @@
+package peer
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	grpcpeer "google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// The internal plane's credential. With a gossip key configured, every call carries
+//
+//	x-kura-internal-auth: v1:<unix-millis>:<base64url, unpadded, of HMAC-SHA256(k, "<full method>\n<unix-millis>")>
+//
+// where k = HKDF-SHA256(gossip key, no salt, info planeKeyInfo). Deriving k keeps the AES key
+// memberlist encrypts with from ever being used as an HMAC key too, and the info string
+// versions the scheme. Binding the full method means a credential captured on a listing
+// cannot be replayed as a push; the timestamp bounds replay to the skew window.
+const (
+	credentialHeader  = "x-kura-internal-auth" // gRPC metadata keys are lower case
+	credentialVersion = "v1"
+	planeKeyInfo      = "kura internal plane v1"
+	// maxCredentialBytes bounds what the parser looks at: "v1:" + 19 digits + ":" + 43.
+	maxCredentialBytes = 128
+	// maxMillisDigits is the number of digits of the largest int64.
+	maxMillisDigits = 19
+)
+
+// DefaultCredentialSkew is how far a credential's timestamp may be from the checking node's
+// clock, either way. A credential seen on the wire can be replayed for the same method within
+// the window, so it stays short; it is still far wider than the milliseconds NTP keeps nodes
+// apart, and covers a node whose clock sync lags plus the time a call spends between being
+// signed and arriving (connecting, at most DialTimeout, and waiting for a stream slot).
+const DefaultCredentialSkew = 2 * time.Minute
+
+// refusalLogInterval is how often at most the server logs a refusal of one reason: a scanner
+// knocking on the port gets one WARN line per reason and interval, with the count of those
+// it suppressed, while the metric counts every one.
+const refusalLogInterval = 30 * time.Second
+
+// Reasons of kura_internal_auth_refusals_total.
+const (
+	refusalMissing   = "missing"        // no credential: an open client, a scanner, a node without KURA_GOSSIP_KEY
+	refusalMalformed = "malformed"      // not a v1 credential
+	refusalBad       = "bad_credential" // well formed, wrong key: KURA_GOSSIP_KEY differs
+	refusalSkew      = "skew"           // right key, timestamp outside the window: a clock is off
+)
+
+var refusalReasons = []string{refusalMissing, refusalMalformed, refusalBad, refusalSkew}
+
+// derivePlaneKey derives the HMAC key from the gossip key. It cannot fail for the 16, 24 or
+// 32-byte keys the configuration accepts, so a failure is a programming error.
+func derivePlaneKey(gossipKey []byte) []byte {
+	k, err := hkdf.Key(sha256.New, gossipKey, nil, planeKeyInfo, sha256.Size)
+	if err != nil {
+		panic(fmt.Sprintf("derive the internal plane's key: %v", err))
+	}
+	return k
+}
+
+// credential is a parsed credential header.
+type credential struct {
+	millis int64 // the signer's clock, Unix milliseconds
+	mac    [sha256.Size]byte
+}
+
+func credentialMAC(key []byte, method string, millis int64) [sha256.Size]byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(method))
+	m.Write([]byte{'\n'})
+	m.Write(strconv.AppendInt(nil, millis, 10))
+	var out [sha256.Size]byte
+	m.Sum(out[:0])
+	return out
+}
+
+// formatCredential is the header value for a call of method signed at millis.
+func formatCredential(key []byte, method string, millis int64) string {
+	mac := credentialMAC(key, method, millis)
+	return credentialVersion + ":" + strconv.FormatInt(millis, 10) + ":" + base64.RawURLEncoding.EncodeToString(mac[:])
+}
+
+// parseCredential decodes a header value. It accepts only the canonical form
+// formatCredential produces (decimal without sign or leading zeros, unpadded base64url of
+// exactly 32 bytes), so one credential has one spelling.
+func parseCredential(s string) (credential, error) {
+	var c credential
+	if len(s) > maxCredentialBytes {
+		return c, fmt.Errorf("%d bytes, at most %d", len(s), maxCredentialBytes)
+	}
+	version, rest, ok := strings.Cut(s, ":")
+	if !ok || version != credentialVersion {
+		return c, errors.New("not a v1 credential")
+	}
+	ts, mac, ok := strings.Cut(rest, ":")
+	if !ok {
+		return c, errors.New("no MAC")
+	}
+	if ts == "" || len(ts) > maxMillisDigits || (ts[0] == '0' && len(ts) > 1) || strings.Trim(ts, "0123456789") != "" {
+		return c, errors.New("timestamp is not canonical decimal milliseconds")
+	}
+	millis, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return c, errors.New("timestamp out of range")
+	}
+	if base64.RawURLEncoding.EncodedLen(sha256.Size) != len(mac) {
+		return c, errors.New("MAC is not 32 bytes of unpadded base64url")
+	}
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(mac)
+	if err != nil || len(raw) != sha256.Size {
+		return c, errors.New("MAC is not 32 bytes of unpadded base64url")
+	}
+	c.millis = millis
+	copy(c.mac[:], raw)
+	return c, nil
+}
+
+// signer attaches credentials to outgoing calls.
+type signer struct {
+	key []byte // derived
+	now func() time.Time
+}
+
+func (s signer) attach(ctx context.Context, method string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, credentialHeader, formatCredential(s.key, method, s.now().UnixMilli()))
+}
+
+func (s signer) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return invoker(s.attach(ctx, method), method, req, reply, cc, opts...)
+}
+
+func (s signer) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return streamer(s.attach(ctx, method), desc, cc, method, opts...)
+}
+
+// CredentialInterceptors returns client interceptors that attach the credential derived
+// from gossipKey (KURA_GOSSIP_KEY, decoded) to every call, for tools and tests that dial a
+// node's internal plane on a grpc.ClientConn of their own. The Client installs them itself
+// (ClientConfig.PlaneKey). With an empty key they pass calls through unchanged, as a node
+// without a gossip key does.
+func CredentialInterceptors(gossipKey []byte) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
+	if len(gossipKey) == 0 {
+		return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				return invoker(ctx, method, req, reply, cc, opts...)
+			}, func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				return streamer(ctx, desc, cc, method, opts...)
+			}
+	}
+	s := signer{key: derivePlaneKey(gossipKey), now: time.Now}
+	return s.unary, s.stream
+}
+
+// checker verifies the credential of every incoming call before its handler runs, so a
+// refused push never reaches the store.
+type checker struct {
+	key      []byte // derived
+	skew     time.Duration
+	now      func() time.Time
+	refusals *prometheus.CounterVec // reason
+	log      *refusalLog
+}
+
+func newChecker(cfg ServerConfig, log *slog.Logger, now func() time.Time) (*checker, error) {
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	refusals, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kura_internal_auth_refusals_total",
+		Help: "Internal-plane calls refused for their credential, by reason (missing, malformed, bad_credential, skew).",
+	}, []string{"reason"}))
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range refusalReasons {
+		refusals.WithLabelValues(r) // exported at zero, so a dashboard sees the check is on
+	}
+	c := &checker{key: derivePlaneKey(cfg.PlaneKey), skew: cfg.CredentialSkew, now: now, refusals: refusals,
+		log: &refusalLog{log: log, every: refusalLogInterval, now: now, last: map[string]time.Time{}, suppressed: map[string]int{}}}
+	if c.skew <= 0 {
+		c.skew = DefaultCredentialSkew
+	}
+	return c, nil
+}
+
+func (c *checker) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := c.verify(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (c *checker) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := c.verify(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}
+
+// verify returns nil for a valid credential, else the UNAUTHENTICATED status to answer with.
+func (c *checker) verify(ctx context.Context, method string) error {
+	reason, msg := c.refuse(ctx, method)
+	if reason == "" {
+		return nil
+	}
+	c.refusals.WithLabelValues(reason).Inc()
+	c.log.refused(ctx, reason, method, msg)
+	return status.Error(codes.Unauthenticated, "internal plane: "+msg)
+}
+
+// refuse returns why the call's credential is not accepted ("" when it is) and the message
+// for the caller. The MAC is checked before the timestamp, so a skew refusal always comes
+// from a node holding the key: then it is worth telling by how much its clock is off.
+func (c *checker) refuse(ctx context.Context, method string) (reason, msg string) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	values := md.Get(credentialHeader)
+	switch len(values) {
+	case 0:
+		return refusalMissing, "missing credential (the calling node needs the same KURA_GOSSIP_KEY)"
+	case 1:
+	default:
+		return refusalMalformed, fmt.Sprintf("malformed credential: %d values of %s", len(values), credentialHeader)
+	}
+	cred, err := parseCredential(values[0])
+	if err != nil {
+		return refusalMalformed, "malformed credential: " + err.Error()
+	}
+	want := credentialMAC(c.key, method, cred.millis)
+	if !hmac.Equal(want[:], cred.mac[:]) {
+		return refusalBad, "bad credential (KURA_GOSSIP_KEY differs between the nodes)"
+	}
+	offset := time.UnixMilli(cred.millis).Sub(c.now())
+	if offset > c.skew || offset < -c.skew {
+		side := "ahead of"
+		if offset < 0 {
+			side = "behind"
+		}
+		return refusalSkew, fmt.Sprintf("timestamp outside the allowed skew: the caller's clock is %s %s this node's, at most %s allowed",
+			offset.Abs().Round(time.Millisecond), side, c.skew)
+	}
+	return "", ""
+}
+
+// refusalLog writes at most one WARN line per reason and interval.
+type refusalLog struct {
+	log   *slog.Logger
+	every time.Duration
+	now   func() time.Time
+
+	mu         sync.Mutex
+	last       map[string]time.Time // reason → when it was last logged
+	suppressed map[string]int       // reason → refusals not logged since
+}
+
+func (l *refusalLog) refused(ctx context.Context, reason, method, msg string) {
+	now := l.now()
+	l.mu.Lock()
+	if last, ok := l.last[reason]; ok && now.Sub(last) < l.every && now.Sub(last) >= 0 {
+		l.suppressed[reason]++
+		l.mu.Unlock()
+		return
+	}
+	suppressed := l.suppressed[reason]
+	l.last[reason], l.suppressed[reason] = now, 0
+	l.mu.Unlock()
+	remote := "unknown"
+	if p, ok := grpcpeer.FromContext(ctx); ok && p.Addr != nil {
+		remote = p.Addr.String()
+	}
+	l.log.Warn("internal plane: refused a call without a valid credential",
+		"reason", reason, "remote", remote, "method", methodName(method), "detail", msg,
+		"suppressed_since_last", suppressed, "log_interval", l.every)
+}
