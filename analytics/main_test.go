@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -39,16 +41,9 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// fakeClock is a settable wall clock.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newFakeClock() *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
-	return c
+func newFakeClock() *testsupport.Clock {
+	return testsupport.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // batch is one webhook request the receiver accepted as correctly signed.
 type batch struct {
@@ -154,39 +149,21 @@ func (rc *receiver) byPath(path string) []batch {
 	return out
 }
 
-// lockedBuffer collects log output written and read from different goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // fixture is a Reporter aimed at a receiver, with its registry, clock and logs.
 type fixture struct {
 	t     testing.TB
 	rc    *receiver
 	r     *Reporter
 	reg   *prometheus.Registry
-	clock *fakeClock
-	logs  *lockedBuffer
+	clock *testsupport.Clock
+	logs  *testsupport.LockedBuffer
 }
 
 // newFixture builds a Reporter that sends every event at once (batch size 1) and whose
 // breaker never opens, unless mod says otherwise. The clock is fake unless mod clears Now.
 func newFixture(t testing.TB, mod func(*Config)) *fixture {
 	t.Helper()
-	f := &fixture{t: t, rc: newReceiver(t), reg: prometheus.NewRegistry(), clock: newFakeClock(), logs: &lockedBuffer{}}
+	f := &fixture{t: t, rc: newReceiver(t), reg: prometheus.NewRegistry(), clock: newFakeClock(), logs: &testsupport.LockedBuffer{}}
 	cfg := Config{
 		ServerURL:               f.rc.srv.URL,
 		SigningKey:              testKey,

@@ -9,9 +9,10 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/internal/testsupport"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -54,16 +55,10 @@ func closeOnCleanup(t testing.TB, db *meta.DB) (closeNow func()) {
 	return closeNow
 }
 
-// fakeClock is a settable wall clock.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newFakeClock() *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
-	return c
+// newFakeClock is a settable clock at a fixed date.
+func newFakeClock() *testsupport.Clock {
+	return testsupport.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // delivery is one push the fake sender received.
 type delivery struct {
@@ -131,7 +126,7 @@ type fixture struct {
 	store   storage.Store
 	sender  *fakeSender
 	reg     *prometheus.Registry
-	clock   *fakeClock
+	clock   *testsupport.Clock
 	o       *Outbox
 }
 

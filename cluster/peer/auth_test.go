@@ -7,10 +7,11 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/internal/testsupport"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -299,37 +300,13 @@ func TestCredentialInterceptors(t *testing.T) {
 	expectRefused(t, "interceptors without a key", err, "missing credential")
 }
 
-// syncBuffer is a log sink the server's handler goroutines may write to while a test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) lines(substr string) []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(b.buf.String(), "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 // A scanner gets one WARN line per reason and interval, with the remote address and the
 // number of refusals left out since the previous line; the metric counts every refusal.
 func TestCredentialRefusalLogIsRateLimited(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano())
 	clock := func() time.Time { return time.Unix(0, now.Load()) }
-	var logs syncBuffer
+	var logs testsupport.LockedBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	p := startPlane(t, diskStore(t), ServerConfig{PlaneKey: clusterKey, Now: clock, Logger: logger}, ClientConfig{})
 	rc := rawClient(t, p.addr)
@@ -342,7 +319,7 @@ func TestCredentialRefusalLogIsRateLimited(t *testing.T) {
 	}
 	const refusedLine = "refused a call without a valid credential"
 	scan(5)
-	got := logs.lines(refusedLine)
+	got := logs.Lines(refusedLine)
 	if len(got) != 1 || !strings.Contains(got[0], "level=WARN") || !strings.Contains(got[0], "reason=missing") ||
 		!strings.Contains(got[0], "remote=127.0.0.1:") || !strings.Contains(got[0], "method=ListTombstones") {
 		t.Fatalf("after 5 refusals, log lines %q; want one WARN with reason, remote address and method", got)
@@ -350,12 +327,12 @@ func TestCredentialRefusalLogIsRateLimited(t *testing.T) {
 	// Another reason has its own budget.
 	c := newTestClient(t, ClientConfig{PlaneKey: intruderKey})
 	expectRefused(t, "wrong key", exerciseAll(ctx, c, p.addr, "logged"), "bad credential")
-	if got := logs.lines(refusedLine); len(got) != 2 || !strings.Contains(got[1], "reason=bad_credential") {
+	if got := logs.Lines(refusedLine); len(got) != 2 || !strings.Contains(got[1], "reason=bad_credential") {
 		t.Fatalf("log lines %q; want a second one for bad_credential", got)
 	}
 	now.Add(int64(refusalLogInterval))
 	scan(1)
-	got = logs.lines("reason=missing")
+	got = logs.Lines("reason=missing")
 	if len(got) != 2 || !strings.Contains(got[1], "suppressed_since_last=4") {
 		t.Fatalf("after the interval, lines %q; want a second missing line counting the 4 suppressed", got)
 	}
@@ -363,7 +340,7 @@ func TestCredentialRefusalLogIsRateLimited(t *testing.T) {
 		t.Errorf("refusals{reason=missing} = %v, want 6 (every refusal counted)", got)
 	}
 	// Refusals do not also come out through the generic failure line.
-	if got := logs.lines("internal-plane request failed"); len(got) != 0 {
+	if got := logs.Lines("internal-plane request failed"); len(got) != 0 {
 		t.Fatalf("refusals logged as failures too: %q", got)
 	}
 }

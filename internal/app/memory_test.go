@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kuracache/kura/internal/config"
@@ -354,7 +356,7 @@ func TestGoMemoryLimitFollowsTheHardWatermark(t *testing.T) {
 			}
 			before := debug.SetMemoryLimit(-1)
 			cfg := nodeConfig(t, "limit")
-			var logs lockedBuffer
+			var logs testsupport.LockedBuffer
 			a, err := newApp(cfg, slog.New(slog.NewTextHandler(&logs, nil)), options{
 				memorySample: func() (int64, error) { return 0, nil },
 			})
@@ -386,21 +388,4 @@ func TestGoMemoryLimitFollowsTheHardWatermark(t *testing.T) {
 			}
 		})
 	}
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

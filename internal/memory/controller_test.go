@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -34,17 +36,12 @@ func (f *fakeSampler) Sample() (int64, error) {
 	return f.v.Load(), nil
 }
 
-type fakeClock struct{ ns atomic.Int64 }
-
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
-
 // harness is a controller over a fake sampler and clock that records every reaction in order.
 type harness struct {
 	t       *testing.T
 	c       *Controller
 	s       *fakeSampler
-	clock   *fakeClock
+	clock   *testsupport.Clock
 	reg     *prometheus.Registry
 	logs    *bytes.Buffer
 	mu      sync.Mutex
@@ -56,8 +53,7 @@ type harness struct {
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, s: &fakeSampler{}, clock: &fakeClock{}, reg: prometheus.NewRegistry(), logs: &bytes.Buffer{}}
-	h.clock.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	h := &harness{t: t, s: &fakeSampler{}, clock: testsupport.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)), reg: prometheus.NewRegistry(), logs: &bytes.Buffer{}}
 	cfg := Config{
 		Soft: 1000, Hard: 2000, Sample: h.s.Sample, Now: h.clock.Now,
 		FreeOSMemory: func() { h.freeOS.Add(1); h.record("freeos") },
