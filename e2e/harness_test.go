@@ -448,9 +448,11 @@ type UpStatus struct {
 	Node           string   `json:"node"`
 	NodeURL        string   `json:"node_url"`
 	ConnectedNodes []string `json:"connected_nodes"`
-	RingMembers    []string `json:"ring_members"`
+	RingMembers    int      `json:"ring_members"`
+	RingNames      []string `json:"ring_member_names"`
 	Members        []string `json:"members"`
 	Nodes          []string `json:"nodes"`
+	State          string   `json:"state"`
 }
 
 // freePorts returns k distinct loopback ports that were free for TCP and UDP at the time of

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
@@ -46,6 +47,8 @@ type harnessOpts struct {
 	limits  func(*limits)
 	guard   Guard
 	members Membership
+	// lifecycle is the node's traffic state (nil: always serving).
+	lifecycle *lifecycle.Node
 	// events receives the analytics events (nil: analytics off).
 	events EventRecorder
 	// wrap replaces the store and multipart seen by the server (fault injection).
@@ -83,7 +86,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		o.cfg(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Registerer: reg, Gatherer: reg})
+	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Lifecycle: o.lifecycle, Registerer: reg, Gatherer: reg})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

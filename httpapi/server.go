@@ -14,6 +14,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -76,7 +77,9 @@ type Deps struct {
 	Multipart storage.Multipart // required (module cache)
 	Members   Membership        // nil: /up reports this node alone
 	Guard     Guard             // nil: allow everything
-	Analytics EventRecorder     // nil: no analytics events
+	// Lifecycle is the node's traffic state; nil: always serving, requests not tracked.
+	Lifecycle *lifecycle.Node
+	Analytics EventRecorder // nil: no analytics events
 	// Registerer receives the kura_http_* and kura_artifact_* metrics. Gatherer is served on
 	// /metrics. When both are nil a private registry is used for both.
 	Registerer prometheus.Registerer
@@ -92,19 +95,21 @@ type limits struct {
 
 // Server is the public HTTP API. Create it with New; it is safe for concurrent use.
 type Server struct {
-	cfg      Config
-	store    storage.Store
-	mp       storage.Multipart
-	members  Membership
-	guard    Guard
-	events   EventRecorder // nil: analytics off
-	log      *slog.Logger
-	metrics  *metrics
-	gatherer prometheus.Gatherer
-	limits   limits
-	idle     time.Duration
-	echo     *echo.Echo
-	srv      *http.Server
+	cfg     Config
+	store   storage.Store
+	mp      storage.Multipart
+	members Membership
+	guard   Guard
+	events  EventRecorder // nil: analytics off
+	// lifecycle is nil when the server runs outside a node (tests, embedding).
+	lifecycle *lifecycle.Node
+	log       *slog.Logger
+	metrics   *metrics
+	gatherer  prometheus.Gatherer
+	limits    limits
+	idle      time.Duration
+	echo      *echo.Echo
+	srv       *http.Server
 	// routes maps echo's ":param" patterns to the "{param}" form used in metric labels and
 	// policy contexts (the original Kura's route syntax, which operator scripts match on).
 	routes map[string]string
@@ -157,16 +162,17 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:      cfg,
-		store:    deps.Store,
-		mp:       deps.Multipart,
-		members:  deps.Members,
-		guard:    deps.Guard,
-		events:   deps.Analytics,
-		log:      logger,
-		metrics:  m,
-		gatherer: gat,
-		idle:     cfg.BodyIdleTimeout,
+		cfg:       cfg,
+		store:     deps.Store,
+		mp:        deps.Multipart,
+		members:   deps.Members,
+		guard:     deps.Guard,
+		lifecycle: deps.Lifecycle,
+		events:    deps.Analytics,
+		log:       logger,
+		metrics:   m,
+		gatherer:  gat,
+		idle:      cfg.BodyIdleTimeout,
 		limits: limits{
 			keyValue:     cfg.MaxKeyValueBytes,
 			xcode:        cfg.MaxXcodeBytes,
@@ -185,7 +191,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// twice, and everything worth saying goes through slog.
 	e.Logger.SetOutput(io.Discard)
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.observe, s.boundBodyDrain, s.recoverPanic)
+	e.Use(s.observe, s.admit, s.boundBodyDrain, s.recoverPanic)
 	s.echo = e
 	s.registerRoutes()
 	s.srv = &http.Server{
@@ -207,6 +213,7 @@ func (s *Server) route(method, pattern string, h echo.HandlerFunc) {
 
 func (s *Server) registerRoutes() {
 	s.route(http.MethodGet, "/up", s.handleUp)
+	s.route(http.MethodGet, "/ready", s.handleReady)
 	s.route(http.MethodGet, "/metrics", s.handleMetrics())
 
 	s.registerXcode()

@@ -477,6 +477,43 @@ func (o *Outbox) Depth(peer string) int64 {
 	return 0
 }
 
+// flushPoll is how often Flush looks at the queues: a drain waits on it at most this much
+// longer than the last delivery takes.
+const flushPoll = 20 * time.Millisecond
+
+// Flush waits until the queues of every present peer are empty, or ctx ends (its error is
+// returned with the number of entries still queued). Run must be running for anything to be
+// delivered; a drain calls it after the front ends stopped taking writes.
+func (o *Outbox) Flush(ctx context.Context) error {
+	t := time.NewTicker(flushPoll)
+	defer t.Stop()
+	for {
+		pending := o.pendingPresent()
+		if pending == 0 {
+			return nil
+		}
+		o.kick()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flush the outbox: %d entries still queued: %w", pending, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// pendingPresent is the number of entries queued for peers that are present.
+func (o *Outbox) pendingPresent() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var n int64
+	for _, p := range o.peers {
+		if p.present {
+			n += max(p.depth.Load(), 0)
+		}
+	}
+	return n
+}
+
 type queueSnapshot struct {
 	name   string
 	depth  int64

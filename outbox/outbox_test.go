@@ -782,3 +782,31 @@ func TestConcurrentWritersAreDeliveredExactlyOnce(t *testing.T) {
 		return f.o.Depth("a") == 0 && f.o.Depth("b") == 0 && len(f.queued("a")) == 0 && len(f.queued("b")) == 0
 	})
 }
+
+func TestFlushWaitsForPresentQueues(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.o.SetTargets([]Target{{Name: "a", Addr: "A"}})
+	f.o.SetPaused(true)
+	for i := range 5 {
+		f.commit(f.put(fmt.Sprintf("k%d", i), "v"))
+	}
+	f.run()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := f.o.Flush(ctx); err == nil || !strings.Contains(err.Error(), "5 entries still queued") {
+		t.Fatalf("Flush while paused: %v, want the deadline with 5 entries queued", err)
+	}
+	f.o.SetPaused(false)
+	if err := f.o.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(f.sender.to("A")); got != 5 {
+		t.Fatalf("%d delivered after Flush, want 5", got)
+	}
+	// A departed peer's queue is kept for its return, not flushed.
+	f.o.SetTargets(nil)
+	f.commit(f.put("after", "v"))
+	if err := f.o.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

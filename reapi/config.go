@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -116,6 +117,8 @@ type Deps struct {
 	Logger *slog.Logger
 	// Guard, when set, decides every call but health checks (see (*Server).ServerOptions).
 	Guard Guard
+	// Lifecycle, when set, counts calls in flight and refuses new ones while the node drains.
+	Lifecycle *lifecycle.Node
 }
 
 // Keepalive policy. Bazel and Buck2 keep long-lived channels; the server pings idle

@@ -54,12 +54,21 @@ func operationOf(fullMethod string) (op string, exempt bool) {
 	return policy.OpRequest, false
 }
 
-// ServerOptions returns the package-level ServerOptions of the server's configuration plus,
-// when the server has a Guard, the policy interceptors.
+// ServerOptions returns the package-level ServerOptions of the server's configuration plus
+// the server's interceptors: admission (a draining node refuses new calls), then, when the
+// server has a Guard, the policy.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := ServerOptions(s.cfg)
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	if s.lifecycle != nil {
+		unary, stream = append(unary, s.unaryAdmit), append(stream, s.streamAdmit)
+	}
 	if s.guard != nil {
-		opts = append(opts, grpc.ChainUnaryInterceptor(s.unaryPolicy), grpc.ChainStreamInterceptor(s.streamPolicy))
+		unary, stream = append(unary, s.unaryPolicy), append(stream, s.streamPolicy)
+	}
+	if len(unary) > 0 {
+		opts = append(opts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	}
 	return opts
 }

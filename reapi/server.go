@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -30,6 +31,8 @@ type Server struct {
 	codecs  *codecs
 	health  *health.Server
 	guard   Guard
+	// lifecycle is nil outside a node (tests): no call is refused or counted.
+	lifecycle *lifecycle.Node
 }
 
 // New validates cfg and builds the services.
@@ -57,13 +60,14 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		cfg:     cfg.withDefaults(),
-		store:   deps.Store,
-		log:     logger,
-		metrics: m,
-		codecs:  c,
-		health:  health.NewServer(),
-		guard:   deps.Guard,
+		cfg:       cfg.withDefaults(),
+		store:     deps.Store,
+		log:       logger,
+		metrics:   m,
+		codecs:    c,
+		health:    health.NewServer(),
+		guard:     deps.Guard,
+		lifecycle: deps.Lifecycle,
 	}, nil
 }
 

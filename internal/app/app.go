@@ -1,17 +1,13 @@
 package app
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
 
-	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
@@ -20,6 +16,7 @@ import (
 	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/httpapi"
 	"github.com/kuracache/kura/internal/config"
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/internal/memory"
 	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/outbox"
@@ -33,10 +30,6 @@ import (
 
 // Version is the build's version, set with -ldflags "-X github.com/kuracache/kura/internal/app.Version=…".
 var Version = "dev"
-
-// ShutdownTimeout bounds the graceful drain after SIGTERM. It stays below Kubernetes' default
-// 30 s termination grace period so the drain finishes before the kubelet's SIGKILL.
-const ShutdownTimeout = 25 * time.Second
 
 // App is one running Kura node.
 type App struct {
@@ -60,6 +53,9 @@ type App struct {
 
 	// memory keeps the node within its memory watermarks (SPEC §6).
 	memory *memory.Controller
+
+	// life is the node's traffic state (joining, serving, draining) and its requests in flight.
+	life *lifecycle.Node
 
 	// policy runs the operator's Lua hooks before every public request; nil when off.
 	policy *policy.Engine
@@ -92,6 +88,9 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 			a.closeOpened()
 		}
 	}()
+	if a.life, err = lifecycle.New(a.registry); err != nil {
+		return nil, err
+	}
 
 	// The store is opened first, but its replication hooks call into the outbox and the
 	// sweeper, which need the store to exist: they are bound late, through atomics, before any
@@ -181,6 +180,7 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Multipart:  a.store,
 		Members:    membersView{a.cluster},
 		Guard:      httpGuard,
+		Lifecycle:  a.life,
 		Analytics:  events,
 		Registerer: a.registry,
 		Gatherer:   a.registry,
@@ -196,6 +196,7 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Registerer: a.registry,
 		Logger:     logger.With("component", "reapi"),
 		Guard:      grpcGuard,
+		Lifecycle:  a.life,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the REAPI services: %w", err)
@@ -262,104 +263,6 @@ func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 
 // GRPCAddr is the bound REAPI address.
 func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
-
-// Run serves until ctx is cancelled or a server fails, then drains within ShutdownTimeout
-// and closes the store. It returns the first server error, or nil after a clean shutdown.
-func (a *App) Run(ctx context.Context) error {
-	a.logger.Info("kura serving",
-		"http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "internal", a.internalLn.Addr().String(),
-		"gossip", a.cluster.Self().GossipAddr, "node", a.cfg.NodeName,
-		"region", a.cfg.Region, "tenant_id", a.cfg.TenantID, "version", Version)
-	a.logPolicy()
-	a.logAnalytics()
-
-	var g run.Group
-	{
-		stop := make(chan struct{})
-		g.Add(func() error {
-			<-stop
-			return nil
-		}, func(error) { close(stop) })
-		ctxDone := ctx.Done()
-		g.Add(func() error {
-			select {
-			case <-ctxDone:
-				a.logger.Info("shutting down: draining in-flight requests", "timeout", ShutdownTimeout)
-				return nil
-			case <-stop:
-				return nil
-			}
-		}, func(error) {})
-	}
-	g.Add(func() error {
-		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve HTTP: %w", err)
-		}
-		return nil
-	}, func(error) {
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		if err := a.http.Shutdown(shutdownCtx); err != nil {
-			a.logger.Warn("HTTP drain incomplete", "err", err)
-		}
-	})
-	g.Add(func() error {
-		if err := a.grpc.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("serve gRPC: %w", err)
-		}
-		return nil
-	}, func(error) {
-		// Health checks fail first, so load balancers stop routing here during the drain.
-		a.reapi.SetServing(false)
-		stopGracefully(a.grpc, ShutdownTimeout)
-	})
-	if a.analytics != nil {
-		// Added after the front ends: run.Group interrupts actors in order and the HTTP
-		// interrupt returns only once the drain is over, so the final flush also carries the
-		// events of the requests that finished during the drain. The flush is bounded by
-		// min(request timeout, 2 s).
-		analyticsCtx, stopAnalytics := context.WithCancel(context.Background())
-		g.Add(func() error { return a.analytics.Run(analyticsCtx) }, func(error) { stopAnalytics() })
-	}
-
-	a.addClusterActors(&g)
-	{
-		memCtx, stopMemory := context.WithCancel(context.Background())
-		g.Add(func() error { return a.memory.Run(memCtx) }, func(error) { stopMemory() })
-	}
-
-	err := g.Run()
-	if a.policy != nil {
-		_ = a.policy.Close() // stops JWKS refreshes; nothing to flush
-	}
-	if cerr := a.peerClient.Close(); cerr != nil {
-		a.logger.Warn("closing peer connections", "err", cerr)
-	}
-	if cerr := a.store.Close(); cerr != nil {
-		a.logger.Error("closing the store", "err", cerr)
-		if err == nil {
-			err = fmt.Errorf("close the store: %w", cerr)
-		}
-	}
-	a.logger.Info("kura stopped")
-	return err
-}
-
-// stopGracefully lets in-flight RPCs finish, then cuts off whatever is still running (a
-// ByteStream read of a huge blob, say) once the timeout passes.
-func stopGracefully(s *grpc.Server, timeout time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		s.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		s.Stop()
-		<-done
-	}
-}
 
 // closeOpened releases whatever New managed to open before it failed.
 func (a *App) closeOpened() {

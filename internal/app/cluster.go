@@ -3,11 +3,8 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
-
-	"github.com/oklog/run"
 
 	"github.com/kuracache/kura/cluster"
 	"github.com/kuracache/kura/cluster/peer"
@@ -121,36 +118,6 @@ func (a *App) warnIfInternalPlaneOpen() {
 		"close it with KURA_GOSSIP_KEY (the same on every node, e.g. `head -c 32 /dev/urandom | base64`) "+
 		"or the three KURA_INTERNAL_TLS_* files (mTLS), or both",
 		"port", a.cfg.InternalPort)
-}
-
-// addClusterActors adds membership, the internal plane, the outbox dispatcher, the sweeper and
-// the membership-to-outbox feed to the lifecycle group. They share one context, cancelled
-// when the group is interrupted.
-func (a *App) addClusterActors(g *run.Group) {
-	ctx, cancel := context.WithCancel(context.Background())
-	background := func(name string, fn func(context.Context) error) {
-		g.Add(func() error {
-			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			return nil
-		}, func(error) { cancel() })
-	}
-	background("gossip", a.cluster.Run)
-	background("outbox", a.outbox.Run)
-	background("anti-entropy", a.sweeper.Run)
-	background("replication targets", a.followMembership)
-
-	g.Add(func() error {
-		if err := a.peerServer.Serve(a.internalLn); err != nil {
-			return fmt.Errorf("serve the internal plane: %w", err)
-		}
-		return nil
-	}, func(error) {
-		stopCtx, stop := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer stop()
-		a.peerServer.Stop(stopCtx)
-	})
 }
 
 // followMembership keeps the outbox's replication targets equal to the live peers, and drops

@@ -47,9 +47,15 @@ func New(reg prometheus.Registerer) (*Node, error) {
 		Name: "kura_node_state",
 		Help: "Traffic state of this node: 1 for the current one of joining, serving, draining.",
 	}, []string{"state"})
+	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kura_requests_in_flight",
+		Help: "Public HTTP requests and gRPC calls being served now (what a drain waits for).",
+	}, func() float64 { return float64(n.InFlight()) })
 	if reg != nil {
-		if err := reg.Register(n.gauge); err != nil {
-			return nil, fmt.Errorf("register kura_node_state: %w", err)
+		for _, c := range []prometheus.Collector{n.gauge, inflight} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register the lifecycle metrics: %w", err)
+			}
 		}
 	}
 	n.publish(Joining)
