@@ -1,6 +1,7 @@
 package app
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kuracache/kura/analytics"
 	"github.com/kuracache/kura/cluster"
@@ -201,12 +203,22 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	if err != nil {
 		return nil, fmt.Errorf("build the REAPI services: %w", err)
 	}
-	a.grpc = grpc.NewServer(a.reapi.ServerOptions()...)
+	grpcOpts := a.reapi.ServerOptions()
+	var httpTLS *tls.Config
+	if cfg.PublicTLS.Enabled() {
+		var grpcTLS *tls.Config
+		if httpTLS, grpcTLS, err = a.publicTLS(); err != nil {
+			return nil, err
+		}
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(grpcTLS)))
+	}
+	a.grpc = grpc.NewServer(grpcOpts...)
 	a.reapi.Register(a.grpc)
 
 	if a.httpLn, err = listen(cfg.BindAddress, cfg.Port, "KURA_PORT"); err != nil {
 		return nil, err
 	}
+	a.httpLn = tlsListener(a.httpLn, httpTLS)
 	if a.grpcLn, err = listen(cfg.BindAddress, cfg.GRPCPort, "KURA_GRPC_PORT"); err != nil {
 		return nil, err
 	}
