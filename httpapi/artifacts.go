@@ -112,7 +112,7 @@ func (s *Server) readFailed(t target, err error) error {
 	} else if errors.Is(err, storage.ErrCorrupt) {
 		s.log.Warn("corrupt artifact answered as missing", "key", t.key.String(), "error", err)
 	}
-	s.metrics.read(t.surface, result, 0)
+	s.metrics.read(t, result, 0)
 	return ae
 }
 
@@ -138,7 +138,7 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 	h := w.Header()
 	if etagMatches(r.Header.Get("If-None-Match"), etag) {
 		h.Set("ETag", etag)
-		s.metrics.read(t.surface, resultHit, 0)
+		s.metrics.read(t, resultHit, 0)
 		return c.NoContent(http.StatusNotModified)
 	}
 	bp := copyBufs.Get().(*[]byte)
@@ -161,7 +161,7 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 			_ = rc.SetWriteDeadline(time.Now().Add(s.idle))
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				// The client went away or stalled past the idle timeout.
-				s.metrics.read(t.surface, resultError, sent)
+				s.metrics.read(t, resultError, sent)
 				s.log.Debug("send artifact", "key", t.key.String(), "sent", sent, "error", werr)
 				return nil
 			}
@@ -171,14 +171,14 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 			if errors.Is(rerr, io.EOF) {
 				break
 			}
-			s.metrics.read(t.surface, resultError, sent)
+			s.metrics.read(t, resultError, sent)
 			s.log.Error("artifact read failed mid-stream; aborting response", "key", t.key.String(),
 				"sent", sent, "size", info.Size, "error", rerr)
 			panic(http.ErrAbortHandler)
 		}
 		n, rerr = rd.Read(buf)
 	}
-	s.metrics.read(t.surface, resultHit, sent)
+	s.metrics.read(t, resultHit, sent)
 	s.recordTransfer(t, analytics.Download, sent)
 	return nil
 }
@@ -202,7 +202,7 @@ func (s *Server) statObject(c echo.Context, t target, status int) error {
 	if err != nil {
 		return s.readFailed(t, err)
 	}
-	s.metrics.read(t.surface, resultHit, 0)
+	s.metrics.read(t, resultHit, 0)
 	if status == http.StatusNoContent {
 		return c.NoContent(status)
 	}

@@ -31,6 +31,7 @@ type metrics struct {
 	writes     *prometheus.CounterVec
 	readBytes  *prometheus.CounterVec
 	writeBytes *prometheus.CounterVec
+	lookups    *telemetry.NamespaceLookups
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -56,13 +57,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, fmt.Errorf("register http metrics: %w", err)
 	}
 	m.reads, m.writes, m.readBytes, m.writeBytes = artifacts.Reads, artifacts.Writes, artifacts.ReadBytes, artifacts.WriteBytes
+	m.lookups = artifacts.Lookups
 	return m, nil
 }
 
-func (m *metrics) read(sf surface, result string, n int64) {
-	m.reads.WithLabelValues(string(sf.kind), sf.client, sf.class, result).Inc()
+func (m *metrics) read(t target, result string, n int64) {
+	m.reads.WithLabelValues(string(t.kind), t.client, t.class, result).Inc()
+	m.lookups.Observe(t.client, t.key.Tenant, t.key.Namespace, result)
 	if n > 0 {
-		m.readBytes.WithLabelValues(string(sf.kind), sf.client, sf.class).Add(float64(n))
+		m.readBytes.WithLabelValues(string(t.kind), t.client, t.class).Add(float64(n))
 	}
 }
 

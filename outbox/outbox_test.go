@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kuracache/kura/storage"
@@ -671,6 +674,17 @@ kura_outbox_oldest_entry_age_seconds{peer="a"} 0
 kura_outbox_oldest_entry_age_seconds{peer="b"} 0
 `), "kura_outbox_oldest_entry_age_seconds"); err != nil {
 		t.Fatal(err)
+	}
+	// Both writes reached both peers: two lag samples each, the first 90 s old at delivery.
+	for _, peer := range []string{"a", "b"} {
+		h := f.o.metrics.lag.WithLabelValues(peer).(prometheus.Histogram)
+		var m dto.Metric
+		if err := h.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if n, sum := m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum(); n != 2 || sum < 90 {
+			t.Fatalf("replication lag of %s: %d samples summing to %v s, want 2 summing to at least 90", peer, n, sum)
+		}
 	}
 }
 

@@ -474,6 +474,10 @@ func (o *Outbox) push(ctx context.Context, p *peer, it *item) bool {
 		return false
 	}
 	o.count(p, op, result)
+	if result == resultApplied || result == resultSkipped {
+		// The peer has the write now (or something newer): the lag is since its commit.
+		o.metrics.lag.WithLabelValues(p.name).Observe(o.now().Sub(it.entry.EnqueuedAt).Seconds())
+	}
 	return true
 }
 

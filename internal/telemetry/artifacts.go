@@ -3,6 +3,7 @@ package telemetry
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -14,6 +15,7 @@ type ArtifactMetrics struct {
 	Writes     *prometheus.CounterVec // kind, client, artifact_class, result
 	ReadBytes  *prometheus.CounterVec // kind, client, artifact_class
 	WriteBytes *prometheus.CounterVec // kind, client, artifact_class
+	Lookups    *NamespaceLookups      // protocol, tenant, namespace, result
 }
 
 // NewArtifactMetrics registers the artifact families on reg, or returns the ones already
@@ -45,6 +47,9 @@ func NewArtifactMetrics(reg prometheus.Registerer) (*ArtifactMetrics, error) {
 			return nil, err
 		}
 	}
+	if m.Lookups, err = RegisterOrReuse(reg, NewNamespaceLookups()); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 
@@ -62,4 +67,59 @@ func RegisterOrReuse[C prometheus.Collector](reg prometheus.Registerer, c C) (C,
 		}
 	}
 	return c, fmt.Errorf("register metrics: %w", err)
+}
+
+// maxNamespaceSeries bounds the namespaces NamespaceLookups keeps apart. Namespaces are
+// chosen by clients; past this many, lookups of new ones are counted under namespace
+// "_other" so a client inventing namespaces cannot grow the scrape without bound.
+const maxNamespaceSeries = 1000
+
+// otherNamespace is the namespace label of lookups past maxNamespaceSeries.
+const otherNamespace = "_other"
+
+// NamespaceLookups is kura_cache_lookups_total{protocol,tenant,namespace,result}: hits and
+// misses per protocol and namespace, the hit ratio build engineers ask for first. It is one
+// collector shared by every front end (register it with RegisterOrReuse), so the namespace
+// bound holds for the node.
+type NamespaceLookups struct {
+	vec *prometheus.CounterVec
+
+	mu   sync.Mutex
+	seen map[[2]string]struct{}
+}
+
+// NewNamespaceLookups builds the collector (not registered).
+func NewNamespaceLookups() *NamespaceLookups {
+	return &NamespaceLookups{
+		vec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_cache_lookups_total",
+			Help: "Cache reads by protocol, tenant, namespace and result (hit, miss); namespaces past the first 1000 count as _other.",
+		}, []string{"protocol", "tenant", "namespace", "result"}),
+		seen: map[[2]string]struct{}{},
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (n *NamespaceLookups) Describe(ch chan<- *prometheus.Desc) { n.vec.Describe(ch) }
+
+// Collect implements prometheus.Collector.
+func (n *NamespaceLookups) Collect(ch chan<- prometheus.Metric) { n.vec.Collect(ch) }
+
+// Observe counts one read; results other than hit and miss (errors, refusals) are not
+// lookups and are ignored.
+func (n *NamespaceLookups) Observe(protocol, tenant, namespace, result string) {
+	if result != "hit" && result != "miss" {
+		return
+	}
+	k := [2]string{tenant, namespace}
+	n.mu.Lock()
+	if _, ok := n.seen[k]; !ok {
+		if len(n.seen) >= maxNamespaceSeries {
+			tenant, namespace = otherNamespace, otherNamespace
+		} else {
+			n.seen[k] = struct{}{}
+		}
+	}
+	n.mu.Unlock()
+	n.vec.WithLabelValues(protocol, tenant, namespace, result).Inc()
 }

@@ -3,9 +3,11 @@ package telemetry
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -62,5 +64,35 @@ kura_node_info{node="n1",region="eu",tenant_id="acme",version="dev"} 1
 	}
 	if !sawGo {
 		t.Fatal("Go runtime collector missing")
+	}
+}
+
+func TestNamespaceLookupsAreSharedAndBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a, err := NewArtifactMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewArtifactMetrics(reg) // the second front end on the same registry
+	if err != nil || b.Lookups != a.Lookups {
+		t.Fatalf("the second front end got its own lookups collector (%v)", err)
+	}
+	a.Lookups.Observe("nx", "acme", "web", "hit")
+	b.Lookups.Observe("reapi", "acme", "web", "miss")
+	a.Lookups.Observe("nx", "acme", "web", "error") // not a lookup
+	for i := range maxNamespaceSeries + 10 {
+		a.Lookups.Observe("gradle", "acme", fmt.Sprintf("ns-%d", i), "hit")
+	}
+	if got := testutil.ToFloat64(a.Lookups.vec.WithLabelValues("nx", "acme", "web", "hit")); got != 1 {
+		t.Fatalf("nx hits = %v", got)
+	}
+	if got := testutil.ToFloat64(a.Lookups.vec.WithLabelValues("reapi", "acme", "web", "miss")); got != 1 {
+		t.Fatalf("reapi misses = %v", got)
+	}
+	if got := testutil.ToFloat64(a.Lookups.vec.WithLabelValues("gradle", otherNamespace, otherNamespace, "hit")); got != 11 {
+		t.Fatalf("lookups past the bound counted under _other: %v, want 11", got)
+	}
+	if n := testutil.CollectAndCount(a.Lookups); n > maxNamespaceSeries+3 {
+		t.Fatalf("%d series", n)
 	}
 }
