@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -150,7 +149,10 @@ func TestChartLintsAndRendersValidManifests(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%d manifests decoded strictly", m.count)
-			checkRendering(t, c.want, m, known)
+			env := checkRendering(t, c.want, m, known)
+			if c.name == "defaults" {
+				checkDefaultsMatchKura(t, env, known)
+			}
 		})
 	}
 }
@@ -177,7 +179,8 @@ func TestChartRejectsIncompleteValues(t *testing.T) {
 	}
 }
 
-func checkRendering(t *testing.T, w want, m *manifests, known *knownVariables) {
+// checkRendering checks one rendering and returns the environment of its first pod.
+func checkRendering(t *testing.T, w want, m *manifests, known *knownVariables) map[string]string {
 	t.Helper()
 	if len(m.statefulSets) != 1 {
 		t.Fatalf("%d StatefulSets, want 1", len(m.statefulSets))
@@ -249,7 +252,7 @@ func checkRendering(t *testing.T, w want, m *manifests, known *knownVariables) {
 		if errs := validation.IsEnvVarName(e.Name); len(errs) > 0 {
 			t.Errorf("env name %q: %v", e.Name, errs)
 		}
-		if strings.HasPrefix(e.Name, "KURA_") && !slices.Contains(w.userEnv, e.Name) && !known.has(t, e.Name) {
+		if strings.HasPrefix(e.Name, "KURA_") && !slices.Contains(w.userEnv, e.Name) && !known.has(e.Name) {
 			t.Errorf("env %s is not a variable kura reads (kura --help lists them)", e.Name)
 		}
 	}
@@ -265,7 +268,7 @@ func checkRendering(t *testing.T, w want, m *manifests, known *knownVariables) {
 		config.EnvGRPCPort:         portString(ports["grpc"]),
 		config.EnvGossipPort:       portString(ports["gossip-tcp"]),
 		config.EnvInternalPort:     portString(ports["internal"]),
-		envDrainTimeoutMS:          strconv.FormatInt(w.drainMS, 10),
+		config.EnvDrainTimeoutMS:   strconv.FormatInt(w.drainMS, 10),
 	}
 	for name, v := range wantEnv {
 		if got, ok := env[name]; !ok || got != v {
@@ -306,11 +309,22 @@ func checkRendering(t *testing.T, w want, m *manifests, known *knownVariables) {
 		}
 	}
 	checkServiceMonitor(t, w, m, headless, regular)
+	return env
 }
 
-// The drain deadline is new in SPEC §1 (issue 9); until internal/config reads it, the
-// known-variable check accepts it.
-const envDrainTimeoutMS = "KURA_DRAIN_TIMEOUT_MS"
+// checkDefaultsMatchKura: where the chart sets a variable by default, it sets kura's own
+// default, so the chart's defaults and `kura --help` tell the same story.
+func checkDefaultsMatchKura(t *testing.T, env map[string]string, known *knownVariables) {
+	t.Helper()
+	for _, name := range []string{
+		config.EnvBindAddress, config.EnvPort, config.EnvGRPCPort, config.EnvGossipPort, config.EnvInternalPort,
+		config.EnvTenantID, config.EnvRegion, config.EnvDrainTimeoutMS, config.EnvLogLevel, config.EnvLogFormat,
+	} {
+		if env[name] != known.defaults[name] {
+			t.Errorf("the chart's default %s=%q, kura's default is %q", name, env[name], known.defaults[name])
+		}
+	}
+}
 
 func portString(p corev1.ContainerPort) string { return strconv.Itoa(int(p.ContainerPort)) }
 
@@ -614,19 +628,19 @@ func checkServiceMonitor(t *testing.T, w want, m *manifests, headless, regular *
 // extension families as patterns (<ID> stands for any id).
 type knownVariables struct {
 	literal  map[string]bool
+	defaults map[string]string // as --help shows them
 	families []*regexp.Regexp
-	pending  sync.Once
 }
 
 func kuraVariables(t *testing.T) *knownVariables {
 	t.Helper()
-	k := &knownVariables{literal: map[string]bool{}}
+	k := &knownVariables{literal: map[string]bool{}, defaults: map[string]string{}}
 	for _, line := range strings.Split(config.Usage(), "\n") {
 		// "  KURA_NAME = default"; meaning lines are indented further.
 		if !strings.HasPrefix(line, "  KURA_") {
 			continue
 		}
-		name, _, ok := strings.Cut(strings.TrimSpace(line), " = ")
+		name, def, ok := strings.Cut(strings.TrimSpace(line), " = ")
 		if !ok {
 			continue
 		}
@@ -639,6 +653,7 @@ func kuraVariables(t *testing.T) *knownVariables {
 			continue
 		}
 		k.literal[name] = true
+		k.defaults[name] = def
 	}
 	if !k.literal[config.EnvPort] || !k.literal[config.EnvDiscoveryDNSName] || len(k.families) == 0 {
 		t.Fatalf("could not read the variables from config.Usage() (found %d names, %d families): has its format changed?", len(k.literal), len(k.families))
@@ -646,7 +661,7 @@ func kuraVariables(t *testing.T) *knownVariables {
 	return k
 }
 
-func (k *knownVariables) has(t *testing.T, name string) bool {
+func (k *knownVariables) has(name string) bool {
 	if k.literal[name] {
 		return true
 	}
@@ -654,10 +669,6 @@ func (k *knownVariables) has(t *testing.T, name string) bool {
 		if f.MatchString(name) {
 			return true
 		}
-	}
-	if name == envDrainTimeoutMS {
-		k.pending.Do(func() { t.Logf("%s is not in kura --help yet (SPEC §1; the drain work adds it)", name) })
-		return true
 	}
 	return false
 }
