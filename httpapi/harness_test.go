@@ -51,6 +51,8 @@ type harnessOpts struct {
 	lifecycle *lifecycle.Node
 	// events receives the analytics events (nil: analytics off).
 	events EventRecorder
+	// status feeds the status page (nil: identity and hit ratios only).
+	status StatusSource
 	// wrap replaces the store and multipart seen by the server (fault injection).
 	wrap func(*storagetest.Memory) (storage.Store, storage.Multipart)
 	// disk backs the server with storage/local (Pebble and segment files, fsynced) in a
@@ -86,7 +88,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		o.cfg(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Lifecycle: o.lifecycle, Registerer: reg, Gatherer: reg})
+	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Status: o.status, Lifecycle: o.lifecycle, Registerer: reg, Gatherer: reg})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

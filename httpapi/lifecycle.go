@@ -8,9 +8,9 @@ import (
 	"github.com/kuracache/kura/internal/lifecycle"
 )
 
-// probeRoutes answer whatever the node's state: load balancers, kubelets and Prometheus must
-// keep seeing a draining node as it is.
-var probeRoutes = map[string]bool{"/up": true, "/ready": true, "/metrics": true}
+// probeRoutes answer whatever the node's state: load balancers, kubelets, Prometheus and the
+// operator watching the status page must keep seeing a draining node as it is.
+var probeRoutes = map[string]bool{"/": true, "/up": true, "/ready": true, "/metrics": true}
 
 // state is the node's traffic state (Serving when the server has no lifecycle).
 func (s *Server) state() lifecycle.State {

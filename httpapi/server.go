@@ -80,6 +80,9 @@ type Deps struct {
 	// Lifecycle is the node's traffic state; nil: always serving, requests not tracked.
 	Lifecycle *lifecycle.Node
 	Analytics EventRecorder // nil: no analytics events
+	// Status feeds the status page (GET /) with the cluster, disk and memory; nil: the page
+	// shows this node's identity and hit ratios only.
+	Status StatusSource
 	// Registerer receives the kura_http_* and kura_artifact_* metrics. Gatherer is served on
 	// /metrics. When both are nil a private registry is used for both.
 	Registerer prometheus.Registerer
@@ -101,6 +104,7 @@ type Server struct {
 	members Membership
 	guard   Guard
 	events  EventRecorder // nil: analytics off
+	status  StatusSource  // nil: status page without cluster, disk and memory
 	// lifecycle is nil when the server runs outside a node (tests, embedding).
 	lifecycle *lifecycle.Node
 	log       *slog.Logger
@@ -169,6 +173,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		guard:     deps.Guard,
 		lifecycle: deps.Lifecycle,
 		events:    deps.Analytics,
+		status:    deps.Status,
 		log:       logger,
 		metrics:   m,
 		gatherer:  gat,
@@ -215,6 +220,7 @@ func (s *Server) registerRoutes() {
 	s.route(http.MethodGet, "/up", s.handleUp)
 	s.route(http.MethodGet, "/ready", s.handleReady)
 	s.route(http.MethodGet, "/metrics", s.handleMetrics())
+	s.route(http.MethodGet, "/", s.handleStatus)
 
 	s.registerXcode()
 	s.registerKeyValue()

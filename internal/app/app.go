@@ -184,6 +184,7 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		Guard:      httpGuard,
 		Lifecycle:  a.life,
 		Analytics:  events,
+		Status:     statusView{a: a, started: time.Now()},
 		Registerer: a.registry,
 		Gatherer:   a.registry,
 		Logger:     logger.With("component", "http"),

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -83,9 +84,52 @@ const otherNamespace = "_other"
 // bound holds for the node.
 type NamespaceLookups struct {
 	vec *prometheus.CounterVec
+	now func() time.Time
 
-	mu   sync.Mutex
-	seen map[[2]string]struct{}
+	mu     sync.Mutex
+	seen   map[[2]string]struct{}
+	recent map[string]*[recentMinutes]minuteCount // protocol → ring of per-minute counts
+}
+
+// recentMinutes is how far back Recent can look.
+const recentMinutes = 15
+
+// minuteCount is one minute's lookups of a protocol.
+type minuteCount struct {
+	minute       int64 // Unix minute the counts belong to
+	hits, misses uint64
+}
+
+// Lookups are hit and miss counts.
+type Lookups struct{ Hits, Misses uint64 }
+
+// Ratio is the hit ratio (0 without lookups).
+func (l Lookups) Ratio() float64 {
+	if l.Hits+l.Misses == 0 {
+		return 0
+	}
+	return float64(l.Hits) / float64(l.Hits+l.Misses)
+}
+
+// Recent sums each protocol's lookups of the last minutes (at most recentMinutes), the
+// current minute included.
+func (n *NamespaceLookups) Recent(minutes int) map[string]Lookups {
+	minutes = max(1, min(minutes, recentMinutes))
+	nowMin := n.now().Unix() / 60
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make(map[string]Lookups, len(n.recent))
+	for protocol, ring := range n.recent {
+		var l Lookups
+		for _, c := range ring {
+			if c.minute > nowMin-int64(minutes) && c.minute <= nowMin {
+				l.Hits += c.hits
+				l.Misses += c.misses
+			}
+		}
+		out[protocol] = l
+	}
+	return out
 }
 
 // NewNamespaceLookups builds the collector (not registered).
@@ -95,7 +139,9 @@ func NewNamespaceLookups() *NamespaceLookups {
 			Name: "kura_cache_lookups_total",
 			Help: "Cache reads by protocol, tenant, namespace and result (hit, miss); namespaces past the first 1000 count as _other.",
 		}, []string{"protocol", "tenant", "namespace", "result"}),
-		seen: map[[2]string]struct{}{},
+		now:    time.Now,
+		seen:   map[[2]string]struct{}{},
+		recent: map[string]*[recentMinutes]minuteCount{},
 	}
 }
 
@@ -112,7 +158,22 @@ func (n *NamespaceLookups) Observe(protocol, tenant, namespace, result string) {
 		return
 	}
 	k := [2]string{tenant, namespace}
+	minute := n.now().Unix() / 60
 	n.mu.Lock()
+	ring, ok := n.recent[protocol]
+	if !ok {
+		ring = new([recentMinutes]minuteCount)
+		n.recent[protocol] = ring
+	}
+	c := &ring[minute%recentMinutes]
+	if c.minute != minute {
+		*c = minuteCount{minute: minute}
+	}
+	if result == "hit" {
+		c.hits++
+	} else {
+		c.misses++
+	}
 	if _, ok := n.seen[k]; !ok {
 		if len(n.seen) >= maxNamespaceSeries {
 			tenant, namespace = otherNamespace, otherNamespace

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -94,5 +95,30 @@ func TestNamespaceLookupsAreSharedAndBounded(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(a.Lookups); n > maxNamespaceSeries+3 {
 		t.Fatalf("%d series", n)
+	}
+}
+
+func TestRecentLookups(t *testing.T) {
+	n := NewNamespaceLookups()
+	clock := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	n.now = func() time.Time { return clock }
+	n.Observe("nx", "t", "a", "hit")
+	n.Observe("nx", "t", "a", "miss")
+	clock = clock.Add(3 * time.Minute)
+	n.Observe("nx", "t", "a", "hit")
+	n.Observe("reapi", "t", "a", "hit")
+	if r := n.Recent(1)["nx"]; r.Hits != 1 || r.Misses != 0 {
+		t.Fatalf("last minute: %+v", r)
+	}
+	if r := n.Recent(5)["nx"]; r.Hits != 2 || r.Misses != 1 || r.Ratio() < 0.66 || r.Ratio() > 0.67 {
+		t.Fatalf("last 5 minutes: %+v", r)
+	}
+	clock = clock.Add(20 * time.Minute) // everything aged out, and the ring slots are reused
+	n.Observe("nx", "t", "a", "miss")
+	if r := n.Recent(15)["nx"]; r.Hits != 0 || r.Misses != 1 {
+		t.Fatalf("after 20 minutes: %+v", r)
+	}
+	if (Lookups{}).Ratio() != 0 {
+		t.Fatal("ratio without lookups")
 	}
 }

@@ -156,17 +156,19 @@ const DefaultReservedDiskBytes = 256 << 20
 
 // Store is the node's disk store. It is safe for concurrent use.
 type Store struct {
-	opts    Options
-	log     *slog.Logger
-	clock   *storage.Clock
-	now     func() time.Time
-	lock    *os.File
-	db      *meta.DB
-	segs    *segment.Manager
-	partDir string
-	metrics *metrics
-	pool    *fdpool.Pool
-	mcache  *manifestCache
+	opts Options
+	// Eviction totals since Open, for DiskStats (the metrics hold the same counts).
+	evictedRecords, evictedSegments atomic.Uint64
+	log                             *slog.Logger
+	clock                           *storage.Clock
+	now                             func() time.Time
+	lock                            *os.File
+	db                              *meta.DB
+	segs                            *segment.Manager
+	partDir                         string
+	metrics                         *metrics
+	pool                            *fdpool.Pool
+	mcache                          *manifestCache
 
 	seed        maphash.Seed
 	keyLocks    [1024]sync.Mutex
@@ -368,6 +370,24 @@ func (s *Store) closeResources() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DiskStats is the disk budget's state, for the status page.
+type DiskStats struct {
+	SegmentBytes    int64  // bytes held in segment files (what the budget counts)
+	BudgetBytes     int64  // KURA_DISK_BUDGET_BYTES; 0 = no budget
+	EvictedRecords  uint64 // records whose body eviction removed since the store opened
+	EvictedSegments uint64 // segment files retired since the store opened
+}
+
+// DiskStats returns the disk budget's state now.
+func (s *Store) DiskStats() DiskStats {
+	return DiskStats{
+		SegmentBytes:    s.segs.TotalBytes(),
+		BudgetBytes:     s.opts.DiskBudgetBytes,
+		EvictedRecords:  s.evictedRecords.Load(),
+		EvictedSegments: s.evictedSegments.Load(),
+	}
 }
 
 // FDPool is the store's file-descriptor pool, for callers that open files on its behalf and
