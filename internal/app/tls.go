@@ -21,7 +21,7 @@ const publicCertReload = 5 * time.Second
 func (a *App) publicTLS() (httpTLS, grpcTLS *tls.Config, err error) {
 	pt := a.cfg.PublicTLS
 	src, err := certs.Load(certs.Files{CertPath: pt.CertPath, KeyPath: pt.KeyPath, CAPath: pt.ClientCAPath},
-		certs.Options{Label: "public TLS", Interval: publicCertReload})
+		certs.Options{Label: "public TLS", Interval: publicCertReload, Logger: a.logger.With("component", "tls")})
 	if err != nil {
 		return nil, nil, fmt.Errorf("load the public TLS files (KURA_PUBLIC_TLS_*): %w", err)
 	}

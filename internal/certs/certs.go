@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -35,6 +36,9 @@ type Options struct {
 	// Check validates loaded material beyond what every identity needs (key usages, a chain
 	// to the CA); its errors are reported with the others.
 	Check func(m Material, now time.Time) error
+	// Logger reports reloads: INFO when new material is in use, WARN (once per change of
+	// the files) when changed files do not load. Nil: discard.
+	Logger *slog.Logger
 }
 
 // Source holds the current material and reloads it when the files change. It is safe for
@@ -47,6 +51,9 @@ type Source struct {
 	current Material
 	stamps  [3]fileStamp
 	checked time.Time
+	// failed are the stamps of files that changed but did not load, so a broken rotation is
+	// reported once rather than at every look.
+	failed [3]fileStamp
 }
 
 type fileStamp struct {
@@ -63,6 +70,9 @@ func Load(files Files, opts Options) (*Source, error) {
 	}
 	if opts.Label == "" {
 		opts.Label = "TLS"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Source{files: files, opts: opts}
 	stamps, err := s.stat()
@@ -109,14 +119,19 @@ func (s *Source) Current() Material {
 	}
 	s.checked = now
 	stamps, err := s.stat()
-	if err != nil || stamps == s.stamps {
+	if err != nil || stamps == s.stamps || stamps == s.failed {
 		return s.current
 	}
 	m, err := s.load(now)
 	if err != nil {
+		s.failed = stamps
+		s.opts.Logger.Warn("changed TLS files do not load; still serving the previous certificate",
+			"tls", s.opts.Label, "error", err)
 		return s.current
 	}
 	s.current, s.stamps = m, stamps
+	s.opts.Logger.Info("TLS certificate reloaded", "tls", s.opts.Label,
+		"subject", m.Cert.Leaf.Subject.String(), "not_after", m.Cert.Leaf.NotAfter)
 	return s.current
 }
 

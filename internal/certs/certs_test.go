@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -19,7 +20,9 @@ func TestLoadAndReload(t *testing.T) {
 		CAPath:   testsupport.WriteFile(t, dir, "ca.pem", ca.PEM),
 	}
 	clock := testsupport.NewClock(time.Now())
-	src, err := Load(files, Options{Label: "test TLS", Interval: time.Minute, Now: clock.Now})
+	var logs testsupport.LockedBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	src, err := Load(files, Options{Label: "test TLS", Interval: time.Minute, Now: clock.Now, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,6 +42,9 @@ func TestLoadAndReload(t *testing.T) {
 	if cn := src.Current().Cert.Leaf.Subject.CommonName; cn != "v2" {
 		t.Fatalf("after the interval: %s, want v2", cn)
 	}
+	if l := logs.String(); !strings.Contains(l, "level=INFO msg=\"TLS certificate reloaded\"") || !strings.Contains(l, "CN=v2") {
+		t.Errorf("a reload was not logged: %s", l)
+	}
 	// A half-written rotation keeps the last good material.
 	if err := os.WriteFile(files.CertPath, []byte("half"), 0o600); err != nil {
 		t.Fatal(err)
@@ -46,6 +52,23 @@ func TestLoadAndReload(t *testing.T) {
 	clock.Advance(2 * time.Minute)
 	if cn := src.Current().Cert.Leaf.Subject.CommonName; cn != "v2" {
 		t.Fatalf("after a broken rotation: %s, want v2 still", cn)
+	}
+	// The broken rotation is reported once, not at every look.
+	clock.Advance(2 * time.Minute)
+	src.Current()
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Errorf("%d WARN lines for one broken rotation, want 1:\n%s", n, logs.String())
+	}
+	// Fixing the files is picked up.
+	v3 := ca.Issue(t, "v3")
+	for path, data := range map[string][]byte{files.CertPath: v3.CertPEM, files.KeyPath: v3.KeyPEM} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(2 * time.Minute)
+	if cn := src.Current().Cert.Leaf.Subject.CommonName; cn != "v3" {
+		t.Fatalf("after the fix: %s, want v3", cn)
 	}
 }
 
