@@ -2,11 +2,17 @@ package app
 
 import (
 	"context"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -124,4 +130,86 @@ func TestMetricsFamiliesAndNames(t *testing.T) {
 	if lookups["gradle t/n hit"] != 1 || lookups["gradle t/n miss"] != 1 {
 		t.Errorf("per-namespace lookups = %v, want one gradle hit and one miss in t/n", lookups)
 	}
+}
+
+// TestREADMEDocumentsEveryMetric finds every kura_* metric name the module's non-test code
+// declares (string literals handed to the Prometheus constructors) and checks that the README's
+// metrics table names it, so a new family cannot ship undocumented.
+func TestREADMEDocumentsEveryMetric(t *testing.T) {
+	root := filepath.Join("..", "..")
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := expandMetricNames(string(readme))
+	declared := map[string]string{}
+	fset := token.NewFileSet()
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			switch d.Name() {
+			case ".git", "node_modules", "testdata", "e2e", "test-output":
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			lit, ok := n.(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING {
+				return true
+			}
+			if v, err := strconv.Unquote(lit.Value); err == nil && metricName.MatchString(v) {
+				declared[v] = fset.Position(lit.Pos()).String()
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(declared) < 50 {
+		t.Fatalf("found only %d metric names in the sources; the scan is broken", len(declared))
+	}
+	for name, where := range declared {
+		if !documented[name] {
+			t.Errorf("%s (declared at %s) is not in the README's metrics table", name, where)
+		}
+	}
+}
+
+var metricName = regexp.MustCompile(`^kura_[a-z0-9_]+$`)
+
+// expandMetricNames returns the metric names a text mentions in backquotes, expanding the
+// table's shorthand: "`kura_x_hits_total`, `_misses_total`" names kura_x_misses_total too
+// (a suffix continues the prefix of the previous full name, up to its last word that
+// the suffix's first word replaces).
+func expandMetricNames(text string) map[string]bool {
+	names := map[string]bool{}
+	for _, line := range strings.Split(text, "\n") {
+		prev := ""
+		for _, m := range regexp.MustCompile("`(_?[a-z0-9_]+)`").FindAllStringSubmatch(line, -1) {
+			tok := m[1]
+			switch {
+			case strings.HasPrefix(tok, "kura_"):
+				names[tok], prev = true, tok
+			case strings.HasPrefix(tok, "_") && prev != "":
+				// `kura_manifest_cache_bytes`, `_entries`: try every prefix of prev.
+				parts := strings.Split(prev, "_")
+				for i := len(parts) - 1; i > 1; i-- {
+					names[strings.Join(parts[:i], "_")+tok] = true
+				}
+			}
+		}
+	}
+	return names
 }
