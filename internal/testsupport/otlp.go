@@ -33,13 +33,13 @@ type OTLPReceiver struct {
 
 // ReceivedSpan is one exported span, flattened with its resource's attributes.
 type ReceivedSpan struct {
-	Name                   string
-	Kind                   tracepb.Span_SpanKind
-	TraceID, SpanID        string // lowercase hex
-	ParentSpanID           string // "" for a root span
-	Attributes             map[string]string
-	Resource               map[string]string
-	StatusCode             tracepb.Status_StatusCode
+	Name                       string
+	Kind                       tracepb.Span_SpanKind
+	TraceID, SpanID            string // lowercase hex
+	ParentSpanID               string // "" for a root span
+	Attributes                 map[string]string
+	Resource                   map[string]string
+	StatusCode                 tracepb.Status_StatusCode
 	StartUnixNano, EndUnixNano uint64
 }
 
