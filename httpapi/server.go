@@ -13,7 +13,10 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -82,6 +85,9 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger // nil: discard
+	// TracerProvider opens a server span per request (see requestContext). nil or the no-op
+	// provider: no spans, and no tracing middleware at all.
+	TracerProvider trace.TracerProvider
 }
 
 // limits are the per-surface body limits. They live on the Server (not in constants read by
@@ -100,6 +106,9 @@ type Server struct {
 	events   EventRecorder // nil: analytics off
 	log      *slog.Logger
 	metrics  *metrics
+	// tracer is nil when tracing is off; propagator reads the client's trace context.
+	tracer     trace.Tracer
+	propagator propagation.TextMapPropagator
 	gatherer prometheus.Gatherer
 	limits   limits
 	idle     time.Duration
@@ -178,6 +187,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		},
 		routes: map[string]string{},
 	}
+	if telemetry.TracingEnabled(deps.TracerProvider) {
+		s.tracer = deps.TracerProvider.Tracer(tracerName)
+		s.propagator = telemetry.Propagator()
+	}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -185,7 +198,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// twice, and everything worth saying goes through slog.
 	e.Logger.SetOutput(io.Discard)
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.observe, s.boundBodyDrain, s.recoverPanic)
+	e.Use(s.requestContext, s.observe, s.boundBodyDrain, s.recoverPanic)
 	s.echo = e
 	s.registerRoutes()
 	s.srv = &http.Server{
