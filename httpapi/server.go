@@ -98,22 +98,22 @@ type limits struct {
 
 // Server is the public HTTP API. Create it with New; it is safe for concurrent use.
 type Server struct {
-	cfg      Config
-	store    storage.Store
-	mp       storage.Multipart
-	members  Membership
-	guard    Guard
-	events   EventRecorder // nil: analytics off
-	log      *slog.Logger
-	metrics  *metrics
+	cfg     Config
+	store   storage.Store
+	mp      storage.Multipart
+	members Membership
+	guard   Guard
+	events  EventRecorder // nil: analytics off
+	log     *slog.Logger
+	metrics *metrics
 	// tracer is nil when tracing is off; propagator reads the client's trace context.
 	tracer     trace.Tracer
 	propagator propagation.TextMapPropagator
-	gatherer prometheus.Gatherer
-	limits   limits
-	idle     time.Duration
-	echo     *echo.Echo
-	srv      *http.Server
+	gatherer   prometheus.Gatherer
+	limits     limits
+	idle       time.Duration
+	echo       *echo.Echo
+	srv        *http.Server
 	// routes maps echo's ":param" patterns to the "{param}" form used in metric labels and
 	// policy contexts (the original Kura's route syntax, which operator scripts match on).
 	routes map[string]string
