@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -66,7 +67,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		codecs:  c,
 		health:  health.NewServer(),
 		guard:   deps.Guard,
-		stats:   statsHandler(deps.TracerProvider),
+		stats:   telemetry.GRPCServerHandler(deps.TracerProvider),
 	}, nil
 }
 

@@ -3,33 +3,13 @@ package reapi
 import (
 	"context"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"go.opentelemetry.io/otel/attribute"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/stats"
 
 	"github.com/kuracache/kura/internal/telemetry"
 )
-
-// statsHandler opens a server span per call, continuing the client's W3C trace context
-// (traceparent metadata), or nil when tracing is off. Health checks are not traced: load
-// balancers probe every few seconds. The handler's metrics are off (a no-op meter): the
-// kura_grpc_* families already count calls.
-func statsHandler(tp trace.TracerProvider) stats.Handler {
-	if !telemetry.TracingEnabled(tp) {
-		return nil
-	}
-	return otelgrpc.NewServerHandler(
-		otelgrpc.WithTracerProvider(tp),
-		otelgrpc.WithPropagators(telemetry.Propagator()),
-		otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()),
-		otelgrpc.WithFilter(filters.Not(filters.HealthCheck())),
-	)
-}
 
 // requestID returns ctx carrying the call's request id: the client's x-request-id metadata
 // when sane, else a new one. It is sent back as header metadata (merged with any other

@@ -65,7 +65,14 @@ type App struct {
 	policy *policy.Engine
 	// analytics sends the runtime analytics webhooks (SPEC §9); nil when they are off.
 	analytics *analytics.Reporter
+	// tracing is the tracer provider injected everywhere (no-op without
+	// KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); Run flushes it last.
+	tracing *telemetry.Tracing
 }
+
+// traceFlushTimeout bounds the final export of buffered spans when the node stops: a
+// collector that is down must not hold up the exit.
+const traceFlushTimeout = 5 * time.Second
 
 // options are seams for in-package tests; New uses the zero value (the real system).
 type options struct {
@@ -92,6 +99,10 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 			a.closeOpened()
 		}
 	}()
+	if err := a.buildTracing(); err != nil {
+		return nil, err
+	}
+	tp := a.tracing.Provider()
 
 	// The store is opened first, but its replication hooks call into the outbox and the
 	// sweeper, which need the store to exist: they are bound late, through atomics, before any
@@ -115,8 +126,9 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 			MaxOpenFiles:                cfg.MetadataStoreMaxOpenFiles,
 			CompactionConcurrency:       cfg.MetadataStoreMaxBackgroundJobs,
 		},
-		Logger:     logger.With("component", "storage"),
-		Registerer: a.registry,
+		Logger:         logger.With("component", "storage"),
+		Registerer:     a.registry,
+		TracerProvider: tp,
 		OnCommit: func(b *meta.Batch, c local.Change) error {
 			if ob := outboxRef.Load(); ob != nil {
 				return ob.OnCommit(b, c)
@@ -177,14 +189,15 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		MaxXcodeBytes:    cfg.MaxXcodeBytes,
 	}, httpapi.Deps{
-		Store:      frontStore,
-		Multipart:  a.store,
-		Members:    membersView{a.cluster},
-		Guard:      httpGuard,
-		Analytics:  events,
-		Registerer: a.registry,
-		Gatherer:   a.registry,
-		Logger:     logger.With("component", "http"),
+		Store:          frontStore,
+		Multipart:      a.store,
+		Members:        membersView{a.cluster},
+		Guard:          httpGuard,
+		Analytics:      events,
+		Registerer:     a.registry,
+		Gatherer:       a.registry,
+		Logger:         logger.With("component", "http"),
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the HTTP API: %w", err)
@@ -192,10 +205,11 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 
 	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
 	a.reapi, err = reapi.New(reapiCfg, reapi.Deps{
-		Store:      frontStore,
-		Registerer: a.registry,
-		Logger:     logger.With("component", "reapi"),
-		Guard:      grpcGuard,
+		Store:          frontStore,
+		Registerer:     a.registry,
+		Logger:         logger.With("component", "reapi"),
+		Guard:          grpcGuard,
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the REAPI services: %w", err)
@@ -272,6 +286,7 @@ func (a *App) Run(ctx context.Context) error {
 		"region", a.cfg.Region, "tenant_id", a.cfg.TenantID, "version", Version)
 	a.logPolicy()
 	a.logAnalytics()
+	a.logTracing()
 
 	var g run.Group
 	{
@@ -341,6 +356,8 @@ func (a *App) Run(ctx context.Context) error {
 			err = fmt.Errorf("close the store: %w", cerr)
 		}
 	}
+	// Last, so the spans of the drain (the final pushes and commits) are exported too.
+	a.flushTraces()
 	a.logger.Info("kura stopped")
 	return err
 }
@@ -383,5 +400,8 @@ func (a *App) closeOpened() {
 		if err := a.store.Close(); err != nil {
 			a.logger.Error("closing the store after a failed start", "err", err)
 		}
+	}
+	if a.tracing != nil {
+		a.flushTraces()
 	}
 }
