@@ -129,7 +129,7 @@ func TestServerSpans(t *testing.T) {
 		"http.request.method": "PUT", "http.route": "/api/cache/gradle/{cache_key}", "url.path": "/api/cache/gradle/abc",
 		"kura.request_id": "req-1", "user_agent.original": "Gradle/8.10", "client.address": "127.0.0.1",
 	} {
-		if got := a[k].Emit(); got != want {
+		if got := a[k].String(); got != want {
 			t.Errorf("attribute %s = %q, want %q", k, got, want)
 		}
 	}

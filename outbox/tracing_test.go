@@ -165,7 +165,7 @@ func TestPushContinuesTheCommitTrace(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, kv := range push.Attributes {
-		attrs[string(kv.Key)] = kv.Value.Emit()
+		attrs[string(kv.Key)] = kv.Value.String()
 	}
 	if attrs["kura.peer.name"] != "b" || attrs["kura.outbox.op"] != "object" || attrs["kura.outbox.result"] != "applied" || attrs["kura.storage.kind"] != "cas" {
 		t.Errorf("push span attributes %v", attrs)

@@ -42,7 +42,7 @@ func newTracedHarness(t *testing.T) (*harness, *tracetest.InMemoryExporter, *tes
 func attrOf(s tracetest.SpanStub, k attribute.Key) string {
 	for _, kv := range s.Attributes {
 		if kv.Key == k {
-			return kv.Value.Emit()
+			return kv.Value.String()
 		}
 	}
 	return ""

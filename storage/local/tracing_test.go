@@ -62,7 +62,7 @@ func TestCommitSpans(t *testing.T) {
 		}
 		got := map[attribute.Key]string{}
 		for _, kv := range sp.Attributes {
-			got[kv.Key] = kv.Value.Emit()
+			got[kv.Key] = kv.Value.String()
 		}
 		for k, v := range w {
 			if got[k] != v {
