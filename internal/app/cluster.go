@@ -31,13 +31,13 @@ func (a *App) buildCluster() error {
 		}
 	}
 	a.warnIfInternalPlaneOpen()
-	// The gossip key also keys the internal plane's credential, with mTLS on too: a leaked
-	// certificate alone, or a leaked gossip key alone, then does not open the plane.
 	// Tracing: pushes and read-throughs made inside a trace carry it to the peer.
 	var clientStats, serverStats []stats.Handler
 	if c, srv := telemetry.InternalPlaneHandlers(a.tracing.Provider()); c != nil {
 		clientStats, serverStats = []stats.Handler{c}, []stats.Handler{srv}
 	}
+	// The gossip key also keys the internal plane's credential, with mTLS on too: a leaked
+	// certificate alone, or a leaked gossip key alone, then does not open the plane.
 	a.peerClient = peer.NewClient(peer.ClientConfig{
 		TLS:           clientTLS,
 		PlaneKey:      cfg.GossipKey,
