@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -105,8 +106,10 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			case !c.Response().Committed:
 				status = http.StatusOK // net/http's implicit answer
 			}
+			took := time.Since(start)
 			s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
-			s.metrics.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+			s.metrics.duration.WithLabelValues(route, method).Observe(took.Seconds())
+			s.accessLog(c, route, method, status, took)
 		}()
 		if err := next(c); err != nil {
 			c.Error(err)
@@ -114,6 +117,19 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		returned = true
 		return nil
 	}
+}
+
+// accessLog writes one debug line per request. It is debug because a busy node answers
+// thousands of requests a second and each line is a synchronous write to stdout; failures
+// are logged at warn or error where they happen, with the same request_id.
+func (s *Server) accessLog(c echo.Context, route, method string, status int, took time.Duration) {
+	ctx := c.Request().Context()
+	if !s.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, "request",
+		slog.String("method", method), slog.String("route", route), slog.Int("status", status),
+		slog.Int64("bytes_out", c.Response().Size), slog.Duration("duration", took))
 }
 
 // handleMetrics serves the injected Gatherer in the Prometheus text format.

@@ -13,8 +13,11 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kuracache/kura/internal/lifecycle"
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -88,6 +91,9 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger // nil: discard
+	// TracerProvider opens a server span per request (see requestContext). nil or the no-op
+	// provider: no spans, and no tracing middleware at all.
+	TracerProvider trace.TracerProvider
 }
 
 // limits are the per-surface body limits. They live on the Server (not in constants read by
@@ -109,11 +115,14 @@ type Server struct {
 	lifecycle *lifecycle.Node
 	log       *slog.Logger
 	metrics   *metrics
-	gatherer  prometheus.Gatherer
-	limits    limits
-	idle      time.Duration
-	echo      *echo.Echo
-	srv       *http.Server
+	// tracer is nil when tracing is off; propagator reads the client's trace context.
+	tracer     trace.Tracer
+	propagator propagation.TextMapPropagator
+	gatherer   prometheus.Gatherer
+	limits     limits
+	idle       time.Duration
+	echo       *echo.Echo
+	srv        *http.Server
 	// routes maps echo's ":param" patterns to the "{param}" form used in metric labels and
 	// policy contexts (the original Kura's route syntax, which operator scripts match on).
 	routes map[string]string
@@ -189,6 +198,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		},
 		routes: map[string]string{},
 	}
+	if telemetry.TracingEnabled(deps.TracerProvider) {
+		s.tracer = deps.TracerProvider.Tracer(tracerName)
+		s.propagator = telemetry.Propagator()
+	}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -196,7 +209,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// twice, and everything worth saying goes through slog.
 	e.Logger.SetOutput(io.Discard)
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.observe, s.admit, s.boundBodyDrain, s.recoverPanic)
+	e.Use(s.requestContext, s.observe, s.admit, s.boundBodyDrain, s.recoverPanic)
 	s.echo = e
 	s.registerRoutes()
 	s.srv = &http.Server{

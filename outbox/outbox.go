@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
@@ -87,6 +89,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics (nil: a private registry).
 	Registerer prometheus.Registerer
+	// TracerProvider traces every push (span outbox.push, see tracing.go) as a child of the
+	// write's commit when the entry carries its trace context (nil: no-op).
+	TracerProvider trace.TracerProvider
 	// Now is the wall clock for enqueue times, peer departures and hole expiry (nil:
 	// time.Now). Tests move it forward.
 	Now func() time.Time
@@ -107,6 +112,7 @@ type Outbox struct {
 	cfg     Config
 	db      queueStore
 	log     *slog.Logger
+	tracer  trace.Tracer
 	now     func() time.Time
 	rnd     *lockedRand
 	metrics *metrics
@@ -177,6 +183,9 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -188,6 +197,7 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 		cfg:     cfg,
 		db:      db,
 		log:     cfg.Logger,
+		tracer:  cfg.TracerProvider.Tracer(tracerName),
 		now:     cfg.Now,
 		rnd:     &lockedRand{r: cfg.Rand},
 		changed: make(chan struct{}, 1),

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
@@ -119,6 +120,9 @@ type Deps struct {
 	Guard Guard
 	// Lifecycle, when set, counts calls in flight and refuses new ones while the node drains.
 	Lifecycle *lifecycle.Node
+	// TracerProvider, when it traces, gets a server span per call (health checks aside)
+	// through the stats handler of (*Server).ServerOptions. nil or no-op: no tracing.
+	TracerProvider trace.TracerProvider
 }
 
 // Keepalive policy. Bazel and Buck2 keep long-lived channels; the server pings idle

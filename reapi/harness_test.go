@@ -58,11 +58,11 @@ func newHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store
 // newGuardedHarness is newHarness with an access policy on every call.
 func newGuardedHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, guard Guard) *harness {
 	t.Helper()
-	return newHarnessDeps(t, cfg, wrap, func(d *Deps) { d.Guard = guard })
+	return newHarnessWith(t, cfg, wrap, func(d *Deps) { d.Guard = guard })
 }
 
-// newHarnessDeps is newHarness with the server's Deps adjusted by deps.
-func newHarnessDeps(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, deps func(*Deps)) *harness {
+// newHarnessWith is newHarness with Deps adjusted by deps (a guard, a tracer, a logger).
+func newHarnessWith(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, deps func(*Deps)) *harness {
 	t.Helper()
 	if cfg.TenantID == "" {
 		cfg.TenantID = testTenant

@@ -17,7 +17,7 @@ func TestDrainingRefusesNewCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	node.SetServing()
-	h := newHarnessDeps(t, Config{}, nil, func(d *Deps) { d.Lifecycle = node })
+	h := newHarnessWith(t, Config{}, nil, func(d *Deps) { d.Lifecycle = node })
 	health := healthpb.NewHealthClient(h.conn)
 	if _, err := h.caps.GetCapabilities(ctxT(t), &repb.GetCapabilitiesRequest{}); err != nil {
 		t.Fatalf("serving: %v", err)

@@ -63,7 +63,15 @@ type App struct {
 	policy *policy.Engine
 	// analytics sends the runtime analytics webhooks (SPEC §9); nil when they are off.
 	analytics *analytics.Reporter
+	// tracing is the tracer provider injected everywhere (no-op without
+	// KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); Run flushes it last.
+	tracing *telemetry.Tracing
 }
+
+// traceFlushTimeout bounds the export of buffered spans when a node fails to start (a
+// running node flushes within what is left of its drain deadline): a collector that is down
+// must not hold up the exit.
+const traceFlushTimeout = 5 * time.Second
 
 // options are seams for in-package tests; New uses the zero value (the real system).
 type options struct {
@@ -93,6 +101,10 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	if a.life, err = lifecycle.New(a.registry); err != nil {
 		return nil, err
 	}
+	if err := a.buildTracing(); err != nil {
+		return nil, err
+	}
+	tp := a.tracing.Provider()
 
 	// The store is opened first, but its replication hooks call into the outbox and the
 	// sweeper, which need the store to exist: they are bound late, through atomics, before any
@@ -116,8 +128,9 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 			MaxOpenFiles:                cfg.MetadataStoreMaxOpenFiles,
 			CompactionConcurrency:       cfg.MetadataStoreMaxBackgroundJobs,
 		},
-		Logger:     logger.With("component", "storage"),
-		Registerer: a.registry,
+		Logger:         logger.With("component", "storage"),
+		Registerer:     a.registry,
+		TracerProvider: tp,
 		OnCommit: func(b *meta.Batch, c local.Change) error {
 			if ob := outboxRef.Load(); ob != nil {
 				return ob.OnCommit(b, c)
@@ -178,16 +191,17 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		MaxXcodeBytes:    cfg.MaxXcodeBytes,
 	}, httpapi.Deps{
-		Store:      frontStore,
-		Multipart:  a.store,
-		Members:    membersView{a.cluster},
-		Guard:      httpGuard,
-		Lifecycle:  a.life,
-		Analytics:  events,
-		Status:     statusView{a: a, started: time.Now()},
-		Registerer: a.registry,
-		Gatherer:   a.registry,
-		Logger:     logger.With("component", "http"),
+		Store:          frontStore,
+		Multipart:      a.store,
+		Members:        membersView{a.cluster},
+		Guard:          httpGuard,
+		Lifecycle:      a.life,
+		Analytics:      events,
+		Status:         statusView{a: a, started: time.Now()},
+		Registerer:     a.registry,
+		Gatherer:       a.registry,
+		Logger:         logger.With("component", "http"),
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the HTTP API: %w", err)
@@ -195,11 +209,12 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 
 	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
 	a.reapi, err = reapi.New(reapiCfg, reapi.Deps{
-		Store:      frontStore,
-		Registerer: a.registry,
-		Logger:     logger.With("component", "reapi"),
-		Guard:      grpcGuard,
-		Lifecycle:  a.life,
+		Store:          frontStore,
+		Registerer:     a.registry,
+		Logger:         logger.With("component", "reapi"),
+		Guard:          grpcGuard,
+		Lifecycle:      a.life,
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the REAPI services: %w", err)
@@ -299,5 +314,8 @@ func (a *App) closeOpened() {
 		if err := a.store.Close(); err != nil {
 			a.logger.Error("closing the store after a failed start", "err", err)
 		}
+	}
+	if a.tracing != nil {
+		a.flushTraces(time.Now().Add(traceFlushTimeout))
 	}
 }

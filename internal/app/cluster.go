@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 
+	"google.golang.org/grpc/stats"
+
 	"github.com/kuracache/kura/cluster"
 	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/httpapi"
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/outbox"
 	"github.com/kuracache/kura/outbox/antientropy"
 )
@@ -26,13 +29,19 @@ func (a *App) buildCluster() error {
 		}
 	}
 	a.warnIfInternalPlaneOpen()
+	// Tracing: pushes and read-throughs made inside a trace carry it to the peer.
+	var clientStats, serverStats []stats.Handler
+	if c, srv := telemetry.InternalPlaneHandlers(a.tracing.Provider()); c != nil {
+		clientStats, serverStats = []stats.Handler{c}, []stats.Handler{srv}
+	}
 	// The gossip key also keys the internal plane's credential, with mTLS on too: a leaked
 	// certificate alone, or a leaked gossip key alone, then does not open the plane.
 	a.peerClient = peer.NewClient(peer.ClientConfig{
-		TLS:        clientTLS,
-		PlaneKey:   cfg.GossipKey,
-		Logger:     a.logger.With("component", "peer-client"),
-		Registerer: a.registry,
+		TLS:           clientTLS,
+		PlaneKey:      cfg.GossipKey,
+		Logger:        a.logger.With("component", "peer-client"),
+		Registerer:    a.registry,
+		StatsHandlers: clientStats,
 	})
 	a.peerServer = peer.NewServer(peer.ServerConfig{
 		TLS:              serverTLS,
@@ -40,6 +49,7 @@ func (a *App) buildCluster() error {
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		Logger:           a.logger.With("component", "peer-server"),
 		Registerer:       a.registry,
+		StatsHandlers:    serverStats,
 	}, a.store)
 
 	// The internal listener is bound before gossip starts so the address members advertise is
@@ -80,12 +90,13 @@ func (a *App) buildCluster() error {
 	}
 
 	a.outbox, err = outbox.New(outbox.Config{
-		DB:         a.store.Metadata(),
-		Store:      a.store,
-		Sender:     a.peerClient,
-		DropAfter:  cfg.OutboxDropAfter,
-		Logger:     a.logger.With("component", "outbox"),
-		Registerer: a.registry,
+		DB:             a.store.Metadata(),
+		Store:          a.store,
+		Sender:         a.peerClient,
+		DropAfter:      cfg.OutboxDropAfter,
+		Logger:         a.logger.With("component", "outbox"),
+		Registerer:     a.registry,
+		TracerProvider: a.tracing.Provider(),
 	})
 	if err != nil {
 		return fmt.Errorf("open the replication outbox: %w", err)

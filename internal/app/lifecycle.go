@@ -26,6 +26,7 @@ func (a *App) Run(ctx context.Context) error {
 		"public_tls", a.cfg.PublicTLS.Enabled())
 	a.logPolicy()
 	a.logAnalytics()
+	a.logTracing()
 
 	w := newWorkers()
 	w.serve("serve HTTP", func() error {
@@ -67,6 +68,7 @@ func (a *App) Run(ctx context.Context) error {
 	case cause = <-w.failed:
 		a.logger.Error("shutting down after a failure: draining", "err", cause, "deadline", a.cfg.DrainTimeout)
 	}
+	drainEnds := time.Now().Add(a.cfg.DrainTimeout)
 	a.drain(drainSteps{
 		stopFollowing: func() { stopFollowing(); <-following },
 		leaveGossip:   func() { leaveGossip(); <-gossip },
@@ -87,6 +89,9 @@ func (a *App) Run(ctx context.Context) error {
 			cause = fmt.Errorf("close the store: %w", cerr)
 		}
 	}
+	// Last, so the spans of the drain (the final pushes and commits) are exported too, in
+	// what is left of the drain deadline: a collector that is down does not hold up the exit.
+	a.flushTraces(drainEnds)
 	a.logger.Info("kura stopped")
 	return cause
 }

@@ -125,6 +125,9 @@ type OTelConfig struct {
 // Enabled reports whether traces are exported.
 func (o OTelConfig) Enabled() bool { return o.TracesEndpoint != "" }
 
+// RedactedEndpoint is TracesEndpoint with any credentials in it replaced, for logs.
+func (o OTelConfig) RedactedEndpoint() string { return redactURL(o.TracesEndpoint) }
+
 // AnalyticsConfig configures the runtime analytics webhooks (SPEC §9).
 type AnalyticsConfig struct {
 	ServerURL                      string        // KURA_ANALYTICS_SERVER_URL, no trailing slash; empty = off

@@ -156,7 +156,7 @@ var variables = []varGroup{
 		{name: EnvMetaMaxWriteBuffers, def: "auto: pool/buffer clamped to [2, 8]", meaning: "metadata write buffers kept in memory before writes stall"},
 	}},
 	{"Observability", []varSpec{
-		{name: EnvOTelEndpoint, def: "empty (tracing off)", meaning: "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"},
+		{name: EnvOTelEndpoint, def: "empty (tracing off)", meaning: "OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (without a path: /v1/traces)"},
 		{name: EnvOTelServiceName, def: "kura", meaning: "service.name of exported traces"},
 		{name: EnvOTelEnvironment, def: "empty", meaning: "deployment.environment of exported traces"},
 		{name: EnvLogLevel, def: "info", meaning: "debug, info, warn or error"},
