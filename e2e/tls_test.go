@@ -151,10 +151,8 @@ func TestPublicTLSClientCertificates(t *testing.T) {
 }
 
 // TestBazelHTTPSCache: Bazel 4.2 against --remote_cache=https://… fills the cache and then gets
-// every action from it. Debian's Bazel cannot speak grpcs:// at all (its netty is built
-// without ALPN: "JDK provider does not support ALPN protocol"), and in 4.2 --tls_certificate
-// only applies to gRPC, so Bazel trusts the CA through a JVM trust store, as a company CA is
-// usually trusted. gRPC over TLS is covered by TestPublicTLS with grpc-go.
+// every action from it. In 4.2 --tls_certificate only applies to gRPC, so Bazel trusts the CA
+// through a JVM trust store, as a company CA is usually trusted.
 func TestBazelHTTPSCache(t *testing.T) {
 	t.Parallel()
 	keytool := requireCommand(t, "keytool")
@@ -174,4 +172,59 @@ func TestBazelHTTPSCache(t *testing.T) {
 	hits := ws.build(node.URL())
 	checkAllRemoteHits(t, filled, hits)
 	figure(t, "bazel over https: %d/%d remote cache hits", hits.RemoteHits(), len(hits.Spawns))
+}
+
+// debianBazelLibraryPath is the java.library.path Debian's Bazel gives its server JVM (its
+// install base); a --host_jvm_args that sets the property must keep it first.
+const debianBazelLibraryPath = "/usr/share/bazel/"
+
+// tcnativeDir returns a directory holding Debian's netty-tcnative JNI library under the name
+// netty looks for. Debian's Bazel 4.2 has no ALPN of its own: its netty was built without the
+// JDK ALPN code ("JDK provider does not support ALPN protocol"), so TLS gRPC needs netty's
+// OpenSSL engine, which is the libnetty-tcnative-jni package. netty loads it only as
+// libnetty_tcnative.so and refuses a symlink (it checks the resolved file name), hence a copy.
+func tcnativeDir(t *testing.T) string {
+	t.Helper()
+	matches, _ := filepath.Glob("/usr/lib/*/jni/libnetty-tcnative.so")
+	if len(matches) == 0 {
+		missingClient(t, "libnetty-tcnative-jni is not installed (Debian's Bazel needs it for grpcs://)")
+	}
+	data, err := os.ReadFile(matches[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "libnetty_tcnative.so"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestBazelGRPCSCache: Bazel 4.2 against --remote_cache=grpcs://… with --tls_certificate fills
+// the cache over TLS and then gets every action from it; without --tls_certificate the same
+// build cannot connect, so the CA really is what Bazel verified the node with.
+func TestBazelGRPCSCache(t *testing.T) {
+	t.Parallel()
+	ws := newBazelWorkspace(t)
+	ws.startupFlags = []string{"--host_jvm_args=-Djava.library.path=" + debianBazelLibraryPath + ":" + tcnativeDir(t)}
+	authority := testsupport.NewCA(t, "kura e2e bazel grpcs CA")
+	caPath := testsupport.WriteFile(t, t.TempDir(), "ca.pem", authority.PEM)
+	node, _, _ := publicTLSNode(t, authority, "", nil)
+	remote := "grpcs://" + node.GRPCAddr()
+
+	out, err := ws.tryBuild(remote, "--remote_timeout=10")
+	if err == nil {
+		t.Fatalf("bazel trusted the node without --tls_certificate:\n%s", out)
+	}
+	// The refusal must be the handshake (OpenSSL's engine rejecting the unknown CA), not a TLS
+	// stack that failed to load ("JDK provider does not support ALPN protocol").
+	if !strings.Contains(out, "OpenSslEngine problem") && !strings.Contains(out, "PKIX path building failed") {
+		t.Fatalf("bazel without --tls_certificate failed, but not on the certificate: %v\n%s", err, out)
+	}
+	filled := ws.build(remote, "--tls_certificate="+caPath)
+	checkNoRemoteHits(t, filled)
+	ws.clean()
+	hits := ws.build(remote, "--tls_certificate="+caPath)
+	checkAllRemoteHits(t, filled, hits)
+	figure(t, "bazel over grpcs: %d/%d remote cache hits", hits.RemoteHits(), len(hits.Spawns))
 }

@@ -18,10 +18,6 @@ import (
 // tracerName is the instrumentation scope of the HTTP server spans.
 const tracerName = "github.com/kuracache/kura/httpapi"
 
-// untracedRoutes answer probes and scrapes: they get request ids but no spans, or every
-// Prometheus scrape and load-balancer check would be a trace.
-var untracedRoutes = map[string]bool{"/up": true, "/metrics": true}
-
 // requestContext is the outermost middleware. It gives every request its id (the client's
 // x-request-id when sane, else a new one), echoed in the response before anything else runs
 // so that error answers carry it too, and puts it in the request's context, where the
@@ -33,7 +29,9 @@ func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 		id := telemetry.AcceptRequestID(r.Header.Get(telemetry.RequestIDHeader))
 		c.Response().Header()[telemetry.RequestIDHeader] = []string{id}
 		ctx := telemetry.WithRequestID(r.Context(), id)
-		if s.tracer == nil || untracedRoutes[c.Path()] {
+		// Probes, scrapes and the self-refreshing status page get request ids but no spans,
+		// or every kubelet check and Prometheus scrape would be a trace.
+		if s.tracer == nil || probeRoutes[c.Path()] {
 			c.SetRequest(r.WithContext(ctx))
 			return next(c)
 		}
