@@ -51,6 +51,8 @@ type want struct {
 	gossipSecretKey string
 	gossipGenerated bool
 	peerTLSSecret   string
+	// publicTLSSecret names the Secret of KURA_PUBLIC_TLS_* ("" = plain HTTP and gRPC).
+	publicTLSSecret string
 	ingress         bool
 	serviceMonitor  bool
 	// userEnv are KURA_* names a values file adds through extraEnv for its policy script:
@@ -88,6 +90,9 @@ func chartCases() []chartCase {
 	existing.gossipSecret, existing.gossipSecretKey = "kura-gossip", "gossip-key"
 	existing.peerTLSSecret = "kura-peer-tls"
 
+	publicTLS := defaultsWant()
+	publicTLS.publicTLSSecret, publicTLS.serviceMonitor = "kura-tls", true
+
 	return []chartCase{
 		{name: "defaults", release: "rel", want: defaultsWant()},
 		{name: "scaleway", release: "rel", args: []string{"-f", chartDir + "/values-scaleway.yaml"}, want: scaleway},
@@ -98,6 +103,7 @@ func chartCases() []chartCase {
 			"extension.enabled=true", "extension.existingConfigMap=kura-policy",
 			"peerTls.enabled=true", "peerTls.secretName=kura-peer-tls",
 		}, ",")}, want: existing},
+		{name: "public-tls", release: "rel", args: []string{"--set", "publicTls.enabled=true,publicTls.secretName=kura-tls,serviceMonitor.enabled=true"}, want: publicTLS},
 		{name: "all-on", release: "rel", args: []string{"-f", chartDir + "/ci/all-on-values.yaml"}, want: want{
 			fullname: "cache", replicas: 5, image: "registry.example.com/kura:1.2.3",
 			serviceType: corev1.ServiceTypeLoadBalancer, storageClass: "fast-ssd", storageSize: "500Gi",
@@ -105,7 +111,7 @@ func chartCases() []chartCase {
 			drainMS: 60500, preStopSleep: 7, graceExtra: 15,
 			extensionConfigMap: "cache-extension", extensionScript: true,
 			gossipSecret: "cache-gossip-key", gossipSecretKey: "key", gossipGenerated: true,
-			peerTLSSecret: "cache-peer-tls", ingress: true, serviceMonitor: true,
+			peerTLSSecret: "cache-peer-tls", publicTLSSecret: "cache-public-tls", ingress: true, serviceMonitor: true,
 			userEnv: []string{"KURA_POLICY_TOKENS"},
 		}},
 	}
@@ -166,6 +172,7 @@ func TestChartRejectsIncompleteValues(t *testing.T) {
 		{"extension.enabled=true,extension.script=x,extension.existingConfigMap=y", "not both"},
 		{"gossipKey.existingSecret=k,gossipKey.generate=true", "not both"},
 		{"peerTls.enabled=true", "peerTls.enabled needs peerTls.secretName"},
+		{"publicTls.enabled=true", "publicTls.enabled needs publicTls.secretName"},
 		{"config.drainTimeoutMs=0", "config.drainTimeoutMs must be a positive"},
 		{"podAntiAffinity=sometimes", "podAntiAffinity must be soft, hard or none"},
 	} {
@@ -258,7 +265,7 @@ func checkRendering(t *testing.T, w want, m *manifests, known *knownVariables) m
 	}
 	wantEnv := map[string]string{
 		config.EnvNodeName:         pod0,
-		config.EnvNodeURL:          fmt.Sprintf("http://%s.%s.%s.svc.%s:%d", pod0, headless.Name, releaseNamespace, w.clusterDomain, ports["http"].ContainerPort),
+		config.EnvNodeURL:          fmt.Sprintf("%s://%s.%s.%s.svc.%s:%d", w.scheme(), pod0, headless.Name, releaseNamespace, w.clusterDomain, ports["http"].ContainerPort),
 		config.EnvDiscoveryDNSName: fmt.Sprintf("%s.%s.svc.%s", headless.Name, releaseNamespace, w.clusterDomain),
 		config.EnvBindAddress:      "0.0.0.0",
 		config.EnvDataDir:          "/data",
@@ -285,6 +292,7 @@ func checkRendering(t *testing.T, w want, m *manifests, known *knownVariables) m
 	checkExtension(t, w, m, pod, ctr, env, spec.Template.Annotations)
 	checkGossipKey(t, w, m, env)
 	checkPeerTLS(t, w, pod, ctr, env)
+	checkPublicTLS(t, w, pod, ctr, env)
 
 	if mem := ctr.Resources.Limits.Memory(); mem.IsZero() {
 		t.Error("no memory limit: Kura would size its watermarks from the node's memory")
@@ -396,6 +404,9 @@ func checkProbesAndDrain(t *testing.T, w want, pod corev1.PodSpec, ctr corev1.Co
 		if get.Path != p.path || get.Port.StrVal != "http" || ports["http"].ContainerPort == 0 {
 			t.Errorf("%s probe GET %s on port %s, want GET %s on the http port", p.kind, get.Path, get.Port.String(), p.path)
 		}
+		if want := corev1.URIScheme(strings.ToUpper(w.scheme())); get.Scheme != want {
+			t.Errorf("%s probe scheme %q, want %q", p.kind, get.Scheme, want)
+		}
 	}
 
 	var sleep int64
@@ -483,6 +494,7 @@ const (
 	extensionDir    = "/etc/kura/extensions"
 	extensionScript = extensionDir + "/policy.lua"
 	peerTLSDir      = "/etc/kura/peer-tls"
+	publicTLSDir    = "/etc/kura/public-tls"
 )
 
 func checkExtension(t *testing.T, w want, m *manifests, pod corev1.PodSpec, ctr corev1.Container, env map[string]string, annotations map[string]string) {
@@ -576,6 +588,41 @@ func checkPeerTLS(t *testing.T, w want, pod corev1.PodSpec, ctr corev1.Container
 	}
 }
 
+// checkPublicTLS: with a public TLS Secret, its certificate and key are mounted read-only and
+// named by KURA_PUBLIC_TLS_*; without one, none of those is set.
+func checkPublicTLS(t *testing.T, w want, pod corev1.PodSpec, ctr corev1.Container, env map[string]string) {
+	t.Helper()
+	names := []string{config.EnvPublicTLSCert, config.EnvPublicTLSKey}
+	if v, set := env[config.EnvPublicTLSClientCA]; set {
+		t.Errorf("%s=%q: client certificates would fail kubelet's probes", config.EnvPublicTLSClientCA, v)
+	}
+	if w.publicTLSSecret == "" {
+		for _, name := range names {
+			if v, set := env[name]; set {
+				t.Errorf("public TLS is off, but %s=%q", name, v)
+			}
+		}
+		return
+	}
+	for _, name := range names {
+		if !strings.HasPrefix(env[name], publicTLSDir+"/") {
+			t.Errorf("%s = %q, want a file in %s", name, env[name], publicTLSDir)
+		}
+	}
+	vol := mountedVolume(t, pod, ctr, publicTLSDir)
+	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != w.publicTLSSecret {
+		t.Errorf("%s: volume %v, want secret %s", publicTLSDir, vol, w.publicTLSSecret)
+	}
+}
+
+// scheme is how clients, probes and Prometheus reach the pods' HTTP port.
+func (w want) scheme() string {
+	if w.publicTLSSecret != "" {
+		return "https"
+	}
+	return "http"
+}
+
 // mountedVolume returns the pod volume the container mounts read-only at path.
 func mountedVolume(t *testing.T, pod corev1.PodSpec, ctr corev1.Container, path string) *corev1.Volume {
 	t.Helper()
@@ -621,6 +668,9 @@ func checkServiceMonitor(t *testing.T, w want, m *manifests, headless, regular *
 	requireServicePorts(t, headless, ep.Port)
 	if ep.Port != "http" || ep.Path != "/metrics" || !promDuration.MatchString(ep.Interval) || !promDuration.MatchString(ep.ScrapeTimeout) {
 		t.Errorf("ServiceMonitor endpoint %+v, want /metrics on port http every valid interval", ep)
+	}
+	if ep.Scheme != w.scheme() {
+		t.Errorf("ServiceMonitor scheme %q, want %q", ep.Scheme, w.scheme())
 	}
 }
 

@@ -106,6 +106,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.peerTls.enabled (not .Values.peerTls.secretName) -}}
 {{- fail "peerTls.enabled needs peerTls.secretName (a Secret with the CA, certificate and key)" -}}
 {{- end -}}
+{{- if and .Values.publicTls.enabled (not .Values.publicTls.secretName) -}}
+{{- fail "publicTls.enabled needs publicTls.secretName (a Secret with the certificate and key, e.g. kubernetes.io/tls)" -}}
+{{- end -}}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
 {{- fail "podAntiAffinity must be soft, hard or none" -}}
 {{- end -}}
