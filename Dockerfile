@@ -15,8 +15,10 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 ARG VERSION=dev
-ARG TARGETOS=linux
-ARG TARGETARCH=amd64
+# No defaults: BuildKit sets both to the platform being built, and a default would win over
+# that (an amd64 binary in the arm64 image).
+ARG TARGETOS
+ARG TARGETARCH
 # CGO_ENABLED=0: a static binary, so the final image needs no libc (ops/dockerfile_test.go
 # checks that such a build really has no interpreter or dynamic section).
 RUN --mount=type=cache,target=/go/pkg/mod \

@@ -23,9 +23,11 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/buildkit/frontend/dockerui"
+	"github.com/moby/buildkit/solver/pb"
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
 	digest "github.com/opencontainers/go-digest"
+	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"mvdan.cc/sh/v3/expand"
 	"mvdan.cc/sh/v3/syntax"
 )
@@ -166,24 +168,38 @@ func TestDockerfileIsMultiStageStaticAndNonRoot(t *testing.T) {
 	}
 }
 
-// offlineResolver answers BuildKit's base-image lookups without a registry: an empty
-// linux/<arch> image, so the conversion below runs on a machine with no network.
+// buildHost is the platform the conversions below build on.
+var buildHost = ocispecs.Platform{OS: "linux", Architecture: "amd64"}
+
+// offlineResolver answers BuildKit's base-image lookups without a registry: a one-layer
+// linux image of the platform asked for, so the conversions below run with no network.
 type offlineResolver struct{}
 
-func (offlineResolver) ResolveImageConfig(_ context.Context, ref string, _ sourceresolver.Opt) (string, digest.Digest, []byte, error) {
-	cfg := `{"architecture":"` + runtime.GOARCH + `","os":"linux","config":{}}`
-	return ref, digest.FromString(ref), []byte(cfg), nil
+func (offlineResolver) ResolveImageConfig(_ context.Context, ref string, opt sourceresolver.Opt) (string, digest.Digest, []byte, error) {
+	arch := buildHost.Architecture
+	if opt.ImageOpt != nil && opt.ImageOpt.Platform != nil {
+		arch = opt.ImageOpt.Platform.Architecture
+	}
+	// One layer, or BuildKit treats the base as scratch and drops its platform.
+	layer := digest.FromString("layer of " + ref)
+	cfg := `{"architecture":"` + arch + `","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["` + layer.String() + `"]}}`
+	return ref, digest.FromString(ref + arch), []byte(cfg), nil
 }
 
 // convertDockerfile runs BuildKit's Dockerfile frontend (what docker build runs before it
 // executes anything) over dt and returns the image config it would produce and the warnings of
 // every lint rule (what docker build --check reports).
-func convertDockerfile(t *testing.T, dt []byte, args map[string]string) (*dockerfile2llb.Result, []string) {
+func convertDockerfile(t *testing.T, dt []byte, args map[string]string, target ocispecs.Platform) (*dockerfile2llb.Result, []string) {
 	t.Helper()
 	var warnings []string
 	res, err := dockerfile2llb.Dockerfile2LLB(context.Background(), dt, dockerfile2llb.ConvertOpt{
-		Config:       dockerui.Config{BuildArgs: args, LinterConfig: &linter.Config{}},
-		MetaResolver: offlineResolver{},
+		Config: dockerui.Config{
+			BuildArgs:      args,
+			LinterConfig:   &linter.Config{},
+			BuildPlatforms: []ocispecs.Platform{buildHost},
+		},
+		TargetPlatform: &target,
+		MetaResolver:   offlineResolver{},
 		Warn: func(rule, _, _, msg string, _ []parser.Range) {
 			warnings = append(warnings, rule+": "+msg)
 		},
@@ -197,11 +213,11 @@ func convertDockerfile(t *testing.T, dt []byte, args map[string]string) (*docker
 func TestDockerfileImageConfig(t *testing.T) {
 	// Control: the lint rules do fire (FromAsCasing, LegacyKeyValueFormat, UndefinedVar), so
 	// "no warnings" below means something.
-	if _, w := convertDockerfile(t, []byte("FROM alpine as base\nENV A 1\nCOPY $NOPE /x\n"), nil); len(w) < 3 {
+	if _, w := convertDockerfile(t, []byte("FROM alpine as base\nENV A 1\nCOPY $NOPE /x\n"), nil, buildHost); len(w) < 3 {
 		t.Fatalf("a Dockerfile with two lint problems gave warnings %q", w)
 	}
 
-	res, warnings := convertDockerfile(t, readRepoFile(t, "Dockerfile"), map[string]string{"VERSION": "1.2.3"})
+	res, warnings := convertDockerfile(t, readRepoFile(t, "Dockerfile"), map[string]string{"VERSION": "1.2.3"}, buildHost)
 	if len(warnings) > 0 {
 		t.Errorf("docker build --check rules: %q", warnings)
 	}
@@ -236,6 +252,44 @@ func TestDockerfileImageConfig(t *testing.T) {
 	}
 	if v := cfg.Labels["org.opencontainers.image.version"]; v != "1.2.3" {
 		t.Errorf("version label %q, want the VERSION build argument", v)
+	}
+}
+
+// TestDockerfileCrossCompiles converts the Dockerfile for linux/arm64 on an amd64 host: the go
+// build must run natively on the host and compile for arm64, so a multi-platform build needs
+// no emulation and ships the right binary in each image.
+func TestDockerfileCrossCompiles(t *testing.T) {
+	arm := ocispecs.Platform{OS: "linux", Architecture: "arm64"}
+	res, _ := convertDockerfile(t, readRepoFile(t, "Dockerfile"), nil, arm)
+	if res.Image.Architecture != "arm64" {
+		t.Errorf("the image is for %s, want arm64", res.Image.Architecture)
+	}
+	def, err := res.State.Marshal(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, dt := range def.Def {
+		var op pb.Op
+		if err := op.UnmarshalVT(dt); err != nil {
+			t.Fatal(err)
+		}
+		exec := op.GetExec()
+		if exec == nil || !strings.Contains(strings.Join(exec.Meta.Args, " "), "go build") {
+			continue
+		}
+		found = true
+		if p := op.Platform; p == nil || p.Architecture != buildHost.Architecture {
+			t.Errorf("go build runs on %v, want the build host's %s", p, buildHost.Architecture)
+		}
+		for _, want := range []string{"TARGETOS=linux", "TARGETARCH=arm64"} {
+			if !slices.Contains(exec.Meta.Env, want) {
+				t.Errorf("go build runs with %q, want %s", exec.Meta.Env, want)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no go build step in the converted build")
 	}
 }
 
