@@ -501,6 +501,38 @@ func (c *Cluster) Peers() []Member {
 	return out
 }
 
+// Health is the failure detector's view of each member memberlist knows: "alive",
+// "suspect" (missed probes, not yet declared dead), "dead" or "left", by name. After the node
+// stopped, it is empty.
+func (c *Cluster) Health() map[string]string {
+	c.mu.Lock()
+	halted := c.halted
+	c.mu.Unlock()
+	out := map[string]string{}
+	if halted {
+		return out
+	}
+	for _, n := range c.ml.Members() {
+		out[n.Name] = memberState(n.State)
+	}
+	return out
+}
+
+func memberState(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	default:
+		return "unknown"
+	}
+}
+
 // Member returns the live member called name (this node included).
 func (c *Cluster) Member(name string) (Member, bool) {
 	if name == c.self.Name {

@@ -53,6 +53,9 @@ func TestThreeNodesConverge(t *testing.T) {
 		if _, ok := n.c.Member("nobody"); ok {
 			t.Errorf("%s: Member(nobody) found", self.Name)
 		}
+		if h := n.c.Health(); len(h) != 3 || h["node-a"] != "alive" || h["node-b"] != "alive" || h["node-c"] != "alive" {
+			t.Errorf("%s: Health() = %v, want all three alive", self.Name, h)
+		}
 		if eu, us := membersGauge(t, n.reg, "eu"), membersGauge(t, n.reg, "us"); eu != 2 || us != 1 {
 			t.Errorf("%s: kura_cluster_members eu=%v us=%v, want 2 and 1", self.Name, eu, us)
 		}
@@ -174,6 +177,14 @@ func TestCrashedNodeIsDeclaredDead(t *testing.T) {
 	c.c.halt(false)
 	eventually(t, "crashed node-c declared dead", func() error { return sameView([]*node{a, b}, a, b) })
 	expectEvent(t, events, Left, "node-c")
+	// The failure detector's verdict, as the status page shows it (memberlist keeps a dead
+	// node around until it reclaims it).
+	if h := b.c.Health(); h["node-c"] != "" && h["node-c"] != "dead" {
+		t.Errorf("node-b's Health()[node-c] = %q after the crash, want dead (or forgotten)", h["node-c"])
+	}
+	if h := c.c.Health(); len(h) != 0 {
+		t.Errorf("the halted node's Health() = %v, want empty", h)
+	}
 }
 
 func TestOtherTenantIsRejectedBothWays(t *testing.T) {

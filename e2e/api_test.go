@@ -59,16 +59,17 @@ func TestAPISmoke(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := UpStatus{Status: "ok", TenantID: "smoke-tenant", Region: "eu-test", Node: "smoke", NodeURL: base}
+		want := UpStatus{Status: "ok", TenantID: "smoke-tenant", Region: "eu-test", Node: "smoke", NodeURL: base,
+			RingMembers: 1, State: "serving"}
 		got := up
-		got.ConnectedNodes, got.RingMembers, got.Members, got.Nodes = nil, nil, nil, nil
+		got.ConnectedNodes, got.RingNames, got.Members, got.Nodes = nil, nil, nil, nil
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("/up = %+v, want %+v", up, want)
 		}
-		if !slices.Contains(up.RingMembers, "smoke") || !slices.Contains(up.Members, "eu-test") ||
+		if !slices.Contains(up.RingNames, "smoke") || !slices.Contains(up.Members, "eu-test") ||
 			!slices.Contains(up.Nodes, base) || slices.Contains(up.ConnectedNodes, base) {
 			t.Errorf("/up membership lists: ring_members %v, members %v, nodes %v, connected_nodes %v",
-				up.RingMembers, up.Members, up.Nodes, up.ConnectedNodes)
+				up.RingNames, up.Members, up.Nodes, up.ConnectedNodes)
 		}
 	})
 

@@ -30,6 +30,8 @@ type bazelWorkspace struct {
 	outputUserRoot string
 	stubs          string
 	builds         int
+	// startupFlags are extra startup options every invocation carries (JVM flags, say).
+	startupFlags []string
 }
 
 func newBazelWorkspace(t *testing.T) *bazelWorkspace {
@@ -67,12 +69,13 @@ func (w *bazelWorkspace) env() []string {
 // startup prefixes a command with the startup options every invocation must share (a
 // different set would restart the server).
 func (w *bazelWorkspace) startup(args ...string) []string {
-	return append([]string{
+	flags := append([]string{
 		"--nohome_rc",
 		"--output_user_root=" + w.outputUserRoot,
 		// A server orphaned by a killed test exits by itself.
 		"--max_idle_secs=300",
-	}, args...)
+	}, w.startupFlags...)
+	return append(flags, args...)
 }
 
 // run executes one bazel command in the workspace.

@@ -164,7 +164,7 @@ func ScrapeMetrics(t testing.TB, n *Node) Metrics {
 		t.Fatalf("build /metrics request: %v", err)
 	}
 	req.Header.Set("Accept", "text/plain;version=0.0.4")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := n.Client(30 * time.Second).Do(req)
 	if err != nil {
 		t.Fatalf("GET /metrics: %v", err)
 	}

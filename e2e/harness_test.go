@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,6 +47,9 @@ type NodeOptions struct {
 	Env map[string]string
 	// DataDir is KURA_DATA_DIR (default: a fresh directory owned by the test).
 	DataDir string
+	// ClientTLS, when set, is how the harness talks to a node serving public TLS
+	// (KURA_PUBLIC_TLS_* in Env): its URL is https and its client trusts this configuration.
+	ClientTLS *tls.Config
 }
 
 // Node is one kura process under test, with its own ports and data directory. Its ports and
@@ -68,7 +72,20 @@ type Node struct {
 }
 
 // URL is the node's public HTTP base URL (KURA_NODE_URL), without a trailing slash.
-func (n *Node) URL() string { return "http://" + n.HTTPAddr() }
+func (n *Node) URL() string {
+	if n.opts.ClientTLS != nil {
+		return "https://" + n.HTTPAddr()
+	}
+	return "http://" + n.HTTPAddr()
+}
+
+// Client is an HTTP client for the node's public API (TLS-aware), with timeout.
+func (n *Node) Client(timeout time.Duration) *http.Client {
+	if n.opts.ClientTLS == nil {
+		return &http.Client{Timeout: timeout}
+	}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: n.opts.ClientTLS}}
+}
 
 // HTTPAddr is host:port of the public HTTP API.
 func (n *Node) HTTPAddr() string { return loopbackAddr(n.HTTPPort) }
@@ -259,7 +276,7 @@ func (n *Node) start() error {
 // deadline passes.
 func (n *Node) waitReady() error {
 	deadline := time.Now().Add(readyTimeout)
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := n.Client(2 * time.Second)
 	var last string
 	for {
 		select {
@@ -426,7 +443,7 @@ func (n *Node) Up(ctx context.Context) (UpStatus, error) {
 	if err != nil {
 		return up, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := n.Client(30 * time.Second).Do(req)
 	if err != nil {
 		return up, fmt.Errorf("GET %s/up: %w", n.URL(), err)
 	}
@@ -448,9 +465,11 @@ type UpStatus struct {
 	Node           string   `json:"node"`
 	NodeURL        string   `json:"node_url"`
 	ConnectedNodes []string `json:"connected_nodes"`
-	RingMembers    []string `json:"ring_members"`
+	RingMembers    int      `json:"ring_members"`
+	RingNames      []string `json:"ring_member_names"`
 	Members        []string `json:"members"`
 	Nodes          []string `json:"nodes"`
+	State          string   `json:"state"`
 }
 
 // freePorts returns k distinct loopback ports that were free for TCP and UDP at the time of

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -104,15 +105,15 @@ func (s *Server) writeRefused(sf surface, ae *apiError) error {
 
 // readFailed maps a store error of a read and counts it: a missing object is a miss, a corrupt
 // one (answered 404 as well) and a store failure are errors.
-func (s *Server) readFailed(t target, err error) error {
+func (s *Server) readFailed(ctx context.Context, t target, err error) error {
 	ae := storeError("read artifact", "", err)
 	result := resultError
 	if errors.Is(err, storage.ErrNotFound) {
 		result = resultMiss
 	} else if errors.Is(err, storage.ErrCorrupt) {
-		s.log.Warn("corrupt artifact answered as missing", "key", t.key.String(), "error", err)
+		s.log.WarnContext(ctx, "corrupt artifact answered as missing", "key", t.key.String(), "error", err)
 	}
-	s.metrics.read(t.surface, result, 0)
+	s.metrics.read(t, result, 0)
 	return ae
 }
 
@@ -129,7 +130,7 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 	r := c.Request()
 	rd, err := s.store.Open(r.Context(), t.key, 0, -1)
 	if err != nil {
-		return s.readFailed(t, err)
+		return s.readFailed(r.Context(), t, err)
 	}
 	defer rd.Close()
 	info := rd.Info()
@@ -138,7 +139,7 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 	h := w.Header()
 	if etagMatches(r.Header.Get("If-None-Match"), etag) {
 		h.Set("ETag", etag)
-		s.metrics.read(t.surface, resultHit, 0)
+		s.metrics.read(t, resultHit, 0)
 		return c.NoContent(http.StatusNotModified)
 	}
 	bp := copyBufs.Get().(*[]byte)
@@ -146,7 +147,7 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 	buf := *bp
 	n, rerr := readSome(rd, buf)
 	if rerr != nil && !errors.Is(rerr, io.EOF) {
-		return s.readFailed(t, rerr)
+		return s.readFailed(r.Context(), t, rerr)
 	}
 	setObjectHeaders(h, info)
 	w.WriteHeader(http.StatusOK)
@@ -161,8 +162,8 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 			_ = rc.SetWriteDeadline(time.Now().Add(s.idle))
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				// The client went away or stalled past the idle timeout.
-				s.metrics.read(t.surface, resultError, sent)
-				s.log.Debug("send artifact", "key", t.key.String(), "sent", sent, "error", werr)
+				s.metrics.read(t, resultError, sent)
+				s.log.DebugContext(r.Context(), "send artifact", "key", t.key.String(), "sent", sent, "error", werr)
 				return nil
 			}
 			sent += int64(n)
@@ -171,14 +172,14 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 			if errors.Is(rerr, io.EOF) {
 				break
 			}
-			s.metrics.read(t.surface, resultError, sent)
-			s.log.Error("artifact read failed mid-stream; aborting response", "key", t.key.String(),
+			s.metrics.read(t, resultError, sent)
+			s.log.ErrorContext(r.Context(), "artifact read failed mid-stream; aborting response", "key", t.key.String(),
 				"sent", sent, "size", info.Size, "error", rerr)
 			panic(http.ErrAbortHandler)
 		}
 		n, rerr = rd.Read(buf)
 	}
-	s.metrics.read(t.surface, resultHit, sent)
+	s.metrics.read(t, resultHit, sent)
 	s.recordTransfer(t, analytics.Download, sent)
 	return nil
 }
@@ -200,9 +201,9 @@ func setObjectHeaders(h http.Header, info storage.Info) {
 func (s *Server) statObject(c echo.Context, t target, status int) error {
 	info, err := s.store.Stat(c.Request().Context(), t.key)
 	if err != nil {
-		return s.readFailed(t, err)
+		return s.readFailed(c.Request().Context(), t, err)
 	}
-	s.metrics.read(t.surface, resultHit, 0)
+	s.metrics.read(t, resultHit, 0)
 	if status == http.StatusNoContent {
 		return c.NoContent(status)
 	}

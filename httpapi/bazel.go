@@ -90,7 +90,7 @@ func (s *Server) handleBazel(sf surface, method string) echo.HandlerFunc {
 // serveEmpty answers a read of the empty blob without asking the store.
 func (s *Server) serveEmpty(c echo.Context, t target, head bool) error {
 	info := storage.Info{Key: t.key, ContentType: echo.MIMEOctetStream, SHA256: emptySHA256}
-	s.metrics.read(t.surface, resultHit, 0)
+	s.metrics.read(t, resultHit, 0)
 	if !head && etagMatches(c.Request().Header.Get("If-None-Match"), info.ETag()) {
 		c.Response().Header().Set("ETag", info.ETag())
 		return c.NoContent(http.StatusNotModified)

@@ -29,6 +29,6 @@ func (s *Server) handleClean(c echo.Context) error {
 	if err := s.store.DeleteNamespace(c.Request().Context(), tenant, namespace, 0); err != nil {
 		return storeError("clean namespace", "", err)
 	}
-	s.log.Info("namespace cleaned", "tenant_id", tenant, "namespace_id", namespace)
+	s.log.InfoContext(c.Request().Context(), "namespace cleaned", "tenant_id", tenant, "namespace_id", namespace)
 	return c.NoContent(http.StatusNoContent)
 }

@@ -108,7 +108,7 @@ func sentinelDetail(err, sentinel error, prefix string) string {
 func (s *Server) handleError(err error, c echo.Context) {
 	resp := c.Response()
 	if resp.Committed {
-		s.log.Debug("error after response was committed", "route", s.routeLabel(c), "error", err)
+		s.log.DebugContext(c.Request().Context(), "error after response was committed", "route", s.routeLabel(c), "error", err)
 		return
 	}
 	var ae *apiError
@@ -127,7 +127,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 		ae = &apiError{status: http.StatusInternalServerError, message: "Internal server error", cause: err}
 	}
 	if ae.status >= 500 {
-		s.log.Error("request failed", "route", s.routeLabel(c), "method", c.Request().Method,
+		s.log.ErrorContext(c.Request().Context(), "request failed", "route", s.routeLabel(c), "method", c.Request().Method,
 			"status", ae.status, "error", ae)
 	}
 	writeError(resp, ae)
@@ -179,7 +179,7 @@ func (s *Server) recoverPanic(next echo.HandlerFunc) echo.HandlerFunc {
 			if v == http.ErrAbortHandler { //nolint:errorlint // sentinel panic value, compared as net/http does
 				panic(v)
 			}
-			s.log.Error("handler panic", "route", s.routeLabel(c), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			s.log.ErrorContext(c.Request().Context(), "handler panic", "route", s.routeLabel(c), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			if c.Response().Committed {
 				// Half a response is worse than none: make the client see a broken transfer.
 				panic(http.ErrAbortHandler)

@@ -68,7 +68,7 @@ func (s *Server) authorize(c echo.Context, op string, t target, q url.Values, pl
 		if op == OpWrite {
 			s.metrics.write(t.surface, resultRejected, 0)
 		} else {
-			s.metrics.read(t.surface, resultRejected, 0)
+			s.metrics.read(t, resultRejected, 0)
 		}
 	}
 	status := d.Status

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -16,8 +17,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
@@ -46,13 +49,20 @@ type harnessOpts struct {
 	limits  func(*limits)
 	guard   Guard
 	members Membership
+	// lifecycle is the node's traffic state (nil: always serving).
+	lifecycle *lifecycle.Node
 	// events receives the analytics events (nil: analytics off).
 	events EventRecorder
+	// status feeds the status page (nil: identity and hit ratios only).
+	status StatusSource
 	// wrap replaces the store and multipart seen by the server (fault injection).
 	wrap func(*storagetest.Memory) (storage.Store, storage.Multipart)
 	// disk backs the server with storage/local (Pebble and segment files, fsynced) in a
 	// temporary directory, closed after the server has shut down.
 	disk bool
+	// tracer and logger are Deps.TracerProvider and Deps.Logger (nil: none).
+	tracer trace.TracerProvider
+	logger *slog.Logger
 }
 
 const testTenant = "default"
@@ -83,7 +93,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		o.cfg(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Registerer: reg, Gatherer: reg})
+	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Status: o.status, Lifecycle: o.lifecycle,
+		Registerer: reg, Gatherer: reg, TracerProvider: o.tracer, Logger: o.logger})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -31,6 +32,7 @@ type metrics struct {
 	writes     *prometheus.CounterVec
 	readBytes  *prometheus.CounterVec
 	writeBytes *prometheus.CounterVec
+	lookups    *telemetry.NamespaceLookups
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -56,13 +58,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, fmt.Errorf("register http metrics: %w", err)
 	}
 	m.reads, m.writes, m.readBytes, m.writeBytes = artifacts.Reads, artifacts.Writes, artifacts.ReadBytes, artifacts.WriteBytes
+	m.lookups = artifacts.Lookups
 	return m, nil
 }
 
-func (m *metrics) read(sf surface, result string, n int64) {
-	m.reads.WithLabelValues(string(sf.kind), sf.client, sf.class, result).Inc()
+func (m *metrics) read(t target, result string, n int64) {
+	m.reads.WithLabelValues(string(t.kind), t.client, t.class, result).Inc()
+	m.lookups.Observe(t.client, t.key.Tenant, t.key.Namespace, result)
 	if n > 0 {
-		m.readBytes.WithLabelValues(string(sf.kind), sf.client, sf.class).Add(float64(n))
+		m.readBytes.WithLabelValues(string(t.kind), t.client, t.class).Add(float64(n))
 	}
 }
 
@@ -102,8 +106,10 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			case !c.Response().Committed:
 				status = http.StatusOK // net/http's implicit answer
 			}
+			took := time.Since(start)
 			s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
-			s.metrics.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+			s.metrics.duration.WithLabelValues(route, method).Observe(took.Seconds())
+			s.accessLog(c, route, method, status, took)
 		}()
 		if err := next(c); err != nil {
 			c.Error(err)
@@ -111,6 +117,19 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		returned = true
 		return nil
 	}
+}
+
+// accessLog writes one debug line per request. It is debug because a busy node answers
+// thousands of requests a second and each line is a synchronous write to stdout; failures
+// are logged at warn or error where they happen, with the same request_id.
+func (s *Server) accessLog(c echo.Context, route, method string, status int, took time.Duration) {
+	ctx := c.Request().Context()
+	if !s.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, "request",
+		slog.String("method", method), slog.String("route", route), slog.Int("status", status),
+		slog.Int64("bytes_out", c.Response().Size), slog.Duration("duration", took))
 }
 
 // handleMetrics serves the injected Gatherer in the Prometheus text format.

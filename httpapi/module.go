@@ -100,7 +100,7 @@ func (s *Server) uploadTarget(c echo.Context, id, tenant, namespace string) (tar
 	case err == nil:
 	case errors.Is(err, storage.ErrCorrupt):
 		// The upload's state is unreadable and will be removed; the client must start over.
-		s.log.Warn("corrupt multipart upload answered as missing", "upload", id, "error", err)
+		s.log.WarnContext(c.Request().Context(), "corrupt multipart upload answered as missing", "upload", id, "error", err)
 		return target{}, &apiError{status: http.StatusNotFound, message: msgUploadNotFound}
 	default:
 		return target{}, storeError("look up upload", msgPartTooLarge, err)

@@ -13,7 +13,11 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/kuracache/kura/internal/lifecycle"
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -76,12 +80,20 @@ type Deps struct {
 	Multipart storage.Multipart // required (module cache)
 	Members   Membership        // nil: /up reports this node alone
 	Guard     Guard             // nil: allow everything
-	Analytics EventRecorder     // nil: no analytics events
+	// Lifecycle is the node's traffic state; nil: always serving, requests not tracked.
+	Lifecycle *lifecycle.Node
+	Analytics EventRecorder // nil: no analytics events
+	// Status feeds the status page (GET /) with the cluster, disk and memory; nil: the page
+	// shows this node's identity and hit ratios only.
+	Status StatusSource
 	// Registerer receives the kura_http_* and kura_artifact_* metrics. Gatherer is served on
 	// /metrics. When both are nil a private registry is used for both.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger // nil: discard
+	// TracerProvider opens a server span per request (see requestContext). nil or the no-op
+	// provider: no spans, and no tracing middleware at all.
+	TracerProvider trace.TracerProvider
 }
 
 // limits are the per-surface body limits. They live on the Server (not in constants read by
@@ -92,19 +104,25 @@ type limits struct {
 
 // Server is the public HTTP API. Create it with New; it is safe for concurrent use.
 type Server struct {
-	cfg      Config
-	store    storage.Store
-	mp       storage.Multipart
-	members  Membership
-	guard    Guard
-	events   EventRecorder // nil: analytics off
-	log      *slog.Logger
-	metrics  *metrics
-	gatherer prometheus.Gatherer
-	limits   limits
-	idle     time.Duration
-	echo     *echo.Echo
-	srv      *http.Server
+	cfg     Config
+	store   storage.Store
+	mp      storage.Multipart
+	members Membership
+	guard   Guard
+	events  EventRecorder // nil: analytics off
+	status  StatusSource  // nil: status page without cluster, disk and memory
+	// lifecycle is nil when the server runs outside a node (tests, embedding).
+	lifecycle *lifecycle.Node
+	log       *slog.Logger
+	metrics   *metrics
+	// tracer is nil when tracing is off; propagator reads the client's trace context.
+	tracer     trace.Tracer
+	propagator propagation.TextMapPropagator
+	gatherer   prometheus.Gatherer
+	limits     limits
+	idle       time.Duration
+	echo       *echo.Echo
+	srv        *http.Server
 	// routes maps echo's ":param" patterns to the "{param}" form used in metric labels and
 	// policy contexts (the original Kura's route syntax, which operator scripts match on).
 	routes map[string]string
@@ -157,16 +175,18 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:      cfg,
-		store:    deps.Store,
-		mp:       deps.Multipart,
-		members:  deps.Members,
-		guard:    deps.Guard,
-		events:   deps.Analytics,
-		log:      logger,
-		metrics:  m,
-		gatherer: gat,
-		idle:     cfg.BodyIdleTimeout,
+		cfg:       cfg,
+		store:     deps.Store,
+		mp:        deps.Multipart,
+		members:   deps.Members,
+		guard:     deps.Guard,
+		lifecycle: deps.Lifecycle,
+		events:    deps.Analytics,
+		status:    deps.Status,
+		log:       logger,
+		metrics:   m,
+		gatherer:  gat,
+		idle:      cfg.BodyIdleTimeout,
 		limits: limits{
 			keyValue:     cfg.MaxKeyValueBytes,
 			xcode:        cfg.MaxXcodeBytes,
@@ -178,6 +198,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		},
 		routes: map[string]string{},
 	}
+	if telemetry.TracingEnabled(deps.TracerProvider) {
+		s.tracer = deps.TracerProvider.Tracer(tracerName)
+		s.propagator = telemetry.Propagator()
+	}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -185,7 +209,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// twice, and everything worth saying goes through slog.
 	e.Logger.SetOutput(io.Discard)
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.observe, s.boundBodyDrain, s.recoverPanic)
+	e.Use(s.requestContext, s.observe, s.admit, s.boundBodyDrain, s.recoverPanic)
 	s.echo = e
 	s.registerRoutes()
 	s.srv = &http.Server{
@@ -207,7 +231,9 @@ func (s *Server) route(method, pattern string, h echo.HandlerFunc) {
 
 func (s *Server) registerRoutes() {
 	s.route(http.MethodGet, "/up", s.handleUp)
+	s.route(http.MethodGet, "/ready", s.handleReady)
 	s.route(http.MethodGet, "/metrics", s.handleMetrics())
+	s.route(http.MethodGet, "/", s.handleStatus)
 
 	s.registerXcode()
 	s.registerKeyValue()

@@ -17,12 +17,17 @@ type upResponse struct {
 	NodeURL  string `json:"node_url"`
 	// ConnectedNodes are the other live members' URLs, sorted.
 	ConnectedNodes []string `json:"connected_nodes"`
-	// RingMembers are the live member names including this node, sorted.
-	RingMembers []string `json:"ring_members"`
+	// RingMembers is the number of live members including this node: a count, as in the
+	// original, whose operators wait for "ring_members":N.
+	RingMembers int `json:"ring_members"`
+	// RingMemberNames are their names, sorted. [beyond]
+	RingMemberNames []string `json:"ring_member_names"`
 	// Members are the distinct regions of live members including this node's, sorted.
 	Members []string `json:"members"`
 	// Nodes are the live members' URLs including this node's, sorted.
 	Nodes []string `json:"nodes"`
+	// State is joining, serving or draining. [beyond]
+	State string `json:"state"`
 }
 
 func (s *Server) upStatus() upResponse {
@@ -38,6 +43,7 @@ func (s *Server) upStatus() upResponse {
 		Node:           s.cfg.NodeName,
 		NodeURL:        s.cfg.NodeURL,
 		ConnectedNodes: []string{},
+		State:          s.state().String(),
 	}
 	names := []string{self.Name}
 	regions := []string{self.Region}
@@ -53,7 +59,8 @@ func (s *Server) upStatus() upResponse {
 			resp.ConnectedNodes = append(resp.ConnectedNodes, m.URL)
 		}
 	}
-	resp.RingMembers = sortedUnique(names)
+	resp.RingMemberNames = sortedUnique(names)
+	resp.RingMembers = len(resp.RingMemberNames)
 	resp.Members = sortedUnique(regions)
 	resp.Nodes = sortedUnique(nodes)
 	resp.ConnectedNodes = sortedUnique(resp.ConnectedNodes)

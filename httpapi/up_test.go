@@ -28,15 +28,17 @@ func TestUpWithMembers(t *testing.T) {
 		t.Fatalf("decode %q: %v", r.body, err)
 	}
 	want := map[string]any{
-		"status":          "ok",
-		"tenant_id":       "default",
-		"region":          "eu",
-		"node":            "node-a",
-		"node_url":        "http://node-a:4000",
-		"connected_nodes": []any{"http://node-b:4000", "http://node-c:4000"},
-		"ring_members":    []any{"node-a", "node-b", "node-c"},
-		"members":         []any{"eu", "us"},
-		"nodes":           []any{"http://node-a:4000", "http://node-b:4000", "http://node-c:4000"},
+		"status":            "ok",
+		"tenant_id":         "default",
+		"region":            "eu",
+		"node":              "node-a",
+		"node_url":          "http://node-a:4000",
+		"connected_nodes":   []any{"http://node-b:4000", "http://node-c:4000"},
+		"ring_members":      3.0,
+		"ring_member_names": []any{"node-a", "node-b", "node-c"},
+		"state":             "serving",
+		"members":           []any{"eu", "us"},
+		"nodes":             []any{"http://node-a:4000", "http://node-b:4000", "http://node-c:4000"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("/up = %v\nwant   %v", got, want)
@@ -49,7 +51,7 @@ func TestUpAlone(t *testing.T) {
 	expect(t, r, http.StatusOK, "-")
 	body := strings.TrimSpace(string(r.body))
 	want := `{"status":"ok","tenant_id":"default","region":"eu","node":"node-a","node_url":"http://node-a:4000",` +
-		`"connected_nodes":[],"ring_members":["node-a"],"members":["eu"],"nodes":["http://node-a:4000"]}`
+		`"connected_nodes":[],"ring_members":1,"ring_member_names":["node-a"],"members":["eu"],"nodes":["http://node-a:4000"],"state":"serving"}`
 	if body != want {
 		t.Fatalf("/up = %s\nwant  %s", body, want)
 	}

@@ -440,7 +440,7 @@ func startNode(t *testing.T, name string, gossipPort int, extra ...string) *inPr
 			if err != nil {
 				t.Errorf("%s stopped with %v", name, err)
 			}
-		case <-time.After(app.ShutdownTimeout + 5*time.Second):
+		case <-time.After(config.DefaultDrainTimeout + 5*time.Second):
 			t.Errorf("%s did not stop", name)
 		}
 		if out := logs.String(); t.Failed() && out != "" {

@@ -25,7 +25,6 @@ import (
 	"github.com/prometheus/prometheus/model/relabel"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/kuracache/kura/internal/app"
 	"github.com/kuracache/kura/internal/config"
 )
 
@@ -160,13 +159,13 @@ func TestComposeStackNodes(t *testing.T) {
 		cfg, err := config.Load(environ)
 		if err != nil {
 			t.Errorf("%s: kura rejects its environment: %v", n.service, err)
-		} else {
-			if len(cfg.Warnings) > 0 {
-				t.Errorf("%s: kura warns about its environment: %q", n.service, cfg.Warnings)
-			}
-			if cfg.Port != 4000 || cfg.GRPCPort != 50051 || cfg.GossipPort != 7946 {
-				t.Errorf("%s: ports %d/%d/%d, want the image's 4000/50051/7946", n.service, cfg.Port, cfg.GRPCPort, cfg.GossipPort)
-			}
+			continue
+		}
+		if len(cfg.Warnings) > 0 {
+			t.Errorf("%s: kura warns about its environment: %q", n.service, cfg.Warnings)
+		}
+		if cfg.Port != 4000 || cfg.GRPCPort != 50051 || cfg.GossipPort != 7946 {
+			t.Errorf("%s: ports %d/%d/%d, want the image's 4000/50051/7946", n.service, cfg.Port, cfg.GRPCPort, cfg.GossipPort)
 		}
 
 		data, ok := mountAt(s, "/data")
@@ -181,9 +180,9 @@ func TestComposeStackNodes(t *testing.T) {
 		if hc == nil || !slices.Equal([]string(hc.Test), []string{"CMD", "/kura", "healthcheck"}) || hc.Interval == nil || hc.Timeout == nil {
 			t.Errorf("%s: healthcheck %+v, want CMD /kura healthcheck with an interval and a timeout", n.service, hc)
 		}
-		// Docker's default 10 s would SIGKILL a node in the middle of its 25 s drain.
-		if s.StopGracePeriod == nil || time.Duration(*s.StopGracePeriod) <= app.ShutdownTimeout {
-			t.Errorf("%s: stop_grace_period %v, want more than the %v drain", n.service, s.StopGracePeriod, app.ShutdownTimeout)
+		// Docker's default 10 s would SIGKILL a node in the middle of its drain.
+		if s.StopGracePeriod == nil || time.Duration(*s.StopGracePeriod) <= cfg.DrainTimeout {
+			t.Errorf("%s: stop_grace_period %v, want more than the node's %v drain (KURA_DRAIN_TIMEOUT_MS)", n.service, s.StopGracePeriod, cfg.DrainTimeout)
 		}
 		// Promtail selects the nodes' containers by these labels.
 		if s.Labels["io.kuracache.logs"] != "json" || s.Labels["io.kuracache.region"] != n.region {

@@ -8,7 +8,9 @@
 // time, so a backlog costs a few dozen bytes per entry and a superseded or deleted object is
 // skipped instead of pushed. Peers never share a goroutine, a backoff or a page, so a peer that
 // is down or slow delays nobody else, and a peer absent for longer than DropAfter loses its
-// queue (anti-entropy repairs what it missed).
+// queue (anti-entropy repairs what it missed). A traced write's entry also keeps the commit's
+// trace context (25 bytes, entry format 2; untraced entries keep format 1), so its push,
+// made later by a worker, is a span of the client's trace (tracing.go).
 //
 // Sequence numbers are handed out when an entry joins a batch, but batches commit in any
 // order, so a worker can see seq 7 before seq 6 exists. It records such gaps as holes and

@@ -7,6 +7,8 @@ import (
 	"hash/crc32"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kuracache/kura/storage"
 )
 
@@ -45,11 +47,25 @@ type Entry struct {
 	// EnqueuedAt is when the write committed (millisecond precision once stored); it feeds the
 	// oldest-entry-age gauge. Enqueue sets it when zero.
 	EnqueuedAt time.Time
+	// Trace is the span context of the write's commit, when it was traced: the push continues
+	// that trace, so a client's write and its apply on every peer are one trace. Only the
+	// trace id, span id and sampled flag are kept (the trace state is dropped).
+	Trace trace.SpanContext
 }
 
-// entryFormatV1 is the first byte of every encoded entry. A reader that meets another value
+// The first byte of every encoded entry names its format. A reader that meets another value
 // refuses the entry rather than guess.
-const entryFormatV1 byte = 1
+const (
+	// entryFormatV1: no trace context. Written for every untraced write, so with tracing
+	// off the encoding is the one every earlier version wrote and reads.
+	entryFormatV1 byte = 1
+	// entryFormatV2: V1 followed, before the checksum, by the commit's trace context
+	// (16-byte trace id, 8-byte span id, 1 byte of trace flags).
+	entryFormatV2 byte = 2
+)
+
+// traceContextBytes is the size of the trace context of a V2 entry.
+const traceContextBytes = 16 + 8 + 1
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -80,15 +96,19 @@ func (e Entry) validate() error {
 }
 
 // AppendEntry appends the compact encoding of e to dst: a format byte, the op, the version,
-// the enqueue time in Unix milliseconds, the identifiers (length-prefixed) and a CRC-32C of
-// everything before it: about 30 bytes plus the identifiers (99 bytes for a CAS key named by a
-// 64-character hex digest).
+// the enqueue time in Unix milliseconds, the identifiers (length-prefixed), the trace context
+// when e has one, and a CRC-32C of everything before it: about 30 bytes plus the identifiers
+// (99 bytes for a CAS key named by a 64-character hex digest, 124 with a trace context).
 func AppendEntry(dst []byte, e Entry) ([]byte, error) {
 	if err := e.validate(); err != nil {
 		return dst, fmt.Errorf("encode outbox entry: %w", err)
 	}
 	start := len(dst)
-	dst = append(dst, entryFormatV1, byte(e.Op))
+	format := entryFormatV1
+	if e.Trace.IsValid() {
+		format = entryFormatV2
+	}
+	dst = append(dst, format, byte(e.Op))
 	dst = binary.AppendUvarint(dst, uint64(e.Version))
 	dst = binary.AppendVarint(dst, e.EnqueuedAt.UnixMilli())
 	switch e.Op {
@@ -100,6 +120,12 @@ func AppendEntry(dst []byte, e Entry) ([]byte, error) {
 	case OpTombstone:
 		dst = appendString(dst, e.Tombstone.Tenant)
 		dst = appendString(dst, e.Tombstone.Namespace)
+	}
+	if format == entryFormatV2 {
+		tid, sid := e.Trace.TraceID(), e.Trace.SpanID()
+		dst = append(dst, tid[:]...)
+		dst = append(dst, sid[:]...)
+		dst = append(dst, byte(e.Trace.TraceFlags()))
 	}
 	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli)), nil
 }
@@ -119,8 +145,9 @@ func DecodeEntry(b []byte) (Entry, error) {
 	if crc32.Checksum(body, castagnoli) != sum {
 		return Entry{}, fmt.Errorf("%w: checksum mismatch", ErrBadEntry)
 	}
-	if body[0] != entryFormatV1 {
-		return Entry{}, fmt.Errorf("%w: unknown format %d", ErrBadEntry, body[0])
+	format := body[0]
+	if format != entryFormatV1 && format != entryFormatV2 {
+		return Entry{}, fmt.Errorf("%w: unknown format %d", ErrBadEntry, format)
 	}
 	d := entryDecoder{b: body[2:]}
 	e := Entry{Op: Op(body[1])}
@@ -138,6 +165,9 @@ func DecodeEntry(b []byte) (Entry, error) {
 		e.Tombstone.Version = e.Version
 	default:
 		return Entry{}, fmt.Errorf("%w: unknown op %d", ErrBadEntry, body[1])
+	}
+	if format == entryFormatV2 {
+		e.Trace = d.traceContext()
 	}
 	if d.err != nil {
 		return Entry{}, fmt.Errorf("%w: %v", ErrBadEntry, d.err)
@@ -182,6 +212,28 @@ func (d *entryDecoder) varint() int64 {
 	}
 	d.b = d.b[n:]
 	return v
+}
+
+// traceContext reads the trace context of a V2 entry; an invalid one (zero ids) is damage.
+func (d *entryDecoder) traceContext() trace.SpanContext {
+	if d.err != nil {
+		return trace.SpanContext{}
+	}
+	if len(d.b) < traceContextBytes {
+		d.err = fmt.Errorf("trace context truncated to %d bytes", len(d.b))
+		return trace.SpanContext{}
+	}
+	var cfg trace.SpanContextConfig
+	copy(cfg.TraceID[:], d.b[:16])
+	copy(cfg.SpanID[:], d.b[16:24])
+	cfg.TraceFlags = trace.TraceFlags(d.b[24])
+	cfg.Remote = true
+	d.b = d.b[traceContextBytes:]
+	sc := trace.NewSpanContext(cfg)
+	if !sc.IsValid() {
+		d.err = errors.New("invalid trace context")
+	}
+	return sc
 }
 
 // string reads a length-prefixed identifier; the length is checked against the identifier

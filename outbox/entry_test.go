@@ -98,6 +98,9 @@ func FuzzDecodeEntry(f *testing.F) {
 	for _, e := range sampleEntries() {
 		b, _ := AppendEntry(nil, e)
 		f.Add(b)
+		e.Trace = commitSpan
+		b, _ = AppendEntry(nil, e)
+		f.Add(b)
 	}
 	f.Add([]byte{})
 	f.Add([]byte{1, 1, 0, 0, 0, 0, 0, 0})
@@ -115,7 +118,8 @@ func FuzzDecodeEntry(f *testing.F) {
 			t.Fatalf("decoded entry does not encode: %v", err)
 		}
 		e2, err := DecodeEntry(again)
-		if err != nil || e2.Op != e.Op || e2.Key != e.Key || e2.Tombstone != e.Tombstone || e2.Version != e.Version || !e2.EnqueuedAt.Equal(e.EnqueuedAt) {
+		if err != nil || e2.Op != e.Op || e2.Key != e.Key || e2.Tombstone != e.Tombstone || e2.Version != e.Version || !e2.EnqueuedAt.Equal(e.EnqueuedAt) ||
+			!e2.Trace.Equal(e.Trace) || !bytes.Equal(again, b) {
 			t.Fatalf("second round trip: %+v, %v; want %+v", e2, err, e)
 		}
 	})

@@ -34,14 +34,14 @@ func (o *Outbox) OnCommit(b *meta.Batch, c local.Change) error {
 }
 
 // EntryForChange translates a committing change of the local store into the entry that
-// replicates it.
+// replicates it, with the commit's trace context.
 func EntryForChange(c local.Change) (Entry, error) {
 	switch c.Op {
 	case local.ChangePut:
-		return Entry{Op: OpObject, Key: c.Info.Key, Version: c.Version}, nil
+		return Entry{Op: OpObject, Key: c.Info.Key, Version: c.Version, Trace: c.Trace}, nil
 	case local.ChangeDeleteNamespace:
 		t := storage.Tombstone{Tenant: c.Tenant, Namespace: c.Namespace, Version: c.Version}
-		return Entry{Op: OpTombstone, Tombstone: t, Version: c.Version}, nil
+		return Entry{Op: OpTombstone, Tombstone: t, Version: c.Version, Trace: c.Trace}, nil
 	}
 	return Entry{}, fmt.Errorf("replicate change: unknown op %d", c.Op)
 }

@@ -23,6 +23,7 @@ const (
 type metrics struct {
 	pushes       *prometheus.CounterVec
 	duration     *prometheus.HistogramVec
+	lag          *prometheus.HistogramVec
 	paused       prometheus.Gauge
 	peersDropped prometheus.Counter
 	queues       *queueCollector
@@ -40,6 +41,12 @@ func newMetrics(reg prometheus.Registerer, o *Outbox) (*metrics, error) {
 			// From a tombstone on a LAN (sub-millisecond) to a large artifact across regions.
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 		}, []string{"peer"}),
+		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kura_replication_lag_seconds",
+			Help: "Time from a write's commit on this node to a peer having it (pushed and applied, or found already there).",
+			// From a LAN push right after the write to a backlog drained after a peer's outage.
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+		}, []string{"peer"}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kura_outbox_dispatch_paused",
 			Help: "1 while dispatch is paused by the hard memory watermark (entries keep queueing).",
@@ -50,7 +57,7 @@ func newMetrics(reg prometheus.Registerer, o *Outbox) (*metrics, error) {
 		}),
 		queues: &queueCollector{o: o},
 	}
-	for _, c := range []prometheus.Collector{m.pushes, m.duration, m.paused, m.peersDropped, m.queues} {
+	for _, c := range []prometheus.Collector{m.pushes, m.duration, m.lag, m.paused, m.peersDropped, m.queues} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register outbox metrics: %w", err)
 		}

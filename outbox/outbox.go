@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
@@ -87,6 +89,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics (nil: a private registry).
 	Registerer prometheus.Registerer
+	// TracerProvider traces every push (span outbox.push, see tracing.go) as a child of the
+	// write's commit when the entry carries its trace context (nil: no-op).
+	TracerProvider trace.TracerProvider
 	// Now is the wall clock for enqueue times, peer departures and hole expiry (nil:
 	// time.Now). Tests move it forward.
 	Now func() time.Time
@@ -107,6 +112,7 @@ type Outbox struct {
 	cfg     Config
 	db      queueStore
 	log     *slog.Logger
+	tracer  trace.Tracer
 	now     func() time.Time
 	rnd     *lockedRand
 	metrics *metrics
@@ -177,6 +183,9 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -188,6 +197,7 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 		cfg:     cfg,
 		db:      db,
 		log:     cfg.Logger,
+		tracer:  cfg.TracerProvider.Tracer(tracerName),
 		now:     cfg.Now,
 		rnd:     &lockedRand{r: cfg.Rand},
 		changed: make(chan struct{}, 1),
@@ -475,6 +485,43 @@ func (o *Outbox) Depth(peer string) int64 {
 		return max(p.depth.Load(), 0)
 	}
 	return 0
+}
+
+// flushPoll is how often Flush looks at the queues: a drain waits on it at most this much
+// longer than the last delivery takes.
+const flushPoll = 20 * time.Millisecond
+
+// Flush waits until the queues of every present peer are empty, or ctx ends (its error is
+// returned with the number of entries still queued). Run must be running for anything to be
+// delivered; a drain calls it after the front ends stopped taking writes.
+func (o *Outbox) Flush(ctx context.Context) error {
+	t := time.NewTicker(flushPoll)
+	defer t.Stop()
+	for {
+		pending := o.pendingPresent()
+		if pending == 0 {
+			return nil
+		}
+		o.kick()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flush the outbox: %d entries still queued: %w", pending, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// pendingPresent is the number of entries queued for peers that are present.
+func (o *Outbox) pendingPresent() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var n int64
+	for _, p := range o.peers {
+		if p.present {
+			n += max(p.depth.Load(), 0)
+		}
+	}
+	return n
 }
 
 type queueSnapshot struct {

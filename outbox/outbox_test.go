@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kuracache/kura/storage"
@@ -672,6 +675,17 @@ kura_outbox_oldest_entry_age_seconds{peer="b"} 0
 `), "kura_outbox_oldest_entry_age_seconds"); err != nil {
 		t.Fatal(err)
 	}
+	// Both writes reached both peers: two lag samples each, the first 90 s old at delivery.
+	for _, peer := range []string{"a", "b"} {
+		h := f.o.metrics.lag.WithLabelValues(peer).(prometheus.Histogram)
+		var m dto.Metric
+		if err := h.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if n, sum := m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum(); n != 2 || sum < 90 {
+			t.Fatalf("replication lag of %s: %d samples summing to %v s, want 2 summing to at least 90", peer, n, sum)
+		}
+	}
 }
 
 func TestConfigValidation(t *testing.T) {
@@ -781,4 +795,32 @@ func TestConcurrentWritersAreDeliveredExactlyOnce(t *testing.T) {
 	waitFor(t, "queues empty", func() bool {
 		return f.o.Depth("a") == 0 && f.o.Depth("b") == 0 && len(f.queued("a")) == 0 && len(f.queued("b")) == 0
 	})
+}
+
+func TestFlushWaitsForPresentQueues(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.o.SetTargets([]Target{{Name: "a", Addr: "A"}})
+	f.o.SetPaused(true)
+	for i := range 5 {
+		f.commit(f.put(fmt.Sprintf("k%d", i), "v"))
+	}
+	f.run()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := f.o.Flush(ctx); err == nil || !strings.Contains(err.Error(), "5 entries still queued") {
+		t.Fatalf("Flush while paused: %v, want the deadline with 5 entries queued", err)
+	}
+	f.o.SetPaused(false)
+	if err := f.o.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(f.sender.to("A")); got != 5 {
+		t.Fatalf("%d delivered after Flush, want 5", got)
+	}
+	// A departed peer's queue is kept for its return, not flushed.
+	f.o.SetTargets(nil)
+	f.commit(f.put("after", "v"))
+	if err := f.o.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }

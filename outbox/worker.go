@@ -435,12 +435,14 @@ func (o *Outbox) push(ctx context.Context, p *peer, it *item) bool {
 	o.mu.Lock()
 	addr := p.addr
 	o.mu.Unlock()
-	pctx, cancel := context.WithTimeout(ctx, o.cfg.PushTimeout)
-	defer cancel()
+	ctx, span := o.startPush(ctx, p, it)
 	var (
 		result string
 		err    error
 	)
+	defer func() { endPush(span, result, err) }()
+	pctx, cancel := context.WithTimeout(ctx, o.cfg.PushTimeout)
+	defer cancel()
 	switch it.entry.Op {
 	case OpTombstone:
 		start := time.Now()
@@ -458,12 +460,14 @@ func (o *Outbox) push(ctx context.Context, p *peer, it *item) bool {
 		errors.Is(err, storage.ErrTooLarge):
 		// Retrying cannot help (a peer with a lower keyvalue limit refuses the same body
 		// forever), and a retried entry would block the peer's whole queue.
-		o.log.Warn("peer refused a replicated write; dropping it", "peer", p.name, "seq", it.seq,
+		o.log.WarnContext(ctx, "peer refused a replicated write; dropping it", "peer", p.name, "seq", it.seq,
 			"entry", it.entry.describe(), "error", err)
 		result = resultDropped
 	case ctx.Err() != nil:
+		result = resultInterrupted
 		return false // the worker is stopping: neither a result nor a failure of the peer
 	default:
+		result = resultError
 		level := slog.LevelWarn
 		if p.attempt > 0 {
 			level = slog.LevelDebug // the first failure of a run is enough at warn
@@ -474,6 +478,10 @@ func (o *Outbox) push(ctx context.Context, p *peer, it *item) bool {
 		return false
 	}
 	o.count(p, op, result)
+	if result == resultApplied || result == resultSkipped {
+		// The peer has the write now (or something newer): the lag is since its commit.
+		o.metrics.lag.WithLabelValues(p.name).Observe(o.now().Sub(it.entry.EnqueuedAt).Seconds())
+	}
 	return true
 }
 

@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -116,6 +118,11 @@ type Deps struct {
 	Logger *slog.Logger
 	// Guard, when set, decides every call but health checks (see (*Server).ServerOptions).
 	Guard Guard
+	// Lifecycle, when set, counts calls in flight and refuses new ones while the node drains.
+	Lifecycle *lifecycle.Node
+	// TracerProvider, when it traces, gets a server span per call (health checks aside)
+	// through the stats handler of (*Server).ServerOptions. nil or no-op: no tracing.
+	TracerProvider trace.TracerProvider
 }
 
 // Keepalive policy. Bazel and Buck2 keep long-lived channels; the server pings idle

@@ -29,6 +29,11 @@
 //     ActionCache); the server's own look-ups (GetTree directories, completeness checks) are
 //     not artifact reads, and requests the client cancelled are left to
 //     kura_grpc_requests_total.
+//   - Every call gets a request id (the client's x-request-id metadata when sane, else a new
+//     one), sent back as header metadata and carried in the context every log line of the
+//     call is written with. With a tracer provider, the otelgrpc stats handler of
+//     (*Server).ServerOptions opens a server span per call under the client's traceparent;
+//     health checks are not traced.
 //   - Errors become gRPC codes in one place (codeOf in errors.go): malformed input is
 //     INVALID_ARGUMENT, storage.ErrNotFound and ErrCorrupt NOT_FOUND, ErrInsufficientStorage
 //     and ErrBusy (the file-descriptor pool is exhausted) RESOURCE_EXHAUSTED, ErrUnavailable

@@ -42,11 +42,11 @@ func (a *acServer) GetActionResult(ctx context.Context, req *repb.GetActionResul
 		err = a.s.checkComplete(ctx, ns, d, ar)
 	}
 	if err != nil {
-		a.s.metrics.read(storage.KindAC, readResult(err), 0)
+		a.s.metrics.read(a.s.tenant(), ns, storage.KindAC, readResult(err), 0)
 		return nil, toStatus(err)
 	}
 	a.s.inline(ctx, ns, ar, req)
-	a.s.metrics.read(storage.KindAC, resultHit, int64(proto.Size(ar)))
+	a.s.metrics.read(a.s.tenant(), ns, storage.KindAC, resultHit, int64(proto.Size(ar)))
 	return ar, nil
 }
 
@@ -70,7 +70,7 @@ func (s *Server) readActionResult(ctx context.Context, namespace string, d diges
 	}
 	ar := &repb.ActionResult{}
 	if err := proto.Unmarshal(data, ar); err != nil {
-		s.log.Warn("stored action result does not decode; answering NOT_FOUND", "key", key.String(), "err", err)
+		s.log.WarnContext(ctx, "stored action result does not decode; answering NOT_FOUND", "key", key.String(), "err", err)
 		return nil, fmt.Errorf("action result %s: %w (the stored entry is not an ActionResult)", d.hex(), storage.ErrNotFound)
 	}
 	return ar, nil
@@ -166,7 +166,7 @@ func (s *Server) inline(ctx context.Context, namespace string, ar *repb.ActionRe
 		}
 		data, err := s.readBlob(ctx, namespace, d, budget)
 		if err != nil {
-			s.log.Debug("inlining skipped", "digest", d.String(), "err", err)
+			s.log.DebugContext(ctx, "inlining skipped", "digest", d.String(), "err", err)
 			return nil
 		}
 		budget -= int64(len(data))

@@ -54,12 +54,27 @@ func operationOf(fullMethod string) (op string, exempt bool) {
 	return policy.OpRequest, false
 }
 
-// ServerOptions returns the package-level ServerOptions of the server's configuration plus,
-// when the server has a Guard, the policy interceptors.
+// ServerOptions returns the package-level ServerOptions of the server's configuration plus the
+// request-id interceptors (x-request-id metadata in and out, see tracing.go), the tracing
+// stats handler when Deps.TracerProvider traces, then admission (a draining node refuses new
+// calls) and, when the server has a Guard, the policy interceptors, which run after the
+// request id is known.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := ServerOptions(s.cfg)
+	if s.stats != nil {
+		opts = append(opts, grpc.StatsHandler(s.stats))
+	}
+	opts = append(opts, grpc.ChainStreamInterceptor(streamRequestID))
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	if s.lifecycle != nil {
+		unary, stream = append(unary, s.unaryAdmit), append(stream, s.streamAdmit)
+	}
 	if s.guard != nil {
-		opts = append(opts, grpc.ChainUnaryInterceptor(s.unaryPolicy), grpc.ChainStreamInterceptor(s.streamPolicy))
+		unary, stream = append(unary, s.unaryPolicy), append(stream, s.streamPolicy)
+	}
+	if len(unary) > 0 {
+		opts = append(opts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	}
 	return opts
 }
@@ -233,7 +248,7 @@ func (s *Server) setPolicyHeaders(ctx context.Context, r *policy.Request, d poli
 		md.Set(k, v)
 	}
 	if err := set(md); err != nil {
-		s.log.Debug("policy response headers not sent", "method", r.Route, "err", err)
+		s.log.DebugContext(ctx, "policy response headers not sent", "method", r.Route, "err", err)
 	}
 }
 

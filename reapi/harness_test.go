@@ -58,6 +58,12 @@ func newHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store
 // newGuardedHarness is newHarness with an access policy on every call.
 func newGuardedHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, guard Guard) *harness {
 	t.Helper()
+	return newHarnessWith(t, cfg, wrap, func(d *Deps) { d.Guard = guard })
+}
+
+// newHarnessWith is newHarness with Deps adjusted by deps (a guard, a tracer, a logger).
+func newHarnessWith(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, deps func(*Deps)) *harness {
+	t.Helper()
 	if cfg.TenantID == "" {
 		cfg.TenantID = testTenant
 	}
@@ -66,7 +72,11 @@ func newGuardedHarness(t *testing.T, cfg Config, wrap func(storage.Store) storag
 	if wrap != nil {
 		h.store = wrap(h.mem)
 	}
-	srv, err := New(cfg, Deps{Store: h.store, Registerer: h.reg, Guard: guard})
+	d := Deps{Store: h.store, Registerer: h.reg}
+	if deps != nil {
+		deps(&d)
+	}
+	srv, err := New(cfg, d)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

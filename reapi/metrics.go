@@ -31,9 +31,10 @@ type metrics struct {
 	requests   *prometheus.CounterVec   // method, code
 	duration   *prometheus.HistogramVec // method
 	reads      *prometheus.CounterVec   // kind, client, artifact_class, result
-	writes     *prometheus.CounterVec   // kind, client, artifact_class, result
-	readBytes  *prometheus.CounterVec   // kind, client, artifact_class
-	writeBytes *prometheus.CounterVec   // kind, client, artifact_class
+	lookups    *telemetry.NamespaceLookups
+	writes     *prometheus.CounterVec // kind, client, artifact_class, result
+	readBytes  *prometheus.CounterVec // kind, client, artifact_class
+	writeBytes *prometheus.CounterVec // kind, client, artifact_class
 }
 
 // latencyBuckets span a cache hit served from page cache (~100 µs) to a multi-GiB upload.
@@ -66,6 +67,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, fmt.Errorf("register REAPI metrics: %w", err)
 	}
 	m.reads, m.writes, m.readBytes, m.writeBytes = artifacts.Reads, artifacts.Writes, artifacts.ReadBytes, artifacts.WriteBytes
+	m.lookups = artifacts.Lookups
 	return m, nil
 }
 
@@ -91,14 +93,19 @@ func artifactClass(kind storage.Kind) string {
 	return classBlob
 }
 
+// protocolREAPI is the protocol label of gRPC reads in kura_cache_lookups_total (the Bazel
+// HTTP cache counts as "bazel").
+const protocolREAPI = "reapi"
+
 // read counts one artifact read; bytes are what was served. An empty result (the client
 // gave up) is not counted: the request metrics already show cancellations.
-func (m *metrics) read(kind storage.Kind, result string, bytes int64) {
+func (m *metrics) read(tenant, namespace string, kind storage.Kind, result string, bytes int64) {
 	if result == "" {
 		return
 	}
 	class := artifactClass(kind)
 	m.reads.WithLabelValues(string(kind), clientBazel, class, result).Inc()
+	m.lookups.Observe(protocolREAPI, tenant, namespace, result)
 	if bytes > 0 {
 		m.readBytes.WithLabelValues(string(kind), clientBazel, class).Add(float64(bytes))
 	}

@@ -15,8 +15,11 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/lifecycle"
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -30,6 +33,9 @@ type Server struct {
 	codecs  *codecs
 	health  *health.Server
 	guard   Guard
+	stats   stats.Handler // nil: tracing off
+	// lifecycle is nil outside a node (tests): no call is refused or counted.
+	lifecycle *lifecycle.Node
 }
 
 // New validates cfg and builds the services.
@@ -57,13 +63,15 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		cfg:     cfg.withDefaults(),
-		store:   deps.Store,
-		log:     logger,
-		metrics: m,
-		codecs:  c,
-		health:  health.NewServer(),
-		guard:   deps.Guard,
+		cfg:       cfg.withDefaults(),
+		store:     deps.Store,
+		log:       logger,
+		metrics:   m,
+		codecs:    c,
+		health:    health.NewServer(),
+		guard:     deps.Guard,
+		lifecycle: deps.Lifecycle,
+		stats:     telemetry.GRPCServerHandler(deps.TracerProvider),
 	}, nil
 }
 
@@ -77,7 +85,8 @@ var servedServices = []string{
 
 // Register adds Capabilities, ContentAddressableStorage, ActionCache, ByteStream, gRPC health
 // and server reflection to g. Every handler is wrapped to record kura_grpc_* metrics and to
-// turn a panic into INTERNAL instead of a crashed process.
+// turn a panic into INTERNAL instead of a crashed process; unary handlers also get their
+// request id there (see tracing.go). g must be built with (*Server).ServerOptions.
 func (s *Server) Register(g *grpc.Server) {
 	r := &instrumentedRegistrar{server: g, s: s}
 	repb.RegisterCapabilitiesServer(r, &capabilitiesServer{s: s})
@@ -121,11 +130,12 @@ func (r *instrumentedRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any
 		inner := m.Handler
 		m.Handler = func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (resp any, err error) {
 			start := time.Now()
+			ctx = unaryRequestID(ctx)
 			defer func() {
 				if p := recover(); p != nil {
-					err = r.s.panicked(method, p)
+					err = r.s.panicked(ctx, method, p)
 				}
-				r.s.finished(method, start, err)
+				r.s.finished(ctx, method, start, err)
 			}()
 			return inner(srv, ctx, dec, ic)
 		}
@@ -139,9 +149,9 @@ func (r *instrumentedRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any
 			start := time.Now()
 			defer func() {
 				if p := recover(); p != nil {
-					err = r.s.panicked(method, p)
+					err = r.s.panicked(stream.Context(), method, p)
 				}
-				r.s.finished(method, start, err)
+				r.s.finished(stream.Context(), method, start, err)
 			}()
 			return inner(srv, stream)
 		}
@@ -150,23 +160,29 @@ func (r *instrumentedRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any
 	r.server.RegisterService(&wrapped, impl)
 }
 
-func (s *Server) panicked(method string, p any) error {
-	s.log.Error("panic in gRPC handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+func (s *Server) panicked(ctx context.Context, method string, p any) error {
+	s.log.ErrorContext(ctx, "panic in gRPC handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 	return status.Error(codes.Internal, "internal error")
 }
 
-// finished records a request's metrics and logs the failures an operator should see.
-func (s *Server) finished(method string, start time.Time, err error) {
+// finished records a request's metrics and logs the failures an operator should see; every
+// other call gets a debug line. ctx carries the call's request id and span.
+func (s *Server) finished(ctx context.Context, method string, start time.Time, err error) {
 	code := status.Code(err)
-	s.metrics.observeRequest(method, code, time.Since(start))
+	took := time.Since(start)
+	s.metrics.observeRequest(method, code, took)
 	switch code {
 	case codes.Internal, codes.Unknown, codes.Unavailable, codes.DataLoss:
-		s.log.Warn("gRPC request failed", "method", method, "code", code.String(), "err", err)
+		s.log.WarnContext(ctx, "gRPC request failed", "method", method, "code", code.String(), "err", err)
 	case codes.ResourceExhausted:
-		s.log.Warn("gRPC request refused for lack of resources", "method", method, "err", err)
+		s.log.WarnContext(ctx, "gRPC request refused for lack of resources", "method", method, "err", err)
 	case codes.OK, codes.NotFound, codes.Canceled:
+		if s.log.Enabled(ctx, slog.LevelDebug) {
+			s.log.LogAttrs(ctx, slog.LevelDebug, "gRPC request", slog.String("method", method),
+				slog.String("code", code.String()), slog.Duration("duration", took))
+		}
 	default:
-		s.log.Debug("gRPC request rejected", "method", method, "code", code.String(), "err", err)
+		s.log.DebugContext(ctx, "gRPC request rejected", "method", method, "code", code.String(), "err", err)
 	}
 }
 

@@ -214,9 +214,9 @@ func (s *Server) unaryObserver(ctx context.Context, req any, info *grpc.UnarySer
 	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
-			err = s.panicked(info.FullMethod, p)
+			err = s.panicked(ctx, info.FullMethod, p)
 		}
-		s.finished(info.FullMethod, start, err)
+		s.finished(ctx, info.FullMethod, start, err)
 	}()
 	return handler(ctx, req)
 }
@@ -225,20 +225,21 @@ func (s *Server) streamObserver(srv any, ss grpc.ServerStream, info *grpc.Stream
 	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
-			err = s.panicked(info.FullMethod, p)
+			err = s.panicked(ss.Context(), info.FullMethod, p)
 		}
-		s.finished(info.FullMethod, start, err)
+		s.finished(ss.Context(), info.FullMethod, start, err)
 	}()
 	return handler(srv, ss)
 }
 
-func (s *Server) panicked(method string, p any) error {
-	s.log.Error("panic in internal-plane handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+func (s *Server) panicked(ctx context.Context, method string, p any) error {
+	s.log.ErrorContext(ctx, "panic in internal-plane handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 	return status.Error(codes.Internal, "internal error")
 }
 
-// finished records a call's metrics and logs what an operator should see.
-func (s *Server) finished(fullMethod string, start time.Time, err error) {
+// finished records a call's metrics and logs what an operator should see (with the call's
+// trace, when it has one).
+func (s *Server) finished(ctx context.Context, fullMethod string, start time.Time, err error) {
 	code := status.Code(err)
 	method := methodName(fullMethod)
 	s.metrics.observe(method, code, time.Since(start))
@@ -250,9 +251,9 @@ func (s *Server) finished(fullMethod string, start time.Time, err error) {
 	case codes.InvalidArgument:
 		// A peer sent something this node refuses: a bug or a configuration mismatch
 		// between nodes (keyvalue limit), never routine.
-		s.log.Warn("internal-plane request rejected", "method", method, "err", err)
+		s.log.WarnContext(ctx, "internal-plane request rejected", "method", method, "err", err)
 	default:
-		s.log.Warn("internal-plane request failed", "method", method, "code", code.String(), "err", err)
+		s.log.WarnContext(ctx, "internal-plane request failed", "method", method, "code", code.String(), "err", err)
 	}
 }
 

@@ -3,13 +3,12 @@ package peer
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
-	"sync"
 	"time"
+
+	"github.com/kuracache/kura/internal/certs"
 )
 
 // certReloadInterval is how often a handshake looks at the three files for a rotated
@@ -35,116 +34,60 @@ const certReloadInterval = time.Minute
 // the CA file, a key that does not match, an expired certificate, a certificate not issued
 // by the CA or lacking server or client authentication usage.
 func LoadTLS(caPath, certPath, keyPath string) (server, client *tls.Config, err error) {
-	src := &tlsSource{caPath: caPath, certPath: certPath, keyPath: keyPath, interval: certReloadInterval, now: time.Now}
-	if err := src.init(); err != nil {
+	src, err := loadSource(caPath, certPath, keyPath, certReloadInterval, time.Now)
+	if err != nil {
 		return nil, nil, err
 	}
-	return src.serverConfig(), src.clientConfig(), nil
+	return serverConfig(src), clientConfig(src), nil
 }
 
-// tlsSource holds the current certificate and CA pool and reloads them when the files change.
-type tlsSource struct {
-	caPath, certPath, keyPath string
-	interval                  time.Duration
-	now                       func() time.Time
-
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	pool    *x509.CertPool
-	stamps  [3]fileStamp
-	checked time.Time
+// loadSource loads the internal plane's identity with its checks: both usages, and a chain to
+// the CA.
+func loadSource(caPath, certPath, keyPath string, interval time.Duration, now func() time.Time) (*certs.Source, error) {
+	return certs.Load(certs.Files{CertPath: certPath, KeyPath: keyPath, CAPath: caPath}, certs.Options{
+		Label:    "internal TLS",
+		Interval: interval,
+		Now:      now,
+		Check: func(m certs.Material, now time.Time) error {
+			return checkNodeCertificate(m, caPath, certPath, now)
+		},
+	})
 }
 
-type fileStamp struct {
-	mod  time.Time
-	size int64
-}
-
-func (s *tlsSource) init() error {
-	stamps, err := s.stat()
-	if err != nil {
-		return err
-	}
-	cert, pool, err := loadMaterial(s.caPath, s.certPath, s.keyPath, s.now())
-	if err != nil {
-		return err
-	}
-	s.cert, s.pool, s.stamps, s.checked = cert, pool, stamps, s.now()
-	return nil
-}
-
-func (s *tlsSource) stat() ([3]fileStamp, error) {
-	var stamps [3]fileStamp
-	for i, p := range []string{s.caPath, s.certPath, s.keyPath} {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return stamps, fmt.Errorf("internal TLS: %w", err)
-		}
-		stamps[i] = fileStamp{mod: fi.ModTime(), size: fi.Size()}
-	}
-	return stamps, nil
-}
-
-// current returns the material to use for a handshake, reloading it first when the files
-// changed since the last look.
-func (s *tlsSource) current() (*tls.Certificate, *x509.CertPool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.now()
-	if now.Sub(s.checked) < s.interval {
-		return s.cert, s.pool
-	}
-	s.checked = now
-	stamps, err := s.stat()
-	if err != nil || stamps == s.stamps {
-		return s.cert, s.pool
-	}
-	cert, pool, err := loadMaterial(s.caPath, s.certPath, s.keyPath, now)
-	if err != nil {
-		// Half-written files during a rotation land here; the next look retries.
-		return s.cert, s.pool
-	}
-	s.cert, s.pool, s.stamps = cert, pool, stamps
-	return s.cert, s.pool
-}
-
-func (s *tlsSource) serverConfig() *tls.Config {
-	cert, pool := s.current()
+func serverConfig(src *certs.Source) *tls.Config {
+	m := src.Current()
 	base := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-		Certificates: []tls.Certificate{*cert},
+		ClientCAs:    m.Pool,
+		Certificates: []tls.Certificate{*m.Cert},
 	}
 	// Each handshake gets the current material; the fields above describe the startup state.
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		cert, pool := s.current()
+		m := src.Current()
 		return &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			ClientAuth:   tls.RequireAndVerifyClientCert,
-			ClientCAs:    pool,
-			Certificates: []tls.Certificate{*cert},
+			ClientCAs:    m.Pool,
+			Certificates: []tls.Certificate{*m.Cert},
 			NextProtos:   []string{"h2"}, // gRPC requires ALPN h2; credentials.NewTLS adds it only to base
 		}, nil
 	}
 	return base
 }
 
-func (s *tlsSource) clientConfig() *tls.Config {
-	_, pool := s.current()
+func clientConfig(src *certs.Source) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		RootCAs:    pool,
+		RootCAs:    src.Current().Pool,
 		// Hostname checks are off on purpose (see LoadTLS); VerifyConnection verifies the
 		// full chain against the CA instead, on every handshake.
 		InsecureSkipVerify: true, //nolint:gosec // replaced by VerifyConnection
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			cert, _ := s.current()
-			return cert, nil
+			return src.Current().Cert, nil
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, pool := s.current()
-			return verifyChain(cs.PeerCertificates, pool, x509.ExtKeyUsageServerAuth, s.now())
+			return verifyChain(cs.PeerCertificates, src.Current().Pool, x509.ExtKeyUsageServerAuth, time.Now())
 		},
 	}
 }
@@ -165,29 +108,11 @@ func verifyChain(certs []*x509.Certificate, pool *x509.CertPool, usage x509.ExtK
 	return nil
 }
 
-// loadMaterial reads and cross-checks the three files, reporting every problem found.
-func loadMaterial(caPath, certPath, keyPath string, now time.Time) (*tls.Certificate, *x509.CertPool, error) {
+// checkNodeCertificate requires what the internal plane needs of a node certificate: server
+// and client usages (the same certificate serves and dials) and a chain to the cluster CA.
+func checkNodeCertificate(m certs.Material, caPath, certPath string, now time.Time) error {
 	var errs []error
-	pool, err := loadCA(caPath)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("internal TLS: load certificate %s with key %s: %w", certPath, keyPath, err))
-		return nil, nil, errors.Join(errs...)
-	}
-	leaf := cert.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			errs = append(errs, fmt.Errorf("internal TLS: parse certificate %s: %w", certPath, err))
-			return nil, nil, errors.Join(errs...)
-		}
-		cert.Leaf = leaf
-	}
-	if now.After(leaf.NotAfter) {
-		errs = append(errs, fmt.Errorf("internal TLS: certificate %s expired at %s", certPath, leaf.NotAfter.UTC().Format(time.RFC3339)))
-	}
+	leaf := m.Cert.Leaf
 	if len(leaf.ExtKeyUsage) > 0 && !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageAny) {
 		for _, u := range []struct {
 			usage x509.ExtKeyUsage
@@ -198,48 +123,10 @@ func loadMaterial(caPath, certPath, keyPath string, now time.Time) (*tls.Certifi
 			}
 		}
 	}
-	if pool != nil && len(errs) == 0 {
-		chain := []*x509.Certificate{leaf}
-		for _, der := range cert.Certificate[1:] {
-			if c, err := x509.ParseCertificate(der); err == nil {
-				chain = append(chain, c)
-			}
-		}
-		if err := verifyChain(chain, pool, x509.ExtKeyUsageAny, now); err != nil {
+	if m.Pool != nil && len(errs) == 0 {
+		if err := verifyChain(m.Chain(), m.Pool, x509.ExtKeyUsageAny, now); err != nil {
 			errs = append(errs, fmt.Errorf("internal TLS: certificate %s is not issued by the CA in %s: %w", certPath, caPath, err))
 		}
 	}
-	if len(errs) > 0 {
-		return nil, nil, errors.Join(errs...)
-	}
-	return &cert, pool, nil
-}
-
-func loadCA(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("internal TLS: read CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	n := 0
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("internal TLS: parse CA certificate in %s: %w", path, err)
-		}
-		pool.AddCert(c)
-		n++
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("internal TLS: no PEM certificate in CA file %s", path)
-	}
-	return pool, nil
+	return errors.Join(errs...)
 }

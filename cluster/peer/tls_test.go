@@ -254,12 +254,11 @@ func TestTLSReloadsRotatedCertificate(t *testing.T) {
 	certPath, keyPath := ca.issue(t, dir, certSpec{name: "node-v1"})
 	var now atomic.Int64
 	now.Store(time.Now().UnixNano())
-	src := &tlsSource{caPath: ca.path, certPath: certPath, keyPath: keyPath, interval: time.Minute,
-		now: func() time.Time { return time.Unix(0, now.Load()) }}
-	if err := src.init(); err != nil {
+	src, err := loadSource(ca.path, certPath, keyPath, time.Minute, func() time.Time { return time.Unix(0, now.Load()) })
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, addr := startServer(t, ServerConfig{TLS: src.serverConfig()}, diskStore(t))
+	_, addr := startServer(t, ServerConfig{TLS: serverConfig(src)}, diskStore(t))
 	_, clientTLS := mustLoadTLS(t, ca.path, certPath, keyPath)
 
 	servedCN := func() string {

@@ -46,9 +46,10 @@ func healthcheck(environ []string, stderr io.Writer) int {
 	}
 	scheme := "http"
 	client := &http.Client{Timeout: healthcheckTimeout}
-	if env["KURA_PUBLIC_TLS_CERT_PATH"] != "" {
+	if env[config.EnvPublicTLSCert] != "" {
 		// The probe asks whether this very process serves, not whether its certificate is
-		// valid for the name 127.0.0.1.
+		// valid for the name 127.0.0.1. With KURA_PUBLIC_TLS_CLIENT_CA_PATH the node requires
+		// a client certificate the probe does not have: replace the image's HEALTHCHECK then.
 		scheme = "https"
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 	}

@@ -76,3 +76,21 @@ func TestHealthcheckFailsUnlessUpAnswers200(t *testing.T) {
 		t.Fatalf("stderr %q does not name KURA_PORT", errOut.String())
 	}
 }
+
+func TestHealthcheckSpeaksTLSWhenThePublicPortDoes(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/up" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	var out, errOut bytes.Buffer
+	env := []string{"KURA_PORT=" + port, "KURA_PUBLIC_TLS_CERT_PATH=/etc/kura/tls/tls.crt"}
+	if code := run([]string{"healthcheck"}, env, &out, &errOut); code != 0 {
+		t.Fatalf("HTTPS node: exit %d, stderr %q", code, errOut.String())
+	}
+	if code := run([]string{"healthcheck"}, env[:1], &out, &errOut); code != 1 {
+		t.Fatalf("plain HTTP to an HTTPS port: exit %d, want 1", code)
+	}
+}

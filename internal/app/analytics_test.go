@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/internal/config"
 )
 
 // TestAppSendsAnalyticsOnShutdown: with KURA_ANALYTICS_* set the node reports a Gradle upload.
@@ -73,7 +75,7 @@ func TestAppSendsAnalyticsOnShutdown(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Run returned %v", err)
 		}
-	case <-time.After(ShutdownTimeout + 5*time.Second):
+	case <-time.After(config.DefaultDrainTimeout + 5*time.Second):
 		t.Fatal("Run did not return after cancellation")
 	}
 

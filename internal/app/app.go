@@ -1,25 +1,24 @@
 package app
 
 import (
-	"context"
-	"errors"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
 
-	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kuracache/kura/analytics"
 	"github.com/kuracache/kura/cluster"
 	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/httpapi"
 	"github.com/kuracache/kura/internal/config"
+	"github.com/kuracache/kura/internal/lifecycle"
 	"github.com/kuracache/kura/internal/memory"
 	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/outbox"
@@ -33,10 +32,6 @@ import (
 
 // Version is the build's version, set with -ldflags "-X github.com/kuracache/kura/internal/app.Version=…".
 var Version = "dev"
-
-// ShutdownTimeout bounds the graceful drain after SIGTERM. It stays below Kubernetes' default
-// 30 s termination grace period so the drain finishes before the kubelet's SIGKILL.
-const ShutdownTimeout = 25 * time.Second
 
 // App is one running Kura node.
 type App struct {
@@ -61,11 +56,22 @@ type App struct {
 	// memory keeps the node within its memory watermarks (SPEC §6).
 	memory *memory.Controller
 
+	// life is the node's traffic state (joining, serving, draining) and its requests in flight.
+	life *lifecycle.Node
+
 	// policy runs the operator's Lua hooks before every public request; nil when off.
 	policy *policy.Engine
 	// analytics sends the runtime analytics webhooks (SPEC §9); nil when they are off.
 	analytics *analytics.Reporter
+	// tracing is the tracer provider injected everywhere (no-op without
+	// KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); Run flushes it last.
+	tracing *telemetry.Tracing
 }
+
+// traceFlushTimeout bounds the export of buffered spans when a node fails to start (a
+// running node flushes within what is left of its drain deadline): a collector that is down
+// must not hold up the exit.
+const traceFlushTimeout = 5 * time.Second
 
 // options are seams for in-package tests; New uses the zero value (the real system).
 type options struct {
@@ -92,6 +98,13 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 			a.closeOpened()
 		}
 	}()
+	if a.life, err = lifecycle.New(a.registry); err != nil {
+		return nil, err
+	}
+	if err := a.buildTracing(); err != nil {
+		return nil, err
+	}
+	tp := a.tracing.Provider()
 
 	// The store is opened first, but its replication hooks call into the outbox and the
 	// sweeper, which need the store to exist: they are bound late, through atomics, before any
@@ -115,8 +128,9 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 			MaxOpenFiles:                cfg.MetadataStoreMaxOpenFiles,
 			CompactionConcurrency:       cfg.MetadataStoreMaxBackgroundJobs,
 		},
-		Logger:     logger.With("component", "storage"),
-		Registerer: a.registry,
+		Logger:         logger.With("component", "storage"),
+		Registerer:     a.registry,
+		TracerProvider: tp,
 		OnCommit: func(b *meta.Batch, c local.Change) error {
 			if ob := outboxRef.Load(); ob != nil {
 				return ob.OnCommit(b, c)
@@ -177,14 +191,17 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		MaxXcodeBytes:    cfg.MaxXcodeBytes,
 	}, httpapi.Deps{
-		Store:      frontStore,
-		Multipart:  a.store,
-		Members:    membersView{a.cluster},
-		Guard:      httpGuard,
-		Analytics:  events,
-		Registerer: a.registry,
-		Gatherer:   a.registry,
-		Logger:     logger.With("component", "http"),
+		Store:          frontStore,
+		Multipart:      a.store,
+		Members:        membersView{a.cluster},
+		Guard:          httpGuard,
+		Lifecycle:      a.life,
+		Analytics:      events,
+		Status:         statusView{a: a, started: time.Now()},
+		Registerer:     a.registry,
+		Gatherer:       a.registry,
+		Logger:         logger.With("component", "http"),
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the HTTP API: %w", err)
@@ -192,20 +209,32 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 
 	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
 	a.reapi, err = reapi.New(reapiCfg, reapi.Deps{
-		Store:      frontStore,
-		Registerer: a.registry,
-		Logger:     logger.With("component", "reapi"),
-		Guard:      grpcGuard,
+		Store:          frontStore,
+		Registerer:     a.registry,
+		Logger:         logger.With("component", "reapi"),
+		Guard:          grpcGuard,
+		Lifecycle:      a.life,
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build the REAPI services: %w", err)
 	}
-	a.grpc = grpc.NewServer(a.reapi.ServerOptions()...)
+	grpcOpts := a.reapi.ServerOptions()
+	var httpTLS *tls.Config
+	if cfg.PublicTLS.Enabled() {
+		var grpcTLS *tls.Config
+		if httpTLS, grpcTLS, err = a.publicTLS(); err != nil {
+			return nil, err
+		}
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(grpcTLS)))
+	}
+	a.grpc = grpc.NewServer(grpcOpts...)
 	a.reapi.Register(a.grpc)
 
 	if a.httpLn, err = listen(cfg.BindAddress, cfg.Port, "KURA_PORT"); err != nil {
 		return nil, err
 	}
+	a.httpLn = tlsListener(a.httpLn, httpTLS)
 	if a.grpcLn, err = listen(cfg.BindAddress, cfg.GRPCPort, "KURA_GRPC_PORT"); err != nil {
 		return nil, err
 	}
@@ -263,104 +292,6 @@ func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 // GRPCAddr is the bound REAPI address.
 func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
 
-// Run serves until ctx is cancelled or a server fails, then drains within ShutdownTimeout
-// and closes the store. It returns the first server error, or nil after a clean shutdown.
-func (a *App) Run(ctx context.Context) error {
-	a.logger.Info("kura serving",
-		"http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "internal", a.internalLn.Addr().String(),
-		"gossip", a.cluster.Self().GossipAddr, "node", a.cfg.NodeName,
-		"region", a.cfg.Region, "tenant_id", a.cfg.TenantID, "version", Version)
-	a.logPolicy()
-	a.logAnalytics()
-
-	var g run.Group
-	{
-		stop := make(chan struct{})
-		g.Add(func() error {
-			<-stop
-			return nil
-		}, func(error) { close(stop) })
-		ctxDone := ctx.Done()
-		g.Add(func() error {
-			select {
-			case <-ctxDone:
-				a.logger.Info("shutting down: draining in-flight requests", "timeout", ShutdownTimeout)
-				return nil
-			case <-stop:
-				return nil
-			}
-		}, func(error) {})
-	}
-	g.Add(func() error {
-		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve HTTP: %w", err)
-		}
-		return nil
-	}, func(error) {
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		if err := a.http.Shutdown(shutdownCtx); err != nil {
-			a.logger.Warn("HTTP drain incomplete", "err", err)
-		}
-	})
-	g.Add(func() error {
-		if err := a.grpc.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("serve gRPC: %w", err)
-		}
-		return nil
-	}, func(error) {
-		// Health checks fail first, so load balancers stop routing here during the drain.
-		a.reapi.SetServing(false)
-		stopGracefully(a.grpc, ShutdownTimeout)
-	})
-	if a.analytics != nil {
-		// Added after the front ends: run.Group interrupts actors in order and the HTTP
-		// interrupt returns only once the drain is over, so the final flush also carries the
-		// events of the requests that finished during the drain. The flush is bounded by
-		// min(request timeout, 2 s).
-		analyticsCtx, stopAnalytics := context.WithCancel(context.Background())
-		g.Add(func() error { return a.analytics.Run(analyticsCtx) }, func(error) { stopAnalytics() })
-	}
-
-	a.addClusterActors(&g)
-	{
-		memCtx, stopMemory := context.WithCancel(context.Background())
-		g.Add(func() error { return a.memory.Run(memCtx) }, func(error) { stopMemory() })
-	}
-
-	err := g.Run()
-	if a.policy != nil {
-		_ = a.policy.Close() // stops JWKS refreshes; nothing to flush
-	}
-	if cerr := a.peerClient.Close(); cerr != nil {
-		a.logger.Warn("closing peer connections", "err", cerr)
-	}
-	if cerr := a.store.Close(); cerr != nil {
-		a.logger.Error("closing the store", "err", cerr)
-		if err == nil {
-			err = fmt.Errorf("close the store: %w", cerr)
-		}
-	}
-	a.logger.Info("kura stopped")
-	return err
-}
-
-// stopGracefully lets in-flight RPCs finish, then cuts off whatever is still running (a
-// ByteStream read of a huge blob, say) once the timeout passes.
-func stopGracefully(s *grpc.Server, timeout time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		s.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		s.Stop()
-		<-done
-	}
-}
-
 // closeOpened releases whatever New managed to open before it failed.
 func (a *App) closeOpened() {
 	for _, ln := range []net.Listener{a.httpLn, a.grpcLn, a.internalLn} {
@@ -383,5 +314,8 @@ func (a *App) closeOpened() {
 		if err := a.store.Close(); err != nil {
 			a.logger.Error("closing the store after a failed start", "err", err)
 		}
+	}
+	if a.tracing != nil {
+		a.flushTraces(time.Now().Add(traceFlushTimeout))
 	}
 }

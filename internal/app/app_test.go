@@ -83,7 +83,7 @@ func TestAppServesAndShutsDownGracefully(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Run returned %v", err)
 		}
-	case <-time.After(ShutdownTimeout + 5*time.Second):
+	case <-time.After(config.DefaultDrainTimeout + 5*time.Second):
 		t.Fatal("Run did not return after cancellation")
 	}
 	if !strings.Contains(logs.String(), "kura stopped") {

@@ -3,15 +3,15 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 
-	"github.com/oklog/run"
+	"google.golang.org/grpc/stats"
 
 	"github.com/kuracache/kura/cluster"
 	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/httpapi"
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/outbox"
 	"github.com/kuracache/kura/outbox/antientropy"
 )
@@ -29,13 +29,19 @@ func (a *App) buildCluster() error {
 		}
 	}
 	a.warnIfInternalPlaneOpen()
+	// Tracing: pushes and read-throughs made inside a trace carry it to the peer.
+	var clientStats, serverStats []stats.Handler
+	if c, srv := telemetry.InternalPlaneHandlers(a.tracing.Provider()); c != nil {
+		clientStats, serverStats = []stats.Handler{c}, []stats.Handler{srv}
+	}
 	// The gossip key also keys the internal plane's credential, with mTLS on too: a leaked
 	// certificate alone, or a leaked gossip key alone, then does not open the plane.
 	a.peerClient = peer.NewClient(peer.ClientConfig{
-		TLS:        clientTLS,
-		PlaneKey:   cfg.GossipKey,
-		Logger:     a.logger.With("component", "peer-client"),
-		Registerer: a.registry,
+		TLS:           clientTLS,
+		PlaneKey:      cfg.GossipKey,
+		Logger:        a.logger.With("component", "peer-client"),
+		Registerer:    a.registry,
+		StatsHandlers: clientStats,
 	})
 	a.peerServer = peer.NewServer(peer.ServerConfig{
 		TLS:              serverTLS,
@@ -43,6 +49,7 @@ func (a *App) buildCluster() error {
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		Logger:           a.logger.With("component", "peer-server"),
 		Registerer:       a.registry,
+		StatsHandlers:    serverStats,
 	}, a.store)
 
 	// The internal listener is bound before gossip starts so the address members advertise is
@@ -83,12 +90,13 @@ func (a *App) buildCluster() error {
 	}
 
 	a.outbox, err = outbox.New(outbox.Config{
-		DB:         a.store.Metadata(),
-		Store:      a.store,
-		Sender:     a.peerClient,
-		DropAfter:  cfg.OutboxDropAfter,
-		Logger:     a.logger.With("component", "outbox"),
-		Registerer: a.registry,
+		DB:             a.store.Metadata(),
+		Store:          a.store,
+		Sender:         a.peerClient,
+		DropAfter:      cfg.OutboxDropAfter,
+		Logger:         a.logger.With("component", "outbox"),
+		Registerer:     a.registry,
+		TracerProvider: a.tracing.Provider(),
 	})
 	if err != nil {
 		return fmt.Errorf("open the replication outbox: %w", err)
@@ -121,36 +129,6 @@ func (a *App) warnIfInternalPlaneOpen() {
 		"close it with KURA_GOSSIP_KEY (the same on every node, e.g. `head -c 32 /dev/urandom | base64`) "+
 		"or the three KURA_INTERNAL_TLS_* files (mTLS), or both",
 		"port", a.cfg.InternalPort)
-}
-
-// addClusterActors adds membership, the internal plane, the outbox dispatcher, the sweeper and
-// the membership-to-outbox feed to the lifecycle group. They share one context, cancelled
-// when the group is interrupted.
-func (a *App) addClusterActors(g *run.Group) {
-	ctx, cancel := context.WithCancel(context.Background())
-	background := func(name string, fn func(context.Context) error) {
-		g.Add(func() error {
-			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			return nil
-		}, func(error) { cancel() })
-	}
-	background("gossip", a.cluster.Run)
-	background("outbox", a.outbox.Run)
-	background("anti-entropy", a.sweeper.Run)
-	background("replication targets", a.followMembership)
-
-	g.Add(func() error {
-		if err := a.peerServer.Serve(a.internalLn); err != nil {
-			return fmt.Errorf("serve the internal plane: %w", err)
-		}
-		return nil
-	}, func(error) {
-		stopCtx, stop := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer stop()
-		a.peerServer.Stop(stopCtx)
-	})
 }
 
 // followMembership keeps the outbox's replication targets equal to the live peers, and drops

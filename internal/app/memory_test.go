@@ -53,7 +53,7 @@ func runApp(t *testing.T, a *App) {
 			if err != nil {
 				t.Errorf("Run of %s: %v", a.cfg.NodeName, err)
 			}
-		case <-time.After(ShutdownTimeout + 5*time.Second):
+		case <-time.After(config.DefaultDrainTimeout + 5*time.Second):
 			t.Errorf("Run of %s did not return", a.cfg.NodeName)
 		}
 	})

@@ -38,6 +38,14 @@ type Config struct {
 	NodeURL  string // KURA_NODE_URL, absolute http(s) URL without trailing slash
 	NodeName string // KURA_NODE_NAME
 
+	// PublicTLS serves HTTPS and gRPC over TLS (KURA_PUBLIC_TLS_*); zero = plaintext.
+	PublicTLS PublicTLS
+	// DrainTimeout is the one deadline of a graceful shutdown (KURA_DRAIN_TIMEOUT_MS).
+	DrainTimeout time.Duration
+	// BootstrapTimeout bounds how long a node with seeds stays "joining" waiting for its first
+	// anti-entropy round (KURA_BOOTSTRAP_TIMEOUT_MS).
+	BootstrapTimeout time.Duration
+
 	// Storage. DataDir and TmpDir are absolute and exist (Load created them).
 	DataDir          string // KURA_DATA_DIR
 	TmpDir           string // KURA_TMP_DIR
@@ -87,6 +95,26 @@ type TLSFiles struct {
 // Enabled reports whether mTLS is configured (Load guarantees all three or none).
 func (t TLSFiles) Enabled() bool { return t.CACertPath != "" && t.CertPath != "" && t.KeyPath != "" }
 
+// PublicTLS are the files of the public listeners' TLS.
+type PublicTLS struct {
+	CertPath     string // KURA_PUBLIC_TLS_CERT_PATH
+	KeyPath      string // KURA_PUBLIC_TLS_KEY_PATH
+	ClientCAPath string // KURA_PUBLIC_TLS_CLIENT_CA_PATH; empty = no client certificates asked
+}
+
+// Enabled reports whether the public listeners serve TLS (Load guarantees cert and key together).
+func (t PublicTLS) Enabled() bool { return t.CertPath != "" && t.KeyPath != "" }
+
+// Defaults of the lifecycle, with their reasons.
+const (
+	// DefaultDrainTimeout stays below Kubernetes' default 30 s termination grace period, so
+	// the drain finishes before the kubelet's SIGKILL.
+	DefaultDrainTimeout = 25 * time.Second
+	// DefaultBootstrapTimeout: an empty or small cluster bootstraps in a second; a node whose
+	// peers are all down must still become ready and serve what it has.
+	DefaultBootstrapTimeout = 30 * time.Second
+)
+
 // OTelConfig configures OTLP/HTTP trace export.
 type OTelConfig struct {
 	TracesEndpoint        string // KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; empty = tracing off
@@ -96,6 +124,9 @@ type OTelConfig struct {
 
 // Enabled reports whether traces are exported.
 func (o OTelConfig) Enabled() bool { return o.TracesEndpoint != "" }
+
+// RedactedEndpoint is TracesEndpoint with any credentials in it replaced, for logs.
+func (o OTelConfig) RedactedEndpoint() string { return redactURL(o.TracesEndpoint) }
 
 // AnalyticsConfig configures the runtime analytics webhooks (SPEC §9).
 type AnalyticsConfig struct {
@@ -287,6 +318,9 @@ func load(environ []string, opts Options) (*Config, *parser) {
 		}
 	}
 	c.InternalTLS = p.tlsFiles()
+	c.PublicTLS = p.publicTLS()
+	c.DrainTimeout = p.duration(EnvDrainTimeoutMS, DefaultDrainTimeout, time.Millisecond, 100)
+	c.BootstrapTimeout = p.duration(EnvBootstrapTimeoutMS, DefaultBootstrapTimeout, time.Millisecond, 0)
 
 	// Runtime budgets.
 	if opts.Host != nil {
@@ -396,6 +430,31 @@ func (p *parser) tlsFiles() TLSFiles {
 		}
 	}
 	return TLSFiles{CACertPath: values[0], CertPath: values[1], KeyPath: values[2]}
+}
+
+func (p *parser) publicTLS() PublicTLS {
+	t := PublicTLS{
+		CertPath:     p.str(EnvPublicTLSCert, ""),
+		KeyPath:      p.str(EnvPublicTLSKey, ""),
+		ClientCAPath: p.str(EnvPublicTLSClientCA, ""),
+	}
+	switch {
+	case t.CertPath != "" && t.KeyPath == "":
+		p.problem(EnvPublicTLSKey, "must be set because %s is: public TLS needs the certificate and its key", EnvPublicTLSCert)
+	case t.KeyPath != "" && t.CertPath == "":
+		p.problem(EnvPublicTLSCert, "must be set because %s is: public TLS needs the certificate and its key", EnvPublicTLSKey)
+	}
+	if t.ClientCAPath != "" && !t.Enabled() {
+		p.problem(EnvPublicTLSClientCA, "needs %s and %s: client certificates are asked for only over TLS", EnvPublicTLSCert, EnvPublicTLSKey)
+	}
+	for name, path := range map[string]string{EnvPublicTLSCert: t.CertPath, EnvPublicTLSKey: t.KeyPath, EnvPublicTLSClientCA: t.ClientCAPath} {
+		if path != "" {
+			if err := checkReadableFile(path); err != nil {
+				p.problem(name, "cannot read the file: %v", err)
+			}
+		}
+	}
+	return t
 }
 
 // budgets parses the budget overrides, derives the rest from h and checks the relations

@@ -84,6 +84,7 @@ func TestDefaults(t *testing.T) {
 		TenantID: "default", Region: "local", NodeURL: "http://node-a:4000", NodeName: "node-a",
 		DataDir: filepath.Join(cwd, "kura-data"), TmpDir: filepath.Join(cwd, "kura-data", "tmp"),
 		DiskBudgetBytes: 50 * GiB, MaxKeyValueBytes: 1048576, MaxXcodeBytes: 256 * MiB,
+		DrainTimeout: DefaultDrainTimeout, BootstrapTimeout: DefaultBootstrapTimeout,
 		RejoinInterval: DefaultRejoinInterval, AntiEntropyInterval: DefaultAntiEntropyInterval,
 		OutboxDropAfter: DefaultOutboxDropAfter,
 		Budgets:         DeriveBudgets(h),

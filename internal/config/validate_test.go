@@ -185,6 +185,11 @@ func TestInvalidValues(t *testing.T) {
 		{"analytics URL malformed", []string{"KURA_ANALYTICS_SERVER_URL=a.example", "KURA_ANALYTICS_SIGNING_KEY=k"}, EnvAnalyticsServerURL, "must be an http:// or https:// URL"},
 		{"analytics queue zero", []string{"KURA_ANALYTICS_QUEUE_CAPACITY=0"}, EnvAnalyticsQueueCapacity, "must be at least 1, got 0"},
 		{"breaker threshold zero", []string{"KURA_ANALYTICS_CIRCUIT_BREAKER_FAILURE_THRESHOLD=0"}, EnvAnalyticsBreakerFailures, "must be at least 1"},
+		{"public TLS without key", []string{"KURA_PUBLIC_TLS_CERT_PATH=" + aFile}, EnvPublicTLSKey, "must be set because KURA_PUBLIC_TLS_CERT_PATH is"},
+		{"public TLS key missing", []string{"KURA_PUBLIC_TLS_CERT_PATH=" + aFile, "KURA_PUBLIC_TLS_KEY_PATH=" + filepath.Join(dirNotFile, "nope.pem")},
+			EnvPublicTLSKey, "cannot read the file"},
+		{"client CA without TLS", []string{"KURA_PUBLIC_TLS_CLIENT_CA_PATH=" + aFile}, EnvPublicTLSClientCA, "client certificates are asked for only over TLS"},
+		{"drain timeout too short", []string{"KURA_DRAIN_TIMEOUT_MS=10"}, EnvDrainTimeoutMS, "must be at least 100 milliseconds"},
 		{"bind address hostname", []string{"KURA_BIND_ADDRESS=0.0.0.0:4000"}, EnvBindAddress, "is not an IP address"},
 	}
 	for _, tt := range tests {

@@ -19,6 +19,12 @@ const (
 	EnvNodeURL      = "KURA_NODE_URL"
 	EnvNodeName     = "KURA_NODE_NAME"
 
+	EnvDrainTimeoutMS     = "KURA_DRAIN_TIMEOUT_MS"
+	EnvBootstrapTimeoutMS = "KURA_BOOTSTRAP_TIMEOUT_MS"
+	EnvPublicTLSCert      = "KURA_PUBLIC_TLS_CERT_PATH"
+	EnvPublicTLSKey       = "KURA_PUBLIC_TLS_KEY_PATH"
+	EnvPublicTLSClientCA  = "KURA_PUBLIC_TLS_CLIENT_CA_PATH"
+
 	EnvDataDir          = "KURA_DATA_DIR"
 	EnvTmpDir           = "KURA_TMP_DIR"
 	EnvDiskBudgetBytes  = "KURA_DISK_BUDGET_BYTES"
@@ -108,6 +114,13 @@ var variables = []varGroup{
 		{name: EnvRegion, def: "local", meaning: "region label advertised in gossip, /up and metrics"},
 		{name: EnvNodeURL, def: "http://<hostname>:$KURA_PORT", meaning: "canonical public URL of this node"},
 		{name: EnvNodeName, def: "<hostname>", meaning: "unique member name in gossip"},
+		{name: EnvPublicTLSCert, def: "empty", meaning: "certificate (PEM chain) for HTTPS on KURA_PORT and TLS on KURA_GRPC_PORT; re-read when the file changes"},
+		{name: EnvPublicTLSKey, def: "empty", meaning: "its private key; certificate and key: both or neither"},
+		{name: EnvPublicTLSClientCA, def: "empty", meaning: "CA bundle client certificates must chain to; set = client certificates required"},
+	}},
+	{"Lifecycle", []varSpec{
+		{name: EnvDrainTimeoutMS, def: "25000", meaning: "one deadline for the whole drain after SIGTERM: in-flight requests, the outbox flush and closing the store"},
+		{name: EnvBootstrapTimeoutMS, def: "30000", meaning: "in a cluster, how long a starting node waits for its first anti-entropy round before it reports ready anyway"},
 	}},
 	{"Storage", []varSpec{
 		{name: EnvDataDir, def: "./kura-data", meaning: "persistent state (metadata store, segment files); locked by one process"},
@@ -143,7 +156,7 @@ var variables = []varGroup{
 		{name: EnvMetaMaxWriteBuffers, def: "auto: pool/buffer clamped to [2, 8]", meaning: "metadata write buffers kept in memory before writes stall"},
 	}},
 	{"Observability", []varSpec{
-		{name: EnvOTelEndpoint, def: "empty (tracing off)", meaning: "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"},
+		{name: EnvOTelEndpoint, def: "empty (tracing off)", meaning: "OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (without a path: /v1/traces)"},
 		{name: EnvOTelServiceName, def: "kura", meaning: "service.name of exported traces"},
 		{name: EnvOTelEnvironment, def: "empty", meaning: "deployment.environment of exported traces"},
 		{name: EnvLogLevel, def: "info", meaning: "debug, info, warn or error"},

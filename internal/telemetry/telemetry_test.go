@@ -3,9 +3,12 @@ package telemetry
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -62,5 +65,60 @@ kura_node_info{node="n1",region="eu",tenant_id="acme",version="dev"} 1
 	}
 	if !sawGo {
 		t.Fatal("Go runtime collector missing")
+	}
+}
+
+func TestNamespaceLookupsAreSharedAndBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a, err := NewArtifactMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewArtifactMetrics(reg) // the second front end on the same registry
+	if err != nil || b.Lookups != a.Lookups {
+		t.Fatalf("the second front end got its own lookups collector (%v)", err)
+	}
+	a.Lookups.Observe("nx", "acme", "web", "hit")
+	b.Lookups.Observe("reapi", "acme", "web", "miss")
+	a.Lookups.Observe("nx", "acme", "web", "error") // not a lookup
+	for i := range maxNamespaceSeries + 10 {
+		a.Lookups.Observe("gradle", "acme", fmt.Sprintf("ns-%d", i), "hit")
+	}
+	if got := testutil.ToFloat64(a.Lookups.vec.WithLabelValues("nx", "acme", "web", "hit")); got != 1 {
+		t.Fatalf("nx hits = %v", got)
+	}
+	if got := testutil.ToFloat64(a.Lookups.vec.WithLabelValues("reapi", "acme", "web", "miss")); got != 1 {
+		t.Fatalf("reapi misses = %v", got)
+	}
+	if got := testutil.ToFloat64(a.Lookups.vec.WithLabelValues("gradle", otherNamespace, otherNamespace, "hit")); got != 11 {
+		t.Fatalf("lookups past the bound counted under _other: %v, want 11", got)
+	}
+	if n := testutil.CollectAndCount(a.Lookups); n > maxNamespaceSeries+3 {
+		t.Fatalf("%d series", n)
+	}
+}
+
+func TestRecentLookups(t *testing.T) {
+	n := NewNamespaceLookups()
+	clock := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	n.now = func() time.Time { return clock }
+	n.Observe("nx", "t", "a", "hit")
+	n.Observe("nx", "t", "a", "miss")
+	clock = clock.Add(3 * time.Minute)
+	n.Observe("nx", "t", "a", "hit")
+	n.Observe("reapi", "t", "a", "hit")
+	if r := n.Recent(1)["nx"]; r.Hits != 1 || r.Misses != 0 {
+		t.Fatalf("last minute: %+v", r)
+	}
+	if r := n.Recent(5)["nx"]; r.Hits != 2 || r.Misses != 1 || r.Ratio() < 0.66 || r.Ratio() > 0.67 {
+		t.Fatalf("last 5 minutes: %+v", r)
+	}
+	clock = clock.Add(20 * time.Minute) // everything aged out, and the ring slots are reused
+	n.Observe("nx", "t", "a", "miss")
+	if r := n.Recent(15)["nx"]; r.Hits != 0 || r.Misses != 1 {
+		t.Fatalf("after 20 minutes: %+v", r)
+	}
+	if (Lookups{}).Ratio() != 0 {
+		t.Fatal("ratio without lookups")
 	}
 }

@@ -70,7 +70,7 @@ func (s *Sweeper) SweepNow(ctx context.Context) (Result, error) {
 			fail(p, err)
 			continue
 		}
-		s.bootstrapped.Store(true)
+		s.markBootstrapped()
 	}
 	return s.finish(start, res, errors.Join(errs...))
 }

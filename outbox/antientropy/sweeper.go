@@ -143,6 +143,8 @@ type Sweeper struct {
 	sweepMu      sync.Mutex // one sweep at a time
 	running      atomic.Bool
 	bootstrapped atomic.Bool
+	bootOnce     sync.Once
+	bootDone     chan struct{} // closed by the first sweep completed against a peer
 
 	pauseMu sync.Mutex
 	paused  bool
@@ -199,10 +201,11 @@ func New(cfg Config) (*Sweeper, error) {
 		cfg.Now = time.Now
 	}
 	s := &Sweeper{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "antientropy"),
-		repairs: make(chan storage.Key, cfg.RepairQueue),
-		pending: map[storage.Key]struct{}{},
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "antientropy"),
+		repairs:  make(chan storage.Key, cfg.RepairQueue),
+		pending:  map[storage.Key]struct{}{},
+		bootDone: make(chan struct{}),
 	}
 	m, err := newMetrics(cfg.Registerer, s)
 	if err != nil {
@@ -267,6 +270,21 @@ func (s *Sweeper) Run(ctx context.Context) error {
 // Bootstrapped reports whether a sweep has completed against at least one peer since start:
 // until then a new node may still be missing most of the cluster's data.
 func (s *Sweeper) Bootstrapped() bool { return s.bootstrapped.Load() }
+
+// WaitBootstrapped waits until Bootstrapped is true, or ctx ends (its error is returned).
+func (s *Sweeper) WaitBootstrapped(ctx context.Context) error {
+	select {
+	case <-s.bootDone:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Sweeper) markBootstrapped() {
+	s.bootstrapped.Store(true)
+	s.bootOnce.Do(func() { close(s.bootDone) })
+}
 
 // SetPaused pauses (true) or resumes (false) sweeps and repairs, for the hard memory
 // watermark. A sweep in progress stops at its next page or pull and continues on resume.

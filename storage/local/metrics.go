@@ -91,13 +91,11 @@ func (m *metrics) unregister() {
 // RocksDB gauges so its dashboards keep working. Each scrape samples Pebble afresh: a sample
 // costs microseconds and scrapes come seconds apart.
 //
-// Pebble has no "pinned" figure. RocksDB's pinned usage is the part of the block cache held by
-// readers, which eviction cannot reclaim. Pebble's cache never holds anything back: a block an
-// iterator is using is evicted like any other, and its reference-counted memory is freed when
-// the reader releases it. No part of the capacity is ever pinned, so
-// kura_metadata_store_block_cache_pinned_usage_bytes reports 0 (kept so dashboards and alerts
-// written for the original find the series). The memory that readers keep outside the cache is
-// not counted by Pebble at all.
+// The original's fourth gauge, block_cache_pinned_usage_bytes, is not exported: RocksDB's
+// pinned usage is the part of the block cache held by readers, which eviction cannot reclaim,
+// and Pebble has no such figure. Its cache never holds anything back (a block an iterator is
+// using is evicted like any other, its reference-counted memory freed when the reader releases
+// it), so the gauge could only ever say 0, and a constant is not a measurement.
 func metadataGauges(s *Store) []prometheus.Collector {
 	gauge := func(name, help string, value func(meta.Metrics) int64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
@@ -112,10 +110,6 @@ func metadataGauges(s *Store) []prometheus.Collector {
 		gauge("kura_metadata_store_block_cache_usage_bytes",
 			"Bytes held in the metadata store's (Pebble's) block cache.",
 			func(mm meta.Metrics) int64 { return mm.BlockCacheUsageBytes }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "kura_metadata_store_block_cache_pinned_usage_bytes",
-			Help: "Bytes of the metadata store's block cache that eviction cannot reclaim. Always 0: Pebble's cache pins nothing (blocks in use by readers stay evictable).",
-		}, func() float64 { return 0 }),
 		gauge("kura_metadata_store_block_cache_capacity_bytes",
 			"Configured size of the metadata store's block cache (KURA_METADATA_STORE_READ_CACHE_BYTES).",
 			func(mm meta.Metrics) int64 { return mm.BlockCacheCapacityBytes }),

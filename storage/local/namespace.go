@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 )
@@ -30,6 +32,17 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 	ns.Lock()
 	defer ns.Unlock()
 	replicated := version != 0
+	ctx, span := s.tracer.Start(ctx, commitSpanName)
+	if span.IsRecording() {
+		span.SetAttributes(attrOp.String("delete_namespace"), attrReplicated.Bool(replicated))
+	}
+	err := s.deleteNamespace(ctx, tenant, namespace, version, replicated)
+	endCommit(span, err == nil, err)
+	return err
+}
+
+// deleteNamespace decides and commits a deletion under the exclusive namespace lock.
+func (s *Store) deleteNamespace(ctx context.Context, tenant, namespace string, version storage.Version, replicated bool) error {
 	if version == 0 {
 		version = s.clock.Now()
 	} else {
@@ -54,7 +67,8 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 	}
 	s.clock.Observe(effective)
 	if s.opts.OnCommit != nil {
-		c := Change{Op: ChangeDeleteNamespace, Tenant: tenant, Namespace: namespace, Version: effective, Replicated: replicated}
+		c := Change{Op: ChangeDeleteNamespace, Tenant: tenant, Namespace: namespace, Version: effective, Replicated: replicated,
+			Trace: trace.SpanContextFromContext(ctx)}
 		if err := s.opts.OnCommit(b, c); err != nil {
 			return fmt.Errorf("delete namespace %s/%s: replication hook: %w", tenant, namespace, err)
 		}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
@@ -84,7 +86,10 @@ func (s *Store) putInline(ctx context.Context, key storage.Key, body io.Reader, 
 		return storage.PutResult{}, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
 	}
 	m := meta.Manifest{Inline: true, Body: buf.Bytes(), Size: n, ContentType: opts.ContentType, SHA256: sum}
-	return s.commitManifest(key, m, opts.Version)
+	ctx, span := s.startPutCommit(ctx, key, n, true, opts.Version != 0)
+	res, err := s.commitManifest(ctx, key, m, opts.Version)
+	endCommit(span, res.Created, err)
+	return res, err
 }
 
 // putSegment streams the body into a segment record in one pass, makes it durable, then
@@ -119,11 +124,14 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 	if err := s.ensureRoom(ctx, segment.RecordSize(n, len(name))); err != nil {
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
+	ctx, span := s.startPutCommit(ctx, key, n, false, opts.Version != 0)
 	ticket := s.commits.begin()
 	defer s.commits.end(ticket)
 	loc, err := st.Commit(ctx)
 	if err != nil {
-		return storage.PutResult{}, classify("put "+key.String()+": commit segment record", err)
+		err = classify("put "+key.String()+": commit segment record", err)
+		endCommit(span, false, err)
+		return storage.PutResult{}, err
 	}
 	m := meta.Manifest{
 		Location:    toMetaLocation(loc),
@@ -131,7 +139,8 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 		ContentType: opts.ContentType,
 		SHA256:      sum,
 	}
-	res, err := s.commitManifest(key, m, opts.Version)
+	res, err := s.commitManifest(ctx, key, m, opts.Version)
+	endCommit(span, res.Created, err)
 	if err == nil {
 		s.kickEvictor()
 	}
@@ -145,7 +154,9 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 // An evicted stub is treated as absent by first writer wins. For last-writer-wins kinds it
 // keeps its version: a write older than the stub is stale, one at the stub's version (a
 // read-through or repair bringing that very version back) or newer fills it.
-func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested storage.Version) (storage.PutResult, error) {
+//
+// ctx carries the commit's span, which Change.Trace hands to OnCommit.
+func (s *Store) commitManifest(ctx context.Context, key storage.Key, m meta.Manifest, requested storage.Version) (storage.PutResult, error) {
 	unlock := s.lockKey(key)
 	defer unlock()
 	tomb, hasTomb, err := s.db.GetTombstone(key.Tenant, key.Namespace)
@@ -211,7 +222,8 @@ func (s *Store) commitManifest(key storage.Key, m meta.Manifest, requested stora
 	}
 	info := m.Info(key)
 	if s.opts.OnCommit != nil {
-		c := Change{Op: ChangePut, Info: info, Replaced: prev != nil && !prev.Evicted, Version: version, Replicated: requested != 0}
+		c := Change{Op: ChangePut, Info: info, Replaced: prev != nil && !prev.Evicted, Version: version, Replicated: requested != 0,
+			Trace: trace.SpanContextFromContext(ctx)}
 		if err := s.opts.OnCommit(b, c); err != nil {
 			return storage.PutResult{}, fmt.Errorf("put %s: replication hook: %w", key, err)
 		}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sys/unix"
 
 	"github.com/kuracache/kura/storage"
@@ -58,6 +60,9 @@ type Change struct {
 	// Version is the object's version (ChangePut) or the effective tombstone
 	// (ChangeDeleteNamespace).
 	Version storage.Version
+	// Trace is the span context of the commit (invalid when tracing is off), so that what
+	// replicates the change later continues the write's trace.
+	Trace trace.SpanContext
 }
 
 // Defaults for Options left at zero.
@@ -99,6 +104,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the store's metrics (nil: a private registry).
 	Registerer prometheus.Registerer
+	// TracerProvider traces every commit (span storage.commit, see tracing.go); nil: no-op.
+	TracerProvider trace.TracerProvider
 	// OnCommit is called while building every committing batch (object written or replaced,
 	// namespace tombstoned) so replication can add outbox entries to the same synced batch.
 	// It runs under the key's lock: keep it short. An error aborts the write. It is not
@@ -156,17 +163,20 @@ const DefaultReservedDiskBytes = 256 << 20
 
 // Store is the node's disk store. It is safe for concurrent use.
 type Store struct {
-	opts    Options
-	log     *slog.Logger
-	clock   *storage.Clock
-	now     func() time.Time
-	lock    *os.File
-	db      *meta.DB
-	segs    *segment.Manager
-	partDir string
-	metrics *metrics
-	pool    *fdpool.Pool
-	mcache  *manifestCache
+	opts Options
+	// Eviction totals since Open, for DiskStats (the metrics hold the same counts).
+	evictedRecords, evictedSegments atomic.Uint64
+	log                             *slog.Logger
+	tracer                          trace.Tracer
+	clock                           *storage.Clock
+	now                             func() time.Time
+	lock                            *os.File
+	db                              *meta.DB
+	segs                            *segment.Manager
+	partDir                         string
+	metrics                         *metrics
+	pool                            *fdpool.Pool
+	mcache                          *manifestCache
 
 	seed        maphash.Seed
 	keyLocks    [1024]sync.Mutex
@@ -215,6 +225,9 @@ func Open(opts Options) (*Store, error) {
 	if opts.Clock == nil {
 		opts.Clock = storage.NewClock(opts.Now)
 	}
+	if opts.TracerProvider == nil {
+		opts.TracerProvider = noop.NewTracerProvider()
+	}
 	if opts.EvictInterval <= 0 {
 		opts.EvictInterval = DefaultEvictInterval
 	}
@@ -262,6 +275,7 @@ func Open(opts Options) (*Store, error) {
 	s := &Store{
 		opts:    opts,
 		log:     opts.Logger,
+		tracer:  opts.TracerProvider.Tracer(tracerName),
 		clock:   opts.Clock,
 		now:     opts.Now,
 		partDir: filepath.Join(opts.TmpDir, "multipart"),
@@ -368,6 +382,24 @@ func (s *Store) closeResources() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DiskStats is the disk budget's state, for the status page.
+type DiskStats struct {
+	SegmentBytes    int64  // bytes held in segment files (what the budget counts)
+	BudgetBytes     int64  // KURA_DISK_BUDGET_BYTES; 0 = no budget
+	EvictedRecords  uint64 // records whose body eviction removed since the store opened
+	EvictedSegments uint64 // segment files retired since the store opened
+}
+
+// DiskStats returns the disk budget's state now.
+func (s *Store) DiskStats() DiskStats {
+	return DiskStats{
+		SegmentBytes:    s.segs.TotalBytes(),
+		BudgetBytes:     s.opts.DiskBudgetBytes,
+		EvictedRecords:  s.evictedRecords.Load(),
+		EvictedSegments: s.evictedSegments.Load(),
+	}
 }
 
 // FDPool is the store's file-descriptor pool, for callers that open files on its behalf and

@@ -1,0 +1,178 @@
+package outbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"io"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/local"
+	"github.com/kuracache/kura/storage/meta"
+)
+
+var commitSpan = trace.NewSpanContext(trace.SpanContextConfig{
+	TraceID:    trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+	SpanID:     trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7},
+	TraceFlags: trace.FlagsSampled,
+})
+
+func TestEntryTraceContext(t *testing.T) {
+	for _, e := range sampleEntries() {
+		e.Trace = commitSpan
+		b, err := AppendEntry(nil, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain := e
+		plain.Trace = trace.SpanContext{}
+		pb, _ := AppendEntry(nil, plain)
+		if b[0] != entryFormatV2 || pb[0] != entryFormatV1 || len(b) != len(pb)+traceContextBytes {
+			t.Fatalf("%s: traced %d bytes (format %d), untraced %d (format %d)", e.describe(), len(b), b[0], len(pb), pb[0])
+		}
+		got, err := DecodeEntry(b)
+		if err != nil {
+			t.Fatalf("decode %s: %v", e.describe(), err)
+		}
+		if got.Trace.TraceID() != commitSpan.TraceID() || got.Trace.SpanID() != commitSpan.SpanID() ||
+			!got.Trace.IsSampled() || !got.Trace.IsRemote() || got.Key != e.Key || got.Version != e.Version {
+			t.Fatalf("round trip of %s: got %+v", e.describe(), got)
+		}
+		// Damage in the trace context is caught like any other.
+		for i := range b {
+			d := bytes.Clone(b)
+			d[i] ^= 0x10
+			if _, err := DecodeEntry(d); err == nil {
+				t.Fatalf("%s: byte %d flipped and still decoded", e.describe(), i)
+			}
+		}
+	}
+}
+
+// TestEntryFormatV1Unchanged: an untraced entry encodes exactly as before trace contexts
+// existed, so entries already on disk decode, and a node with tracing off writes entries an
+// older version reads.
+func TestEntryFormatV1Unchanged(t *testing.T) {
+	// Written by the encoder before format 2 existed.
+	const v1 = "0101878080c0b39a98dd01f6e1998dcc6e05616c6963650361707003636173086465616462656566a894e5e8"
+	e := sampleEntries()[0]
+	e.Key.Tenant = "alice"
+	b, err := AppendEntry(nil, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(b); got != v1 {
+		t.Fatalf("untraced entry encodes to %s, want the V1 bytes %s", got, v1)
+	}
+	raw, _ := hex.DecodeString(v1)
+	got, err := DecodeEntry(raw)
+	if err != nil || got.Trace.IsValid() || got.Key != e.Key {
+		t.Fatalf("V1 entry decodes to %+v, %v", got, err)
+	}
+}
+
+// spanSender records the span context each push was made under.
+type spanSender struct {
+	fakeSender
+	mu  sync.Mutex
+	ctx []trace.SpanContext
+}
+
+func (s *spanSender) PushObject(ctx context.Context, addr string, info storage.Info, body io.Reader) (bool, error) {
+	s.mu.Lock()
+	s.ctx = append(s.ctx, trace.SpanContextFromContext(ctx))
+	s.mu.Unlock()
+	return s.fakeSender.PushObject(ctx, addr, info, body)
+}
+
+// TestPushContinuesTheCommitTrace wires storage/local and the outbox as internal/app does: the
+// push of a traced write is a child of the write's commit span, and the Sender is called
+// under the push span (so the peer client's span and the peer's server span follow).
+func TestPushContinuesTheCommitTrace(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	var ob *Outbox
+	st, err := local.Open(local.Options{
+		DataDir:        t.TempDir(),
+		Registerer:     prometheus.NewRegistry(),
+		Metadata:       meta.Options{BlockCacheBytes: 4 << 20, MemTableBytes: 4 << 20},
+		TracerProvider: tp,
+		OnCommit:       func(b *meta.Batch, c local.Change) error { return ob.OnCommit(b, c) },
+		AfterCommit:    func() { ob.Notify() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
+	sender := &spanSender{}
+	sender.behave = func(context.Context, string, delivery) (bool, error) { return true, nil }
+	ob, err = New(Config{DB: st.Metadata(), Store: st, Sender: sender, Registerer: prometheus.NewRegistry(), TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob.SetTargets([]Target{{Name: "b", Addr: "B"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ob.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	reqCtx, req := tp.Tracer("test").Start(context.Background(), "PUT /api/cache/gradle/{cache_key}")
+	if _, err := st.Put(reqCtx, casKey("traced"), bytes.NewReader([]byte("body")), storage.PutOptions{Size: 4}); err != nil {
+		t.Fatal(err)
+	}
+	req.End()
+	waitFor(t, "the push span", func() bool {
+		for _, s := range exp.GetSpans() {
+			if s.Name == pushSpanName {
+				return true
+			}
+		}
+		return false
+	})
+	var commit, push tracetest.SpanStub
+	for _, s := range exp.GetSpans() {
+		switch s.Name {
+		case "storage.commit":
+			commit = s
+		case pushSpanName:
+			push = s
+		}
+	}
+	if push.SpanContext.TraceID() != req.SpanContext().TraceID() || push.Parent.SpanID() != commit.SpanContext.SpanID() {
+		t.Fatalf("push span in trace %s under %s, want the request's trace %s under the commit %s",
+			push.SpanContext.TraceID(), push.Parent.SpanID(), req.SpanContext().TraceID(), commit.SpanContext.SpanID())
+	}
+	if push.Status.Code == codes.Error {
+		t.Errorf("push span status %v", push.Status)
+	}
+	attrs := map[string]string{}
+	for _, kv := range push.Attributes {
+		attrs[string(kv.Key)] = kv.Value.String()
+	}
+	if attrs["kura.peer.name"] != "b" || attrs["kura.outbox.op"] != "object" || attrs["kura.outbox.result"] != "applied" || attrs["kura.storage.kind"] != "cas" {
+		t.Errorf("push span attributes %v", attrs)
+	}
+	sender.mu.Lock()
+	defer sender.mu.Unlock()
+	if len(sender.ctx) != 1 || sender.ctx[0].SpanID() != push.SpanContext.SpanID() {
+		t.Fatalf("the sender was called under %v, want the push span %s", sender.ctx, push.SpanContext.SpanID())
+	}
+}

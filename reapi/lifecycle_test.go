@@ -1,0 +1,45 @@
+package reapi
+
+import (
+	"testing"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/kuracache/kura/internal/lifecycle"
+)
+
+func TestDrainingRefusesNewCalls(t *testing.T) {
+	node, err := lifecycle.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.SetServing()
+	h := newHarnessWith(t, Config{}, nil, func(d *Deps) { d.Lifecycle = node })
+	health := healthpb.NewHealthClient(h.conn)
+	if _, err := h.caps.GetCapabilities(ctxT(t), &repb.GetCapabilitiesRequest{}); err != nil {
+		t.Fatalf("serving: %v", err)
+	}
+	h.upload("", []byte("before the drain"))
+	if node.InFlight() != 0 {
+		t.Fatalf("%d calls counted after they returned", node.InFlight())
+	}
+
+	node.BeginDrain()
+	h.srv.SetServing(false)
+	_, err = h.caps.GetCapabilities(ctxT(t), &repb.GetCapabilitiesRequest{})
+	wantCode(t, err, codes.Unavailable)
+	_, _, err = h.read(ctxT(t), readRequest("", []byte("before the drain")))
+	wantCode(t, err, codes.Unavailable)
+	// Health checks are answered, and say NOT_SERVING.
+	resp, err := health.Check(ctxT(t), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health while draining: %v %v", resp, err)
+	}
+}
+
+func readRequest(instance string, blob []byte) *bspb.ReadRequest {
+	return &bspb.ReadRequest{ResourceName: readName(instance, false, digestOf(blob))}
+}
