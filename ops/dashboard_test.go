@@ -193,14 +193,18 @@ func TestDashboardLayoutAndDatasources(t *testing.T) {
 // dashboardCoverage is what the dashboard must show (the list): a metric, and the
 // label it is broken down by ("" for any).
 var dashboardCoverage = []struct{ metric, by string }{
+	{"kura_node_state", "state"},
 	{"kura_http_requests_total", "route"},
+	{"kura_requests_in_flight", ""},
 	{"kura_http_request_duration_seconds_bucket", "route"},
 	{"kura_artifact_reads_total", "kind"},
+	{"kura_cache_lookups_total", "protocol"},
 	{"kura_artifact_read_bytes_total", ""},
 	{"kura_artifact_write_bytes_total", ""},
 	{"kura_outbox_depth", "peer"},
 	{"kura_replication_pushes_total", "result"},
 	{"kura_replication_push_duration_seconds_bucket", ""},
+	{"kura_replication_lag_seconds_bucket", "peer"},
 	{"kura_antientropy_runs_total", "result"},
 	{"kura_antientropy_objects_repaired_total", ""},
 	{"kura_cluster_members", "region"},
@@ -315,7 +319,7 @@ func TestDashboardQueriesWhatKuraExports(t *testing.T) {
 
 // outputLabels returns the label names the series of expr's result can carry, which is what a
 // legend may name: a selector's labels (its metric's and the target labels), narrowed by
-// aggregations (by, without), without le after histogram_quantile, and the left-hand side's
+// aggregations (by, without; topk keeps them), without le after histogram_quantile, and the left-hand side's
 // for a binary operation between vectors.
 func outputLabels(expr parser.Expr, exported exportedMetrics) map[string]bool {
 	switch e := expr.(type) {
@@ -335,6 +339,9 @@ func outputLabels(expr parser.Expr, exported exportedMetrics) map[string]bool {
 		return outputLabels(e.Expr, exported)
 	case *parser.AggregateExpr:
 		inner := outputLabels(e.Expr, exported)
+		if e.Op == parser.TOPK || e.Op == parser.BOTTOMK || e.Op == parser.LIMITK {
+			return inner // selects series, keeping their labels
+		}
 		if e.Without {
 			for _, l := range e.Grouping {
 				delete(inner, l)

@@ -147,3 +147,23 @@ func TestTaskBuildIsStatic(t *testing.T) {
 		t.Errorf("kura --version = %q (%v), want %q", got, err, want)
 	}
 }
+
+// TestTaskChart runs `task chart` (helm lint and helm template of charts/kura) where helm is
+// installed (scripts/install-test-deps puts it in the Go bin directory).
+func TestTaskChart(t *testing.T) {
+	if _, err := exec.LookPath("helm"); err != nil {
+		t.Skip("helm is not installed")
+	}
+	var out bytes.Buffer
+	e := executor(t, &out)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := e.Run(ctx, &task.Call{Task: "chart"}); err != nil {
+		t.Fatalf("task chart: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"1 chart(s) linted, 0 chart(s) failed", "kind: StatefulSet"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("task chart printed no %q:\n%s", want, out.String())
+		}
+	}
+}
