@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,7 +26,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/util/teststorage"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -225,9 +228,9 @@ var dashboardCoverage = []struct{ metric, by string }{
 // analytics on, as in the stack's nodes with those features), drives every surface the
 // dashboard shows so the lazily created series exist, scrapes both nodes' /metrics and checks
 // that every metric, label matcher, grouping label and legend label of every dashboard query
-// is one Kura really exports.
+// is one Kura really exports; then it runs every query over the scrapes with Prometheus' engine.
 func TestDashboardQueriesWhatKuraExports(t *testing.T) {
-	exported := scrapeBusyCluster(t)
+	exported, rounds := scrapeBusyCluster(t)
 
 	type use struct{ labels map[string]bool }
 	used := map[string]*use{}
@@ -306,6 +309,8 @@ func TestDashboardQueriesWhatKuraExports(t *testing.T) {
 		}
 	}
 
+	evaluateDashboard(t, rounds)
+
 	for _, c := range dashboardCoverage {
 		u := used[c.metric]
 		switch {
@@ -371,6 +376,118 @@ func outputLabels(expr parser.Expr, exported exportedMetrics) map[string]bool {
 		return outputLabels(e.RHS, exported)
 	default:
 		return map[string]bool{}
+	}
+}
+
+// evaluateDashboard stores the two rounds of scrapes in a Prometheus TSDB, 15 s apart and
+// labelled instance and job the way prometheus.yml labels the stack's targets, and runs every
+// dashboard query with Prometheus' own engine at the second round: each must evaluate (no
+// vector-matching error) to at least one series (no selector or join that matches nothing).
+func evaluateDashboard(t *testing.T, rounds [2][]snapshot) {
+	t.Helper()
+	db := teststorage.New(t)
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	for i, round := range rounds {
+		at := t0.Add(time.Duration(i) * 15 * time.Second).UnixMilli()
+		app := db.Appender(context.Background())
+		for _, snap := range round {
+			for name, f := range snap.families {
+				for _, m := range f.GetMetric() {
+					for _, s := range samples(name, f.GetType(), m) {
+						lb := labels.NewBuilder(s.labels)
+						lb.Set("instance", snap.instance)
+						lb.Set("job", "kura")
+						if _, err := app.Append(0, lb.Labels(), at, s.value); err != nil {
+							t.Fatalf("append %s: %v", s.labels, err)
+						}
+					}
+				}
+			}
+		}
+		if err := app.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	engine := promql.NewEngine(promql.EngineOpts{
+		Logger: slog.New(slog.DiscardHandler), MaxSamples: 10_000_000, Timeout: time.Minute, LookbackDelta: 5 * time.Minute,
+	})
+	ctx := context.Background()
+	for _, q := range promQueries(t, loadDashboard(t)) {
+		qry, err := engine.NewInstantQuery(ctx, db, nil, grafanaVars.Replace(q.expr), t0.Add(15*time.Second))
+		if err != nil {
+			t.Errorf("%s: %v", q.where, err)
+			continue
+		}
+		res := qry.Exec(ctx)
+		var n int
+		switch v := res.Value.(type) {
+		case promql.Vector:
+			n = len(v)
+		case promql.Matrix:
+			n = len(v)
+		case promql.Scalar:
+			n = 1
+		}
+		switch {
+		case res.Err != nil:
+			t.Errorf("%s: %q: %v", q.where, q.expr, res.Err)
+		case n == 0:
+			t.Errorf("%s: %q returns no series over two scrapes of busy nodes", q.where, q.expr)
+		}
+		qry.Close()
+	}
+}
+
+// sample is one series' value in a scrape.
+type sample struct {
+	labels labels.Labels
+	value  float64
+}
+
+// samples expands a metric of a family into the series Prometheus stores for it: histograms
+// as cumulative _bucket{le} (with +Inf), _sum and _count, summaries as {quantile}, _sum and
+// _count.
+func samples(name string, typ dto.MetricType, m *dto.Metric) []sample {
+	base := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		base[lp.GetName()] = lp.GetValue()
+	}
+	one := func(n string, v float64, extra ...string) sample {
+		l := maps.Clone(base)
+		l[model.MetricNameLabel] = n
+		for i := 0; i+1 < len(extra); i += 2 {
+			l[extra[i]] = extra[i+1]
+		}
+		return sample{labels.FromMap(l), v}
+	}
+	switch typ {
+	case dto.MetricType_COUNTER:
+		return []sample{one(name, m.GetCounter().GetValue())}
+	case dto.MetricType_GAUGE:
+		return []sample{one(name, m.GetGauge().GetValue())}
+	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+		h := m.GetHistogram()
+		var out []sample
+		sawInf := false
+		for _, b := range h.GetBucket() {
+			ub := b.GetUpperBound()
+			sawInf = sawInf || math.IsInf(ub, 1)
+			out = append(out, one(name+"_bucket", float64(b.GetCumulativeCount()), "le", strconv.FormatFloat(ub, 'g', -1, 64)))
+		}
+		if !sawInf {
+			out = append(out, one(name+"_bucket", float64(h.GetSampleCount()), "le", "+Inf"))
+		}
+		return append(out, one(name+"_sum", h.GetSampleSum()), one(name+"_count", float64(h.GetSampleCount())))
+	case dto.MetricType_SUMMARY:
+		sm := m.GetSummary()
+		var out []sample
+		for _, q := range sm.GetQuantile() {
+			out = append(out, one(name, q.GetValue(), "quantile", strconv.FormatFloat(q.GetQuantile(), 'g', -1, 64)))
+		}
+		return append(out, one(name+"_sum", sm.GetSampleSum()), one(name+"_count", float64(sm.GetSampleCount())))
+	default:
+		return []sample{one(name, m.GetUntyped().GetValue())}
 	}
 }
 
@@ -457,10 +574,16 @@ func startNode(t *testing.T, name string, gossipPort int, extra ...string) *inPr
 	return &inProcessNode{app: a, base: "http://" + a.HTTPAddr(), logs: logs}
 }
 
+// snapshot is one scrape of one node, named as Prometheus names the stack's targets.
+type snapshot struct {
+	instance string
+	families map[string]*dto.MetricFamily
+}
+
 // scrapeBusyCluster runs two nodes that replicate to each other, with a policy script and
 // analytics webhooks, drives HTTP and gRPC traffic through the first, and returns what both
-// export once every family the dashboard relies on has appeared.
-func scrapeBusyCluster(t *testing.T) exportedMetrics {
+// export once every family the dashboard relies on has appeared, and two rounds of scrapes.
+func scrapeBusyCluster(t *testing.T) (exportedMetrics, [2][]snapshot) {
 	t.Helper()
 	dir := t.TempDir()
 	script := filepath.Join(dir, "allow.lua")
@@ -541,46 +664,64 @@ func scrapeBusyCluster(t *testing.T) exportedMetrics {
 			t.Fatalf("%s %s = %d, want %d", method, path, resp.StatusCode, want)
 		}
 	}
-	const q = "?tenant_id=acme&namespace_id=ops"
-	body := "artifact body"
-	sum := sha256.Sum256([]byte(body))
-	digest := hex.EncodeToString(sum[:])
-	do(http.MethodPut, "/api/cache/gradle/k1"+q, body, http.StatusCreated)
-	do(http.MethodGet, "/api/cache/gradle/k1"+q, "", http.StatusOK)
-	do(http.MethodGet, "/api/cache/gradle/absent"+q, "", http.StatusNotFound)
-	do(http.MethodPost, "/api/cache/cas/cas-1"+q, body, http.StatusNoContent)
-	do(http.MethodGet, "/api/cache/cas/cas-1"+q, "", http.StatusOK)
-	do(http.MethodPut, "/api/cache/keyvalue"+q, `{"cas_id":"kv-1","entries":[{"value":"v"}]}`, http.StatusNoContent)
-	do(http.MethodGet, "/api/cache/keyvalue/kv-1"+q, "", http.StatusOK)
-	do(http.MethodPut, "/cas/"+digest, body, http.StatusOK)
-	do(http.MethodGet, "/cas/"+digest, "", http.StatusOK)
-	do(http.MethodGet, "/ac/"+digest, "", http.StatusNotFound)
-
 	conn, err := grpc.NewClient(a.app.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := repb.NewCapabilitiesClient(conn).GetCapabilities(ctx, &repb.GetCapabilitiesRequest{}); err != nil {
-		t.Fatalf("GetCapabilities: %v", err)
-	}
-	if _, err := repb.NewContentAddressableStorageClient(conn).FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{
-		BlobDigests: []*repb.Digest{{Hash: digest, SizeBytes: int64(len(body))}},
-	}); err != nil {
-		t.Fatalf("FindMissingBlobs: %v", err)
+	// traffic writes five new objects (four of them replicated kinds) and reads them back,
+	// misses once on HTTP and asks the REAPI twice.
+	traffic := func(round int) {
+		t.Helper()
+		const q = "?tenant_id=acme&namespace_id=ops"
+		n := strconv.Itoa(round)
+		body := "artifact body " + n
+		sum := sha256.Sum256([]byte(body))
+		digest := hex.EncodeToString(sum[:])
+		do(http.MethodPut, "/api/cache/gradle/k"+n+q, body, http.StatusCreated)
+		do(http.MethodGet, "/api/cache/gradle/k"+n+q, "", http.StatusOK)
+		do(http.MethodGet, "/api/cache/gradle/absent"+q, "", http.StatusNotFound)
+		do(http.MethodPost, "/api/cache/cas/cas-"+n+q, body, http.StatusNoContent)
+		do(http.MethodGet, "/api/cache/cas/cas-"+n+q, "", http.StatusOK)
+		do(http.MethodPut, "/api/cache/keyvalue"+q, `{"cas_id":"kv-`+n+`","entries":[{"value":"v"}]}`, http.StatusNoContent)
+		do(http.MethodGet, "/api/cache/keyvalue/kv-"+n+q, "", http.StatusOK)
+		do(http.MethodPut, "/cas/"+digest, body, http.StatusOK)
+		do(http.MethodGet, "/cas/"+digest, "", http.StatusOK)
+		do(http.MethodGet, "/ac/"+digest, "", http.StatusNotFound)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := repb.NewCapabilitiesClient(conn).GetCapabilities(ctx, &repb.GetCapabilitiesRequest{}); err != nil {
+			t.Fatalf("GetCapabilities: %v", err)
+		}
+		if _, err := repb.NewContentAddressableStorageClient(conn).FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{
+			BlobDigests: []*repb.Digest{{Hash: digest, SizeBytes: int64(len(body))}},
+		}); err != nil {
+			t.Fatalf("FindMissingBlobs: %v", err)
+		}
 	}
 
-	poll(t, 30*time.Second, "A's writes pushed to B and an analytics batch delivered", func() bool {
-		fa, fb := scrape(a), scrape(b)
-		return value(fa, "kura_replication_pushes_total", map[string]string{"result": "applied"}) >= 4 &&
-			value(fb, "kura_peer_requests_total", map[string]string{"side": "server"}) >= 4 &&
-			value(fa, "kura_analytics_batches_total", map[string]string{"outcome": "ok"}) >= 1
-	})
+	// Two rounds of traffic, each followed by a scrape of both nodes once A's writes have
+	// reached B and an analytics batch has gone out: two samples of every series, so the
+	// dashboard's rates have something to compute.
+	var rounds [2][]snapshot
+	for i := range rounds {
+		traffic(i + 1)
+		want := float64(4 * (i + 1))
+		poll(t, 30*time.Second, "A's writes pushed to B and an analytics batch delivered", func() bool {
+			fa, fb := scrape(a), scrape(b)
+			return value(fa, "kura_replication_pushes_total", map[string]string{"result": "applied"}) >= want &&
+				value(fb, "kura_peer_requests_total", map[string]string{"side": "server"}) >= want &&
+				value(fa, "kura_analytics_batches_total", map[string]string{"outcome": "ok"}) >= float64(i+1)
+		})
+		rounds[i] = []snapshot{{"kura-us", scrape(a)}, {"kura-eu", scrape(b)}}
+	}
 
 	exported := exportedMetrics{}
-	exported.add(scrape(a))
-	exported.add(scrape(b))
-	return exported
+	for _, round := range rounds {
+		for _, snap := range round {
+			exported.add(snap.families)
+		}
+	}
+	return exported, rounds
 }
