@@ -28,7 +28,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		switch arg {
 		case "-h", "-help", "--help", "help":
 			fmt.Fprintf(stdout, "kura %s — a leaderless, distributed cache for build artifacts.\n\n", app.Version)
-			fmt.Fprintln(stdout, "Usage: kura [--help | --version]")
+			fmt.Fprintln(stdout, "Usage: kura [--help | --version | healthcheck]")
 			fmt.Fprintln(stdout, "Every setting is a KURA_* environment variable; all have defaults.")
 			fmt.Fprintln(stdout)
 			fmt.Fprint(stdout, config.Usage())
@@ -36,6 +36,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		case "-version", "--version", "version":
 			fmt.Fprintln(stdout, "kura", app.Version)
 			return 0
+		case "healthcheck":
+			// GET /up of the node on this host's KURA_PORT: the image's HEALTHCHECK.
+			return healthcheck(environ, stderr)
 		default:
 			fmt.Fprintf(stderr, "kura: unknown argument %q (settings are KURA_* environment variables; see kura --help)\n", arg)
 			return 2
