@@ -568,50 +568,41 @@ func checkGossipKey(t *testing.T, w want, m *manifests, env map[string]string) {
 
 func checkPeerTLS(t *testing.T, w want, pod corev1.PodSpec, ctr corev1.Container, env map[string]string) {
 	t.Helper()
-	names := []string{config.EnvInternalTLSCACert, config.EnvInternalTLSCert, config.EnvInternalTLSKey}
-	if w.peerTLSSecret == "" {
-		for _, name := range names {
-			if v, set := env[name]; set {
-				t.Errorf("peer TLS is off, but %s=%q", name, v)
-			}
-		}
-		return
-	}
-	for _, name := range names {
-		if !strings.HasPrefix(env[name], peerTLSDir+"/") {
-			t.Errorf("%s = %q, want a file in %s", name, env[name], peerTLSDir)
-		}
-	}
-	vol := mountedVolume(t, pod, ctr, peerTLSDir)
-	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != w.peerTLSSecret {
-		t.Errorf("%s: volume %v, want secret %s", peerTLSDir, vol, w.peerTLSSecret)
-	}
+	checkSecretFiles(t, "peer TLS", w.peerTLSSecret, peerTLSDir, pod, ctr, env,
+		config.EnvInternalTLSCACert, config.EnvInternalTLSCert, config.EnvInternalTLSKey)
 }
 
 // checkPublicTLS: with a public TLS Secret, its certificate and key are mounted read-only and
 // named by KURA_PUBLIC_TLS_*; without one, none of those is set.
 func checkPublicTLS(t *testing.T, w want, pod corev1.PodSpec, ctr corev1.Container, env map[string]string) {
 	t.Helper()
-	names := []string{config.EnvPublicTLSCert, config.EnvPublicTLSKey}
 	if v, set := env[config.EnvPublicTLSClientCA]; set {
 		t.Errorf("%s=%q: client certificates would fail kubelet's probes", config.EnvPublicTLSClientCA, v)
 	}
-	if w.publicTLSSecret == "" {
+	checkSecretFiles(t, "public TLS", w.publicTLSSecret, publicTLSDir, pod, ctr, env,
+		config.EnvPublicTLSCert, config.EnvPublicTLSKey)
+}
+
+// checkSecretFiles: with secret set, it is mounted read-only at dir and each of names is a
+// file in it; with secret empty, none of names is set.
+func checkSecretFiles(t *testing.T, what, secret, dir string, pod corev1.PodSpec, ctr corev1.Container, env map[string]string, names ...string) {
+	t.Helper()
+	if secret == "" {
 		for _, name := range names {
 			if v, set := env[name]; set {
-				t.Errorf("public TLS is off, but %s=%q", name, v)
+				t.Errorf("%s is off, but %s=%q", what, name, v)
 			}
 		}
 		return
 	}
 	for _, name := range names {
-		if !strings.HasPrefix(env[name], publicTLSDir+"/") {
-			t.Errorf("%s = %q, want a file in %s", name, env[name], publicTLSDir)
+		if !strings.HasPrefix(env[name], dir+"/") {
+			t.Errorf("%s = %q, want a file in %s", name, env[name], dir)
 		}
 	}
-	vol := mountedVolume(t, pod, ctr, publicTLSDir)
-	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != w.publicTLSSecret {
-		t.Errorf("%s: volume %v, want secret %s", publicTLSDir, vol, w.publicTLSSecret)
+	vol := mountedVolume(t, pod, ctr, dir)
+	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != secret {
+		t.Errorf("%s: volume %v, want secret %s", dir, vol, secret)
 	}
 }
 
