@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -28,6 +29,9 @@ type apiError struct {
 	// cause is logged for server-side failures; it never reaches the client because it may
 	// name files or peers.
 	cause error
+	// expected marks a 5xx that is the node working as designed (a draining node refusing
+	// new requests): logged at debug, not as an error.
+	expected bool
 }
 
 func (e *apiError) Error() string {
@@ -127,7 +131,11 @@ func (s *Server) handleError(err error, c echo.Context) {
 		ae = &apiError{status: http.StatusInternalServerError, message: "Internal server error", cause: err}
 	}
 	if ae.status >= 500 {
-		s.log.ErrorContext(c.Request().Context(), "request failed", "route", s.routeLabel(c), "method", c.Request().Method,
+		level := slog.LevelError
+		if ae.expected {
+			level = slog.LevelDebug
+		}
+		s.log.Log(c.Request().Context(), level, "request failed", "route", s.routeLabel(c), "method", c.Request().Method,
 			"status", ae.status, "error", ae)
 	}
 	writeError(resp, ae)

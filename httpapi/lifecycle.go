@@ -30,7 +30,7 @@ func (s *Server) admit(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if !s.lifecycle.Enter() {
 			c.Response().Header().Set("Connection", "close")
-			return &apiError{status: http.StatusServiceUnavailable, retryAfter: 1,
+			return &apiError{status: http.StatusServiceUnavailable, retryAfter: 1, expected: true,
 				message: "Draining: this node is shutting down; retry on another node"}
 		}
 		defer s.lifecycle.Leave()
