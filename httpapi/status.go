@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/kuracache/kura/internal/telemetry"
 )
 
 // StatusSource is what the status page shows beyond what the HTTP API knows itself: the
@@ -53,8 +55,15 @@ var statusHTML string
 
 var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
 	"bytes":   formatBytes,
-	"percent": func(f float64) string { return fmt.Sprintf("%.1f %%", 100*f) },
-	"ago":     func(t time.Time) string { return time.Since(t).Round(time.Second).String() },
+	"percent": percent,
+	// ratio is a window's hit ratio, or a dash without lookups in it.
+	"ratio": func(l telemetry.Lookups) template.HTML {
+		if l.Total() == 0 {
+			return `<span class="muted">–</span>`
+		}
+		return template.HTML(percent(l.Ratio()))
+	},
+	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() },
 	// barWidth is a CSS width for a fraction, clamped so an over-budget disk fills the bar.
 	"barWidth": func(f float64) template.CSS {
 		return template.CSS(fmt.Sprintf("%.1f%%", 100*min(max(f, 0), 1)))
@@ -79,10 +88,8 @@ type regionRow struct {
 }
 
 type protocolRow struct {
-	Protocol                   string
-	Minute, Five, Fifteen      float64
-	Hits15, Misses15           uint64
-	HasMinute, HasFive, HasAny bool
+	Protocol string
+	telemetry.RecentLookups
 }
 
 // handleStatus serves GET /: a self-contained HTML page (no external assets, no JavaScript)
@@ -107,14 +114,8 @@ func (s *Server) handleStatus(c echo.Context) error {
 			p.EvictRate = float64(p.Status.Disk.EvictedRecords) / up
 		}
 	}
-	one, five, fifteen := s.metrics.lookups.Recent(1), s.metrics.lookups.Recent(5), s.metrics.lookups.Recent(15)
-	for protocol, l := range fifteen {
-		p.Protocols = append(p.Protocols, protocolRow{
-			Protocol: protocol, Minute: one[protocol].Ratio(), Five: five[protocol].Ratio(), Fifteen: l.Ratio(),
-			Hits15: l.Hits, Misses15: l.Misses,
-			HasMinute: one[protocol].Hits+one[protocol].Misses > 0, HasFive: five[protocol].Hits+five[protocol].Misses > 0,
-			HasAny: l.Hits+l.Misses > 0,
-		})
+	for protocol, r := range s.metrics.lookups.Recent() {
+		p.Protocols = append(p.Protocols, protocolRow{Protocol: protocol, RecentLookups: r})
 	}
 	sort.Slice(p.Protocols, func(i, j int) bool { return p.Protocols[i].Protocol < p.Protocols[j].Protocol })
 	var buf bytes.Buffer
@@ -124,6 +125,8 @@ func (s *Server) handleStatus(c echo.Context) error {
 	c.Response().Header().Set("Cache-Control", "no-store")
 	return c.HTMLBlob(http.StatusOK, buf.Bytes())
 }
+
+func percent(f float64) string { return fmt.Sprintf("%.1f %%", 100*f) }
 
 // formatBytes renders a byte count in binary units.
 func formatBytes(n int64) string {

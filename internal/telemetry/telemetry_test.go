@@ -107,16 +107,22 @@ func TestRecentLookups(t *testing.T) {
 	clock = clock.Add(3 * time.Minute)
 	n.Observe("nx", "t", "a", "hit")
 	n.Observe("reapi", "t", "a", "hit")
-	if r := n.Recent(1)["nx"]; r.Hits != 1 || r.Misses != 0 {
+	if r := n.Recent()["nx"].Minute; r.Hits != 1 || r.Misses != 0 {
 		t.Fatalf("last minute: %+v", r)
 	}
-	if r := n.Recent(5)["nx"]; r.Hits != 2 || r.Misses != 1 || r.Ratio() < 0.66 || r.Ratio() > 0.67 {
+	if r := n.Recent()["nx"].Five; r.Hits != 2 || r.Misses != 1 || r.Ratio() < 0.66 || r.Ratio() > 0.67 {
 		t.Fatalf("last 5 minutes: %+v", r)
+	}
+	if r := n.Recent()["reapi"]; r.Minute.Hits != 1 || r.Fifteen.Total() != 1 {
+		t.Fatalf("a protocol seen in the last minute only: %+v", r)
 	}
 	clock = clock.Add(20 * time.Minute) // everything aged out, and the ring slots are reused
 	n.Observe("nx", "t", "a", "miss")
-	if r := n.Recent(15)["nx"]; r.Hits != 0 || r.Misses != 1 {
+	if r := n.Recent()["nx"].Fifteen; r.Hits != 0 || r.Misses != 1 {
 		t.Fatalf("after 20 minutes: %+v", r)
+	}
+	if _, ok := n.Recent()["reapi"]; ok {
+		t.Fatal("a protocol without lookups in 15 minutes is listed")
 	}
 	if (Lookups{}).Ratio() != 0 {
 		t.Fatal("ratio without lookups")
