@@ -87,14 +87,16 @@ func methodLabel(m string) string {
 	return "OTHER"
 }
 
-// observe records the request counter and latency. It renders handler errors itself so the
-// final status is known when counting; it also counts requests whose handler panicked (the
-// deferred record runs while the panic unwinds, then the panic continues to net/http).
+// observe records the request counter and latency, the access log line and, with tracing
+// on, the server span. It renders handler errors itself so the final status is known when
+// counting; it also counts requests whose handler panicked (the deferred record runs while
+// the panic unwinds, then the panic continues to net/http).
 func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
 		route := s.routeLabel(c)
 		method := methodLabel(c.Request().Method)
+		span := s.startSpan(c, route, method)
 		returned := false
 		defer func() {
 			status := c.Response().Status
@@ -110,6 +112,9 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
 			s.metrics.duration.WithLabelValues(route, method).Observe(took.Seconds())
 			s.accessLog(c, route, method, status, took)
+			if span != nil {
+				endServerSpan(span, status, c.Response().Size, returned)
+			}
 		}()
 		if err := next(c); err != nil {
 			c.Error(err)

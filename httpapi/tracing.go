@@ -21,40 +21,40 @@ const tracerName = "github.com/kuracache/kura/httpapi"
 // requestContext is the outermost middleware. It gives every request its id (the client's
 // x-request-id when sane, else a new one), echoed in the response before anything else runs
 // so that error answers carry it too, and puts it in the request's context, where the
-// logger finds it. With tracing on it also continues the client's W3C trace context
-// (traceparent) and opens the request's server span, named after the route pattern.
+// logger finds it. The server span is opened by observe, which knows the route and the
+// final status.
 func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		r := c.Request()
 		id := telemetry.AcceptRequestID(r.Header.Get(telemetry.RequestIDHeader))
 		c.Response().Header()[telemetry.RequestIDHeader] = []string{id}
-		ctx := telemetry.WithRequestID(r.Context(), id)
-		// Probes, scrapes and the self-refreshing status page get request ids but no spans,
-		// or every kubelet check and Prometheus scrape would be a trace.
-		if s.tracer == nil || probeRoutes[c.Path()] {
-			c.SetRequest(r.WithContext(ctx))
-			return next(c)
-		}
-		ctx = s.propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
-		method := methodLabel(r.Method)
-		name, route := method, ""
-		if c.Path() != "" {
-			route = s.routeLabel(c)
-			name = method + " " + route
-		}
-		ctx, span := s.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
-		if span.IsRecording() {
-			span.SetAttributes(requestAttributes(r, method, route, id)...)
-		}
-		c.SetRequest(r.WithContext(ctx))
-		returned := false
-		defer func() {
-			endServerSpan(span, c.Response(), returned)
-		}()
-		err := next(c)
-		returned = true
-		return err
+		c.SetRequest(r.WithContext(telemetry.WithRequestID(r.Context(), id)))
+		return next(c)
 	}
+}
+
+// startSpan continues the client's W3C trace context (traceparent) and opens the request's
+// server span, named after the route pattern, in the request's context. It returns nil when
+// tracing is off, and for probes, scrapes and the self-refreshing status page, which would
+// otherwise make every kubelet check and Prometheus scrape a trace.
+func (s *Server) startSpan(c echo.Context, route, method string) trace.Span {
+	if s.tracer == nil || probeRoutes[c.Path()] {
+		return nil
+	}
+	r := c.Request()
+	ctx := s.propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	name := method
+	if c.Path() != "" {
+		name = method + " " + route
+	} else {
+		route = "" // no route matched: no http.route attribute
+	}
+	ctx, span := s.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+	if span.IsRecording() {
+		span.SetAttributes(requestAttributes(r, method, route, telemetry.RequestID(ctx))...)
+	}
+	c.SetRequest(r.WithContext(ctx))
+	return span
 }
 
 // requestAttributes are the server span's attributes known before the handler runs (OTel
@@ -88,22 +88,15 @@ func requestAttributes(r *http.Request, method, route, id string) []attribute.Ke
 	return attrs
 }
 
-// endServerSpan records the answer and ends the span. A 5xx is an error of the span (a 4xx
-// is the client's, as the conventions say); so is a handler that never returned, which
-// net/http answers by dropping the connection.
-func endServerSpan(span trace.Span, resp *echo.Response, returned bool) {
+// endServerSpan records the answer (its final status as observe computed it) and ends the
+// span. A 5xx is an error of the span (a 4xx is the client's, as the conventions say); so is
+// a handler that never returned, which net/http answers by dropping the connection.
+func endServerSpan(span trace.Span, status int, size int64, returned bool) {
 	defer span.End()
 	if !span.IsRecording() {
 		return
 	}
-	status := resp.Status
-	switch {
-	case !returned && !resp.Committed:
-		status = http.StatusInternalServerError
-	case !resp.Committed:
-		status = http.StatusOK
-	}
-	span.SetAttributes(semconv.HTTPResponseStatusCode(status), semconv.HTTPResponseBodySize(int(resp.Size)))
+	span.SetAttributes(semconv.HTTPResponseStatusCode(status), semconv.HTTPResponseBodySize(int(size)))
 	switch {
 	case !returned:
 		span.SetAttributes(semconv.ErrorTypeKey.String("aborted"))
