@@ -76,7 +76,7 @@ type Config struct {
 	JWTVerifiers map[string]JWTVerifier
 	HTTPClients  map[string]HTTPClient
 	Files        map[string]string // id → path (kura.file)
-	// Env is what kura.env sees (the node's environment at startup).
+	// Env is what kura.env sees: the environment the node was configured from.
 	Env        map[string]string
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
