@@ -424,7 +424,7 @@ func (e *Engine) run(ctx context.Context, hook string, push func(*lua.State) int
 		e.failureLog[hook].Do(func() {
 			// Further failures within failureLogInterval are only counted, in
 			// kura_extension_hook_calls_total.
-			e.log.Warn("policy hook failed", "hook", hook, "result", result, "err", err)
+			e.log.WarnContext(ctx, "policy hook failed", "hook", hook, "result", result, "err", err)
 		})
 	}
 	return err

@@ -70,7 +70,8 @@ type interp struct {
 	// may be mid-way through anything) or go-lua panicked.
 	broken bool
 
-	// Per call: the limits and what has been used of them.
+	// Per call: the limits and what has been used of them. ctx is the call's context (the
+	// request's, with the hook deadline): host functions do their I/O and logging with it.
 	ctx        context.Context
 	deadline   time.Time
 	allocLimit uint64
