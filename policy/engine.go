@@ -153,8 +153,7 @@ func New(cfg Config) (*Engine, error) {
 	for _, h := range hookNames {
 		e.failureLog[h] = &rate.Sometimes{Interval: failureLogInterval}
 	}
-	e.cache = newDecisionCache(cfg.CacheMaxEntries, func() { e.metrics.cacheEvictions.Inc() })
-	e.pool = newPool(cfg.PoolSize, maxCallsPerInterpreter, e.newInterp)
+	// The gauges read the cache and the pool only when scraped, after New returned.
 	e.metrics, err = newMetrics(cfg.Registerer,
 		func() float64 { return float64(e.cache.len()) },
 		func() float64 { return float64(e.pool.busy()) },
@@ -162,7 +161,8 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.pool.metrics = e.metrics
+	e.cache = newDecisionCache(cfg.CacheMaxEntries, e.metrics.cacheEvictions)
+	e.pool = newPool(cfg.PoolSize, maxCallsPerInterpreter, e.newInterp, e.metrics)
 
 	ctx, stop := context.WithCancel(context.Background())
 	e.stop = stop
@@ -180,7 +180,7 @@ func New(cfg Config) (*Engine, error) {
 		stop()
 		return nil, fmt.Errorf("policy script %s defines none of the hooks authenticate(ctx), authorize(ctx, principal), response_headers(ctx, principal)", cfg.ScriptPath)
 	}
-	e.pool.put(first)
+	e.pool.seed(first)
 	return e, nil
 }
 
@@ -224,9 +224,7 @@ func (e *Engine) newInterp() (*interp, error) {
 		// go-lua names the file by its base name only; the error names the whole path.
 		return nil, fmt.Errorf("load the policy script %s: %w", e.cfg.ScriptPath, err)
 	}
-	if e.metrics != nil {
-		e.metrics.interpCreated.Inc()
-	}
+	e.metrics.interpCreated.Inc()
 	return it, nil
 }
 
