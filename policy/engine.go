@@ -108,7 +108,6 @@ type Engine struct {
 	cfg        Config
 	script     *script
 	env        *hostEnv
-	hooks      map[string]bool
 	pool       *pool
 	cache      *decisionCache
 	flight     singleflight.Group
@@ -116,6 +115,9 @@ type Engine struct {
 	log        *slog.Logger
 	failureLog map[string]*rate.Sometimes
 	stop       context.CancelFunc
+
+	// Which hooks the script defines, found once when New loads it.
+	hasAuthenticate, hasAuthorize, hasResponseHeaders bool
 }
 
 // New reads and loads the script once (a script that does not load, or defines none of
@@ -175,8 +177,10 @@ func New(cfg Config) (*Engine, error) {
 		stop()
 		return nil, err
 	}
-	e.hooks = first.hooks
-	if !e.hooks[hookAuthenticate] && !e.hooks[hookAuthorize] && !e.hooks[hookResponseHeaders] {
+	e.hasAuthenticate = first.defines(hookAuthenticate)
+	e.hasAuthorize = first.defines(hookAuthorize)
+	e.hasResponseHeaders = first.defines(hookResponseHeaders)
+	if !e.hasAuthenticate && !e.hasAuthorize && !e.hasResponseHeaders {
 		stop()
 		return nil, fmt.Errorf("policy script %s defines none of the hooks authenticate(ctx), authorize(ctx, principal), response_headers(ctx, principal)", cfg.ScriptPath)
 	}
@@ -238,10 +242,14 @@ func (e *Engine) Close() error {
 // Hooks lists the hooks the script defines.
 func (e *Engine) Hooks() []string {
 	var out []string
-	for _, h := range hookNames {
-		if e.hooks[h] {
-			out = append(out, h)
-		}
+	if e.hasAuthenticate {
+		out = append(out, hookAuthenticate)
+	}
+	if e.hasAuthorize {
+		out = append(out, hookAuthorize)
+	}
+	if e.hasResponseHeaders {
+		out = append(out, hookResponseHeaders)
 	}
 	return out
 }
@@ -251,7 +259,7 @@ func (e *Engine) PoolSize() int { return e.cfg.PoolSize }
 
 // HasResponseHeaders reports whether the script defines response_headers, so front ends can
 // skip the per-response call when it does not.
-func (e *Engine) HasResponseHeaders() bool { return e.hooks[hookResponseHeaders] }
+func (e *Engine) HasResponseHeaders() bool { return e.hasResponseHeaders }
 
 // Decide runs authenticate and authorize for r, or answers from the decision cache. Concurrent
 // misses for the same cache key run the hooks once.
@@ -301,7 +309,7 @@ func (e *Engine) evaluate(ctx context.Context, r *Request) (Decision, time.Durat
 	creds := ParseCredentials(firstHeader(r.Headers, "authorization"), firstHeader(r.Headers, "x-api-key"))
 	var principal *Principal
 	authnTTL := e.cfg.AllowTTL
-	if e.hooks[hookAuthenticate] {
+	if e.hasAuthenticate {
 		var res authnResult
 		err := e.run(ctx, hookAuthenticate, func(l *lua.State) int {
 			e.pushContext(l, r, creds, 0)
@@ -322,7 +330,7 @@ func (e *Engine) evaluate(ctx context.Context, r *Request) (Decision, time.Durat
 			authnTTL = ttlOr(res.ttl, e.cfg.AllowTTL)
 		}
 	}
-	if !e.hooks[hookAuthorize] {
+	if !e.hasAuthorize {
 		return Decision{Allowed: true, Principal: principal}, authnTTL
 	}
 	var res authzResult
@@ -359,7 +367,7 @@ func ttlOr(explicit *time.Duration, def time.Duration) time.Duration {
 // the response is about to carry, and returns the headers to add (lower-cased names). It
 // returns nil when the script has no such hook.
 func (e *Engine) ResponseHeaders(ctx context.Context, r *Request, d Decision, status int) map[string]string {
-	if !e.hooks[hookResponseHeaders] {
+	if !e.hasResponseHeaders {
 		return nil
 	}
 	creds := ParseCredentials(firstHeader(r.Headers, "authorization"), firstHeader(r.Headers, "x-api-key"))
