@@ -43,3 +43,30 @@ func TestDrainingRefusesNewCalls(t *testing.T) {
 func readRequest(instance string, blob []byte) *bspb.ReadRequest {
 	return &bspb.ReadRequest{ResourceName: readName(instance, false, digestOf(blob))}
 }
+
+// TestDrainRefusalsAreCounted: calls a draining node refuses are counted in
+// kura_grpc_requests_total like any other, streaming as well as unary.
+func TestDrainRefusalsAreCounted(t *testing.T) {
+	node, err := lifecycle.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.SetServing()
+	h := newHarnessWith(t, Config{}, nil, func(d *Deps) { d.Lifecycle = node })
+	h.upload("", []byte("before the drain"))
+
+	node.BeginDrain()
+	_, _, err = h.read(ctxT(t), readRequest("", []byte("before the drain")))
+	wantCode(t, err, codes.Unavailable)
+	_, err = h.caps.GetCapabilities(ctxT(t), &repb.GetCapabilitiesRequest{})
+	wantCode(t, err, codes.Unavailable)
+	for _, method := range []string{
+		"/google.bytestream.ByteStream/Read",
+		"/build.bazel.remote.execution.v2.Capabilities/GetCapabilities",
+	} {
+		labels := map[string]string{"method": method, "code": "Unavailable"}
+		if got := counterValue(t, h.reg, "kura_grpc_requests_total", labels); got != 1 {
+			t.Errorf("kura_grpc_requests_total%v = %v, want 1", labels, got)
+		}
+	}
+}
