@@ -1,6 +1,7 @@
 package reapi
 
 import (
+	"strings"
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -9,6 +10,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kuracache/kura/internal/lifecycle"
+	"github.com/kuracache/kura/internal/telemetry"
+	"github.com/kuracache/kura/internal/testsupport"
 )
 
 func TestDrainingRefusesNewCalls(t *testing.T) {
@@ -45,14 +48,20 @@ func readRequest(instance string, blob []byte) *bspb.ReadRequest {
 }
 
 // TestDrainRefusalsAreCounted: calls a draining node refuses are counted in
-// kura_grpc_requests_total like any other, streaming as well as unary.
+// kura_grpc_requests_total like any other, streaming as well as unary, and logged at debug
+// (the node is working as designed).
 func TestDrainRefusalsAreCounted(t *testing.T) {
 	node, err := lifecycle.New(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	node.SetServing()
-	h := newHarnessWith(t, Config{}, nil, func(d *Deps) { d.Lifecycle = node })
+	logs := &testsupport.LockedBuffer{}
+	logger, err := telemetry.NewLogger(logs, "debug", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarnessWith(t, Config{}, nil, func(d *Deps) { d.Lifecycle = node; d.Logger = logger })
 	h.upload("", []byte("before the drain"))
 
 	node.BeginDrain()
@@ -67,6 +76,15 @@ func TestDrainRefusalsAreCounted(t *testing.T) {
 		labels := map[string]string{"method": method, "code": "Unavailable"}
 		if got := counterValue(t, h.reg, "kura_grpc_requests_total", labels); got != 1 {
 			t.Errorf("kura_grpc_requests_total%v = %v, want 1", labels, got)
+		}
+		var refusals []string
+		for _, l := range logs.Lines(`"code":"Unavailable"`) {
+			if strings.Contains(l, `"method":"`+method+`"`) {
+				refusals = append(refusals, l)
+			}
+		}
+		if len(refusals) != 1 || !strings.Contains(refusals[0], `"level":"DEBUG"`) {
+			t.Errorf("refusals of %s logged as %q, want one debug line", method, refusals)
 		}
 	}
 }

@@ -148,11 +148,16 @@ func (s *Server) panicked(ctx context.Context, method string, p any) error {
 }
 
 // finished records a request's metrics and logs the failures an operator should see; every
-// other call gets a debug line. ctx carries the call's request id and span.
+// other call gets a debug line, including the refusals of a draining node, which is working
+// as designed (as the HTTP API logs its own). ctx carries the call's request id and span.
 func (s *Server) finished(ctx context.Context, method string, start time.Time, err error) {
 	code := status.Code(err)
 	took := time.Since(start)
 	s.metrics.observeRequest(method, code, took)
+	if errors.Is(err, errDraining) {
+		s.log.DebugContext(ctx, "gRPC request rejected", "method", method, "code", code.String(), "err", err)
+		return
+	}
 	switch code {
 	case codes.Internal, codes.Unknown, codes.Unavailable, codes.DataLoss:
 		s.log.WarnContext(ctx, "gRPC request failed", "method", method, "code", code.String(), "err", err)
