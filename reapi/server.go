@@ -56,7 +56,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(reg)
+	cfg = cfg.withDefaults()
+	m, err := newMetrics(reg, cfg.TenantID)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +66,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		cfg:       cfg.withDefaults(),
+		cfg:       cfg,
 		store:     deps.Store,
 		log:       logger,
 		metrics:   m,
