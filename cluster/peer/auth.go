@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/kuracache/kura/internal/telemetry"
 )
 
 // The internal plane's credential. With a gossip key configured, every call carries
@@ -179,7 +181,7 @@ func newChecker(cfg ServerConfig, log *slog.Logger, now func() time.Time) (*chec
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	refusals, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	refusals, err := telemetry.RegisterOrReuse(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kura_internal_auth_refusals_total",
 		Help: "Internal-plane calls refused for their credential, by reason (missing, malformed, bad_credential, skew).",
 	}, []string{"reason"}))
