@@ -505,11 +505,8 @@ func (c *Cluster) Peers() []Member {
 // "suspect" (missed probes, not yet declared dead), "dead" or "left", by name. After the node
 // stopped, it is empty.
 func (c *Cluster) Health() map[string]string {
-	c.mu.Lock()
-	halted := c.halted
-	c.mu.Unlock()
 	out := map[string]string{}
-	if halted {
+	if c.isHalted() {
 		return out
 	}
 	for _, n := range c.ml.Members() {
