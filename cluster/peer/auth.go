@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +20,7 @@ import (
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/ratelimit"
 	"github.com/kuracache/kura/internal/telemetry"
 )
 
@@ -173,7 +173,8 @@ type checker struct {
 	skew     time.Duration
 	now      func() time.Time
 	refusals *prometheus.CounterVec // reason
-	log      *refusalLog
+	log      *slog.Logger
+	limit    *ratelimit.PerKey // refusal log lines, per reason
 }
 
 func newChecker(cfg ServerConfig, log *slog.Logger, now func() time.Time) (*checker, error) {
@@ -192,7 +193,7 @@ func newChecker(cfg ServerConfig, log *slog.Logger, now func() time.Time) (*chec
 		refusals.WithLabelValues(r) // exported at zero, so a dashboard sees the check is on
 	}
 	c := &checker{key: derivePlaneKey(cfg.PlaneKey), skew: cfg.CredentialSkew, now: now, refusals: refusals,
-		log: &refusalLog{log: log, every: refusalLogInterval, now: now, last: map[string]time.Time{}, suppressed: map[string]int{}}}
+		log: log, limit: ratelimit.NewPerKey(refusalLogInterval, now)}
 	if c.skew <= 0 {
 		c.skew = DefaultCredentialSkew
 	}
@@ -220,7 +221,7 @@ func (c *checker) verify(ctx context.Context, method string) error {
 		return nil
 	}
 	c.refusals.WithLabelValues(reason).Inc()
-	c.log.refused(ctx, reason, method, msg)
+	c.logRefusal(ctx, reason, method, msg)
 	return status.Error(codes.Unauthenticated, "internal plane: "+msg)
 }
 
@@ -257,33 +258,17 @@ func (c *checker) refuse(ctx context.Context, method string) (reason, msg string
 	return "", ""
 }
 
-// refusalLog writes at most one WARN line per reason and interval.
-type refusalLog struct {
-	log   *slog.Logger
-	every time.Duration
-	now   func() time.Time
-
-	mu         sync.Mutex
-	last       map[string]time.Time // reason → when it was last logged
-	suppressed map[string]int       // reason → refusals not logged since
-}
-
-func (l *refusalLog) refused(ctx context.Context, reason, method, msg string) {
-	now := l.now()
-	l.mu.Lock()
-	if last, ok := l.last[reason]; ok && now.Sub(last) < l.every && now.Sub(last) >= 0 {
-		l.suppressed[reason]++
-		l.mu.Unlock()
+// logRefusal writes at most one WARN line per reason and refusalLogInterval.
+func (c *checker) logRefusal(ctx context.Context, reason, method, msg string) {
+	ok, suppressed := c.limit.AllowCounted(reason)
+	if !ok {
 		return
 	}
-	suppressed := l.suppressed[reason]
-	l.last[reason], l.suppressed[reason] = now, 0
-	l.mu.Unlock()
 	remote := "unknown"
 	if p, ok := grpcpeer.FromContext(ctx); ok && p.Addr != nil {
 		remote = p.Addr.String()
 	}
-	l.log.Warn("internal plane: refused a call without a valid credential",
+	c.log.Warn("internal plane: refused a call without a valid credential",
 		"reason", reason, "remote", remote, "method", methodName(method), "detail", msg,
-		"suppressed_since_last", suppressed, "log_interval", l.every)
+		"suppressed_since_last", suppressed, "log_interval", c.limit.Window())
 }
