@@ -17,10 +17,10 @@ var benchSink string
 // every call.
 func BenchmarkCredentialSign(b *testing.B) {
 	millis := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
-	s := signer{key: derivePlaneKey(clusterKey), now: time.Now}
+	s := newSigner(clusterKey, nil)
 	b.ReportAllocs()
 	for b.Loop() {
-		benchSink = formatCredential(s.key, peerpb.Replication_PushObject_FullMethodName, millis)
+		benchSink = s.mac.format(peerpb.Replication_PushObject_FullMethodName, millis)
 	}
 }
 
@@ -33,7 +33,7 @@ func BenchmarkCredentialVerify(b *testing.B) {
 		b.Fatal(err)
 	}
 	method := peerpb.Replication_PushObject_FullMethodName
-	header := formatCredential(derivePlaneKey(clusterKey), method, now.UnixMilli())
+	header := newPlaneMAC(clusterKey).format(method, now.UnixMilli())
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(credentialHeader, header,
 		"content-type", "application/grpc", "user-agent", "grpc-go/1.85.0", ":authority", "10.0.0.2:7443"))
 	b.ReportAllocs()
