@@ -16,6 +16,8 @@ import (
 	"github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kuracache/kura/internal/ratelimit"
 )
 
 // DefaultRejoinInterval is how often Run re-resolves DNS and re-joins seeds that are not
@@ -96,8 +98,8 @@ type Cluster struct {
 	logger   *slog.Logger
 	mlLog    *logWriter
 	metrics  *metrics
-	rejects  *rateLimiter // admission refusals, per node and reason
-	notices  *rateLimiter // per-round join and DNS warnings
+	rejects  *ratelimit.PerKey // admission refusals, per node and reason
+	notices  *ratelimit.PerKey // per-round join and DNS warnings
 
 	// mu guards the peer view and the subscriber set. memberlist calls the event delegate
 	// while holding its own node lock, so nothing here calls into memberlist under mu.
@@ -147,8 +149,8 @@ func New(cfg Config) (*Cluster, error) {
 	c := &Cluster{
 		logger:  logger,
 		metrics: newMetrics(),
-		rejects: newRateLimiter(time.Minute),
-		notices: newRateLimiter(time.Minute),
+		rejects: ratelimit.NewPerKey(logRepeatWindow, nil),
+		notices: ratelimit.NewPerKey(logRepeatWindow, nil),
 		peers:   make(map[string]Member),
 		subs:    make(map[*subscription]struct{}),
 	}
@@ -402,7 +404,7 @@ func (c *Cluster) joinRound(ctx context.Context) {
 		c.metrics.joinAttempts.WithLabelValues("success").Inc()
 		c.logger.Info("joined the cluster through a seed", "seed", addr.String())
 	}
-	if attempted > 0 && joined == 0 && len(c.Peers()) == 0 && c.notices.allow("isolated") {
+	if attempted > 0 && joined == 0 && len(c.Peers()) == 0 && c.notices.Allow("isolated") {
 		c.logger.Warn("not joined to any peer yet; will retry", "seeds_tried", attempted,
 			"retry_in", c.cfg.RejoinInterval.String(), "last_err", lastErr)
 	}
@@ -422,7 +424,7 @@ func (c *Cluster) candidates(ctx context.Context) []netip.AddrPort {
 	}
 	for _, s := range c.cfg.Seeds {
 		aps, err := c.resolveSeed(ctx, s)
-		if err != nil && c.notices.allow("seed\x00"+s) {
+		if err != nil && c.notices.Allow("seed\x00"+s) {
 			c.logger.Warn("resolving a seed", "seed", s, "err", err)
 		}
 		for _, ap := range aps {
@@ -431,7 +433,7 @@ func (c *Cluster) candidates(ctx context.Context) []netip.AddrPort {
 	}
 	if c.cfg.DNSName != "" {
 		aps, err := c.discover(ctx, c.cfg.DNSName)
-		if err != nil && c.notices.allow("dns") {
+		if err != nil && c.notices.Allow("dns") {
 			c.logger.Warn("DNS discovery found no seeds", "name", c.cfg.DNSName, "err", err)
 		}
 		for _, ap := range aps {
@@ -505,11 +507,8 @@ func (c *Cluster) Peers() []Member {
 // "suspect" (missed probes, not yet declared dead), "dead" or "left", by name. After the node
 // stopped, it is empty.
 func (c *Cluster) Health() map[string]string {
-	c.mu.Lock()
-	halted := c.halted
-	c.mu.Unlock()
 	out := map[string]string{}
-	if halted {
+	if c.isHalted() {
 		return out
 	}
 	for _, n := range c.ml.Members() {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -54,41 +53,7 @@ func (w *logWriter) line(s string) {
 	w.logger.Log(context.Background(), level, s)
 }
 
-// rateLimiter lets one event per key through per window; it keeps the log readable when a
-// misconfigured node retries its join every few seconds.
-type rateLimiter struct {
-	window time.Duration
-	now    func() time.Time
-
-	mu   sync.Mutex
-	last map[string]time.Time
-}
-
-// maxLimiterKeys bounds the limiter's memory against a flood of distinct node names.
-const maxLimiterKeys = 1024
-
-func newRateLimiter(window time.Duration) *rateLimiter {
-	return &rateLimiter{window: window, now: time.Now, last: make(map[string]time.Time)}
-}
-
-func (r *rateLimiter) allow(key string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := r.now()
-	if t, ok := r.last[key]; ok && now.Sub(t) < r.window {
-		return false
-	}
-	if len(r.last) >= maxLimiterKeys {
-		for k, t := range r.last {
-			if now.Sub(t) >= r.window {
-				delete(r.last, k)
-			}
-		}
-		if len(r.last) >= maxLimiterKeys {
-			// Every key is recent: refuse rather than grow, the metric still counts.
-			return false
-		}
-	}
-	r.last[key] = now
-	return true
-}
+// logRepeatWindow is how often at most an admission refusal (per node and reason) or a join
+// or DNS warning is logged: it keeps the log readable when a misconfigured node retries its
+// join every few seconds.
+const logRepeatWindow = time.Minute

@@ -138,7 +138,7 @@ func (a *admission) admit(name string, meta []byte) *rejection {
 // reject counts and logs (once a minute per node and reason) a refused node.
 func (a *admission) reject(r *rejection, name, via string) error {
 	a.metrics.rejections.WithLabelValues(r.reason).Inc()
-	if a.rejects.allow(name + "\x00" + r.reason + "\x00" + via) {
+	if a.rejects.Allow(name + "\x00" + r.reason + "\x00" + via) {
 		a.logger.Warn("refused a node that may not join this cluster", "node", name, "via", via,
 			"reason", r.reason, "err", r.err)
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kuracache/kura/internal/ratelimit"
 )
 
 func validMeta(t testing.TB) []byte {
@@ -100,7 +102,7 @@ func TestEncodeMetaRespectsLimit(t *testing.T) {
 }
 
 func TestAdmission(t *testing.T) {
-	c := &Cluster{self: Member{Name: "me", Tenant: "acme"}, metrics: newMetrics(), rejects: newRateLimiter(time.Minute),
+	c := &Cluster{self: Member{Name: "me", Tenant: "acme"}, metrics: newMetrics(), rejects: ratelimit.NewPerKey(logRepeatWindow, nil),
 		logger: slog.New(slog.DiscardHandler)}
 	a := (*admission)(c)
 	ok := &memberlist.Node{Name: "n1", Meta: validMeta(t)}
@@ -262,25 +264,6 @@ func TestLogWriterLevels(t *testing.T) {
 		if !strings.Contains(l, "level="+wantLevels[i]) || strings.Contains(l, "memberlist: ") || strings.Contains(l, "[") {
 			t.Errorf("line %d = %q, want level %s without the prefixes", i, l, wantLevels[i])
 		}
-	}
-}
-
-func TestRateLimiter(t *testing.T) {
-	now := time.Unix(1000, 0)
-	r := newRateLimiter(time.Minute)
-	r.now = func() time.Time { return now }
-	if !r.allow("a") || r.allow("a") || !r.allow("b") {
-		t.Fatal("first of each key must pass, repeats must not")
-	}
-	now = now.Add(time.Minute)
-	if !r.allow("a") {
-		t.Fatal("a key must pass again after the window")
-	}
-	for i := range maxLimiterKeys * 2 {
-		r.allow(string(rune(i + 100)))
-	}
-	if len(r.last) > maxLimiterKeys {
-		t.Fatalf("limiter holds %d keys", len(r.last))
 	}
 }
 

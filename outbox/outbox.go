@@ -495,6 +495,10 @@ const flushPoll = 20 * time.Millisecond
 // returned with the number of entries still queued). Run must be running for anything to be
 // delivered; a drain calls it after the front ends stopped taking writes.
 func (o *Outbox) Flush(ctx context.Context) error {
+	// Wake idle workers once so they push now rather than at their next idlePoll; a busy or
+	// backing-off worker goes on by itself. Supervision needs no kick: SetTargets (and Run's
+	// idlePoll tick) already has it start a worker for every present peer.
+	o.Notify()
 	t := time.NewTicker(flushPoll)
 	defer t.Stop()
 	for {
@@ -502,7 +506,6 @@ func (o *Outbox) Flush(ctx context.Context) error {
 		if pending == 0 {
 			return nil
 		}
-		o.kick()
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("flush the outbox: %d entries still queued: %w", pending, ctx.Err())

@@ -91,3 +91,15 @@ func benchParallel64(b *testing.B, cached bool) {
 
 func BenchmarkDecideCached64Callers(b *testing.B)   { benchParallel64(b, true) }
 func BenchmarkDecideUncached64Callers(b *testing.B) { benchParallel64(b, false) }
+
+// BenchmarkHasResponseHeaders is what front ends pay on every response to learn whether to
+// call response_headers.
+func BenchmarkHasResponseHeaders(b *testing.B) {
+	e, _ := benchEngine(b, true)
+	b.ReportAllocs()
+	for b.Loop() {
+		if e.HasResponseHeaders() {
+			b.Fatal("the bench script has no response_headers")
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // cacheShards spreads the decision cache over independently locked LRUs, so 64 concurrent
@@ -14,8 +15,7 @@ const cacheShards = 16
 // decisionCache holds decisions until their TTL, at most maxEntries of them (least recently
 // used first out). It is safe for concurrent use.
 type decisionCache struct {
-	shards  []cacheShard
-	onEvict func() // counts entries pushed out for room
+	shards []cacheShard
 }
 
 type cacheShard struct {
@@ -28,13 +28,14 @@ type cachedDecision struct {
 	expires  time.Time
 }
 
-func newDecisionCache(maxEntries int, onEvict func()) *decisionCache {
+// newDecisionCache counts in evictions the entries pushed out for room.
+func newDecisionCache(maxEntries int, evictions prometheus.Counter) *decisionCache {
 	n := min(cacheShards, maxEntries)
-	c := &decisionCache{shards: make([]cacheShard, n), onEvict: onEvict}
+	c := &decisionCache{shards: make([]cacheShard, n)}
 	per := (maxEntries + n - 1) / n
 	for i := range c.shards {
 		// NewLRU fails only for a size <= 0, which the arithmetic above rules out.
-		c.shards[i].lru, _ = simplelru.NewLRU[cacheKey, cachedDecision](per, func(cacheKey, cachedDecision) { c.onEvict() })
+		c.shards[i].lru, _ = simplelru.NewLRU[cacheKey, cachedDecision](per, func(cacheKey, cachedDecision) { evictions.Inc() })
 	}
 	return c
 }

@@ -112,7 +112,8 @@ func tableToGo(l *lua.State, idx int, b *decodeBudget, depth int) (any, error) {
 	return m, nil
 }
 
-// pushGo pushes a Go value made of the types toGo produces (and a few convenient others) as a
+// pushGo pushes a Go value made of the types toGo and encoding/json produce (JWT claims,
+// http_json responses and json_decode results are decoded JSON, so numbers are float64) as a
 // Lua value. Map keys are pushed in sorted order so scripts that iterate see the same order on
 // every node.
 func pushGo(l *lua.State, v any) {
@@ -125,20 +126,10 @@ func pushGo(l *lua.State, v any) {
 		l.PushString(x)
 	case float64:
 		l.PushNumber(x)
-	case int:
-		l.PushInteger(x)
-	case int64:
-		l.PushNumber(float64(x))
 	case []any:
 		l.CreateTable(len(x), 0)
 		for i, e := range x {
 			pushGo(l, e)
-			l.RawSetInt(-2, i+1)
-		}
-	case []string:
-		l.CreateTable(len(x), 0)
-		for i, e := range x {
-			l.PushString(e)
 			l.RawSetInt(-2, i+1)
 		}
 	case map[string]any:
@@ -147,14 +138,10 @@ func pushGo(l *lua.State, v any) {
 			pushGo(l, x[k])
 			l.SetField(-2, k)
 		}
-	case map[string]string:
-		l.CreateTable(0, len(x))
-		for _, k := range sortedKeys(x) {
-			l.PushString(x[k])
-			l.SetField(-2, k)
-		}
 	default:
-		// Unreachable for values this package builds; a visible marker beats a panic.
+		// Unreachable for values this package builds (Principal.Attributes is exported, so a
+		// caller could set anything); a visible marker keeps the Lua stack balanced and beats
+		// a panic.
 		l.PushString(fmt.Sprint(x))
 	}
 }

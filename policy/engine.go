@@ -76,7 +76,7 @@ type Config struct {
 	JWTVerifiers map[string]JWTVerifier
 	HTTPClients  map[string]HTTPClient
 	Files        map[string]string // id → path (kura.file)
-	// Env is what kura.env sees (the node's environment at startup).
+	// Env is what kura.env sees: the environment the node was configured from.
 	Env        map[string]string
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -108,7 +108,6 @@ type Engine struct {
 	cfg        Config
 	script     *script
 	env        *hostEnv
-	hooks      map[string]bool
 	pool       *pool
 	cache      *decisionCache
 	flight     singleflight.Group
@@ -116,6 +115,9 @@ type Engine struct {
 	log        *slog.Logger
 	failureLog map[string]*rate.Sometimes
 	stop       context.CancelFunc
+
+	// Which hooks the script defines, found once when New loads it.
+	hasAuthenticate, hasAuthorize, hasResponseHeaders bool
 }
 
 // New reads and loads the script once (a script that does not load, or defines none of
@@ -153,8 +155,7 @@ func New(cfg Config) (*Engine, error) {
 	for _, h := range hookNames {
 		e.failureLog[h] = &rate.Sometimes{Interval: failureLogInterval}
 	}
-	e.cache = newDecisionCache(cfg.CacheMaxEntries, func() { e.metrics.cacheEvictions.Inc() })
-	e.pool = newPool(cfg.PoolSize, maxCallsPerInterpreter, e.newInterp)
+	// The gauges read the cache and the pool only when scraped, after New returned.
 	e.metrics, err = newMetrics(cfg.Registerer,
 		func() float64 { return float64(e.cache.len()) },
 		func() float64 { return float64(e.pool.busy()) },
@@ -162,7 +163,8 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.pool.metrics = e.metrics
+	e.cache = newDecisionCache(cfg.CacheMaxEntries, e.metrics.cacheEvictions)
+	e.pool = newPool(cfg.PoolSize, maxCallsPerInterpreter, e.newInterp, e.metrics)
 
 	ctx, stop := context.WithCancel(context.Background())
 	e.stop = stop
@@ -175,12 +177,14 @@ func New(cfg Config) (*Engine, error) {
 		stop()
 		return nil, err
 	}
-	e.hooks = first.hooks
-	if !e.hooks[hookAuthenticate] && !e.hooks[hookAuthorize] && !e.hooks[hookResponseHeaders] {
+	e.hasAuthenticate = first.defines(hookAuthenticate)
+	e.hasAuthorize = first.defines(hookAuthorize)
+	e.hasResponseHeaders = first.defines(hookResponseHeaders)
+	if !e.hasAuthenticate && !e.hasAuthorize && !e.hasResponseHeaders {
 		stop()
 		return nil, fmt.Errorf("policy script %s defines none of the hooks authenticate(ctx), authorize(ctx, principal), response_headers(ctx, principal)", cfg.ScriptPath)
 	}
-	e.pool.put(first)
+	e.pool.seed(first)
 	return e, nil
 }
 
@@ -224,9 +228,7 @@ func (e *Engine) newInterp() (*interp, error) {
 		// go-lua names the file by its base name only; the error names the whole path.
 		return nil, fmt.Errorf("load the policy script %s: %w", e.cfg.ScriptPath, err)
 	}
-	if e.metrics != nil {
-		e.metrics.interpCreated.Inc()
-	}
+	e.metrics.interpCreated.Inc()
 	return it, nil
 }
 
@@ -240,10 +242,14 @@ func (e *Engine) Close() error {
 // Hooks lists the hooks the script defines.
 func (e *Engine) Hooks() []string {
 	var out []string
-	for _, h := range hookNames {
-		if e.hooks[h] {
-			out = append(out, h)
-		}
+	if e.hasAuthenticate {
+		out = append(out, hookAuthenticate)
+	}
+	if e.hasAuthorize {
+		out = append(out, hookAuthorize)
+	}
+	if e.hasResponseHeaders {
+		out = append(out, hookResponseHeaders)
 	}
 	return out
 }
@@ -253,7 +259,7 @@ func (e *Engine) PoolSize() int { return e.cfg.PoolSize }
 
 // HasResponseHeaders reports whether the script defines response_headers, so front ends can
 // skip the per-response call when it does not.
-func (e *Engine) HasResponseHeaders() bool { return e.hooks[hookResponseHeaders] }
+func (e *Engine) HasResponseHeaders() bool { return e.hasResponseHeaders }
 
 // Decide runs authenticate and authorize for r, or answers from the decision cache. Concurrent
 // misses for the same cache key run the hooks once.
@@ -303,7 +309,7 @@ func (e *Engine) evaluate(ctx context.Context, r *Request) (Decision, time.Durat
 	creds := ParseCredentials(firstHeader(r.Headers, "authorization"), firstHeader(r.Headers, "x-api-key"))
 	var principal *Principal
 	authnTTL := e.cfg.AllowTTL
-	if e.hooks[hookAuthenticate] {
+	if e.hasAuthenticate {
 		var res authnResult
 		err := e.run(ctx, hookAuthenticate, func(l *lua.State) int {
 			e.pushContext(l, r, creds, 0)
@@ -324,7 +330,7 @@ func (e *Engine) evaluate(ctx context.Context, r *Request) (Decision, time.Durat
 			authnTTL = ttlOr(res.ttl, e.cfg.AllowTTL)
 		}
 	}
-	if !e.hooks[hookAuthorize] {
+	if !e.hasAuthorize {
 		return Decision{Allowed: true, Principal: principal}, authnTTL
 	}
 	var res authzResult
@@ -361,7 +367,7 @@ func ttlOr(explicit *time.Duration, def time.Duration) time.Duration {
 // the response is about to carry, and returns the headers to add (lower-cased names). It
 // returns nil when the script has no such hook.
 func (e *Engine) ResponseHeaders(ctx context.Context, r *Request, d Decision, status int) map[string]string {
-	if !e.hooks[hookResponseHeaders] {
+	if !e.hasResponseHeaders {
 		return nil
 	}
 	creds := ParseCredentials(firstHeader(r.Headers, "authorization"), firstHeader(r.Headers, "x-api-key"))
@@ -424,7 +430,7 @@ func (e *Engine) run(ctx context.Context, hook string, push func(*lua.State) int
 		e.failureLog[hook].Do(func() {
 			// Further failures within failureLogInterval are only counted, in
 			// kura_extension_hook_calls_total.
-			e.log.Warn("policy hook failed", "hook", hook, "result", result, "err", err)
+			e.log.WarnContext(ctx, "policy hook failed", "hook", hook, "result", result, "err", err)
 		})
 	}
 	return err

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -378,5 +379,50 @@ end`, func(c *Config) { c.Signers = map[string][]byte{"license": []byte("k3y")} 
 	plain := newTestEngine(t, `function authenticate(ctx) return {anonymous = true} end`)
 	if plain.HasResponseHeaders() || plain.ResponseHeaders(context.Background(), r, Decision{}, 200) != nil {
 		t.Fatal("a script without response_headers must add nothing")
+	}
+}
+
+// ctxKey is a context value standing in for the request id and span a node's log handler
+// reads from the context of every record.
+type ctxKey struct{}
+
+// contextRecorder is a slog handler that records each message with the ctxKey value of the
+// context it was logged with.
+type contextRecorder struct {
+	mu      *sync.Mutex
+	records map[string]any // message → ctxKey value
+}
+
+func (h contextRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h contextRecorder) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.records[r.Message] = ctx.Value(ctxKey{})
+	return nil
+}
+func (h contextRecorder) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h contextRecorder) WithGroup(string) slog.Handler      { return h }
+
+// TestLogsCarryTheRequestContext: kura.log, print and a hook failure are logged with the
+// request's context, so the node's handler can add request_id, trace_id and span_id.
+func TestLogsCarryTheRequestContext(t *testing.T) {
+	rec := contextRecorder{mu: &sync.Mutex{}, records: map[string]any{}}
+	e := newTestEngine(t, `
+function authenticate(ctx)
+  kura.log("info", "from kura.log")
+  print("from print")
+  return {principal = {id = "p"}}
+end
+function authorize(ctx, p) error("boom") end`, func(c *Config) { c.Logger = slog.New(rec) })
+	ctx := context.WithValue(context.Background(), ctxKey{}, "request-1")
+	if d := e.Decide(ctx, req(OpRead, "acme", "ios")); d.Allowed {
+		t.Fatalf("failing authorize allowed: %+v", d)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, msg := range []string{"policy script: from kura.log", "policy script print", "policy hook failed"} {
+		if v, ok := rec.records[msg]; !ok || v != "request-1" {
+			t.Errorf("%q logged %v with context value %v, want request-1 (records %v)", msg, ok, v, rec.records)
+		}
 	}
 }

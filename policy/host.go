@@ -167,7 +167,9 @@ func (it *interp) log(l *lua.State) int {
 	default:
 		errorf(l, "kura.log: level must be debug, info, warn or error, not %q", level)
 	}
-	it.env.logger.Log(context.Background(), lv, "policy script: "+msg, "hook", it.hook)
+	// The call's context carries the request's, so the node's log handler adds its request
+	// and trace ids.
+	it.env.logger.Log(it.ctx, lv, "policy script: "+msg, "hook", it.hook)
 	return 0
 }
 

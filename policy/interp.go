@@ -61,16 +61,15 @@ func (e *crashError) Error() string {
 // interp is one Lua interpreter with the script loaded. It is used by one goroutine at a time
 // (the pool hands it out); nothing in it is safe for concurrent use.
 type interp struct {
-	l   *lua.State
-	env *hostEnv
-	// hooks records which of the three hooks the script defines.
-	hooks map[string]bool
+	l     *lua.State
+	env   *hostEnv
 	calls int
 	// broken is set when the interpreter must not be reused: a call was aborted (its state
 	// may be mid-way through anything) or go-lua panicked.
 	broken bool
 
-	// Per call: the limits and what has been used of them.
+	// Per call: the limits and what has been used of them. ctx is the call's context (the
+	// request's, with the hook deadline): host functions do their I/O and logging with it.
 	ctx        context.Context
 	deadline   time.Time
 	allocLimit uint64
@@ -91,7 +90,7 @@ func heapAllocs() uint64 {
 
 // newInterp builds an interpreter and runs the script's top level within loadTimeout.
 func newInterp(src *script, env *hostEnv, loadTimeout time.Duration, allocLimit uint64) (*interp, error) {
-	it := &interp{l: lua.NewState(), env: env, hooks: map[string]bool{}}
+	it := &interp{l: lua.NewState(), env: env}
 	it.openSandbox()
 	it.installHost()
 	lua.SetDebugHook(it.l, it.onCount, lua.MaskCount, countHookInstructions)
@@ -111,12 +110,14 @@ func newInterp(src *script, env *hostEnv, loadTimeout time.Duration, allocLimit 
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range hookNames {
-		it.l.Global(name)
-		it.hooks[name] = it.l.IsFunction(-1)
-		it.l.Pop(1)
-	}
 	return it, nil
+}
+
+// defines reports whether the loaded script defines the global function name.
+func (it *interp) defines(name string) bool {
+	it.l.Global(name)
+	defer it.l.Pop(1)
+	return it.l.IsFunction(-1)
 }
 
 // call runs one hook with the given arguments pushed by push, and decodes its single result.

@@ -120,7 +120,7 @@ func (it *interp) print(l *lua.State) int {
 	if len(msg) > 4096 {
 		msg = msg[:4096] + "…"
 	}
-	it.env.logger.Debug("policy script print", "message", msg)
+	it.env.logger.DebugContext(it.ctx, "policy script print", "message", msg)
 	return 0
 }
 

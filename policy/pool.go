@@ -18,14 +18,19 @@ type pool struct {
 	metrics  *metrics
 }
 
-func newPool(size, maxCalls int, create func() (*interp, error)) *pool {
+func newPool(size, maxCalls int, create func() (*interp, error), m *metrics) *pool {
 	return &pool{
 		slots:    make(chan struct{}, size),
 		idle:     make(chan *interp, size),
 		maxCalls: maxCalls,
 		create:   create,
+		metrics:  m,
 	}
 }
+
+// seed adds an interpreter built outside get (the one New loads to check the script) to the
+// empty pool, without taking a slot.
+func (p *pool) seed(it *interp) { p.idle <- it }
 
 // get waits for a free slot until ctx ends, then returns an idle interpreter or a new one.
 func (p *pool) get(ctx context.Context) (*interp, error) {
@@ -47,7 +52,7 @@ func (p *pool) get(ctx context.Context) (*interp, error) {
 	return it, nil
 }
 
-// put returns an interpreter taken with get (or built at startup).
+// put returns an interpreter taken with get and releases its slot.
 func (p *pool) put(it *interp) {
 	switch {
 	case it.broken:
@@ -62,16 +67,11 @@ func (p *pool) put(it *interp) {
 			p.discarded("surplus")
 		}
 	}
-	select {
-	case <-p.slots:
-	default: // the startup interpreter was never counted in a slot
-	}
+	<-p.slots
 }
 
 func (p *pool) discarded(reason string) {
-	if p.metrics != nil {
-		p.metrics.interpDiscarded.WithLabelValues(reason).Inc()
-	}
+	p.metrics.interpDiscarded.WithLabelValues(reason).Inc()
 }
 
 func (p *pool) busy() int      { return len(p.slots) }

@@ -35,10 +35,10 @@ type denial struct {
 	message string
 }
 
-// authnResult is a decoded authenticate result: exactly one of principal, anonymous or deny.
+// authnResult is a decoded authenticate result: a principal, a deny, or neither (the script
+// returned anonymous = true).
 type authnResult struct {
 	principal *Principal
-	anonymous bool
 	deny      *denial
 	ttl       *time.Duration // nil: the engine's default for the outcome
 }
@@ -102,7 +102,6 @@ func decodeAuthenticate(v any) (authnResult, error) {
 		if a != true {
 			return r, invalid("anonymous must be true, got %s", describe(a))
 		}
-		r.anonymous = true
 	}
 	if d, ok := m["deny"]; ok {
 		set++

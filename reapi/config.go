@@ -136,8 +136,8 @@ const (
 
 // ServerOptions returns the gRPC server options the REAPI services need: a receive limit
 // consistent with the advertised batch limit (a full BatchUpdateBlobs request fits; bigger
-// blobs go through ByteStream in chunks) and the keepalive policy. Metrics are not
-// interceptors: Register attaches them to each service (see the package documentation).
+// blobs go through ByteStream in chunks) and the keepalive policy. (*Server).ServerOptions
+// adds the interceptors (request ids, metrics, admission, policy) to these.
 func ServerOptions(cfg Config) []grpc.ServerOption {
 	cfg = cfg.withDefaults()
 	return []grpc.ServerOption{

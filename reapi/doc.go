@@ -7,9 +7,12 @@
 //
 // Design notes, for the choices the REAPI leaves to servers:
 //
-//   - Metrics and panic recovery are attached when the services are registered (Register wraps
-//     every generated handler) rather than through ServerOptions interceptors, because
-//     ServerOptions only sees the Config while the metrics belong on the Deps' Registerer.
+//   - Request ids, panic recovery, the kura_grpc_* request metrics and the call's log line
+//     are the first interceptors of (*Server).ServerOptions (the package-level ServerOptions
+//     only sees the Config, while the metrics belong on the Deps' Registerer), so every call
+//     is counted alike, unary or streaming, including those a draining node or the policy
+//     refuses. A unary request message gRPC cannot receive (over the receive limit, say) is
+//     refused by grpc-go before any interceptor runs, and is not counted.
 //   - Uploads are not resumable: a ByteStream Write streams straight into Store.Put, which
 //     hashes and verifies before it commits, so nothing partial is kept. A first write_offset
 //     other than 0 is INVALID_ARGUMENT and QueryWriteStatus answers NOT_FOUND for anything that

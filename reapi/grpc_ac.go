@@ -42,11 +42,11 @@ func (a *acServer) GetActionResult(ctx context.Context, req *repb.GetActionResul
 		err = a.s.checkComplete(ctx, ns, d, ar)
 	}
 	if err != nil {
-		a.s.metrics.read(a.s.tenant(), ns, storage.KindAC, readResult(err), 0)
+		a.s.metrics.read(ns, storage.KindAC, readResult(err), 0)
 		return nil, toStatus(err)
 	}
 	a.s.inline(ctx, ns, ar, req)
-	a.s.metrics.read(a.s.tenant(), ns, storage.KindAC, resultHit, int64(proto.Size(ar)))
+	a.s.metrics.read(ns, storage.KindAC, resultHit, int64(proto.Size(ar)))
 	return ar, nil
 }
 

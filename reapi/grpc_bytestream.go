@@ -49,7 +49,7 @@ func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 		length = limit
 	}
 	served := int64(0)
-	defer func() { b.s.metrics.read(b.s.tenant(), rn.namespace(), storage.KindCAS, readResult(err), served) }()
+	defer func() { b.s.metrics.read(rn.namespace(), storage.KindCAS, readResult(err), served) }()
 
 	var body io.Reader
 	if d.isEmpty() {

@@ -184,7 +184,7 @@ func (s *Server) readItem(ctx context.Context, namespace string, pd *repb.Digest
 		return nil, err
 	}
 	data, err := s.readBlob(ctx, namespace, d, s.cfg.MaxBatchTotalSizeBytes)
-	s.metrics.read(s.tenant(), namespace, storage.KindCAS, readResult(err), int64(len(data)))
+	s.metrics.read(namespace, storage.KindCAS, readResult(err), int64(len(data)))
 	return data, err
 }
 

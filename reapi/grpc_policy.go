@@ -55,28 +55,25 @@ func operationOf(fullMethod string) (op string, exempt bool) {
 }
 
 // ServerOptions returns the package-level ServerOptions of the server's configuration plus the
-// request-id interceptors (x-request-id metadata in and out, see tracing.go), the tracing
-// stats handler when Deps.TracerProvider traces, then admission (a draining node refuses new
-// calls) and, when the server has a Guard, the policy interceptors, which run after the
-// request id is known.
+// tracing stats handler when Deps.TracerProvider traces, and the interceptors, in order: the
+// request id (x-request-id metadata in and out, see tracing.go), panic recovery, metrics and
+// the call's log line (unaryObserve, streamObserve: first, so they see every call, refused or
+// not); then admission when the server runs in a node (a draining node refuses new calls);
+// then, when the server has a Guard, the policy.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := ServerOptions(s.cfg)
 	if s.stats != nil {
 		opts = append(opts, grpc.StatsHandler(s.stats))
 	}
-	opts = append(opts, grpc.ChainStreamInterceptor(streamRequestID))
-	var unary []grpc.UnaryServerInterceptor
-	var stream []grpc.StreamServerInterceptor
+	unary := []grpc.UnaryServerInterceptor{s.unaryObserve}
+	stream := []grpc.StreamServerInterceptor{s.streamObserve}
 	if s.lifecycle != nil {
 		unary, stream = append(unary, s.unaryAdmit), append(stream, s.streamAdmit)
 	}
 	if s.guard != nil {
 		unary, stream = append(unary, s.unaryPolicy), append(stream, s.streamPolicy)
 	}
-	if len(unary) > 0 {
-		opts = append(opts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
-	}
-	return opts
+	return append(opts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 }
 
 // policyRequest describes one call to the policy from its first request message. An invalid

@@ -37,7 +37,7 @@ const testTenant = "acme"
 
 // harness is a real gRPC server on a 127.0.0.1 port with a client connected to it.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	mem   *storagetest.Memory
 	store storage.Store // what the server uses: mem, possibly decorated
 	srv   *Server
@@ -50,19 +50,19 @@ type harness struct {
 }
 
 // newHarness starts a server over an in-memory store; wrap, when set, decorates the store.
-func newHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store) *harness {
+func newHarness(t testing.TB, cfg Config, wrap func(storage.Store) storage.Store) *harness {
 	t.Helper()
 	return newGuardedHarness(t, cfg, wrap, nil)
 }
 
 // newGuardedHarness is newHarness with an access policy on every call.
-func newGuardedHarness(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, guard Guard) *harness {
+func newGuardedHarness(t testing.TB, cfg Config, wrap func(storage.Store) storage.Store, guard Guard) *harness {
 	t.Helper()
 	return newHarnessWith(t, cfg, wrap, func(d *Deps) { d.Guard = guard })
 }
 
 // newHarnessWith is newHarness with Deps adjusted by deps (a guard, a tracer, a logger).
-func newHarnessWith(t *testing.T, cfg Config, wrap func(storage.Store) storage.Store, deps func(*Deps)) *harness {
+func newHarnessWith(t testing.TB, cfg Config, wrap func(storage.Store) storage.Store, deps func(*Deps)) *harness {
 	t.Helper()
 	if cfg.TenantID == "" {
 		cfg.TenantID = testTenant
@@ -110,7 +110,7 @@ func newHarnessWith(t *testing.T, cfg Config, wrap func(storage.Store) storage.S
 	return h
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx

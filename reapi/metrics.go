@@ -28,6 +28,7 @@ const (
 
 // metrics are the REAPI's Prometheus collectors.
 type metrics struct {
+	tenant     string                   // the server's tenant, the label of lookups
 	requests   *prometheus.CounterVec   // method, code
 	duration   *prometheus.HistogramVec // method
 	reads      *prometheus.CounterVec   // kind, client, artifact_class, result
@@ -42,8 +43,9 @@ var latencyBuckets = []float64{
 	.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300,
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, tenant string) (*metrics, error) {
 	m := &metrics{
+		tenant: tenant,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kura_grpc_requests_total",
 			Help: "gRPC requests handled, by full method name and status code.",
@@ -99,13 +101,13 @@ const protocolREAPI = "reapi"
 
 // read counts one artifact read; bytes are what was served. An empty result (the client
 // gave up) is not counted: the request metrics already show cancellations.
-func (m *metrics) read(tenant, namespace string, kind storage.Kind, result string, bytes int64) {
+func (m *metrics) read(namespace string, kind storage.Kind, result string, bytes int64) {
 	if result == "" {
 		return
 	}
 	class := artifactClass(kind)
 	m.reads.WithLabelValues(string(kind), clientBazel, class, result).Inc()
-	m.lookups.Observe(protocolREAPI, tenant, namespace, result)
+	m.lookups.Observe(protocolREAPI, m.tenant, namespace, result)
 	if bytes > 0 {
 		m.readBytes.WithLabelValues(string(kind), clientBazel, class).Add(float64(bytes))
 	}

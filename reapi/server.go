@@ -10,10 +10,12 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
@@ -54,7 +56,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(reg)
+	cfg = cfg.withDefaults()
+	m, err := newMetrics(reg, cfg.TenantID)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +66,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		cfg:       cfg.withDefaults(),
+		cfg:       cfg,
 		store:     deps.Store,
 		log:       logger,
 		metrics:   m,
@@ -80,21 +83,20 @@ var servedServices = []string{
 	repb.Capabilities_ServiceDesc.ServiceName,
 	repb.ContentAddressableStorage_ServiceDesc.ServiceName,
 	repb.ActionCache_ServiceDesc.ServiceName,
-	byteStreamServiceDesc.ServiceName,
+	"google.bytestream.ByteStream",
 }
 
 // Register adds Capabilities, ContentAddressableStorage, ActionCache, ByteStream, gRPC health
-// and server reflection to g. Every handler is wrapped to record kura_grpc_* metrics and to
-// turn a panic into INTERNAL instead of a crashed process; unary handlers also get their
-// request id there (see tracing.go). g must be built with (*Server).ServerOptions.
+// and server reflection to g. g must be built with (*Server).ServerOptions, whose first
+// interceptors give every call its request id, turn a panic into INTERNAL instead of a
+// crashed process and record the kura_grpc_* metrics.
 func (s *Server) Register(g *grpc.Server) {
-	r := &instrumentedRegistrar{server: g, s: s}
-	repb.RegisterCapabilitiesServer(r, &capabilitiesServer{s: s})
-	repb.RegisterContentAddressableStorageServer(r, &casServer{s: s})
-	repb.RegisterActionCacheServer(r, &acServer{s: s})
-	r.RegisterService(&byteStreamServiceDesc, &byteStreamServer{s: s})
-	healthpb.RegisterHealthServer(r, s.health)
-	reflection.Register(r)
+	repb.RegisterCapabilitiesServer(g, &capabilitiesServer{s: s})
+	repb.RegisterContentAddressableStorageServer(g, &casServer{s: s})
+	repb.RegisterActionCacheServer(g, &acServer{s: s})
+	bspb.RegisterByteStreamServer(g, &byteStreamServer{s: s})
+	healthpb.RegisterHealthServer(g, s.health)
+	reflection.Register(g)
 	s.SetServing(true)
 }
 
@@ -111,53 +113,34 @@ func (s *Server) SetServing(serving bool) {
 	}
 }
 
-// instrumentedRegistrar registers services on a grpc.Server with every handler wrapped.
-// It also lets the reflection service list what the grpc.Server holds.
-type instrumentedRegistrar struct {
-	server *grpc.Server
-	s      *Server
+// unaryObserve is the first unary interceptor (see (*Server).ServerOptions): it gives the
+// call its request id, turns a panic into INTERNAL and records the call (finished), so a call
+// a later interceptor refuses (a draining node, the policy) is counted and logged too.
+func (s *Server) unaryObserve(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	start := time.Now()
+	call := ctx
+	ctx = requestID(ctx, func(md metadata.MD) error { return grpc.SetHeader(call, md) })
+	defer func() {
+		if p := recover(); p != nil {
+			resp, err = nil, s.panicked(ctx, info.FullMethod, p)
+		}
+		s.finished(ctx, info.FullMethod, start, err)
+	}()
+	return handler(ctx, req)
 }
 
-func (r *instrumentedRegistrar) GetServiceInfo() map[string]grpc.ServiceInfo {
-	return r.server.GetServiceInfo()
-}
-
-func (r *instrumentedRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
-	wrapped := *desc
-	wrapped.Methods = make([]grpc.MethodDesc, len(desc.Methods))
-	for i, m := range desc.Methods {
-		method := "/" + desc.ServiceName + "/" + m.MethodName
-		inner := m.Handler
-		m.Handler = func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (resp any, err error) {
-			start := time.Now()
-			ctx = unaryRequestID(ctx)
-			defer func() {
-				if p := recover(); p != nil {
-					err = r.s.panicked(ctx, method, p)
-				}
-				r.s.finished(ctx, method, start, err)
-			}()
-			return inner(srv, ctx, dec, ic)
+// streamObserve is unaryObserve for streams; the handler and the later interceptors see the
+// request id in the stream's context. Streams are timed until the handler returns.
+func (s *Server) streamObserve(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	start := time.Now()
+	ctx := requestID(ss.Context(), ss.SetHeader)
+	defer func() {
+		if p := recover(); p != nil {
+			err = s.panicked(ctx, info.FullMethod, p)
 		}
-		wrapped.Methods[i] = m
-	}
-	wrapped.Streams = make([]grpc.StreamDesc, len(desc.Streams))
-	for i, sd := range desc.Streams {
-		method := "/" + desc.ServiceName + "/" + sd.StreamName
-		inner := sd.Handler
-		sd.Handler = func(srv any, stream grpc.ServerStream) (err error) {
-			start := time.Now()
-			defer func() {
-				if p := recover(); p != nil {
-					err = r.s.panicked(stream.Context(), method, p)
-				}
-				r.s.finished(stream.Context(), method, start, err)
-			}()
-			return inner(srv, stream)
-		}
-		wrapped.Streams[i] = sd
-	}
-	r.server.RegisterService(&wrapped, impl)
+		s.finished(ctx, info.FullMethod, start, err)
+	}()
+	return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 }
 
 func (s *Server) panicked(ctx context.Context, method string, p any) error {
@@ -166,11 +149,16 @@ func (s *Server) panicked(ctx context.Context, method string, p any) error {
 }
 
 // finished records a request's metrics and logs the failures an operator should see; every
-// other call gets a debug line. ctx carries the call's request id and span.
+// other call gets a debug line, including the refusals of a draining node, which is working
+// as designed (as the HTTP API logs its own). ctx carries the call's request id and span.
 func (s *Server) finished(ctx context.Context, method string, start time.Time, err error) {
 	code := status.Code(err)
 	took := time.Since(start)
 	s.metrics.observeRequest(method, code, took)
+	if errors.Is(err, errDraining) {
+		s.log.DebugContext(ctx, "gRPC request rejected", "method", method, "code", code.String(), "err", err)
+		return
+	}
 	switch code {
 	case codes.Internal, codes.Unknown, codes.Unavailable, codes.DataLoss:
 		s.log.WarnContext(ctx, "gRPC request failed", "method", method, "code", code.String(), "err", err)

@@ -107,6 +107,8 @@ func TestMetrics(t *testing.T) {
 		{"kura_artifact_reads_total", map[string]string{"kind": "cas", "client": "bazel", "result": "miss"}, 1},
 		{"kura_artifact_read_bytes_total", map[string]string{"kind": "cas"}, 3000},
 		{"kura_artifact_reads_total", map[string]string{"kind": "ac", "artifact_class": "action_cache", "result": "miss"}, 1},
+		{"kura_cache_lookups_total", map[string]string{"protocol": "reapi", "tenant": testTenant, "namespace": "default", "result": "hit"}, 1},
+		{"kura_cache_lookups_total", map[string]string{"protocol": "reapi", "tenant": testTenant, "namespace": "default", "result": "miss"}, 2},
 	} {
 		if got := counterValue(t, h.reg, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -20,6 +21,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/kuracache/kura/internal/ratelimit"
+	"github.com/kuracache/kura/internal/telemetry"
 )
 
 // The internal plane's credential. With a gossip key configured, every call carries
@@ -78,24 +82,57 @@ type credential struct {
 	mac    [sha256.Size]byte
 }
 
-func credentialMAC(key []byte, method string, millis int64) [sha256.Size]byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(method))
-	m.Write([]byte{'\n'})
-	m.Write(strconv.AppendInt(nil, millis, 10))
+// planeMAC computes credential MACs under the key derived from one gossip key. Keyed HMAC
+// states (and their scratch buffers) are pooled and Reset between uses: a new one per call
+// costs the key schedule and a dozen allocations on every internal-plane call of both
+// ends. It is safe for concurrent use.
+type planeMAC struct{ pool sync.Pool }
+
+type macState struct {
+	h   hash.Hash
+	buf []byte // "<method>\n<millis>" then the MAC
+}
+
+func newPlaneMAC(gossipKey []byte) *planeMAC {
+	key := derivePlaneKey(gossipKey)
+	return &planeMAC{pool: sync.Pool{New: func() any {
+		return &macState{h: hmac.New(sha256.New, key), buf: make([]byte, 0, 128)}
+	}}}
+}
+
+// sum is HMAC-SHA256(k, "<method>\n<millis>").
+func (p *planeMAC) sum(method string, millis int64) [sha256.Size]byte {
+	st := p.pool.Get().(*macState)
+	msg := append(st.buf[:0], method...)
+	msg = append(msg, '\n')
+	msg = strconv.AppendInt(msg, millis, 10)
+	st.h.Reset()
+	st.h.Write(msg)
+	b := st.h.Sum(msg) // the MAC lands after the message, in the same buffer
 	var out [sha256.Size]byte
-	m.Sum(out[:0])
+	copy(out[:], b[len(msg):])
+	st.buf = b[:0]
+	p.pool.Put(st)
 	return out
 }
 
-// formatCredential is the header value for a call of method signed at millis.
-func formatCredential(key []byte, method string, millis int64) string {
-	mac := credentialMAC(key, method, millis)
-	return credentialVersion + ":" + strconv.FormatInt(millis, 10) + ":" + base64.RawURLEncoding.EncodeToString(mac[:])
+// format is the header value for a call of method signed at millis.
+func (p *planeMAC) format(method string, millis int64) string {
+	mac := p.sum(method, millis)
+	var buf [maxCredentialBytes]byte
+	b := append(buf[:0], credentialVersion+":"...)
+	b = strconv.AppendInt(b, millis, 10)
+	b = append(b, ':')
+	b = base64.RawURLEncoding.AppendEncode(b, mac[:])
+	return string(b)
 }
 
+// strictBase64 is the MAC's encoding, refusing non-zero padding bits so that one MAC has one
+// spelling.
+var strictBase64 = base64.RawURLEncoding.Strict()
+
 // parseCredential decodes a header value. It accepts only the canonical form
-// formatCredential produces (decimal without sign or leading zeros, unpadded base64url of
+// planeMAC.format produces (decimal without sign or leading zeros, unpadded base64url of
 // exactly 32 bytes), so one credential has one spelling.
 func parseCredential(s string) (credential, error) {
 	var c credential
@@ -120,23 +157,30 @@ func parseCredential(s string) (credential, error) {
 	if base64.RawURLEncoding.EncodedLen(sha256.Size) != len(mac) {
 		return c, errors.New("MAC is not 32 bytes of unpadded base64url")
 	}
-	raw, err := base64.RawURLEncoding.Strict().DecodeString(mac)
-	if err != nil || len(raw) != sha256.Size {
-		return c, errors.New("MAC is not 32 bytes of unpadded base64url")
+	if n, err := strictBase64.Decode(c.mac[:], []byte(mac)); err != nil || n != sha256.Size {
+		return credential{}, errors.New("MAC is not 32 bytes of unpadded base64url")
 	}
 	c.millis = millis
-	copy(c.mac[:], raw)
 	return c, nil
 }
 
 // signer attaches credentials to outgoing calls.
 type signer struct {
-	key []byte // derived
+	mac *planeMAC
 	now func() time.Time
 }
 
+// newSigner signs with the key derived from gossipKey, reading the time from now (nil:
+// time.Now).
+func newSigner(gossipKey []byte, now func() time.Time) signer {
+	if now == nil {
+		now = time.Now
+	}
+	return signer{mac: newPlaneMAC(gossipKey), now: now}
+}
+
 func (s signer) attach(ctx context.Context, method string) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, credentialHeader, formatCredential(s.key, method, s.now().UnixMilli()))
+	return metadata.AppendToOutgoingContext(ctx, credentialHeader, s.mac.format(method, s.now().UnixMilli()))
 }
 
 func (s signer) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -148,30 +192,24 @@ func (s signer) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 }
 
 // CredentialInterceptors returns client interceptors that attach the credential derived
-// from gossipKey (KURA_GOSSIP_KEY, decoded) to every call, for tools and tests that dial a
-// node's internal plane on a grpc.ClientConn of their own. The Client installs them itself
-// (ClientConfig.PlaneKey). With an empty key they pass calls through unchanged, as a node
-// without a gossip key does.
+// from gossipKey (KURA_GOSSIP_KEY, decoded; not empty) to every call, for tools and tests
+// that dial a node's internal plane on a grpc.ClientConn of their own. The Client installs
+// them itself (ClientConfig.PlaneKey). A node without a gossip key checks no credential:
+// dial it without them.
 func CredentialInterceptors(gossipKey []byte) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
-	if len(gossipKey) == 0 {
-		return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-				return invoker(ctx, method, req, reply, cc, opts...)
-			}, func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-				return streamer(ctx, desc, cc, method, opts...)
-			}
-	}
-	s := signer{key: derivePlaneKey(gossipKey), now: time.Now}
+	s := newSigner(gossipKey, nil)
 	return s.unary, s.stream
 }
 
 // checker verifies the credential of every incoming call before its handler runs, so a
 // refused push never reaches the store.
 type checker struct {
-	key      []byte // derived
+	mac      *planeMAC
 	skew     time.Duration
 	now      func() time.Time
 	refusals *prometheus.CounterVec // reason
-	log      *refusalLog
+	log      *slog.Logger
+	limit    *ratelimit.PerKey // refusal log lines, per reason
 }
 
 func newChecker(cfg ServerConfig, log *slog.Logger, now func() time.Time) (*checker, error) {
@@ -179,7 +217,7 @@ func newChecker(cfg ServerConfig, log *slog.Logger, now func() time.Time) (*chec
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	refusals, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	refusals, err := telemetry.RegisterOrReuse(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kura_internal_auth_refusals_total",
 		Help: "Internal-plane calls refused for their credential, by reason (missing, malformed, bad_credential, skew).",
 	}, []string{"reason"}))
@@ -189,8 +227,8 @@ func newChecker(cfg ServerConfig, log *slog.Logger, now func() time.Time) (*chec
 	for _, r := range refusalReasons {
 		refusals.WithLabelValues(r) // exported at zero, so a dashboard sees the check is on
 	}
-	c := &checker{key: derivePlaneKey(cfg.PlaneKey), skew: cfg.CredentialSkew, now: now, refusals: refusals,
-		log: &refusalLog{log: log, every: refusalLogInterval, now: now, last: map[string]time.Time{}, suppressed: map[string]int{}}}
+	c := &checker{mac: newPlaneMAC(cfg.PlaneKey), skew: cfg.CredentialSkew, now: now, refusals: refusals,
+		log: log, limit: ratelimit.NewPerKey(refusalLogInterval, now)}
 	if c.skew <= 0 {
 		c.skew = DefaultCredentialSkew
 	}
@@ -218,7 +256,7 @@ func (c *checker) verify(ctx context.Context, method string) error {
 		return nil
 	}
 	c.refusals.WithLabelValues(reason).Inc()
-	c.log.refused(ctx, reason, method, msg)
+	c.logRefusal(ctx, reason, method, msg)
 	return status.Error(codes.Unauthenticated, "internal plane: "+msg)
 }
 
@@ -226,8 +264,7 @@ func (c *checker) verify(ctx context.Context, method string) error {
 // for the caller. The MAC is checked before the timestamp, so a skew refusal always comes
 // from a node holding the key: then it is worth telling by how much its clock is off.
 func (c *checker) refuse(ctx context.Context, method string) (reason, msg string) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	values := md.Get(credentialHeader)
+	values := metadata.ValueFromIncomingContext(ctx, credentialHeader) // copies only this key's values
 	switch len(values) {
 	case 0:
 		return refusalMissing, "missing credential (the calling node needs the same KURA_GOSSIP_KEY)"
@@ -239,7 +276,7 @@ func (c *checker) refuse(ctx context.Context, method string) (reason, msg string
 	if err != nil {
 		return refusalMalformed, "malformed credential: " + err.Error()
 	}
-	want := credentialMAC(c.key, method, cred.millis)
+	want := c.mac.sum(method, cred.millis)
 	if !hmac.Equal(want[:], cred.mac[:]) {
 		return refusalBad, "bad credential (KURA_GOSSIP_KEY differs between the nodes)"
 	}
@@ -255,33 +292,17 @@ func (c *checker) refuse(ctx context.Context, method string) (reason, msg string
 	return "", ""
 }
 
-// refusalLog writes at most one WARN line per reason and interval.
-type refusalLog struct {
-	log   *slog.Logger
-	every time.Duration
-	now   func() time.Time
-
-	mu         sync.Mutex
-	last       map[string]time.Time // reason → when it was last logged
-	suppressed map[string]int       // reason → refusals not logged since
-}
-
-func (l *refusalLog) refused(ctx context.Context, reason, method, msg string) {
-	now := l.now()
-	l.mu.Lock()
-	if last, ok := l.last[reason]; ok && now.Sub(last) < l.every && now.Sub(last) >= 0 {
-		l.suppressed[reason]++
-		l.mu.Unlock()
+// logRefusal writes at most one WARN line per reason and refusalLogInterval.
+func (c *checker) logRefusal(ctx context.Context, reason, method, msg string) {
+	ok, suppressed := c.limit.AllowCounted(reason)
+	if !ok {
 		return
 	}
-	suppressed := l.suppressed[reason]
-	l.last[reason], l.suppressed[reason] = now, 0
-	l.mu.Unlock()
 	remote := "unknown"
 	if p, ok := grpcpeer.FromContext(ctx); ok && p.Addr != nil {
 		remote = p.Addr.String()
 	}
-	l.log.Warn("internal plane: refused a call without a valid credential",
+	c.log.Warn("internal plane: refused a call without a valid credential",
 		"reason", reason, "remote", remote, "method", methodName(method), "detail", msg,
-		"suppressed_since_last", suppressed, "log_interval", l.every)
+		"suppressed_since_last", suppressed, "log_interval", c.limit.Window())
 }

@@ -3,10 +3,14 @@ package peer
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -218,7 +222,7 @@ func TestCredentialTimestampSkew(t *testing.T) {
 func TestCredentialMalformedIsRefused(t *testing.T) {
 	p := startPlane(t, diskStore(t), ServerConfig{PlaneKey: clusterKey}, ClientConfig{})
 	rc := rawClient(t, p.addr)
-	good := formatCredential(derivePlaneKey(clusterKey), peerpb.Replication_ListTombstones_FullMethodName, time.Now().UnixMilli())
+	good := newPlaneMAC(clusterKey).format(peerpb.Replication_ListTombstones_FullMethodName, time.Now().UnixMilli())
 	for _, values := range [][]string{
 		{"garbage"},
 		{"v2" + strings.TrimPrefix(good, "v1")},
@@ -270,14 +274,17 @@ func TestCredentialWithMutualTLS(t *testing.T) {
 	nothingStored(t, store, "key-only")
 }
 
-// CredentialInterceptors give a connection of one's own the credential; with no key they
-// change nothing.
+// CredentialInterceptors give a connection of one's own the credential, which the same
+// connection lacks without them.
 func TestCredentialInterceptors(t *testing.T) {
 	_, addr := startServer(t, ServerConfig{PlaneKey: clusterKey}, diskStore(t))
 	dial := func(key []byte) peerpb.ReplicationClient {
-		unary, stream := CredentialInterceptors(key)
-		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		if key != nil {
+			unary, stream := CredentialInterceptors(key)
+			opts = append(opts, grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
+		}
+		cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +304,7 @@ func TestCredentialInterceptors(t *testing.T) {
 		t.Fatalf("stream with the interceptors: %v, want NOT_FOUND (served, nothing there)", err)
 	}
 	_, err = dial(nil).ListObjects(ctx, &peerpb.ListObjectsRequest{BucketBits: 4})
-	expectRefused(t, "interceptors without a key", err, "missing credential")
+	expectRefused(t, "the connection without the interceptors", err, "missing credential")
 }
 
 // A scanner gets one WARN line per reason and interval, with the remote address and the
@@ -345,11 +352,42 @@ func TestCredentialRefusalLogIsRateLimited(t *testing.T) {
 	}
 }
 
+// The pooled MAC states spell the credential exactly as the scheme above auth.go's
+// constants defines it, also when many goroutines sign and check at once.
+func TestCredentialIsTheSpecifiedHMAC(t *testing.T) {
+	spec := func(method string, millis int64) string {
+		m := hmac.New(sha256.New, derivePlaneKey(clusterKey))
+		m.Write([]byte(method + "\n" + strconv.FormatInt(millis, 10)))
+		return "v1:" + strconv.FormatInt(millis, 10) + ":" + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	}
+	p := newPlaneMAC(clusterKey)
+	methods := []string{
+		peerpb.Replication_PushObject_FullMethodName, peerpb.Replication_ListObjects_FullMethodName,
+		"/" + strings.Repeat("long.", 100) + "Method", // longer than the pooled buffer
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				method, millis := methods[(g+i)%len(methods)], int64(1_760_000_000_000+g*1000+i)
+				if got, want := p.format(method, millis), spec(method, millis); got != want {
+					t.Errorf("credential for %s at %d = %q, want %q", method, millis, got, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if p.format(methods[0], 0) == newPlaneMAC(intruderKey).format(methods[0], 0) {
+		t.Fatal("two gossip keys sign alike")
+	}
+}
+
 func TestParseCredential(t *testing.T) {
-	k := derivePlaneKey(clusterKey)
-	good := formatCredential(k, "/kura.internal.v1.Replication/PushObject", 1_760_000_000_123)
+	k := newPlaneMAC(clusterKey)
+	good := k.format("/kura.internal.v1.Replication/PushObject", 1_760_000_000_123)
 	c, err := parseCredential(good)
-	if err != nil || c.millis != 1_760_000_000_123 || c.mac != credentialMAC(k, "/kura.internal.v1.Replication/PushObject", 1_760_000_000_123) {
+	if err != nil || c.millis != 1_760_000_000_123 || c.mac != k.sum("/kura.internal.v1.Replication/PushObject", 1_760_000_000_123) {
 		t.Fatalf("parseCredential(%q) = %+v, %v", good, c, err)
 	}
 	_, mac, _ := strings.Cut(strings.TrimPrefix(good, "v1:"), ":")

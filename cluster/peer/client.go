@@ -95,10 +95,7 @@ func NewClient(cfg ClientConfig) *Client {
 	}
 	unary, streams := cfg.UnaryInterceptors, cfg.StreamInterceptors
 	if len(cfg.PlaneKey) > 0 {
-		sign := signer{key: derivePlaneKey(cfg.PlaneKey), now: cfg.Now}
-		if sign.now == nil {
-			sign.now = time.Now
-		}
+		sign := newSigner(cfg.PlaneKey, cfg.Now)
 		// Innermost, so a retry by an interceptor of the caller is signed afresh.
 		unary = append(slices.Clone(unary), sign.unary)
 		streams = append(slices.Clone(streams), sign.stream)

@@ -44,11 +44,11 @@ func FuzzObjectHeader(f *testing.F) {
 
 // FuzzParseInternalCredential feeds arbitrary header values to the credential parser every
 // keyed server runs on every call, before any authentication: it must never panic, and what
-// it accepts must be the one canonical spelling formatCredential would produce.
+// it accepts must be the one canonical spelling planeMAC.format would produce.
 func FuzzParseInternalCredential(f *testing.F) {
-	k := derivePlaneKey(clusterKey)
-	f.Add(formatCredential(k, peerpb.Replication_PushObject_FullMethodName, 1_760_000_000_123))
-	f.Add(formatCredential(k, peerpb.Replication_ListObjects_FullMethodName, 0))
+	k := newPlaneMAC(clusterKey)
+	f.Add(k.format(peerpb.Replication_PushObject_FullMethodName, 1_760_000_000_123))
+	f.Add(k.format(peerpb.Replication_ListObjects_FullMethodName, 0))
 	f.Add("")
 	f.Add("v1:")
 	f.Add("v1:1:")

@@ -1,12 +1,13 @@
 package peer
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
+
+	"github.com/kuracache/kura/internal/telemetry"
 )
 
 // Sides of the kura_peer_* metrics: the same families count both ends of a call.
@@ -43,27 +44,13 @@ func newMetrics(reg prometheus.Registerer, side string) (*metrics, error) {
 	}, []string{"side", "method"})
 	var err error
 	m := &metrics{side: side}
-	if m.requests, err = register(reg, requests); err != nil {
-		return nil, err
+	if m.requests, err = telemetry.RegisterOrReuse(reg, requests); err != nil {
+		return nil, fmt.Errorf("internal plane: %w", err)
 	}
-	if m.duration, err = register(reg, duration); err != nil {
-		return nil, err
+	if m.duration, err = telemetry.RegisterOrReuse(reg, duration); err != nil {
+		return nil, fmt.Errorf("internal plane: %w", err)
 	}
 	return m, nil
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("register internal-plane metrics: %w", err)
 }
 
 func (m *metrics) observe(method string, code codes.Code, elapsed time.Duration) {

@@ -2,7 +2,6 @@ package app
 
 import (
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/kuracache/kura/policy"
@@ -28,7 +27,7 @@ func (a *App) buildPolicy() (*policy.Engine, error) {
 		JWTVerifiers:              map[string]policy.JWTVerifier{},
 		HTTPClients:               map[string]policy.HTTPClient{},
 		Files:                     ec.Files,
-		Env:                       environment(),
+		Env:                       ec.Env,
 		Logger:                    a.logger,
 		Registerer:                a.registry,
 	}
@@ -49,17 +48,6 @@ func (a *App) buildPolicy() (*policy.Engine, error) {
 		return nil, fmt.Errorf("the policy script (KURA_EXTENSION_SCRIPT_PATH): %w", err)
 	}
 	return e, nil
-}
-
-// environment is what kura.env sees: the node's environment at startup.
-func environment() map[string]string {
-	env := map[string]string{}
-	for _, kv := range os.Environ() {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
 }
 
 // logPolicy says once at startup whether requests run through the policy script.

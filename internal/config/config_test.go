@@ -97,7 +97,7 @@ func TestDefaults(t *testing.T) {
 			FailClosedAuthenticate: true, FailClosedAuthorize: true, FailOpenResponseHeaders: true,
 			CacheMaxEntries: 100_000, HookMemoryBytes: 32 * MiB,
 			Signers: map[string]Signer{}, JWTVerifiers: map[string]JWTVerifier{}, HTTPClients: map[string]HTTPClient{},
-			Files: map[string]string{},
+			Files: map[string]string{}, Env: map[string]string{},
 		},
 		Analytics: AnalyticsConfig{BatchSize: 100, BatchTimeout: 5 * time.Second, QueueCapacity: 1000,
 			RequestTimeout: 5 * time.Second, CircuitBreakerFailureThreshold: 5, CircuitBreakerOpen: 30 * time.Second},
@@ -134,7 +134,7 @@ func TestEveryVariableSet(t *testing.T) {
 	script := writeFile(t, "hooks.lua", "function authenticate(ctx) return {anonymous=true} end")
 	gossipKey := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
 	signerKey := []byte{0, 1, 2, 0xff}
-	c := mustLoad(t, []string{
+	environ := []string{
 		"KURA_BIND_ADDRESS=127.0.0.1",
 		"KURA_PORT=14000", "KURA_GRPC_PORT=15051", "KURA_GOSSIP_PORT=17946", "KURA_INTERNAL_PORT=17443",
 		"KURA_TENANT_ID=acme", "KURA_REGION=eu-central", "KURA_NODE_NAME=kura-1",
@@ -169,7 +169,13 @@ func TestEveryVariableSet(t *testing.T) {
 		"KURA_ANALYTICS_BATCH_SIZE=50", "KURA_ANALYTICS_BATCH_TIMEOUT_MS=1000", "KURA_ANALYTICS_QUEUE_CAPACITY=500",
 		"KURA_ANALYTICS_REQUEST_TIMEOUT_MS=2000", "KURA_ANALYTICS_CIRCUIT_BREAKER_FAILURE_THRESHOLD=3",
 		"KURA_ANALYTICS_CIRCUIT_BREAKER_OPEN_MS=10000",
-	})
+	}
+	c := mustLoad(t, environ)
+	wantEnv := map[string]string{}
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		wantEnv[k] = v
+	}
 
 	check := func(what string, got, want any) {
 		t.Helper()
@@ -215,6 +221,7 @@ func TestEveryVariableSet(t *testing.T) {
 		},
 		Files:       map[string]string{"TOKENS": script},
 		HTTPClients: map[string]HTTPClient{"TUIST": {BaseURL: "https://tuist.dev", ConnectTimeout: 3 * time.Second, RequestTimeout: 4 * time.Second}},
+		Env:         wantEnv,
 	})
 	check("analytics", c.Analytics, AnalyticsConfig{
 		ServerURL: "https://tuist.dev", SigningKey: "s3cret", BatchSize: 50, BatchTimeout: time.Second,
@@ -490,11 +497,12 @@ func TestLogAttrsHideSecrets(t *testing.T) {
 		"KURA_EXTENSION_JWT_VERIFIER_J_SECRET=JWT-SECRET",
 		"KURA_EXTENSION_HTTP_CLIENT_H_BASE_URL=https://bot:CLIENTPASSWORD@api.example.com",
 		"KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=https://x:OTELPASSWORD@collector/v1/traces",
+		"POLICY_API_TOKEN=ENV-SECRET", // reaches kura.env through Extension.Env
 	))
 	var buf bytes.Buffer
 	slog.New(slog.NewJSONHandler(&buf, nil)).LogAttrs(context.Background(), slog.LevelInfo, "configuration", c.LogAttrs()...)
 	out := buf.String()
-	for _, secret := range []string{gossip, "GOSSIPKEY", signer, "SIGNER-SECRET", "ANALYTICS-SECRET", "JWT-SECRET", "URLPASSWORD", "CLIENTPASSWORD", "OTELPASSWORD"} {
+	for _, secret := range []string{gossip, "GOSSIPKEY", signer, "SIGNER-SECRET", "ANALYTICS-SECRET", "JWT-SECRET", "URLPASSWORD", "CLIENTPASSWORD", "OTELPASSWORD", "POLICY_API_TOKEN", "ENV-SECRET"} {
 		if strings.Contains(out, secret) {
 			t.Errorf("log output contains secret %q:\n%s", secret, out)
 		}
@@ -504,6 +512,21 @@ func TestLogAttrsHideSecrets(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("log output lacks %s:\n%s", want, out)
 		}
+	}
+}
+
+// TestExtensionEnvIsTheGivenEnviron: kura.env sees the environ Load was given, as written
+// (last duplicate wins, values untrimmed, every name, not only KURA_*), and never the real
+// environment.
+func TestExtensionEnvIsTheGivenEnviron(t *testing.T) {
+	t.Setenv("KURA_TEST_ONLY_IN_THE_REAL_ENVIRONMENT", "x")
+	dataDir := filepath.Join(t.TempDir(), "data")
+	c := mustLoad(t, []string{"KURA_DATA_DIR=" + dataDir,
+		"TEAM=mobile", "TEAM=ios", "PADDED= a b ", "EMPTY=", "NO_EQUALS_SIGN", "=nameless", "KURA_TENANT_ID=acme"})
+	want := map[string]string{"KURA_DATA_DIR": dataDir,
+		"TEAM": "ios", "PADDED": " a b ", "EMPTY": "", "KURA_TENANT_ID": "acme"}
+	if !reflect.DeepEqual(c.Extension.Env, want) {
+		t.Errorf("Extension.Env = %#v, want %#v", c.Extension.Env, want)
 	}
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/base64"
 	"errors"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -29,6 +30,9 @@ type ExtensionConfig struct {
 	JWTVerifiers            map[string]JWTVerifier
 	HTTPClients             map[string]HTTPClient
 	Files                   map[string]string // id → path, for kura.file
+	// Env is the whole environment Load was given (not only KURA_*), for kura.env. It may hold
+	// secrets, so LogAttrs never shows it.
+	Env map[string]string
 }
 
 // Signer backs kura.sign_hmac_base64.
@@ -97,6 +101,7 @@ func (p *parser) extension() ExtensionConfig {
 	e.JWTVerifiers = p.jwtVerifiers()
 	e.HTTPClients = p.httpClients()
 	e.Files = p.files()
+	e.Env = maps.Clone(p.env)
 	return e
 }
 

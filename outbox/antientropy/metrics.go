@@ -1,9 +1,9 @@
 package antientropy
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kuracache/kura/internal/telemetry"
 )
 
 // metrics are the sweeper's Prometheus series, registered on the injected Registerer.
@@ -92,22 +92,17 @@ func newMetrics(reg prometheus.Registerer, s *Sweeper) (*metrics, error) {
 	return m, nil
 }
 
-// readThroughResults is kura_read_through_total; several decorators (one per store) may
+// readThroughCounter is kura_read_through_total; several decorators (one per store) may
 // share a registry, so an existing registration is reused.
 func readThroughCounter(reg prometheus.Registerer) *prometheus.CounterVec {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kura_read_through_total",
 		Help: "Local misses asked of peers, by result: hit (served from a peer and stored), miss (no peer had it), error (peers or the local store failed).",
 	}, []string{"result"})
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
-				return existing
-			}
-		}
+	c, err := telemetry.RegisterOrReuse(reg, c)
+	if err != nil {
 		// Only a programming error (a different metric under this name) gets here.
-		panic("register kura_read_through_total: " + err.Error())
+		panic("kura_read_through_total: " + err.Error())
 	}
 	for _, r := range []string{"hit", "miss", "error"} {
 		c.WithLabelValues(r)

@@ -143,8 +143,7 @@ type Sweeper struct {
 	sweepMu      sync.Mutex // one sweep at a time
 	running      atomic.Bool
 	bootstrapped atomic.Bool
-	bootOnce     sync.Once
-	bootDone     chan struct{} // closed by the first sweep completed against a peer
+	bootDone     chan struct{} // closed by whoever sets bootstrapped: the first sweep completed against a peer
 
 	pauseMu sync.Mutex
 	paused  bool
@@ -282,8 +281,9 @@ func (s *Sweeper) WaitBootstrapped(ctx context.Context) error {
 }
 
 func (s *Sweeper) markBootstrapped() {
-	s.bootstrapped.Store(true)
-	s.bootOnce.Do(func() { close(s.bootDone) })
+	if s.bootstrapped.CompareAndSwap(false, true) {
+		close(s.bootDone)
+	}
 }
 
 // SetPaused pauses (true) or resumes (false) sweeps and repairs, for the hard memory

@@ -213,7 +213,6 @@ func (s *Store) retire(ctx context.Context, id segment.ID) error {
 		return fmt.Errorf("retire segment %s: %w", id, err)
 	}
 	s.metrics.retired.Inc()
-	s.evictedSegments.Add(1)
 	s.log.Info("segment retired", "segment", id.String(), "records_moved", moved, "records_dropped", dropped)
 	return nil
 }
@@ -274,7 +273,6 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 	}
 	s.mcache.update(name, stub)
 	s.metrics.dropped.Inc()
-	s.evictedRecords.Add(1)
 	return 0, 1, nil
 }
 

@@ -2,6 +2,7 @@ package local
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
@@ -195,4 +196,14 @@ func cacheCollectors(s *Store) []prometheus.Collector {
 			Help: "Free space writes leave on the data filesystem for the metadata store; below it writes fail with 507 / RESOURCE_EXHAUSTED.",
 		}, func() float64 { return float64(s.segs.ReserveBytes()) }),
 	}
+}
+
+// counterTotal is c's current value. It writes the counter out like a scrape does, so it is
+// meant for cold paths such as the status page.
+func counterTotal(c prometheus.Counter) uint64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return uint64(m.GetCounter().GetValue())
 }

@@ -163,20 +163,18 @@ const DefaultReservedDiskBytes = 256 << 20
 
 // Store is the node's disk store. It is safe for concurrent use.
 type Store struct {
-	opts Options
-	// Eviction totals since Open, for DiskStats (the metrics hold the same counts).
-	evictedRecords, evictedSegments atomic.Uint64
-	log                             *slog.Logger
-	tracer                          trace.Tracer
-	clock                           *storage.Clock
-	now                             func() time.Time
-	lock                            *os.File
-	db                              *meta.DB
-	segs                            *segment.Manager
-	partDir                         string
-	metrics                         *metrics
-	pool                            *fdpool.Pool
-	mcache                          *manifestCache
+	opts    Options
+	log     *slog.Logger
+	tracer  trace.Tracer
+	clock   *storage.Clock
+	now     func() time.Time
+	lock    *os.File
+	db      *meta.DB
+	segs    *segment.Manager
+	partDir string
+	metrics *metrics
+	pool    *fdpool.Pool
+	mcache  *manifestCache
 
 	seed        maphash.Seed
 	keyLocks    [1024]sync.Mutex
@@ -392,13 +390,14 @@ type DiskStats struct {
 	EvictedSegments uint64 // segment files retired since the store opened
 }
 
-// DiskStats returns the disk budget's state now.
+// DiskStats returns the disk budget's state now. The eviction counts are read from the
+// store's metrics, their only source.
 func (s *Store) DiskStats() DiskStats {
 	return DiskStats{
 		SegmentBytes:    s.segs.TotalBytes(),
 		BudgetBytes:     s.opts.DiskBudgetBytes,
-		EvictedRecords:  s.evictedRecords.Load(),
-		EvictedSegments: s.evictedSegments.Load(),
+		EvictedRecords:  counterTotal(s.metrics.dropped),
+		EvictedSegments: counterTotal(s.metrics.retired),
 	}
 }
 
