@@ -441,7 +441,7 @@ func (e *Engine) call(ctx context.Context, hook string, push func(*lua.State) in
 	if err != nil {
 		return err
 	}
-	v, err := it.call(ctx, hook, uint64(e.cfg.HookMemoryBytes), push)
+	v, err := it.call(ctx, hook, push)
 	e.pool.put(it)
 	if err != nil {
 		return err

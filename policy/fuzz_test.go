@@ -118,7 +118,7 @@ func FuzzLuaResult(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		v, err := it.call(ctx, "test", DefaultHookMemoryBytes, func(*lua.State) int { return 0 })
+		v, err := it.call(ctx, "test", func(*lua.State) int { return 0 })
 		if err != nil {
 			return
 		}

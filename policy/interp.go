@@ -68,15 +68,18 @@ type interp struct {
 	// may be mid-way through anything) or go-lua panicked.
 	broken bool
 
+	// allocLimit is what one call (or the script's load) may allocate, for the interpreter's
+	// whole life (KURA_EXTENSION_HOOK_MEMORY_BYTES; 0: unguarded).
+	allocLimit uint64
+
 	// Per call: the limits and what has been used of them. ctx is the call's context (the
 	// request's, with the hook deadline): host functions do their I/O and logging with it.
-	ctx        context.Context
-	deadline   time.Time
-	allocLimit uint64
-	allocBase  uint64 // heap allocation counter at the start, plus host-function allocation
-	ticks      int
-	abort      *abortError
-	hook       string
+	ctx       context.Context
+	deadline  time.Time
+	allocBase uint64 // heap allocation counter at the start, plus host-function allocation
+	ticks     int
+	abort     *abortError
+	hook      string
 }
 
 // heapAllocs reads the process's cumulative heap allocation counter. It counts every
@@ -90,14 +93,14 @@ func heapAllocs() uint64 {
 
 // newInterp builds an interpreter and runs the script's top level within loadTimeout.
 func newInterp(src *script, env *hostEnv, loadTimeout time.Duration, allocLimit uint64) (*interp, error) {
-	it := &interp{l: lua.NewState(), env: env}
+	it := &interp{l: lua.NewState(), env: env, allocLimit: allocLimit}
 	it.openSandbox()
 	it.installHost()
 	lua.SetDebugHook(it.l, it.onCount, lua.MaskCount, countHookInstructions)
 
 	ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
 	defer cancel()
-	err := it.protect("load", ctx, allocLimit, func() error {
+	err := it.protect("load", ctx, func() error {
 		if err := lua.LoadBuffer(it.l, src.text, "@"+filepath.Base(src.name), "t"); err != nil {
 			msg, _ := it.l.ToString(-1)
 			return fmt.Errorf("%s", strings.TrimPrefix(msg, "syntax error: "))
@@ -121,9 +124,9 @@ func (it *interp) defines(name string) bool {
 }
 
 // call runs one hook with the given arguments pushed by push, and decodes its single result.
-func (it *interp) call(ctx context.Context, hook string, allocLimit uint64, push func(l *lua.State) int) (any, error) {
+func (it *interp) call(ctx context.Context, hook string, push func(l *lua.State) int) (any, error) {
 	var result any
-	err := it.protect(hook, ctx, allocLimit, func() error {
+	err := it.protect(hook, ctx, func() error {
 		l := it.l
 		l.SetTop(0)
 		l.Global(hook)
@@ -142,12 +145,12 @@ func (it *interp) call(ctx context.Context, hook string, allocLimit uint64, push
 
 // protect runs fn with the call's limits armed, turning an abort into an *abortError and a
 // Go panic into a *crashError; either marks the interpreter broken.
-func (it *interp) protect(hook string, ctx context.Context, allocLimit uint64, fn func() error) (err error) {
+func (it *interp) protect(hook string, ctx context.Context, fn func() error) (err error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		return errors.New("policy: hook call without a deadline")
 	}
-	it.ctx, it.deadline, it.allocLimit, it.hook = ctx, deadline, allocLimit, hook
+	it.ctx, it.deadline, it.hook = ctx, deadline, hook
 	it.ticks, it.abort = 0, nil
 	it.allocBase = heapAllocs()
 	defer func() {

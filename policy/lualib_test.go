@@ -25,7 +25,7 @@ func evalLua(t *testing.T, env *hostEnv, body string) (any, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return it.call(ctx, "test", DefaultHookMemoryBytes, func(*lua.State) int { return 0 })
+	return it.call(ctx, "test", func(*lua.State) int { return 0 })
 }
 
 func TestStringLibrary(t *testing.T) {

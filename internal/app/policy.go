@@ -35,13 +35,10 @@ func (a *App) buildPolicy() (*policy.Engine, error) {
 		pc.Signers[id] = s.Secret
 	}
 	for id, j := range ec.JWTVerifiers {
-		pc.JWTVerifiers[id] = policy.JWTVerifier{
-			Algorithms: j.Algorithms, Secret: j.Secret, JWKSURL: j.JWKSURL, JWKSRefresh: j.JWKSRefresh,
-			Issuer: j.Issuer, Audiences: j.Audiences,
-		}
+		pc.JWTVerifiers[id] = policy.JWTVerifier(j)
 	}
 	for id, h := range ec.HTTPClients {
-		pc.HTTPClients[id] = policy.HTTPClient{BaseURL: h.BaseURL, ConnectTimeout: h.ConnectTimeout, RequestTimeout: h.RequestTimeout}
+		pc.HTTPClients[id] = policy.HTTPClient(h)
 	}
 	e, err := policy.New(pc)
 	if err != nil {

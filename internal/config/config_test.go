@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/policy"
 )
 
 // testHost is a 1024-descriptor, 4 GiB, 4-CPU machine.
@@ -215,7 +217,7 @@ func TestEveryVariableSet(t *testing.T) {
 		CacheMaxEntries: 5000, PoolSize: 12, HookMemoryBytes: 8 * MiB,
 		Signers: map[string]Signer{"TUIST": {Algorithm: "hmac-sha256", Secret: signerKey}},
 		JWTVerifiers: map[string]JWTVerifier{
-			"MY_APP": {Algorithms: []string{"HS512"}, Secret: []byte("jwt-secret"), JWKSRefresh: DefaultJWKSRefresh, Issuer: "tuist", Audiences: []string{"cli", "web"}},
+			"MY_APP": {Algorithms: []string{"HS512"}, Secret: []byte("jwt-secret"), JWKSRefresh: policy.DefaultJWKSRefresh, Issuer: "tuist", Audiences: []string{"cli", "web"}},
 			"OIDC": {Algorithms: []string{"RS256", "ES256"}, JWKSURL: "https://token.actions.example/.well-known/jwks",
 				JWKSRefresh: time.Minute, Audiences: []string{"kura"}},
 		},

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/kuracache/kura/policy"
 )
 
 // ExtensionConfig configures the Lua policy hooks (SPEC §8). The resource maps are keyed by
@@ -41,7 +43,9 @@ type Signer struct {
 	Secret    []byte // decoded from the base64 variable: raw key bytes
 }
 
-// JWTVerifier backs kura.jwt_verify: an HMAC secret (HS*) or a JWKS URL (RS*, ES*).
+// JWTVerifier backs kura.jwt_verify: an HMAC secret (HS*) or a JWKS URL (RS*, ES*). Its
+// fields are policy.JWTVerifier's, in order, so the composition root converts one into the
+// other (and the compiler says so when they drift).
 type JWTVerifier struct {
 	Algorithms  []string      // e.g. ["HS256"] or ["RS256", "ES256"]
 	Secret      []byte        // the variable's bytes as written (not base64), as the original does
@@ -51,7 +55,7 @@ type JWTVerifier struct {
 	Audiences   []string      // empty = aud not checked
 }
 
-// HTTPClient backs kura.http_json.
+// HTTPClient backs kura.http_json; policy.HTTPClient's fields, as for JWTVerifier.
 type HTTPClient struct {
 	BaseURL        string // absolute http(s) URL without trailing slash
 	ConnectTimeout time.Duration
@@ -65,10 +69,6 @@ const (
 	DefaultHTTPClientRequestTimeout = 1500 * time.Millisecond
 )
 
-// DefaultJWKSRefresh is how often a verifier's JWKS is fetched again (a key rotated out stops
-// verifying within this long).
-const DefaultJWKSRefresh = 5 * time.Minute
-
 func (p *parser) extension() ExtensionConfig {
 	e := ExtensionConfig{
 		ScriptPath: p.str(EnvExtensionScriptPath, ""),
@@ -76,15 +76,15 @@ func (p *parser) extension() ExtensionConfig {
 	enabled, set := p.boolean(EnvExtensionEnabled, false)
 	// Setting only the script path enables the hooks, as in the original.
 	e.Enabled = enabled || (!set && e.ScriptPath != "")
-	e.HookTimeout = p.duration(EnvExtensionHookTimeoutMS, 25*time.Millisecond, time.Millisecond, 1)
+	e.HookTimeout = p.duration(EnvExtensionHookTimeoutMS, policy.DefaultHookTimeout, time.Millisecond, 1)
 	e.AuthCacheAllowTTL = p.duration(EnvExtensionAllowTTLSeconds, 600*time.Second, time.Second, 0)
 	e.AuthCacheDenyTTL = p.duration(EnvExtensionDenyTTLSeconds, 3*time.Second, time.Second, 0)
 	e.FailClosedAuthenticate, _ = p.boolean(EnvExtensionFailClosedAuthn, true)
 	e.FailClosedAuthorize, _ = p.boolean(EnvExtensionFailClosedAuthz, true)
 	e.FailOpenResponseHeaders, _ = p.boolean(EnvExtensionFailOpenRespHeader, true)
-	e.CacheMaxEntries = p.count(EnvExtensionCacheMaxEntries, 100_000, 1)
+	e.CacheMaxEntries = p.count(EnvExtensionCacheMaxEntries, policy.DefaultCacheMaxEntries, 1)
 	e.PoolSize = p.count(EnvExtensionPoolSize, 0, 1)
-	e.HookMemoryBytes = p.size(EnvExtensionHookMemoryBytes, 32<<20, 1<<20)
+	e.HookMemoryBytes = p.size(EnvExtensionHookMemoryBytes, policy.DefaultHookMemoryBytes, 1<<20)
 
 	if e.Enabled {
 		switch {
@@ -175,7 +175,7 @@ func (p *parser) jwtVerifiers() map[string]JWTVerifier {
 	for _, id := range ids {
 		f := vars[id]
 		before := len(p.problems)
-		j := JWTVerifier{JWKSRefresh: DefaultJWKSRefresh}
+		j := JWTVerifier{JWKSRefresh: policy.DefaultJWKSRefresh}
 		if name, set := f["SECRET"]; set {
 			v, _ := p.get(name)
 			j.Secret = []byte(v)
@@ -189,7 +189,7 @@ func (p *parser) jwtVerifiers() map[string]JWTVerifier {
 			j.JWKSURL = u
 		}
 		if name, set := f["JWKS_REFRESH_SECONDS"]; set {
-			j.JWKSRefresh = p.duration(name, DefaultJWKSRefresh, time.Second, 1)
+			j.JWKSRefresh = p.duration(name, policy.DefaultJWKSRefresh, time.Second, 1)
 		}
 		algName := EnvJWTVerifierPrefix + id + "_ALGORITHM"
 		if name, set := f["ALGORITHM"]; set {
