@@ -1,6 +1,7 @@
-// Package outbox is the durable per-peer replication queue and its dispatcher. Every local
-// write adds one entry per live peer to the same synced Pebble batch as its metadata (Enqueue,
-// from storage/local's OnCommit hook), so an acknowledged write is never lost to replication;
+// Package outbox is the durable per-peer replication queue and its dispatcher. The Outbox is
+// the disk store's commit observer (storage/local.CommitObserver, given to local.Open once):
+// every local write adds one entry per live peer to the same synced Pebble batch as its
+// metadata (OnCommit → Enqueue), so an acknowledged write is never lost to replication;
 // one worker per peer then pages through that peer's queue, pushes the current local state of
 // each entry over the internal plane and deletes what was delivered.
 //

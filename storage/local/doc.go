@@ -3,7 +3,7 @@
 // (storage/meta, the single source of truth for what is stored). A write streams once into a
 // segment record (CRC per 64 KiB block and SHA-256 computed on the way), is fsynced with group
 // commit, and is acknowledged only after its manifest, segment-index entry and any replication
-// entries (the OnCommit seam) are committed in one synced Pebble batch.
+// entries (added by its CommitObserver, the outbox) are committed in one synced Pebble batch.
 //
 // Concurrency: no global lock surrounds I/O. Striped per-key mutexes cover only the final
 // check-and-commit (first writer wins, last writer wins by Version), and striped per-namespace
