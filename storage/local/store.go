@@ -164,9 +164,10 @@ func Open(opts Options) (_ *Store, err error) {
 			_ = opts.Dir.Close()
 		}
 	}()
-	if err := opts.setDefaults(); err != nil {
+	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	opts.setDefaults()
 	if err := opts.prepareDirs(); err != nil {
 		return nil, err
 	}
@@ -202,8 +203,8 @@ func Open(opts Options) (_ *Store, err error) {
 	return s, nil
 }
 
-// setDefaults checks opts and fills in every field left at zero.
-func (opts *Options) setDefaults() error {
+// validate rejects what no default can mend, after taking DataDir from Dir when it is given.
+func (opts *Options) validate() error {
 	if opts.Dir != nil {
 		if opts.DataDir != "" && filepath.Clean(opts.DataDir) != filepath.Clean(opts.Dir.Path()) {
 			return fmt.Errorf("open store: data directory %s differs from the opened %s", opts.DataDir, opts.Dir.Path())
@@ -220,6 +221,11 @@ func (opts *Options) setDefaults() error {
 		return fmt.Errorf("open store: negative file descriptor pool size %d or acquire timeout %v",
 			opts.FileDescriptorPoolSize, opts.FileDescriptorAcquireTimeout)
 	}
+	return nil
+}
+
+// setDefaults fills in every field left at zero.
+func (opts *Options) setDefaults() {
 	if opts.TmpDir == "" {
 		opts.TmpDir = filepath.Join(opts.DataDir, "tmp")
 	}
@@ -262,7 +268,6 @@ func (opts *Options) setDefaults() error {
 	if opts.ManifestCacheMaxBytes == 0 {
 		opts.ManifestCacheMaxBytes = DefaultManifestCacheBytes
 	}
-	return nil
 }
 
 // prepareDirs creates the data and temporary directories and sizes the free-space reserve,
