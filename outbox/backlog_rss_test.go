@@ -146,20 +146,26 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 			pk.sampleHeap()
 		}
 	}}
-	var ob *Outbox
-	st, err := local.Open(local.Options{
-		DataDir:    t.TempDir(),
-		Registerer: prometheus.NewRegistry(),
-		Metadata: meta.Options{
-			BlockCacheBytes:             budgets.MetadataStoreReadCacheBytes,
-			MemTableBytes:               budgets.MetadataStoreWriteBufferBytes,
-			MemTableStopWritesThreshold: budgets.MetadataStoreMaxWriteBuffers,
-			MaxOpenFiles:                budgets.MetadataStoreMaxOpenFiles,
-			CompactionConcurrency:       budgets.MetadataStoreMaxBackgroundJobs,
-		},
-		OnCommit:    func(b *meta.Batch, c local.Change) error { return ob.OnCommit(b, c) },
-		AfterCommit: func() { ob.Notify() },
+	dir, err := local.OpenDataDir(t.TempDir(), meta.Options{
+		BlockCacheBytes:             budgets.MetadataStoreReadCacheBytes,
+		MemTableBytes:               budgets.MetadataStoreWriteBufferBytes,
+		MemTableStopWritesThreshold: budgets.MetadataStoreMaxWriteBuffers,
+		MaxOpenFiles:                budgets.MetadataStoreMaxOpenFiles,
+		CompactionConcurrency:       budgets.MetadataStoreMaxBackgroundJobs,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counting := &countingStore{queueStore: dir.DB()}
+	ob, err := newOutbox(Config{
+		DB: dir.DB(), Sender: sender, Registerer: prometheus.NewRegistry(),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+	}, counting)
+	if err != nil {
+		_ = dir.Close()
+		t.Fatal(err)
+	}
+	st, err := local.Open(local.Options{Dir: dir, Registerer: prometheus.NewRegistry(), Observer: ob})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,14 +175,6 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 			_ = st.Close()
 		}
 	})
-	counting := &countingStore{queueStore: st.Metadata()}
-	ob, err = newOutbox(Config{
-		DB: st.Metadata(), Store: st, Sender: sender, Registerer: prometheus.NewRegistry(),
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-	}, counting)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ob.SetTargets([]Target{{Name: target, Addr: deadAddr}})
 
 	// Phase 1: the backlog. The first entries come from real writes, the rest re-queue those
@@ -198,7 +196,7 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := objects; i < entries; i += batch {
-		b := st.Metadata().NewBatch()
+		b := dir.DB().NewBatch()
 		for j := i; j < min(i+batch, entries); j++ {
 			if err := ob.Enqueue(b, queued[j%objects]); err != nil {
 				t.Fatal(err)
@@ -232,7 +230,7 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 	resetPeakRSS()
 	runCtx, stopRun := context.WithCancel(ctx)
 	runDone, ctrlDone := make(chan error, 1), make(chan error, 1)
-	go func() { runDone <- ob.Run(runCtx) }()
+	go func() { runDone <- ob.Run(runCtx, st) }()
 	go func() { ctrlDone <- ctrl.Run(runCtx) }()
 	stopped := false
 	stop := func() {
@@ -284,7 +282,7 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 	heapDrain := pk.take()
 	hwmDrain := procStatus(t, "VmHWM")
 	waitFor(t, "the queue deleted from Pebble", func() bool {
-		page, err := st.Metadata().ScanOutbox(ctx, target, 0, 1)
+		page, err := dir.DB().ScanOutbox(ctx, target, 0, 1)
 		return err == nil && len(page) == 0
 	})
 	if n := sender.pushed.Load(); n != entries {

@@ -19,36 +19,16 @@ import (
 // The real composition: storage/local on disk calls OnCommit inside every committing batch, and
 // the outbox dispatches from that same store and Pebble.
 func TestLocalStoreWritesQueueAtomically(t *testing.T) {
-	var ob *Outbox
-	var failAfterEnqueue atomic.Bool
-	st, err := local.Open(local.Options{
-		DataDir:    t.TempDir(),
-		Registerer: prometheus.NewRegistry(),
-		Metadata:   meta.Options{BlockCacheBytes: 4 << 20, MemTableBytes: 4 << 20},
-		OnCommit: func(b *meta.Batch, c local.Change) error {
-			if err := ob.OnCommit(b, c); err != nil {
-				return err
-			}
-			if failAfterEnqueue.Load() {
-				return errors.New("injected failure after the entries joined the batch")
-			}
-			return nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-	})
+	dir := openDataDir(t)
 	clock := newFakeClock()
 	sender := &fakeSender{}
-	ob, err = New(Config{DB: st.Metadata(), Store: st, Sender: sender, Now: clock.Now, Registerer: prometheus.NewRegistry()})
+	ob, err := New(Config{DB: dir.DB(), Sender: sender, Now: clock.Now, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	failing := &failingObserver{Outbox: ob}
+	st := openLocalStore(t, local.Options{Dir: dir, Registerer: prometheus.NewRegistry(), Observer: failing})
+	failAfterEnqueue := &failing.failAfterEnqueue
 	ob.SetTargets([]Target{{Name: "a", Addr: "A"}, {Name: "b", Addr: "B"}})
 	ctx := context.Background()
 	put := func(k storage.Key, body string, opts storage.PutOptions) (storage.PutResult, error) {
@@ -91,7 +71,7 @@ func TestLocalStoreWritesQueueAtomically(t *testing.T) {
 		t.Fatalf("stat of the failed write: %v, want not found", err)
 	}
 	for _, peer := range []string{"a", "b"} {
-		entries, err := st.Metadata().ScanOutbox(ctx, peer, 0, 100)
+		entries, err := dir.DB().ScanOutbox(ctx, peer, 0, 100)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -120,7 +100,7 @@ func TestLocalStoreWritesQueueAtomically(t *testing.T) {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- ob.Run(runCtx) }()
+	go func() { done <- ob.Run(runCtx, st) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -149,12 +129,57 @@ func TestLocalStoreWritesQueueAtomically(t *testing.T) {
 	}
 	clock.Advance(holeGrace)
 	waitFor(t, "queues empty and depth settled", func() bool {
-		a, errA := st.Metadata().ScanOutbox(ctx, "a", 0, 10)
-		b, errB := st.Metadata().ScanOutbox(ctx, "b", 0, 10)
+		a, errA := dir.DB().ScanOutbox(ctx, "a", 0, 10)
+		b, errB := dir.DB().ScanOutbox(ctx, "b", 0, 10)
 		return errA == nil && errB == nil && len(a) == 0 && len(b) == 0 && ob.Depth("a") == 0 && ob.Depth("b") == 0
 	})
 	// The deleted object (seq 1) and the superseded document (seq 4) were dropped, not pushed.
 	if n := testutil.ToFloat64(ob.metrics.pushes.WithLabelValues("a", "object", resultDropped)); n != 2 {
 		t.Fatalf("dropped object entries = %v, want 2", n)
 	}
+}
+
+// The outbox is the disk store's commit observer; outbox itself does not import the store.
+var _ local.CommitObserver = (*Outbox)(nil)
+
+// failingObserver is the outbox with a failure injected after its entries joined the batch.
+type failingObserver struct {
+	*Outbox
+	failAfterEnqueue atomic.Bool
+}
+
+func (f *failingObserver) OnCommit(b *meta.Batch, c storage.Change) error {
+	if err := f.Outbox.OnCommit(b, c); err != nil {
+		return err
+	}
+	if f.failAfterEnqueue.Load() {
+		return errors.New("injected failure after the entries joined the batch")
+	}
+	return nil
+}
+
+// openDataDir opens a data directory with a small metadata database; the store opened on it
+// (openLocalStore) closes it.
+func openDataDir(t testing.TB) *local.DataDir {
+	t.Helper()
+	dir, err := local.OpenDataDir(t.TempDir(), meta.Options{BlockCacheBytes: 4 << 20, MemTableBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// openLocalStore opens the disk store and closes it when the test ends.
+func openLocalStore(t testing.TB, opts local.Options) *local.Store {
+	t.Helper()
+	st, err := local.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
+	return st
 }

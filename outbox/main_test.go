@@ -149,7 +149,7 @@ func newFixture(t testing.TB, fo fixtureOpts) *fixture {
 		f.sender = &fakeSender{}
 	}
 	cfg := Config{
-		DB: f.db, Store: f.store, Sender: f.sender, Registerer: f.reg, Now: f.clock.Now,
+		DB: f.db, Sender: f.sender, Registerer: f.reg, Now: f.clock.Now,
 		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,
 		Rand: rand.New(rand.NewPCG(1, 2)),
 	}
@@ -172,7 +172,7 @@ func newFixture(t testing.TB, fo fixtureOpts) *fixture {
 func (f *fixture) run() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- f.o.Run(ctx) }()
+	go func() { done <- f.o.Run(ctx, f.store) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {

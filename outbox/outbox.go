@@ -65,11 +65,9 @@ const idlePoll = 250 * time.Millisecond
 
 // Config configures an Outbox.
 type Config struct {
-	// DB holds the queues (the local store's metadata database). Required.
+	// DB holds the queues: the local store's metadata database (local.DataDir.DB), opened
+	// before the store so that the outbox can be the store's commit observer. Required.
 	DB *meta.DB
-	// Store is the LOCAL store: object entries are resolved against it at dispatch time.
-	// Required.
-	Store storage.Store
 	// Sender delivers to peers. Required.
 	Sender Sender
 	// Batch is the number of entries read per page (default DefaultBatch). A backlog is never
@@ -117,6 +115,10 @@ type Outbox struct {
 	rnd     *lockedRand
 	metrics *metrics
 
+	// local is the store Run pushes from (object entries are resolved against it at dispatch
+	// time); written by Run before it starts any worker.
+	local storage.Store
+
 	paused  atomic.Bool
 	running atomic.Bool
 	changed chan struct{} // SetTargets wakes the supervisor
@@ -142,9 +144,6 @@ func New(cfg Config) (*Outbox, error) {
 }
 
 func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
-	if cfg.Store == nil {
-		return nil, errors.New("new outbox: no local store")
-	}
 	if cfg.Sender == nil {
 		return nil, errors.New("new outbox: no sender")
 	}
@@ -352,9 +351,9 @@ func (o *Outbox) locateDamaged(ctx context.Context, name string, from uint64) (u
 }
 
 // Enqueue adds one entry per current target to b, the batch that commits the write, so the
-// write and its replication become durable together. It is called from storage/local's
-// OnCommit hook, under the key's lock: it only assigns sequence numbers and encodes. Sequence
-// numbers per peer grow monotonically, across restarts too: they continue after the last entry
+// write and its replication become durable together. It is called from OnCommit (the outbox
+// as the disk store's commit observer), under the key's lock: it only assigns sequence numbers
+// and encodes. Sequence numbers per peer grow monotonically, across restarts too: they continue after the last entry
 // found at start-up (a queue that was empty starts again at 1, which reuses nothing, since no
 // entry of the old numbering is left). An error aborts the write.
 func (o *Outbox) Enqueue(b *meta.Batch, e Entry) error {
@@ -557,14 +556,21 @@ type workerHandle struct {
 	done   chan struct{}
 }
 
-// Run dispatches until ctx is done. It owns one worker goroutine per live peer, stops a peer's
-// worker when it departs, deletes the queue of a peer absent for DropAfter, and returns (nil)
-// once every worker has stopped. Run may be called once at a time.
-func (o *Outbox) Run(ctx context.Context) error {
+// Run dispatches until ctx is done, pushing the current state of each queued object from
+// local, the node's RAW store (the one whose commits the outbox observes, never a read-through
+// decorator). It is given here, not to New, because the outbox must exist before that store:
+// it is the store's CommitObserver. Run owns one worker goroutine per live peer, stops a
+// peer's worker when it departs, deletes the queue of a peer absent for DropAfter, and
+// returns (nil) once every worker has stopped. Run may be called once at a time.
+func (o *Outbox) Run(ctx context.Context, local storage.Store) error {
+	if local == nil {
+		return errors.New("run outbox: no local store")
+	}
 	if !o.running.CompareAndSwap(false, true) {
 		return errors.New("run outbox: already running")
 	}
 	defer o.running.Store(false)
+	o.local = local
 	workers := map[string]*workerHandle{}
 	defer func() {
 		for _, w := range workers {

@@ -335,7 +335,7 @@ func TestRestoredQueueIsDroppedIfItsPeerNeverReturns(t *testing.T) {
 	db := openDB(t, dir)
 	closeOnCleanup(t, db)
 	clock := newFakeClock()
-	o, err := New(Config{DB: db, Store: f.store, Sender: f.sender, Now: clock.Now})
+	o, err := New(Config{DB: db, Sender: f.sender, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +344,7 @@ func TestRestoredQueueIsDroppedIfItsPeerNeverReturns(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx) }()
+	go func() { done <- o.Run(ctx, f.store) }()
 	defer func() { cancel(); <-done }()
 	clock.Advance(DefaultDropAfter)
 	waitFor(t, "the ghost queue dropped", func() bool {
@@ -693,17 +693,16 @@ func TestConfigValidation(t *testing.T) {
 	closeOnCleanup(t, db)
 	store, sender := newMemoryStore(), &fakeSender{}
 	for name, cfg := range map[string]Config{
-		"no db":           {Store: store, Sender: sender},
-		"no store":        {DB: db, Sender: sender},
-		"no sender":       {DB: db, Store: store},
-		"negative batch":  {DB: db, Store: store, Sender: sender, Batch: -1},
-		"inverted bounds": {DB: db, Store: store, Sender: sender, MinBackoff: time.Second, MaxBackoff: time.Millisecond},
+		"no db":           {Sender: sender},
+		"no sender":       {DB: db},
+		"negative batch":  {DB: db, Sender: sender, Batch: -1},
+		"inverted bounds": {DB: db, Sender: sender, MinBackoff: time.Second, MaxBackoff: time.Millisecond},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: New accepted it", name)
 		}
 	}
-	o, err := New(Config{DB: db, Store: store, Sender: sender})
+	o, err := New(Config{DB: db, Sender: sender})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -712,9 +711,12 @@ func TestConfigValidation(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx) }()
+	if err := o.Run(ctx, nil); err == nil {
+		t.Fatal("Run accepted no local store")
+	}
+	go func() { done <- o.Run(ctx, store) }()
 	waitFor(t, "Run to start", func() bool { return o.running.Load() })
-	if err := o.Run(ctx); err == nil {
+	if err := o.Run(ctx, store); err == nil {
 		t.Fatal("a second concurrent Run was accepted")
 	}
 	cancel()

@@ -16,7 +16,6 @@ import (
 
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
-	"github.com/kuracache/kura/storage/meta"
 )
 
 var commitSpan = trace.NewSpanContext(trace.SpanContextConfig{
@@ -100,33 +99,18 @@ func TestPushContinuesTheCommitTrace(t *testing.T) {
 	exp := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	defer func() { _ = tp.Shutdown(context.Background()) }()
-	var ob *Outbox
-	st, err := local.Open(local.Options{
-		DataDir:        t.TempDir(),
-		Registerer:     prometheus.NewRegistry(),
-		Metadata:       meta.Options{BlockCacheBytes: 4 << 20, MemTableBytes: 4 << 20},
-		TracerProvider: tp,
-		OnCommit:       func(b *meta.Batch, c local.Change) error { return ob.OnCommit(b, c) },
-		AfterCommit:    func() { ob.Notify() },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-	})
+	dir := openDataDir(t)
 	sender := &spanSender{}
 	sender.behave = func(context.Context, string, delivery) (bool, error) { return true, nil }
-	ob, err = New(Config{DB: st.Metadata(), Store: st, Sender: sender, Registerer: prometheus.NewRegistry(), TracerProvider: tp})
+	ob, err := New(Config{DB: dir.DB(), Sender: sender, Registerer: prometheus.NewRegistry(), TracerProvider: tp})
 	if err != nil {
 		t.Fatal(err)
 	}
+	st := openLocalStore(t, local.Options{Dir: dir, Registerer: prometheus.NewRegistry(), TracerProvider: tp, Observer: ob})
 	ob.SetTargets([]Target{{Name: "b", Addr: "B"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ob.Run(ctx) }()
+	go func() { done <- ob.Run(ctx, st) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {

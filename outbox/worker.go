@@ -493,7 +493,7 @@ func (o *Outbox) count(p *peer, op, result string) {
 // cleaned) and a last-writer-wins object already replaced by a newer version are dropped: the
 // newer state has its own entry, and anti-entropy covers evictions.
 func (o *Outbox) pushObject(ctx context.Context, p *peer, addr string, e Entry) (string, error) {
-	r, err := o.cfg.Store.Open(ctx, e.Key, 0, -1)
+	r, err := o.local.Open(ctx, e.Key, 0, -1)
 	switch {
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrCorrupt):
 		return resultDropped, nil

@@ -1,9 +1,6 @@
-// Package storage defines what every Kura front end (HTTP surfaces, REAPI) relies on to keep
-// and serve artifacts: object identities (tenant, namespace, kind, name), the Store and
-// Multipart interfaces, the hybrid logical clock that versions every write, and the sentinel
-// errors that each protocol maps to its own status codes in exactly one place.
-//
-// Implementations live in sub-packages: storage/local is the node's own disk (segment files
-// plus Pebble metadata); storage/storagetest holds an in-memory fake and the conformance suite
-// every implementation and decorator must pass.
+// Package storage defines what every front end and store relies on: object identities, the
+// Store and Multipart interfaces, the hybrid logical clock that versions every write, the
+// Change record of the replication seam and the sentinel errors each protocol maps in one
+// place. Implementations: storage/local (the disk), storage/storagetest (a fake and the
+// conformance suite).
 package storage

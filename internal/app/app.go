@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +24,6 @@ import (
 	"github.com/kuracache/kura/outbox/antientropy"
 	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/reapi"
-	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/meta"
 )
@@ -106,56 +104,19 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	}
 	tp := a.tracing.Provider()
 
-	// The store is opened first, but its replication hooks call into the outbox and the
-	// sweeper, which need the store to exist: they are bound late, through atomics, before any
-	// listener serves a write.
-	var outboxRef atomic.Pointer[outbox.Outbox]
-	var sweeperRef atomic.Pointer[antientropy.Sweeper]
-	a.store, err = local.Open(local.Options{
-		DataDir:         cfg.DataDir,
-		TmpDir:          cfg.TmpDir,
-		DiskBudgetBytes: cfg.DiskBudgetBytes,
-		// SPEC §6 budgets: every store descriptor comes out of the pool, the handle cache
-		// stays below it, and the manifest cache is bounded in bytes.
-		FileDescriptorPoolSize:       cfg.FileDescriptorPoolSize,
-		FileDescriptorAcquireTimeout: cfg.FileDescriptorAcquireTimeout,
-		SegmentHandleCacheSize:       cfg.SegmentHandleCacheSize,
-		ManifestCacheMaxBytes:        cfg.ManifestCacheMaxBytes,
-		Metadata: meta.Options{
-			BlockCacheBytes:             cfg.MetadataStoreReadCacheBytes,
-			MemTableBytes:               cfg.MetadataStoreWriteBufferBytes,
-			MemTableStopWritesThreshold: cfg.MetadataStoreMaxWriteBuffers,
-			MaxOpenFiles:                cfg.MetadataStoreMaxOpenFiles,
-			CompactionConcurrency:       cfg.MetadataStoreMaxBackgroundJobs,
-		},
-		Logger:         logger.With("component", "storage"),
-		Registerer:     a.registry,
-		TracerProvider: tp,
-		OnCommit: func(b *meta.Batch, c local.Change) error {
-			if ob := outboxRef.Load(); ob != nil {
-				return ob.OnCommit(b, c)
-			}
-			return nil
-		},
-		AfterCommit: func() {
-			if ob := outboxRef.Load(); ob != nil {
-				ob.Notify()
-			}
-		},
-		OnCorrupt: func(key storage.Key) {
-			if sw := sweeperRef.Load(); sw != nil {
-				sw.Repair(key)
-			}
-		},
-	})
+	// The replication seam is bound once, in construction order (no hook is set later): the
+	// internal plane's client, the outbox on the data directory's metadata database, the store
+	// with the outbox as its commit observer, then the rest of the cluster around the store.
+	peerServerCfg, err := a.buildPeerClient()
 	if err != nil {
-		return nil, fmt.Errorf("open the store in %s: %w", cfg.DataDir, err)
-	}
-	if err := a.buildCluster(); err != nil {
 		return nil, err
 	}
-	outboxRef.Store(a.outbox)
-	sweeperRef.Store(a.sweeper)
+	if err := a.openStore(); err != nil {
+		return nil, err
+	}
+	if err := a.buildCluster(peerServerCfg); err != nil {
+		return nil, err
+	}
 	if err := a.buildMemoryController(opts); err != nil {
 		return nil, err
 	}
@@ -239,6 +200,57 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		return nil, err
 	}
 	return a, nil
+}
+
+// openStore opens the data directory, builds the outbox on its metadata database (the queue
+// shares the store's batches) and opens the store with the outbox as its CommitObserver. The
+// outbox pushes from the store once Run hands it over.
+func (a *App) openStore() error {
+	cfg := a.cfg
+	logger := a.logger.With("component", "storage")
+	dir, err := local.OpenDataDir(cfg.DataDir, meta.Options{
+		BlockCacheBytes:             cfg.MetadataStoreReadCacheBytes,
+		MemTableBytes:               cfg.MetadataStoreWriteBufferBytes,
+		MemTableStopWritesThreshold: cfg.MetadataStoreMaxWriteBuffers,
+		MaxOpenFiles:                cfg.MetadataStoreMaxOpenFiles,
+		CompactionConcurrency:       cfg.MetadataStoreMaxBackgroundJobs,
+		Logger:                      logger,
+	})
+	if err != nil {
+		return fmt.Errorf("open the store in %s: %w", cfg.DataDir, err)
+	}
+	a.outbox, err = outbox.New(outbox.Config{
+		DB:             dir.DB(),
+		Sender:         a.peerClient,
+		DropAfter:      cfg.OutboxDropAfter,
+		Logger:         a.logger.With("component", "outbox"),
+		Registerer:     a.registry,
+		TracerProvider: a.tracing.Provider(),
+	})
+	if err != nil {
+		_ = dir.Close()
+		return fmt.Errorf("open the replication outbox: %w", err)
+	}
+	// From here the store owns dir, also when Open fails.
+	a.store, err = local.Open(local.Options{
+		Dir:             dir,
+		TmpDir:          cfg.TmpDir,
+		DiskBudgetBytes: cfg.DiskBudgetBytes,
+		// SPEC §6 budgets: every store descriptor comes out of the pool, the handle cache
+		// stays below it, and the manifest cache is bounded in bytes.
+		FileDescriptorPoolSize:       cfg.FileDescriptorPoolSize,
+		FileDescriptorAcquireTimeout: cfg.FileDescriptorAcquireTimeout,
+		SegmentHandleCacheSize:       cfg.SegmentHandleCacheSize,
+		ManifestCacheMaxBytes:        cfg.ManifestCacheMaxBytes,
+		Logger:                       logger,
+		Registerer:                   a.registry,
+		TracerProvider:               a.tracing.Provider(),
+		Observer:                     a.outbox,
+	})
+	if err != nil {
+		return fmt.Errorf("open the store in %s: %w", cfg.DataDir, err)
+	}
+	return nil
 }
 
 // buildAnalytics builds the webhook reporter from KURA_ANALYTICS_*.

@@ -16,16 +16,17 @@ import (
 	"github.com/kuracache/kura/outbox/antientropy"
 )
 
-// buildCluster creates membership, the internal plane (server and client), the outbox and the
-// anti-entropy sweeper around the already opened store. Nothing runs until Run.
-func (a *App) buildCluster() error {
+// buildPeerClient loads the internal plane's TLS files and builds its client, which the
+// outbox pushes with, so the outbox can exist before the store. It returns the server half's
+// configuration, which buildCluster serves the store with.
+func (a *App) buildPeerClient() (peer.ServerConfig, error) {
 	cfg := a.cfg
 	var serverTLS, clientTLS *tls.Config
 	if cfg.InternalTLS.Enabled() {
 		var err error
 		serverTLS, clientTLS, err = peer.LoadTLS(cfg.InternalTLS.CACertPath, cfg.InternalTLS.CertPath, cfg.InternalTLS.KeyPath)
 		if err != nil {
-			return fmt.Errorf("load the internal plane's TLS files: %w", err)
+			return peer.ServerConfig{}, fmt.Errorf("load the internal plane's TLS files: %w", err)
 		}
 	}
 	a.warnIfInternalPlaneOpen()
@@ -43,14 +44,21 @@ func (a *App) buildCluster() error {
 		Registerer:    a.registry,
 		StatsHandlers: clientStats,
 	})
-	a.peerServer = peer.NewServer(peer.ServerConfig{
+	return peer.ServerConfig{
 		TLS:              serverTLS,
 		PlaneKey:         cfg.GossipKey,
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		Logger:           a.logger.With("component", "peer-server"),
 		Registerer:       a.registry,
 		StatsHandlers:    serverStats,
-	}, a.store)
+	}, nil
+}
+
+// buildCluster creates the internal plane's server, membership and the anti-entropy sweeper
+// around the already opened store. Nothing runs until Run.
+func (a *App) buildCluster(peerServerCfg peer.ServerConfig) error {
+	cfg := a.cfg
+	a.peerServer = peer.NewServer(peerServerCfg, a.store)
 
 	// The internal listener is bound before gossip starts so the address members advertise is
 	// the one really bound (a wildcard host is replaced by the gossip IP in cluster).
@@ -89,20 +97,9 @@ func (a *App) buildCluster() error {
 		return fmt.Errorf("start gossip on %s (KURA_GOSSIP_PORT): %w", cfg.GossipAddr(), err)
 	}
 
-	a.outbox, err = outbox.New(outbox.Config{
-		DB:             a.store.Metadata(),
-		Store:          a.store,
-		Sender:         a.peerClient,
-		DropAfter:      cfg.OutboxDropAfter,
-		Logger:         a.logger.With("component", "outbox"),
-		Registerer:     a.registry,
-		TracerProvider: a.tracing.Provider(),
-	})
-	if err != nil {
-		return fmt.Errorf("open the replication outbox: %w", err)
-	}
 	a.sweeper, err = antientropy.New(antientropy.Config{
 		Local:            a.store,
+		Corrupted:        a.store.Corrupted(),
 		Source:           a.peerClient,
 		Peers:            peersView{a.cluster},
 		SelfRegion:       cfg.Region,

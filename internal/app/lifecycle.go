@@ -51,7 +51,7 @@ func (a *App) Run(ctx context.Context) error {
 	followCtx, stopFollowing := context.WithCancel(bgCtx)
 	following := w.background("replication targets", func() error { return a.followMembership(followCtx) })
 	gossip := w.background("gossip", func() error { return a.cluster.Run(gossipCtx) })
-	w.background("outbox", func() error { return a.outbox.Run(bgCtx) })
+	w.background("outbox", func() error { return a.outbox.Run(bgCtx, a.store) })
 	w.background("anti-entropy", func() error { return a.sweeper.Run(bgCtx) })
 	w.background("memory watermarks", func() error { return a.memory.Run(bgCtx) })
 	w.background("readiness", func() error { a.becomeReady(bgCtx); return nil })

@@ -74,7 +74,7 @@ type Config struct {
 	Source string
 	// GoMemoryLimit, when positive, is given to debug.SetMemoryLimit while Run runs, and the
 	// previous limit restored when it returns. The app passes the hard watermark, or 0 when
-	// the operator set GOMEMLIMIT (see the package documentation).
+	// the operator set GOMEMLIMIT (see docs/memory.md).
 	GoMemoryLimit int64
 	// SetMemoryLimit replaces debug.SetMemoryLimit (tests; nil: the real one).
 	SetMemoryLimit func(int64) int64

@@ -16,7 +16,7 @@ import (
 )
 
 // SystemSampler reads the process's memory use from the operating system. The source is chosen
-// once, in NewSystemSampler; see the package documentation for why each. It is safe for
+// once, in NewSystemSampler; see docs/memory.md for why each. It is safe for
 // concurrent use.
 type SystemSampler struct {
 	source string

@@ -39,7 +39,7 @@ func benchObjects(b *testing.B, s storage.Store, n, size int) {
 // default and a higher pull concurrency (every stored object is an fsynced, committed write).
 func BenchmarkSweepPull(b *testing.B) {
 	const n, size = 2000, 4 << 10
-	a := openDisk(b, "a", "us", nil)
+	a := openDisk(b, "a", "us")
 	serveInternal(b, a)
 	benchObjects(b, a.store, n, size)
 	client := newClient(b)
@@ -48,7 +48,7 @@ func BenchmarkSweepPull(b *testing.B) {
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				self := openDisk(b, fmt.Sprintf("self-%d", i), "us", nil)
+				self := openDisk(b, fmt.Sprintf("self-%d", i), "us")
 				sw, _ := newSweeper(b, self, client, newPeers(a), func(c *Config) { c.PullConcurrency = conc })
 				b.StartTimer()
 				start := time.Now()
@@ -68,7 +68,7 @@ func BenchmarkSweepPull(b *testing.B) {
 // digest exchange with each of two peers holding 20,000 objects.
 func BenchmarkSweepIdle(b *testing.B) {
 	const n = 20000
-	self, p1, p2 := openDisk(b, "self", "us", nil), openDisk(b, "p1", "us", nil), openDisk(b, "p2", "us", nil)
+	self, p1, p2 := openDisk(b, "self", "us"), openDisk(b, "p1", "us"), openDisk(b, "p2", "us")
 	for _, nd := range []*node{self, p1, p2} {
 		benchObjects(b, nd.store, n, 64)
 	}
@@ -87,7 +87,7 @@ func BenchmarkSweepIdle(b *testing.B) {
 // verify, store, then open locally (16 KiB objects).
 func BenchmarkReadThroughMiss(b *testing.B) {
 	const size = 16 << 10
-	a, self := openDisk(b, "a", "us", nil), openDisk(b, "self", "us", nil)
+	a, self := openDisk(b, "a", "us"), openDisk(b, "self", "us")
 	serveInternal(b, a)
 	benchObjects(b, a.store, max(b.N, 1), size)
 	rt := NewReadThrough(self.store, newClient(b), newPeers(a), "us", ReadThroughOptions{})

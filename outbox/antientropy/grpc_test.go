@@ -49,7 +49,7 @@ func newClient(t testing.TB) *peer.Client {
 
 // Anti-entropy, bootstrap and read-through over real gRPC between two disk stores.
 func TestOverInternalPlane(t *testing.T) {
-	a, b := diskNode(t, "a", "us", nil), diskNode(t, "b", "us", nil)
+	a, b := diskNode(t, "a", "us"), diskNode(t, "b", "us")
 	serveInternal(t, a)
 	serveInternal(t, b)
 	client := newClient(t)

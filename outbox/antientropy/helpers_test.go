@@ -34,25 +34,24 @@ type node struct {
 	dir   string
 }
 
-// nodeFactory opens an empty node; onCorrupt (optional) is wired to the disk store.
-type nodeFactory func(t *testing.T, name, region string, onCorrupt func(storage.Key)) *node
+// nodeFactory opens an empty node.
+type nodeFactory func(t *testing.T, name, region string) *node
 
-func memoryNode(t *testing.T, name, region string, _ func(storage.Key)) *node {
+func memoryNode(t *testing.T, name, region string) *node {
 	return &node{Peer: Peer{Name: name, Region: region, Addr: name + ":7443"}, store: storagetest.NewMemory()}
 }
 
-func diskNode(t *testing.T, name, region string, onCorrupt func(storage.Key)) *node {
-	return openDisk(t, name, region, onCorrupt)
+func diskNode(t *testing.T, name, region string) *node {
+	return openDisk(t, name, region)
 }
 
-func openDisk(t testing.TB, name, region string, onCorrupt func(storage.Key)) *node {
+func openDisk(t testing.TB, name, region string) *node {
 	t.Helper()
 	dir := t.TempDir()
 	s, err := local.Open(local.Options{
 		DataDir:    dir,
 		Registerer: prometheus.NewRegistry(),
 		Metadata:   meta.Options{BlockCacheBytes: 4 << 20, MemTableBytes: 4 << 20},
-		OnCorrupt:  onCorrupt,
 	})
 	if err != nil {
 		t.Fatalf("open store of %s: %v", name, err)

@@ -35,7 +35,7 @@ func readThroughCount(t testing.TB, rt *readThrough, result string) float64 {
 
 func TestReadThroughServesAndStores(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "us", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "us")
 		body := storagetest.Bytes(42, 300<<10)
 		k := key("app", storage.KindCAS, "blob")
 		origin := put(t, a.store, k, string(body), 0)
@@ -80,7 +80,7 @@ func TestReadThroughServesAndStores(t *testing.T) {
 }
 
 func TestReadThroughWithoutPeersIsLocal(t *testing.T) {
-	a, b := memoryNode(t, "a", "us", nil), memoryNode(t, "b", "us", nil)
+	a, b := memoryNode(t, "a", "us"), memoryNode(t, "b", "us")
 	k := key("app", storage.KindNx, "n")
 	put(t, a.store, k, "x", 0)
 	src := newSource(a, b)
@@ -105,7 +105,7 @@ func TestReadThroughWithoutPeersIsLocal(t *testing.T) {
 
 func TestReadThroughCoalescesConcurrentReaders(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "us", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "us")
 		k := key("app", storage.KindMetro, "bundle")
 		body := string(storagetest.Bytes(7, 100<<10))
 		put(t, a.store, k, body, 0)
@@ -147,7 +147,7 @@ func TestReadThroughCoalescesConcurrentReaders(t *testing.T) {
 }
 
 func TestReadThroughReaderLeaving(t *testing.T) {
-	a, b := memoryNode(t, "a", "us", nil), memoryNode(t, "b", "us", nil)
+	a, b := memoryNode(t, "a", "us"), memoryNode(t, "b", "us")
 	k := key("app", storage.KindGradle, "slow")
 	put(t, a.store, k, "eventually", 0)
 	src := newSource(a, b)
@@ -205,7 +205,7 @@ func TestReadThroughReaderLeaving(t *testing.T) {
 }
 
 func TestReadThroughSameRegionFirst(t *testing.T) {
-	far, near, self := memoryNode(t, "far", "eu", nil), memoryNode(t, "near", "us", nil), memoryNode(t, "self", "us", nil)
+	far, near, self := memoryNode(t, "far", "eu"), memoryNode(t, "near", "us"), memoryNode(t, "self", "us")
 	both := key("app", storage.KindCAS, "both")
 	onlyFar := key("app", storage.KindCAS, "only-far")
 	put(t, far.store, both, "far copy", 0)
@@ -223,8 +223,8 @@ func TestReadThroughSameRegionFirst(t *testing.T) {
 }
 
 func TestReadThroughSkipsStalledAndBadPeers(t *testing.T) {
-	stalled, bad, good, self := memoryNode(t, "stalled", "us", nil), memoryNode(t, "bad", "us", nil),
-		memoryNode(t, "good", "eu", nil), memoryNode(t, "self", "us", nil)
+	stalled, bad, good, self := memoryNode(t, "stalled", "us"), memoryNode(t, "bad", "us"),
+		memoryNode(t, "good", "eu"), memoryNode(t, "self", "us")
 	k := key("app", storage.KindXcode, "x")
 	for _, n := range []*node{stalled, bad, good} {
 		put(t, n.store, k, "the body", 0)
@@ -274,7 +274,7 @@ func (t tampered) Info() storage.Info {
 
 func TestReadThroughRejectsCorruptCopy(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		liar, honest, self := open(t, "liar", "us", nil), open(t, "honest", "eu", nil), open(t, "self", "us", nil)
+		liar, honest, self := open(t, "liar", "us"), open(t, "honest", "eu"), open(t, "self", "us")
 		k := key("app", storage.KindGradle, "g")
 		put(t, liar.store, k, "the body", 0)
 		put(t, honest.store, k, "the body", 0)
@@ -302,7 +302,7 @@ func TestReadThroughRejectsCorruptCopy(t *testing.T) {
 
 func TestReadThroughRespectsTombstone(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "us", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "us")
 		k := key("app", storage.KindNx, "123")
 		info := put(t, a.store, k, "before the clean", 0)
 		if err := b.store.DeleteNamespace(context.Background(), "acme", "app", info.Version+1); err != nil {
@@ -320,7 +320,7 @@ func TestReadThroughRespectsTombstone(t *testing.T) {
 }
 
 func TestReadThroughSharesRegistry(t *testing.T) {
-	a, b := memoryNode(t, "a", "us", nil), memoryNode(t, "b", "us", nil)
+	a, b := memoryNode(t, "a", "us"), memoryNode(t, "b", "us")
 	reg := prometheus.NewRegistry()
 	r1 := NewReadThrough(a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
 	r2 := NewReadThrough(b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
@@ -333,7 +333,7 @@ func TestReadThroughSharesRegistry(t *testing.T) {
 func TestReadThroughConformance(t *testing.T) {
 	openRT := func(open nodeFactory) func(t *testing.T) storage.Store {
 		return func(t *testing.T) storage.Store {
-			self, peer := open(t, "self", "us", nil), memoryNode(t, "peer", "us", nil)
+			self, peer := open(t, "self", "us"), memoryNode(t, "peer", "us")
 			return NewReadThrough(self.store, newSource(self, peer), newPeers(peer), "us", ReadThroughOptions{})
 		}
 	}
@@ -343,7 +343,7 @@ func TestReadThroughConformance(t *testing.T) {
 
 // Reads through of many keys at once from several goroutines stay consistent.
 func TestReadThroughManyKeys(t *testing.T) {
-	a, b := diskNode(t, "a", "us", nil), diskNode(t, "b", "us", nil)
+	a, b := diskNode(t, "a", "us"), diskNode(t, "b", "us")
 	infos := putMany(t, a.store, "k", 200)
 	rt, _ := newReadThrough(t, b, newSource(a, b), newPeers(a), nil)
 	keys := slices.SortedFunc(maps.Keys(infos), compareKeys)

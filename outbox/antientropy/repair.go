@@ -7,8 +7,8 @@ import (
 	"github.com/kuracache/kura/storage"
 )
 
-// Repair queues a re-fetch of key, whose local record was found corrupt and dropped (wire it
-// to local.Options.OnCorrupt). It never blocks: a key already queued is not queued twice, and
+// Repair queues a re-fetch of key, whose local record was found corrupt and dropped (the
+// repair worker calls it for every key on Config.Corrupted). It never blocks: a key already queued is not queued twice, and
 // when the queue is full the key is dropped and counted (the next sweep pulls it anyway,
 // since the dropped record no longer counts in the local digests). Repairs run inside Run.
 func (s *Sweeper) Repair(key storage.Key) {
@@ -28,12 +28,14 @@ func (s *Sweeper) Repair(key storage.Key) {
 	}
 }
 
-// repairLoop works the repair queue until ctx ends.
+// repairLoop queues what Config.Corrupted reports and works the repair queue until ctx ends.
 func (s *Sweeper) repairLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case key := <-s.cfg.Corrupted: // never ready when nil
+			s.Repair(key)
 		case key := <-s.repairs:
 			if s.waitUnpaused(ctx) != nil {
 				return

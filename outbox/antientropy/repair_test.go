@@ -15,19 +15,18 @@ func repairCount(s *Sweeper, result string) float64 {
 	return testutil.ToFloat64(s.metrics.repairs.WithLabelValues(result))
 }
 
-// A record corrupted on disk is dropped when read, reported through OnCorrupt and restored
-// from a peer by the repair worker.
+// A record corrupted on disk is dropped when read, reported on the store's Corrupted channel
+// and restored from a peer by the repair worker, which consumes that channel.
 func TestRepairRefetchesCorruptRecord(t *testing.T) {
-	var sw *Sweeper
-	a := diskNode(t, "a", "us", func(k storage.Key) { sw.Repair(k) })
-	far, near := diskNode(t, "far", "eu", nil), diskNode(t, "near", "us", nil)
+	a := diskNode(t, "a", "us")
+	far, near := diskNode(t, "far", "eu"), diskNode(t, "near", "us")
 	body := storagetest.Bytes(99, 200<<10)
 	k := key("app", storage.KindGradle, "precious")
 	info := put(t, a.store, k, string(body), 0)
 	put(t, far.store, k, string(body), info.Version)
 	put(t, near.store, k, string(body), info.Version)
 	src := newSource(a, far, near)
-	sw, _ = newSweeper(t, a, src, newPeers(far, near), nil)
+	sw, _ := newSweeper(t, a, src, newPeers(far, near), func(c *Config) { c.Corrupted = a.disk.Corrupted() })
 
 	corruptOnDisk(t, a, body)
 	if _, err := read(a.store, k); !errors.Is(err, storage.ErrCorrupt) {
@@ -60,7 +59,7 @@ func TestRepairRefetchesCorruptRecord(t *testing.T) {
 
 func TestRepairOutcomes(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		self, peer := open(t, "self", "us", nil), open(t, "peer", "us", nil)
+		self, peer := open(t, "self", "us"), open(t, "peer", "us")
 		have := key("app", storage.KindCAS, "on-peer")
 		put(t, peer.store, have, "peer copy", 0)
 		sw, _ := newSweeper(t, self, newSource(self, peer), newPeers(peer), nil)
@@ -81,7 +80,7 @@ func TestRepairOutcomes(t *testing.T) {
 }
 
 func TestRepairQueueIsBoundedAndNeverBlocks(t *testing.T) {
-	self := memoryNode(t, "self", "us", nil)
+	self := memoryNode(t, "self", "us")
 	sw, _ := newSweeper(t, self, newSource(), newPeers(), func(c *Config) { c.RepairQueue = 2 })
 	// No Run: nothing drains the queue, yet Repair returns at once.
 	for _, name := range []string{"a", "b", "a", "c", "d"} {

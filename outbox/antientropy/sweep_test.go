@@ -50,7 +50,7 @@ func replicate(t *testing.T, from, to storage.Store, infos map[storage.Key]stora
 
 func TestSweepConvergesAfterMissedWrites(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "us", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "us")
 		common := putMany(t, a.store, "common", 300)
 		replicate(t, a.store, b.store, common)
 		missed := putMany(t, a.store, "missed", 2000)
@@ -102,7 +102,7 @@ func TestSweepConvergesAfterMissedWrites(t *testing.T) {
 
 func TestBootstrapEmptyNode(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "eu", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "eu")
 		onA := putMany(t, a.store, "a", 150)
 		replicate(t, a.store, b.store, onA)
 		putMany(t, b.store, "b", 50)
@@ -119,7 +119,7 @@ func TestBootstrapEmptyNode(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		c := open(t, "c", "us", nil)
+		c := open(t, "c", "us")
 		src := newSource(a, b, c)
 		swC, _ := newSweeper(t, c, src, newPeers(b, a), nil)
 		res := sweep(t, swC)
@@ -157,7 +157,7 @@ func TestBootstrapEmptyNode(t *testing.T) {
 
 func TestTombstonesFirstNoResurrection(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b, c := open(t, "a", "us", nil), open(t, "b", "us", nil), open(t, "c", "us", nil)
+		a, b, c := open(t, "a", "us"), open(t, "b", "us"), open(t, "c", "us")
 		x := key("app", storage.KindGradle, "x")
 		// Explicit versions: independent clocks order writes within one millisecond arbitrarily.
 		base := storage.MakeVersion(1_700_000_000_000, 0)
@@ -207,7 +207,7 @@ func TestTombstonesFirstNoResurrection(t *testing.T) {
 
 func TestLastWriterWinsNewerVersion(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "us", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "us")
 		kv := key("app", storage.KindKeyValue, "doc")
 		ac := key("app", storage.KindAC, "action")
 		v1 := storage.MakeVersion(1_700_000_000_000, 0)
@@ -248,7 +248,7 @@ func TestLastWriterWinsNewerVersion(t *testing.T) {
 // nodes settle on one value everywhere (the higher SHA-256, storage.Supersedes).
 func TestConflictsAreCountedAndLeftAlone(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "us", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "us")
 		g := key("app", storage.KindGradle, "g")
 		kv := key("app", storage.KindKeyValue, "same-version")
 		v := storage.MakeVersion(1_700_000_000_000, 7)
@@ -286,7 +286,7 @@ func TestConflictsAreCountedAndLeftAlone(t *testing.T) {
 
 func TestStubsPropagate(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b, c := open(t, "a", "us", nil), open(t, "b", "us", nil), open(t, "c", "us", nil)
+		a, b, c := open(t, "a", "us"), open(t, "b", "us"), open(t, "c", "us")
 		k := key("app", storage.KindXcode, "evicted-on-a")
 		info := put(t, c.store, k, "the body C still holds", 0)
 		// A evicted it (it keeps the stub); B never had it.
@@ -320,7 +320,7 @@ func TestStubsPropagate(t *testing.T) {
 
 func TestFailingPeerIsSkipped(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		bad, good, self := open(t, "bad", "us", nil), open(t, "good", "us", nil), open(t, "self", "us", nil)
+		bad, good, self := open(t, "bad", "us"), open(t, "good", "us"), open(t, "self", "us")
 		onBad := putMany(t, bad.store, "bad", 10)
 		fromGood := putMany(t, good.store, "good", 40)
 		src := newSource(bad, good, self)
@@ -378,7 +378,7 @@ func TestFailingPeerIsSkipped(t *testing.T) {
 }
 
 func TestStalledPeerTimesOut(t *testing.T) {
-	a, self := memoryNode(t, "a", "us", nil), memoryNode(t, "self", "us", nil)
+	a, self := memoryNode(t, "a", "us"), memoryNode(t, "self", "us")
 	putMany(t, a.store, "a", 3)
 	src := newSource(a, self)
 	src.stall[a.Addr] = make(chan struct{}) // never released: every fetch hangs
@@ -399,7 +399,7 @@ func (u unorderedSource) ListObjects(ctx context.Context, addr string, bits uint
 }
 
 func TestListingOutOfOrderIsRejected(t *testing.T) {
-	a, self := memoryNode(t, "a", "us", nil), memoryNode(t, "self", "us", nil)
+	a, self := memoryNode(t, "a", "us"), memoryNode(t, "self", "us")
 	putMany(t, a.store, "a", 20)
 	sw, _ := newSweeper(t, self, unorderedSource{newSource(a)}, newPeers(a), nil)
 	_, err := sw.SweepNow(testCtx(t))
@@ -409,7 +409,7 @@ func TestListingOutOfOrderIsRejected(t *testing.T) {
 }
 
 func TestPauseHoldsSweep(t *testing.T) {
-	a, self := memoryNode(t, "a", "us", nil), memoryNode(t, "self", "us", nil)
+	a, self := memoryNode(t, "a", "us"), memoryNode(t, "self", "us")
 	putMany(t, a.store, "a", 10)
 	src := newSource(a, self)
 	sw, _ := newSweeper(t, self, src, newPeers(a), nil)
@@ -439,7 +439,7 @@ func TestPauseHoldsSweep(t *testing.T) {
 
 func TestRunBootstrapsWhenPeersAppear(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us", nil), open(t, "b", "us", nil)
+		a, b := open(t, "a", "us"), open(t, "b", "us")
 		first := key("app", storage.KindGradle, "first")
 		put(t, a.store, first, "before b joined", 0)
 		peers := newPeers()
@@ -465,7 +465,7 @@ func TestRunBootstrapsWhenPeersAppear(t *testing.T) {
 }
 
 func TestRunTwiceIsRefused(t *testing.T) {
-	self := memoryNode(t, "self", "us", nil)
+	self := memoryNode(t, "self", "us")
 	sw, _ := newSweeper(t, self, newSource(), newPeers(), func(c *Config) { c.PeerPoll = time.Millisecond })
 	startRun(t, sw)
 	waitFor(t, "Run to start", sw.running.Load)
@@ -479,7 +479,7 @@ func TestNewValidatesConfig(t *testing.T) {
 		!strings.Contains(err.Error(), "no peer source") || !strings.Contains(err.Error(), "no peer list") {
 		t.Fatalf("New(empty) = %v, want every missing part named", err)
 	}
-	self := memoryNode(t, "self", "us", nil)
+	self := memoryNode(t, "self", "us")
 	if _, err := New(Config{Local: self.store, Source: newSource(), Peers: newPeers(), PageSize: -1}); err == nil ||
 		!strings.Contains(err.Error(), "negative page size") {
 		t.Fatalf("New(negative page size) = %v", err)
@@ -495,7 +495,7 @@ func TestNewValidatesConfig(t *testing.T) {
 }
 
 func TestMetricNames(t *testing.T) {
-	self := memoryNode(t, "self", "us", nil)
+	self := memoryNode(t, "self", "us")
 	reg := prometheus.NewRegistry()
 	if _, err := New(Config{Local: self.store, Source: newSource(), Peers: newPeers(), Registerer: reg}); err != nil {
 		t.Fatal(err)

@@ -100,6 +100,9 @@ type Config struct {
 	RetryInterval time.Duration
 	// RepairQueue bounds pending corrupt-record repairs (default 1024).
 	RepairQueue int
+	// Corrupted delivers the keys of corrupt records the local store dropped (the disk
+	// store's Corrupted); each is queued for a repair from a peer. nil: only Repair queues.
+	Corrupted <-chan storage.Key
 	// MaxKeyValueBytes caps pulled keyvalue documents (KURA_MAX_KEYVALUE_BYTES; 0: no cap
 	// beyond the store's own).
 	MaxKeyValueBytes int64

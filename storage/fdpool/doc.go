@@ -1,14 +1,6 @@
-// Package fdpool is the application-managed budget of file descriptors
-// (KURA_FILE_DESCRIPTOR_POOL_SIZE) that every file the store opens on the request path or in
-// background work checks out of: segment read handles, the active segment's write handle,
-// staging files, multipart part files and directory handles used for fsync. Pebble keeps its
-// own budget (KURA_METADATA_STORE_MAX_OPEN_FILES) and stays outside.
-//
-// A checkout that cannot be served within the acquire timeout
-// (KURA_FILE_DESCRIPTOR_ACQUIRE_TIMEOUT_MS) fails with storage.ErrBusy, which the front ends
-// answer with 503 / RESOURCE_EXHAUSTED: under descriptor pressure requests queue briefly and
-// then shed load, rather than hitting EMFILE at random places (an EMFILE that happens anyway,
-// from descriptors outside the pool, is reported as ErrBusy too). Holders of idle long-lived
-// descriptors (the segment handle cache) register a reclaimer so that an idle cached handle
-// never makes a request wait.
+// Package fdpool is the one budget of file descriptors (KURA_FILE_DESCRIPTOR_POOL_SIZE) that
+// every file the store opens checks out of. Without it, descriptor pressure surfaces as EMFILE
+// at a random open, in a request or in background work alike; with it, a checkout waits
+// briefly and then fails with storage.ErrBusy (503 / RESOURCE_EXHAUSTED), shedding load where
+// it can be answered. Design notes: docs/fdpool.md.
 package fdpool

@@ -371,7 +371,7 @@ func (s *Store) Tombstones(ctx context.Context) ([]storage.Tombstone, error) {
 // ApplyStub implements storage.Index: it records a peer's evicted object as an evicted stub
 // unless this node holds the key already (object or stub; for last-writer-wins kinds one at
 // the same or a newer version) or the namespace's tombstone is not older than the stub. It
-// reports nothing to OnCommit: a stub is learnt from a peer and never pushed back.
+// reports nothing to the CommitObserver: a stub is learnt from a peer and never pushed back.
 func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 	key := info.Key
 	if err := key.Validate(); err != nil {
@@ -431,7 +431,3 @@ func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 	}
 	return nil
 }
-
-// Metadata returns the store's metadata database, so the replication outbox can scan and
-// acknowledge the entries it adds through OnCommit. Callers must not write manifests.
-func (s *Store) Metadata() *meta.DB { return s.db }

@@ -172,8 +172,6 @@ func TestDigestsAgreeAcrossStoresAndOrders(t *testing.T) {
 
 func TestDigestChangesOnCorruptDropNotOnEviction(t *testing.T) {
 	opts := testOpts(t)
-	var reported atomic.Int32
-	opts.OnCorrupt = func(storage.Key) { reported.Add(1) }
 	s := openStore(t, opts)
 	keep := put(t, s, cas("keep"), []byte("keep")).Info
 	victim := put(t, s, cas("victim"), storagetest.Bytes(5, 100<<10)).Info
@@ -196,8 +194,8 @@ func TestDigestChangesOnCorruptDropNotOnEviction(t *testing.T) {
 	if sum := listEverything(t, s); len(sum) != 1 || sum[0].Info != keep {
 		t.Fatalf("listing after the corrupt drop = %+v, want only %v (no stub: a peer's copy must look missing)", sum, keep.Key)
 	}
-	if reported.Load() != 1 {
-		t.Fatalf("OnCorrupt called %d times, want 1", reported.Load())
+	if n := len(s.Corrupted()); n != 1 {
+		t.Fatalf("Corrupted holds %d keys, want 1", n)
 	}
 }
 
@@ -207,7 +205,7 @@ func TestEvictionKeepsStubs(t *testing.T) {
 	opts.TargetSegmentBytes = 64 << 10
 	opts.EvictInterval = 10 * time.Millisecond
 	var commits atomic.Int64
-	opts.OnCommit = func(*meta.Batch, Change) error { commits.Add(1); return nil }
+	opts.Observer = commitFunc(func(*meta.Batch, storage.Change) error { commits.Add(1); return nil })
 	s := openStore(t, opts)
 	const n = 150
 	body := func(i int) []byte { return storagetest.Bytes(uint64(i), 8<<10) }
@@ -456,14 +454,14 @@ func TestListObjectsBoundsWorkPerCall(t *testing.T) {
 func TestChangeTellsLocalFromReplicated(t *testing.T) {
 	opts := testOpts(t)
 	var mu sync.Mutex
-	var changes []Change
-	opts.OnCommit = func(b *meta.Batch, c Change) error {
+	var changes []storage.Change
+	opts.Observer = commitFunc(func(b *meta.Batch, c storage.Change) error {
 		mu.Lock()
 		changes = append(changes, c)
 		seq := uint64(len(changes))
 		mu.Unlock()
 		return b.PutOutbox("peer", seq, []byte(c.Info.Key.Name))
-	}
+	})
 	s := openStore(t, opts)
 	past := storage.MakeVersion(time.Now().Add(-time.Minute).UnixMilli(), 0)
 	put(t, s, cas("local"), []byte("l"))
@@ -488,11 +486,11 @@ func TestChangeTellsLocalFromReplicated(t *testing.T) {
 		got[i] = fmt.Sprintf("%d %s%s/%s replicated=%v replaced=%v", c.Op, c.Info.Key.Name, c.Tenant, c.Namespace, c.Replicated, c.Replaced)
 	}
 	want := []string{
-		fmt.Sprintf("%d local/ replicated=false replaced=false", ChangePut),
-		fmt.Sprintf("%d pushed/ replicated=true replaced=false", ChangePut),
-		fmt.Sprintf("%d stubbed/ replicated=true replaced=false", ChangePut), // the fill; ApplyStub itself is silent
-		fmt.Sprintf("%d acme/other replicated=true replaced=false", ChangeDeleteNamespace),
-		fmt.Sprintf("%d acme/mine replicated=false replaced=false", ChangeDeleteNamespace),
+		fmt.Sprintf("%d local/ replicated=false replaced=false", storage.ChangePut),
+		fmt.Sprintf("%d pushed/ replicated=true replaced=false", storage.ChangePut),
+		fmt.Sprintf("%d stubbed/ replicated=true replaced=false", storage.ChangePut), // the fill; ApplyStub itself is silent
+		fmt.Sprintf("%d acme/other replicated=true replaced=false", storage.ChangeDeleteNamespace),
+		fmt.Sprintf("%d acme/mine replicated=false replaced=false", storage.ChangeDeleteNamespace),
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -500,10 +498,10 @@ func TestChangeTellsLocalFromReplicated(t *testing.T) {
 	if changes[1].Version != past || changes[3].Version != past+5 {
 		t.Fatalf("versions not carried: %v, %v", changes[1].Version, changes[3].Version)
 	}
-	// The outbox reads its entries through Metadata.
-	entries, err := s.Metadata().ScanOutbox(ctx(t), "peer", 0, 100)
+	// The outbox reads its entries from the data directory's database.
+	entries, err := s.dir.DB().ScanOutbox(ctx(t), "peer", 0, 100)
 	if err != nil || len(entries) != len(want) {
-		t.Fatalf("ScanOutbox through Metadata() = %d entries, %v; want %d", len(entries), err, len(want))
+		t.Fatalf("ScanOutbox through DataDir.DB = %d entries, %v; want %d", len(entries), err, len(want))
 	}
 }
 

@@ -97,3 +97,9 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 func counterValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 
 func isNotFound(err error) bool { return errors.Is(err, storage.ErrNotFound) }
+
+// commitFunc is a CommitObserver made of its OnCommit; its AfterCommit does nothing.
+type commitFunc func(*meta.Batch, storage.Change) error
+
+func (f commitFunc) OnCommit(b *meta.Batch, c storage.Change) error { return f(b, c) }
+func (commitFunc) AfterCommit()                                     {}

@@ -106,14 +106,28 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 	if err := s.ensureDiskRoom(ctx, 0); err != nil {
 		return fmt.Errorf("put part %d of %s: %w", partNumber, uploadID, err)
 	}
+	path, size, err := s.writePartFile(ctx, dir, uploadID, partNumber, body)
+	if err != nil {
+		return err
+	}
+	if err := s.recordPart(uploadID, dir, partNumber, path, size); err != nil {
+		_ = os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// writePartFile streams body into a new part file in dir and makes it durable (file and
+// directory synced) before any state references it. On error nothing is left behind.
+func (s *Store) writePartFile(ctx context.Context, dir, uploadID string, partNumber int, body io.Reader) (path string, size int64, err error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return classify("put part: create "+dir, err)
+		return "", 0, classify("put part: create "+dir, err)
 	}
 	f, err := s.pool.CreateTemp(ctx, dir, fmt.Sprintf("%d-*.part", partNumber))
 	if err != nil {
-		return classify("put part: create part file", err)
+		return "", 0, classify("put part: create part file", err)
 	}
-	path := f.Name()
+	path = f.Name()
 	keep := false
 	defer func() {
 		if !keep {
@@ -122,21 +136,26 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 		}
 	}()
 	rw := &roomWriter{s: s, ctx: ctx, w: f, first: true}
-	size, err := copyBody(ctx, rw, body, storage.PutOptions{Size: storage.UnknownSize, Limit: storage.MaxPartBytes})
+	size, err = copyBody(ctx, rw, body, storage.PutOptions{Size: storage.UnknownSize, Limit: storage.MaxPartBytes})
 	if err != nil {
-		return fmt.Errorf("put part %d of %s: %w", partNumber, uploadID, err)
+		return "", 0, fmt.Errorf("put part %d of %s: %w", partNumber, uploadID, err)
 	}
-	// The part must be durable before the state that references it.
 	if err := f.Sync(); err != nil {
-		return classify("put part: sync "+path, err)
+		return "", 0, classify("put part: sync "+path, err)
 	}
 	if err := f.Close(); err != nil {
-		return classify("put part: close "+path, err)
+		return "", 0, classify("put part: close "+path, err)
 	}
 	if err := s.syncDir(ctx, dir); err != nil {
-		return classify("put part", err)
+		return "", 0, classify("put part", err)
 	}
+	keep = true
+	return path, size, nil
+}
 
+// recordPart adds the durable part file at path to the upload's state, under the upload's
+// lock, and then removes the file of the part it replaces. The caller removes path on error.
+func (s *Store) recordPart(uploadID, dir string, partNumber int, path string, size int64) error {
 	lock := s.uploadLock(uploadID)
 	lock.Lock()
 	defer lock.Unlock()
@@ -159,7 +178,6 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 	if err := b.Commit(); err != nil {
 		return classify("put part", err)
 	}
-	keep = true
 	if replacing {
 		if err := os.Remove(filepath.Join(dir, old.File)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			s.log.Warn("remove replaced multipart part", "upload", uploadID, "part", partNumber, "error", err)

@@ -66,10 +66,10 @@ func (s *Store) deleteNamespace(ctx context.Context, tenant, namespace string, v
 		return classify(fmt.Sprintf("delete namespace %s/%s", tenant, namespace), err)
 	}
 	s.clock.Observe(effective)
-	if s.opts.OnCommit != nil {
-		c := Change{Op: ChangeDeleteNamespace, Tenant: tenant, Namespace: namespace, Version: effective, Replicated: replicated,
+	if s.opts.Observer != nil {
+		c := storage.Change{Op: storage.ChangeDeleteNamespace, Tenant: tenant, Namespace: namespace, Version: effective, Replicated: replicated,
 			Trace: trace.SpanContextFromContext(ctx)}
-		if err := s.opts.OnCommit(b, c); err != nil {
+		if err := s.opts.Observer.OnCommit(b, c); err != nil {
 			return fmt.Errorf("delete namespace %s/%s: replication hook: %w", tenant, namespace, err)
 		}
 	}

@@ -221,10 +221,10 @@ func (s *Store) commitManifest(ctx context.Context, key storage.Key, m meta.Mani
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
 	info := m.Info(key)
-	if s.opts.OnCommit != nil {
-		c := Change{Op: ChangePut, Info: info, Replaced: prev != nil && !prev.Evicted, Version: version, Replicated: requested != 0,
+	if s.opts.Observer != nil {
+		c := storage.Change{Op: storage.ChangePut, Info: info, Replaced: prev != nil && !prev.Evicted, Version: version, Replicated: requested != 0,
 			Trace: trace.SpanContextFromContext(ctx)}
-		if err := s.opts.OnCommit(b, c); err != nil {
+		if err := s.opts.Observer.OnCommit(b, c); err != nil {
 			return storage.PutResult{}, fmt.Errorf("put %s: replication hook: %w", key, err)
 		}
 	}

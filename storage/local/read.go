@@ -227,7 +227,5 @@ func (s *Store) dropCorrupt(key storage.Key, expected *meta.Manifest, cause erro
 			"record_size", expected.Location.RecordSize)
 	}
 	s.log.Error("dropped corrupt record", attrs...)
-	if s.opts.OnCorrupt != nil {
-		s.opts.OnCorrupt(key)
-	}
+	s.reportCorrupt(key)
 }

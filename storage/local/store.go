@@ -9,10 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,45 +23,6 @@ import (
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
 )
-
-// ErrDataDirLocked reports that another running process holds the data directory. Open's
-// error reads "data directory X is locked by another running kura process".
-var ErrDataDirLocked = errors.New("locked by another running kura process")
-
-// ChangeOp says what a committing batch does.
-type ChangeOp int
-
-// The changes OnCommit sees.
-const (
-	// ChangePut: an object was written (Created) or replaced (Replaced, last writer wins).
-	ChangePut ChangeOp = iota + 1
-	// ChangeDeleteNamespace: a namespace was cleaned and its tombstone recorded.
-	ChangeDeleteNamespace
-)
-
-// Change describes a committing write for the replication seam.
-type Change struct {
-	Op ChangeOp
-	// Info describes the stored object (ChangePut).
-	Info storage.Info
-	// Replaced is true when a last-writer-wins object replaced an older version (ChangePut).
-	// Filling an evicted stub is not a replacement.
-	Replaced bool
-	// Replicated is true when the caller supplied the version (PutOptions.Version or
-	// DeleteNamespace's version): a write applied from a peer (push, anti-entropy,
-	// read-through, repair) rather than one that originated here. The outbox forwards only
-	// writes that originated here, so a replicated write is not echoed back around the
-	// cluster.
-	Replicated bool
-	// Tenant and Namespace name the cleaned namespace (ChangeDeleteNamespace).
-	Tenant, Namespace string
-	// Version is the object's version (ChangePut) or the effective tombstone
-	// (ChangeDeleteNamespace).
-	Version storage.Version
-	// Trace is the span context of the commit (invalid when tracing is off), so that what
-	// replicates the change later continues the write's trace.
-	Trace trace.SpanContext
-}
 
 // Defaults for Options left at zero.
 const (
@@ -106,20 +65,14 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// TracerProvider traces every commit (span storage.commit, see tracing.go); nil: no-op.
 	TracerProvider trace.TracerProvider
-	// OnCommit is called while building every committing batch (object written or replaced,
-	// namespace tombstoned) so replication can add outbox entries to the same synced batch.
-	// It runs under the key's lock: keep it short. An error aborts the write. It is not
-	// called for eviction (a record becoming a stub changes nothing peers need) nor for
-	// ApplyStub (a stub is learnt from a peer).
-	OnCommit func(b *meta.Batch, c Change) error
-	// AfterCommit is called after every batch that OnCommit contributed to has been synced
-	// (so its additions are visible to readers of the metadata store). It may run while the
-	// key's lock is held, so it must not block. The outbox uses it to wake its idle workers
-	// at once instead of at their next poll.
-	AfterCommit func()
-	// OnCorrupt is called (outside any lock) after a corrupt record was dropped, so a peer
-	// copy can be fetched. Optional.
-	OnCorrupt func(key storage.Key)
+	// Observer sees every committing write inside its batch (the replication outbox; see
+	// CommitObserver). nil: nothing observes the commits (a store without peers, tests).
+	Observer CommitObserver
+	// Dir is the data directory already opened by OpenDataDir, so that the observer could be
+	// built on its metadata database first. The store takes it over: Close, or a failed Open,
+	// closes it. nil: Open opens DataDir itself with Metadata. When set, DataDir may be left
+	// empty; if given it must name the same directory.
+	Dir *DataDir
 
 	// EvictInterval, JanitorInterval: background periods (zero: the defaults above).
 	EvictInterval   time.Duration
@@ -168,8 +121,8 @@ type Store struct {
 	tracer  trace.Tracer
 	clock   *storage.Clock
 	now     func() time.Time
-	lock    *os.File
-	db      *meta.DB
+	dir     *DataDir // the lock and Pebble
+	db      *meta.DB // dir.DB()
 	segs    *segment.Manager
 	partDir string
 	metrics *metrics
@@ -181,16 +134,18 @@ type Store struct {
 	nsLocks     [64]sync.RWMutex
 	uploadLocks [64]sync.Mutex
 
-	recent   *recentSet
-	commits  commitTracker
-	digests  digestState
-	evictMu  sync.Mutex
-	kick     chan struct{}
-	bgCtx    context.Context // cancelled by Close: stops the evictor and the janitor
-	bgCancel context.CancelFunc
-	bg       sync.WaitGroup
-	ops      gate
-	closed   atomic.Bool
+	recent  *recentSet
+	commits commitTracker
+	digests digestState
+	evictMu sync.Mutex
+	kick    chan struct{}
+	// corrupted carries dropped corrupt keys to the anti-entropy sweeper (Corrupted).
+	corrupted chan storage.Key
+	bgCtx     context.Context // cancelled by Close: stops the evictor and the janitor
+	bgCancel  context.CancelFunc
+	bg        sync.WaitGroup
+	ops       gate
+	closed    atomic.Bool
 }
 
 var (
@@ -198,16 +153,79 @@ var (
 	_ storage.Multipart = (*Store)(nil)
 )
 
-// Open locks opts.DataDir, opens Pebble and the segment files, removes garbage left by a
-// crash (unreferenced segments, orphaned multipart files) and starts the evictor, the upload
-// janitor and the first build of the anti-entropy digests. Close stops them.
-func Open(opts Options) (*Store, error) {
+// Open locks opts.DataDir and opens Pebble (or takes over opts.Dir, already open), opens the
+// segment files, removes garbage left by a crash (unreferenced segments, orphaned multipart
+// files) and starts the evictor, the upload janitor and the first build of the anti-entropy
+// digests. Close stops them.
+func Open(opts Options) (_ *Store, err error) {
+	// A given data directory belongs to the store from here on, also when Open fails.
+	defer func() {
+		if err != nil && opts.Dir != nil {
+			_ = opts.Dir.Close()
+		}
+	}()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	opts.setDefaults()
+	if err := opts.prepareDirs(); err != nil {
+		return nil, err
+	}
+	pool, err := fdpool.New(opts.FileDescriptorPoolSize, opts.FileDescriptorAcquireTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s := newStore(opts, pool)
+	defer func() {
+		if err != nil {
+			s.bgCancel()
+			_ = s.closeResources()
+		}
+	}()
+	if err := s.openFiles(); err != nil {
+		return nil, err
+	}
+	if err := s.recoverFromCrash(context.Background()); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
+		return nil, fmt.Errorf("open store: register metrics: %w", err)
+	}
+	if err := s.segs.CheckRoom(0); errors.Is(err, storage.ErrInsufficientStorage) {
+		s.log.Warn("the data filesystem is at its free-space reserve: writes are refused (507) until room exists", "error", err)
+	}
+	s.startBackground()
+	s.log.Info("store opened", "data_dir", opts.DataDir, "tmp_dir", opts.TmpDir,
+		"segment_bytes", s.segs.TotalBytes(), "disk_budget_bytes", opts.DiskBudgetBytes,
+		"fd_pool_size", pool.Capacity(), "fd_acquire_timeout", pool.AcquireTimeout(),
+		"segment_handle_cache_size", s.segs.HandleStats().Capacity,
+		"manifest_cache_max_bytes", max(opts.ManifestCacheMaxBytes, 0), "reserved_disk_bytes", max(opts.ReservedDiskBytes, 0))
+	return s, nil
+}
+
+// validate rejects what no default can mend, after taking DataDir from Dir when it is given.
+func (opts *Options) validate() error {
+	if opts.Dir != nil {
+		if opts.DataDir != "" && filepath.Clean(opts.DataDir) != filepath.Clean(opts.Dir.Path()) {
+			return fmt.Errorf("open store: data directory %s differs from the opened %s", opts.DataDir, opts.Dir.Path())
+		}
+		opts.DataDir = opts.Dir.Path()
+	}
 	if opts.DataDir == "" {
-		return nil, errors.New("open store: no data directory given")
+		return errors.New("open store: no data directory given")
 	}
 	if opts.DiskBudgetBytes < 0 {
-		return nil, fmt.Errorf("open store: negative disk budget %d", opts.DiskBudgetBytes)
+		return fmt.Errorf("open store: negative disk budget %d", opts.DiskBudgetBytes)
 	}
+	if opts.FileDescriptorPoolSize < 0 || opts.FileDescriptorAcquireTimeout < 0 {
+		return fmt.Errorf("open store: negative file descriptor pool size %d or acquire timeout %v",
+			opts.FileDescriptorPoolSize, opts.FileDescriptorAcquireTimeout)
+	}
+	return nil
+}
+
+// setDefaults fills in every field left at zero.
+func (opts *Options) setDefaults() {
 	if opts.TmpDir == "" {
 		opts.TmpDir = filepath.Join(opts.DataDir, "tmp")
 	}
@@ -241,10 +259,6 @@ func Open(opts Options) (*Store, error) {
 	if opts.MaxUploadBytes <= 0 {
 		opts.MaxUploadBytes = storage.MaxUploadBytes
 	}
-	if opts.FileDescriptorPoolSize < 0 || opts.FileDescriptorAcquireTimeout < 0 {
-		return nil, fmt.Errorf("open store: negative file descriptor pool size %d or acquire timeout %v",
-			opts.FileDescriptorPoolSize, opts.FileDescriptorAcquireTimeout)
-	}
 	if opts.FileDescriptorPoolSize == 0 {
 		opts.FileDescriptorPoolSize = fdpool.DefaultSize
 	}
@@ -254,97 +268,100 @@ func Open(opts Options) (*Store, error) {
 	if opts.ManifestCacheMaxBytes == 0 {
 		opts.ManifestCacheMaxBytes = DefaultManifestCacheBytes
 	}
+}
+
+// prepareDirs creates the data and temporary directories and sizes the free-space reserve,
+// which depends on the data filesystem.
+func (opts *Options) prepareDirs() error {
 	for _, d := range []string{opts.DataDir, opts.TmpDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
-			return nil, fmt.Errorf("open store: create directory %s: %w", d, err)
+			return fmt.Errorf("open store: create directory %s: %w", d, err)
 		}
 	}
 	if opts.ReservedDiskBytes == 0 {
 		size, err := filesystemSize(opts.DataDir)
 		if err != nil {
-			return nil, fmt.Errorf("open store: %w", err)
+			return fmt.Errorf("open store: %w", err)
 		}
 		opts.ReservedDiskBytes = min(DefaultReservedDiskBytes, size/20)
 	}
-	pool, err := fdpool.New(opts.FileDescriptorPoolSize, opts.FileDescriptorAcquireTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
-	}
+	return nil
+}
+
+// newStore builds the Store's in-memory state; nothing on disk is touched yet.
+func newStore(opts Options, pool *fdpool.Pool) *Store {
 	s := &Store{
-		opts:    opts,
-		log:     opts.Logger,
-		tracer:  opts.TracerProvider.Tracer(tracerName),
-		clock:   opts.Clock,
-		now:     opts.Now,
-		partDir: filepath.Join(opts.TmpDir, "multipart"),
-		seed:    maphash.MakeSeed(),
-		recent:  newRecentSet(opts.RecentReads),
-		kick:    make(chan struct{}, 1),
-		pool:    pool,
-		mcache:  newManifestCache(opts.ManifestCacheMaxBytes),
+		opts:      opts,
+		log:       opts.Logger,
+		tracer:    opts.TracerProvider.Tracer(tracerName),
+		clock:     opts.Clock,
+		now:       opts.Now,
+		dir:       opts.Dir,
+		partDir:   filepath.Join(opts.TmpDir, "multipart"),
+		seed:      maphash.MakeSeed(),
+		recent:    newRecentSet(opts.RecentReads),
+		kick:      make(chan struct{}, 1),
+		corrupted: make(chan storage.Key, DefaultCorruptQueue),
+		pool:      pool,
+		mcache:    newManifestCache(opts.ManifestCacheMaxBytes),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.commits.init()
 	s.ops.init()
 	s.digests.init()
-	lock, err := lockDataDir(opts.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	s.lock = lock
-	ok := false
-	defer func() {
-		if !ok {
-			s.bgCancel()
-			_ = s.closeResources()
+	return s
+}
+
+// openFiles locks the data directory and opens Pebble, unless Options.Dir already did, then
+// opens the segment files and the multipart directory.
+func (s *Store) openFiles() error {
+	opts := s.opts
+	if s.dir == nil {
+		mo := opts.Metadata
+		mo.Logger = opts.Logger
+		dir, err := OpenDataDir(opts.DataDir, mo)
+		if err != nil {
+			return err // it names the directory, and its lock error reads as it must
 		}
-	}()
-	mo := opts.Metadata
-	mo.Dir = filepath.Join(opts.DataDir, "meta")
-	mo.Logger = opts.Logger
-	if s.db, err = meta.Open(mo); err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+		s.dir = dir
 	}
+	s.db = s.dir.DB()
+	var err error
 	s.segs, err = segment.Open(segment.Options{
 		Dir:                filepath.Join(opts.DataDir, "segments"),
 		TmpDir:             filepath.Join(opts.TmpDir, "staging"),
 		TargetSegmentBytes: opts.TargetSegmentBytes,
 		SpillThreshold:     opts.SpillThreshold,
 		Logger:             opts.Logger.With("subcomponent", "segments"),
-		Pool:               pool,
+		Pool:               s.pool,
 		HandleCacheSize:    opts.SegmentHandleCacheSize,
 		ReserveBytes:       max(opts.ReservedDiskBytes, 0),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+		return fmt.Errorf("open store: %w", err)
 	}
 	if err := os.MkdirAll(s.partDir, 0o750); err != nil {
-		return nil, fmt.Errorf("open store: create directory %s: %w", s.partDir, err)
+		return fmt.Errorf("open store: create directory %s: %w", s.partDir, err)
 	}
-	ctx := context.Background()
+	return nil
+}
+
+// recoverFromCrash removes what a crash can leave behind: segments no record references and
+// multipart files of no upload.
+func (s *Store) recoverFromCrash(ctx context.Context) error {
 	if err := s.removeUnreferencedSegments(ctx); err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+		return err
 	}
-	if err := s.removeOrphanParts(ctx); err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
-	}
-	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
-		return nil, fmt.Errorf("open store: register metrics: %w", err)
-	}
-	if err := s.segs.CheckRoom(0); errors.Is(err, storage.ErrInsufficientStorage) {
-		s.log.Warn("the data filesystem is at its free-space reserve: writes are refused (507) until room exists", "error", err)
-	}
+	return s.removeOrphanParts(ctx)
+}
+
+// startBackground starts the evictor, the upload janitor and the digest build; Close stops
+// them.
+func (s *Store) startBackground() {
 	s.bg.Add(3)
 	go s.evictLoop()
 	go s.janitorLoop()
 	go s.digestLoop()
-	ok = true
-	s.log.Info("store opened", "data_dir", opts.DataDir, "tmp_dir", opts.TmpDir,
-		"segment_bytes", s.segs.TotalBytes(), "disk_budget_bytes", opts.DiskBudgetBytes,
-		"fd_pool_size", pool.Capacity(), "fd_acquire_timeout", pool.AcquireTimeout(),
-		"segment_handle_cache_size", s.segs.HandleStats().Capacity,
-		"manifest_cache_max_bytes", max(opts.ManifestCacheMaxBytes, 0), "reserved_disk_bytes", max(opts.ReservedDiskBytes, 0))
-	return s, nil
 }
 
 // Close stops the background work, waits for in-flight operations, and closes the segment
@@ -367,16 +384,9 @@ func (s *Store) closeResources() error {
 			errs = append(errs, fmt.Errorf("close segments: %w", err))
 		}
 	}
-	if s.db != nil {
-		if err := s.db.Close(); err != nil {
+	if s.dir != nil {
+		if err := s.dir.Close(); err != nil {
 			errs = append(errs, err)
-		}
-	}
-	if s.lock != nil {
-		// Closing the descriptor releases the flock; the LOCK file stays (removing it would
-		// race with a process that just opened it).
-		if err := s.lock.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("release data directory lock: %w", err))
 		}
 	}
 	return errors.Join(errs...)
@@ -443,34 +453,6 @@ func filesystemSize(path string) (int64, error) {
 		return 0, fmt.Errorf("inspect filesystem of %s: %w", path, err)
 	}
 	return int64(st.Blocks) * int64(st.Bsize), nil //nolint:unconvert // field types differ between architectures
-}
-
-// lockDataDir takes an exclusive, non-blocking flock on dir/LOCK. The kernel drops it when the
-// process dies, so a crash never leaves a stale lock behind.
-func lockDataDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, "LOCK")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("open lock file %s: %w", path, err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		_ = f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("data directory %s is %w", dir, ErrDataDirLocked)
-		}
-		return nil, fmt.Errorf("lock data directory %s: %w", dir, err)
-	}
-	// The pid helps an operator find the holder; failing to write it is harmless.
-	if err := f.Truncate(0); err == nil {
-		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
-	return f, nil
 }
 
 // removeUnreferencedSegments deletes segment files that no record in the index points at.
@@ -624,12 +606,5 @@ func (c *commitTracker) waitForEarlier() {
 			return
 		}
 		c.done.Wait()
-	}
-}
-
-// afterCommit runs the AfterCommit hook, if any.
-func (s *Store) afterCommit() {
-	if s.opts.AfterCommit != nil {
-		s.opts.AfterCommit()
 	}
 }

@@ -108,8 +108,6 @@ func TestReopenKeepsEverything(t *testing.T) {
 
 func TestCorruptBlockIsNeverServed(t *testing.T) {
 	opts := testOpts(t)
-	var reported atomic.Value
-	opts.OnCorrupt = func(k storage.Key) { reported.Store(k) }
 	s := openStore(t, opts)
 	key := cas("victim")
 	body := storagetest.Bytes(99, 200<<10)
@@ -144,8 +142,14 @@ func TestCorruptBlockIsNeverServed(t *testing.T) {
 	if v := counterValue(s.metrics.corrupt); v != 1 {
 		t.Fatalf("kura_storage_corrupt_records_total = %v, want 1", v)
 	}
-	if got, _ := reported.Load().(storage.Key); got != key {
-		t.Fatalf("OnCorrupt reported %v, want %v", got, key)
+	// The drop is reported synchronously, before the failing read returns.
+	select {
+	case got := <-s.Corrupted():
+		if got != key {
+			t.Fatalf("Corrupted delivered %v, want %v", got, key)
+		}
+	default:
+		t.Fatal("the dropped record was not reported on Corrupted")
 	}
 	// The key can be written again (repair from a peer).
 	if res := put(t, s, key, body); !res.Created {
@@ -298,19 +302,19 @@ func TestOnCommitJoinsTheBatch(t *testing.T) {
 	opts := testOpts(t)
 	var seq atomic.Uint64
 	fail := atomic.Bool{}
-	opts.OnCommit = func(b *meta.Batch, c Change) error {
+	opts.Observer = commitFunc(func(b *meta.Batch, c storage.Change) error {
 		if fail.Load() {
 			return errors.New("outbox full")
 		}
 		var what string
 		switch c.Op {
-		case ChangePut:
+		case storage.ChangePut:
 			what = fmt.Sprintf("put %s %v replaced=%v", c.Info.Key.Name, c.Version, c.Replaced)
-		case ChangeDeleteNamespace:
+		case storage.ChangeDeleteNamespace:
 			what = fmt.Sprintf("clean %s/%s %v", c.Tenant, c.Namespace, c.Version)
 		}
 		return b.PutOutbox("peer-1", seq.Add(1), []byte(what))
-	}
+	})
 	s := openStore(t, opts)
 	put(t, s, cas("a"), []byte("a"))
 	put(t, s, cas("a"), []byte("a")) // first writer wins: no change, no outbox entry

@@ -26,10 +26,10 @@ func TestCommitSpans(t *testing.T) {
 	var seen []trace.SpanContext
 	opts := testOpts(t)
 	opts.TracerProvider = tp
-	opts.OnCommit = func(_ *meta.Batch, c Change) error {
+	opts.Observer = commitFunc(func(_ *meta.Batch, c storage.Change) error {
 		seen = append(seen, c.Trace)
 		return nil
-	}
+	})
 	s := openStore(t, opts)
 
 	parentCtx, parent := tp.Tracer("test").Start(context.Background(), "request")
@@ -99,10 +99,10 @@ func TestCommitSpans(t *testing.T) {
 func TestNoTracerNoSpans(t *testing.T) {
 	var seen []trace.SpanContext
 	opts := testOpts(t)
-	opts.OnCommit = func(_ *meta.Batch, c Change) error {
+	opts.Observer = commitFunc(func(_ *meta.Batch, c storage.Change) error {
 		seen = append(seen, c.Trace)
 		return nil
-	}
+	})
 	s := openStore(t, opts)
 	put(t, s, cas("plain"), []byte("x"))
 	if len(seen) != 1 || seen[0].IsValid() {
