@@ -161,7 +161,10 @@ func (s *Store) recordPart(uploadID, dir string, partNumber int, path string, si
 	defer lock.Unlock()
 	u, err := s.liveUpload(uploadID)
 	if err != nil {
-		_ = os.Remove(dir) // only succeeds if empty: the upload expired or completed meanwhile
+		// The upload expired or completed meanwhile: this part is not wanted, and its
+		// directory goes too once empty (another part still being written keeps it).
+		_ = os.Remove(path)
+		_ = os.Remove(dir)
 		return fmt.Errorf("put part: %w", err)
 	}
 	old, replacing := u.Parts[partNumber]
