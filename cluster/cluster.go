@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -570,15 +571,7 @@ func (c *Cluster) Member(name string) (Member, bool) {
 }
 
 func sortMembers(ms []Member) {
-	slices.SortFunc(ms, func(a, b Member) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 }
 
 // memberFromNode decodes an admitted node; admission guarantees its metadata is valid.
