@@ -1,5 +1,5 @@
 // Package analytics reports Xcode CAS and Gradle cache transfers to an analytics server as
-// signed, batched webhooks (SPEC §9). Record is called on the request path and never blocks:
+// signed, batched webhooks (docs/contract.md §9). Record is called on the request path and never blocks:
 // each pipeline has a bounded in-memory queue that drops (and counts) what does not fit, and
 // one goroutine per pipeline, owned by Run, batches the queue and POSTs it.
 //

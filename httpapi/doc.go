@@ -1,5 +1,5 @@
 // Package httpapi is Kura's public HTTP front end: one echo server that speaks every client
-// protocol of SPEC §3 (Xcode CAS, keyvalue, Gradle, module multipart, Nx, Bazel's HTTP cache,
+// protocol of docs/contract.md §3 (Xcode CAS, keyvalue, Gradle, module multipart, Nx, Bazel's HTTP cache,
 // Metro, namespace clean) plus /up and /metrics, and turns each request into calls on the
 // storage.Store and storage.Multipart interfaces after asking the Guard whether it may proceed;
 // successful Xcode CAS and Gradle transfers are reported to an optional EventRecorder

@@ -66,7 +66,7 @@ type Config struct {
 	AntiEntropyInterval time.Duration // KURA_ANTI_ENTROPY_INTERVAL_MS: between anti-entropy sweeps
 	OutboxDropAfter     time.Duration // KURA_OUTBOX_DROP_AFTER_MS: a departed peer's queue is dropped after this
 
-	// Budgets holds the runtime budgets (SPEC §6), derived from Host unless set. It is
+	// Budgets holds the runtime budgets (docs/contract.md §6), derived from Host unless set. It is
 	// embedded so callers write cfg.FileDescriptorPoolSize as well as cfg.Budgets.
 	Budgets
 	// Host is what the budgets were derived from.
@@ -129,7 +129,7 @@ func (o OTelConfig) Enabled() bool { return o.TracesEndpoint != "" }
 // RedactedEndpoint is TracesEndpoint with any credentials in it replaced, for logs.
 func (o OTelConfig) RedactedEndpoint() string { return redactURL(o.TracesEndpoint) }
 
-// AnalyticsConfig configures the runtime analytics webhooks (SPEC §9).
+// AnalyticsConfig configures the runtime analytics webhooks (docs/contract.md §9).
 type AnalyticsConfig struct {
 	ServerURL                      string        // KURA_ANALYTICS_SERVER_URL, no trailing slash; empty = off
 	SigningKey                     string        // KURA_ANALYTICS_SIGNING_KEY, HMAC key as written

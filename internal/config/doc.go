@@ -4,7 +4,7 @@
 // reports every problem at once, each naming its variable, so an operator fixes a bad
 // deployment in one round trip; Usage is the body of `kura --help`.
 //
-// Runtime budgets follow the original Kura README's rules (SPEC §6) from a Host description
+// Runtime budgets follow the original Kura README's rules (docs/contract.md §6) from a Host description
 // (RLIMIT_NOFILE, cgroup v2/v1 or physical memory, CPU count). Two constants are ours:
 // usable_fds = RLIMIT_NOFILE − ReservedFileDescriptors (128), the headroom kept outside the
 // FD pool and the metadata store for stdio, the four listeners, gossip's UDP socket, the

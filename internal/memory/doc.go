@@ -1,4 +1,4 @@
-// Package memory keeps a node inside its memory budget (SPEC §6). A Controller samples the
+// Package memory keeps a node inside its memory budget (docs/contract.md §6). A Controller samples the
 // process's real memory use every Interval and classifies it against the soft and hard
 // watermarks (KURA_MEMORY_SOFT_LIMIT_BYTES, KURA_MEMORY_HARD_LIMIT_BYTES) with hysteresis:
 // above soft it sheds optional memory use (callbacks registered with OnSoft, such as turning

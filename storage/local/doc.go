@@ -23,7 +23,7 @@
 // million evicted objects) that stays until its namespace is cleaned. A corrupt record, by contrast, is deleted outright, so the digests
 // stop counting it and anti-entropy restores it from a peer.
 //
-// Runtime budgets (SPEC §6). Every file the store opens — segment read and write handles,
+// Runtime budgets (docs/contract.md §6). Every file the store opens — segment read and write handles,
 // staging files, multipart parts, directory syncs — is checked out of one FD pool
 // (storage/fdpool, KURA_FILE_DESCRIPTOR_POOL_SIZE); a checkout that waits longer than the
 // acquire timeout fails with storage.ErrBusy (503 / RESOURCE_EXHAUSTED), never EMFILE. Segment

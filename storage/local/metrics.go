@@ -88,7 +88,7 @@ func (m *metrics) unregister() {
 	}
 }
 
-// metadataGauges are the metadata store's memory gauges (SPEC §7), named after the original's
+// metadataGauges are the metadata store's memory gauges (docs/contract.md §7), named after the original's
 // RocksDB gauges so its dashboards keep working. Each scrape samples Pebble afresh: a sample
 // costs microseconds and scrapes come seconds apart.
 //
@@ -124,7 +124,7 @@ func metadataGauges(s *Store) []prometheus.Collector {
 }
 
 // cacheCollectors are the series of the segment read-handle cache and the manifest cache
-// (SPEC §7: FD-pool pressure, manifest-cache occupancy, hits and admissions), plus the free
+// (docs/contract.md §7: FD-pool pressure, manifest-cache occupancy, hits and admissions), plus the free
 // space the full-disk guard watches.
 func cacheCollectors(s *Store) []prometheus.Collector {
 	handles := func(name, help string, counter bool, value func(segment.HandleStats) float64) prometheus.Collector {
