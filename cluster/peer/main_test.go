@@ -220,18 +220,6 @@ func mustFetch(t testing.TB, c *Client, addr string, k storage.Key) ([]byte, sto
 
 func isNotFound(err error) bool { return errors.Is(err, storage.ErrNotFound) }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // counterValue reads one counter (or a histogram's sample count) from reg by name and labels.
 func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()

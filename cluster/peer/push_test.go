@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -327,7 +328,7 @@ func TestPushBodyReadFailure(t *testing.T) {
 		t.Fatalf("PushObject = %v, %v; want the body's read error", applied, err)
 	}
 	// The server sees the cancellation; poll until its handler has finished, then check.
-	waitFor(t, "server to finish the abandoned push", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "server to finish the abandoned push", 10*time.Second, func() bool {
 		return counterValue(t, p.serverReg, "kura_peer_requests_total", map[string]string{"side": "server", "method": "PushObject", "code": "Canceled"}) == 1
 	})
 	if _, err := store.Stat(testCtx(t), k); !isNotFound(err) {

@@ -371,12 +371,12 @@ func TestRunSamplesSetsTheGoLimitAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.c.Run(ctx) }()
-	waitFor(t, "the hard band", func() bool { return h.c.State() == Hard })
+	testsupport.WaitFor(t, "the hard band", 10*time.Second, func() bool { return h.c.State() == Hard })
 	if err := h.c.Run(ctx); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Fatalf("second Run = %v", err)
 	}
 	h.s.v.Store(100)
-	waitFor(t, "the normal band", func() bool { return h.c.State() == Normal })
+	testsupport.WaitFor(t, "the normal band", 10*time.Second, func() bool { return h.c.State() == Normal })
 	if h.c.Usage() != 100 {
 		t.Fatalf("Usage = %d", h.c.Usage())
 	}
@@ -397,7 +397,7 @@ func TestRunLeavesTheGoLimitAlone(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.c.Run(ctx) }()
-	waitFor(t, "three samples", func() bool { return h.s.calls.Load() >= 3 })
+	testsupport.WaitFor(t, "three samples", 10*time.Second, func() bool { return h.s.calls.Load() >= 3 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -406,16 +406,5 @@ func TestRunLeavesTheGoLimitAlone(t *testing.T) {
 	defer h.limitMu.Unlock()
 	if len(h.limits) != 0 {
 		t.Fatalf("SetMemoryLimit called: %v", h.limits)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

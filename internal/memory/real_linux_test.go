@@ -9,7 +9,9 @@ import (
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -61,9 +63,9 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 	for i := 0; i < size; i += page {
 		mem[i] = 1
 	}
-	waitFor(t, "the hard band from real memory use", func() bool { return c.State() == Hard })
+	testsupport.WaitFor(t, "the hard band from real memory use", 10*time.Second, func() bool { return c.State() == Hard })
 	peak := c.Usage()
-	waitFor(t, "the pause call", func() bool {
+	testsupport.WaitFor(t, "the pause call", 10*time.Second, func() bool {
 		work.mu.Lock()
 		defer work.mu.Unlock()
 		return len(work.calls) >= 1
@@ -78,9 +80,9 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	unmapped = true
-	waitFor(t, "the normal band after the memory was released", func() bool { return c.State() == Normal })
+	testsupport.WaitFor(t, "the normal band after the memory was released", 10*time.Second, func() bool { return c.State() == Normal })
 	// The state flips before the transition's reactions have run: wait for the resume call.
-	waitFor(t, "the resume call", func() bool {
+	testsupport.WaitFor(t, "the resume call", 10*time.Second, func() bool {
 		work.mu.Lock()
 		defer work.mu.Unlock()
 		return len(work.calls) >= 2

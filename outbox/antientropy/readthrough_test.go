@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
 )
@@ -125,7 +126,7 @@ func TestReadThroughCoalescesConcurrentReaders(t *testing.T) {
 				results <- err
 			}()
 		}
-		waitFor(t, "every reader to join one fetch", func() bool {
+		testsupport.WaitFor(t, "every reader to join one fetch", 30*time.Second, func() bool {
 			rt.mu.Lock()
 			defer rt.mu.Unlock()
 			f := rt.flights[k]
@@ -159,7 +160,7 @@ func TestReadThroughReaderLeaving(t *testing.T) {
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() { _, err := rt.Open(ctx1, k, 0, -1); first <- err }()
-	waitFor(t, "the first fetch", func() bool { return src.blocked() == 1 })
+	testsupport.WaitFor(t, "the first fetch", 30*time.Second, func() bool { return src.blocked() == 1 })
 	second := make(chan error, 1)
 	go func() {
 		got, err := read(rt, k)
@@ -168,7 +169,7 @@ func TestReadThroughReaderLeaving(t *testing.T) {
 		}
 		second <- err
 	}()
-	waitFor(t, "the second reader to join", func() bool {
+	testsupport.WaitFor(t, "the second reader to join", 30*time.Second, func() bool {
 		rt.mu.Lock()
 		defer rt.mu.Unlock()
 		return rt.flights[k] != nil && rt.flights[k].waiters == 2
@@ -189,12 +190,12 @@ func TestReadThroughReaderLeaving(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { _, err := rt.Stat(ctx2, k2); done <- err }()
-	waitFor(t, "the fetch", func() bool { return src.blocked() == 1 })
+	testsupport.WaitFor(t, "the fetch", 30*time.Second, func() bool { return src.blocked() == 1 })
 	cancel2()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("abandoned reader got %v", err)
 	}
-	waitFor(t, "the abandoned fetch to stop", func() bool { return src.blocked() == 0 })
+	testsupport.WaitFor(t, "the abandoned fetch to stop", 30*time.Second, func() bool { return src.blocked() == 0 })
 	rt.mu.Lock()
 	n := len(rt.flights)
 	rt.mu.Unlock()

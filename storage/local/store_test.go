@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
@@ -218,7 +219,7 @@ func TestEvictionKeepsHotDataWithinBudget(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s.segs.TotalBytes() <= opts.DiskBudgetBytes })
+	testsupport.WaitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s.segs.TotalBytes() <= opts.DiskBudgetBytes })
 	present, gone := 0, 0
 	for i := range n {
 		got, err := read(t, s, cas(fmt.Sprint(i)))
@@ -370,7 +371,7 @@ func TestDeleteNamespaceRacingWrites(t *testing.T) {
 		}()
 	}
 	// Delete while writes are in full flow, so some are in flight across the deletion.
-	waitFor(t, "writes to be under way", 10*time.Second, func() bool { return written.Load() >= 50 })
+	testsupport.WaitFor(t, "writes to be under way", 10*time.Second, func() bool { return written.Load() >= 50 })
 	if err := s.DeleteNamespace(ctx(t), "acme", "app", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +534,7 @@ func TestJanitorExpiresUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	now.Add(int64(2 * time.Hour)) // old is 25 h old, fresh 2 h
-	waitFor(t, "the janitor to expire the old upload", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "the janitor to expire the old upload", 10*time.Second, func() bool {
 		return counterValue(s.metrics.expired) == 1
 	})
 	if err := s.PutPart(ctx(t), old, 2, strings.NewReader("x")); !errors.Is(err, storage.ErrUploadNotFound) {
