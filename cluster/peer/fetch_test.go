@@ -38,7 +38,7 @@ func TestFetchStreams(t *testing.T) {
 	mem := storagetest.NewMemory()
 	k := key(storage.KindGradle, "streamed")
 	const size = 6 << 20
-	if _, err := mem.Put(testCtx(t), k, newRandReader(9, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
+	if _, err := mem.Put(testCtx(t), k, testsupport.NewPatternReader(9, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
 		t.Fatal(err)
 	}
 	release := make(chan struct{})
@@ -177,7 +177,7 @@ func TestFetchCloseEarly(t *testing.T) {
 	mem := storagetest.NewMemory()
 	k := key(storage.KindGradle, "abandoned")
 	const size = 8 << 20
-	if _, err := mem.Put(testCtx(t), k, newRandReader(2, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
+	if _, err := mem.Put(testCtx(t), k, testsupport.NewPatternReader(2, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
 		t.Fatal(err)
 	}
 	p := startPlane(t, mem, ServerConfig{MaxChunkBytes: 64 << 10}, ClientConfig{})

@@ -3,7 +3,6 @@
 package memory
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -25,7 +24,7 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
+	var logs testsupport.LockedBuffer
 	c, err := New(Config{
 		Soft: base + 32*mib, Hard: base + 64*mib,
 		// 2 %: the exit levels sit well above base however large the test binary's RSS is.

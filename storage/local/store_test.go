@@ -552,7 +552,7 @@ func TestPutHonoursCancellation(t *testing.T) {
 	s := openStore(t, testOpts(t))
 	c, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := s.Put(c, cas("cancelled"), storagetest.NewPatternReader(1, 1<<20), storage.PutOptions{Size: storage.UnknownSize})
+	_, err := s.Put(c, cas("cancelled"), testsupport.NewPatternReader(1, 1<<20), storage.PutOptions{Size: storage.UnknownSize})
 	if err == nil {
 		t.Fatal("Put with a cancelled context succeeded")
 	}
@@ -567,11 +567,11 @@ func TestStagingCleanedAfterFailures(t *testing.T) {
 	s := openStore(t, opts)
 	wrong := sha256.Sum256([]byte("no"))
 	for range 5 {
-		_, err := s.Put(ctx(t), cas("x"), storagetest.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, ExpectedSHA256: &wrong})
+		_, err := s.Put(ctx(t), cas("x"), testsupport.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, ExpectedSHA256: &wrong})
 		if !errors.Is(err, storage.ErrDigestMismatch) {
 			t.Fatal(err)
 		}
-		_, err = s.Put(ctx(t), cas("y"), storagetest.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, Limit: 500 << 10})
+		_, err = s.Put(ctx(t), cas("y"), testsupport.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, Limit: 500 << 10})
 		if !errors.Is(err, storage.ErrTooLarge) {
 			t.Fatal(err)
 		}
