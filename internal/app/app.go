@@ -161,11 +161,14 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	}
 	// Front ends read through to peers on a local miss; the internal plane, the outbox and the
 	// sweeper use the raw local store, so a miss never bounces between nodes.
-	frontStore := antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
+	frontStore, err := antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		Logger:           logger,
 		Registerer:       a.registry,
 	})
+	if err != nil {
+		return nil, err
+	}
 
 	// A nil *Engine or *Reporter must not reach Deps as a non-nil interface.
 	var httpGuard httpapi.Guard

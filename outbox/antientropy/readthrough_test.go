@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,7 +27,17 @@ func newReadThrough(t testing.TB, self *node, src Source, peers Peers, mod func(
 	if mod != nil {
 		mod(&opts)
 	}
-	return NewReadThrough(self.store, src, peers, self.Region, opts).(*readThrough), reg
+	return mustReadThrough(t, self.store, src, peers, self.Region, opts).(*readThrough), reg
+}
+
+// mustReadThrough is NewReadThrough for a registry that cannot conflict.
+func mustReadThrough(t testing.TB, local storage.Store, src Source, peers Peers, region string, opts ReadThroughOptions) storage.Store {
+	t.Helper()
+	rt, err := NewReadThrough(local, src, peers, region, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
 }
 
 func readThroughCount(t testing.TB, rt *readThrough, result string) float64 {
@@ -323,10 +334,21 @@ func TestReadThroughRespectsTombstone(t *testing.T) {
 func TestReadThroughSharesRegistry(t *testing.T) {
 	a, b := memoryNode(t, "a", "us", nil), memoryNode(t, "b", "us", nil)
 	reg := prometheus.NewRegistry()
-	r1 := NewReadThrough(a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
-	r2 := NewReadThrough(b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
+	r1 := mustReadThrough(t, a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
+	r2 := mustReadThrough(t, b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
 	if r1.results != r2.results {
 		t.Fatal("two decorators on one registry do not share kura_read_through_total")
+	}
+}
+
+// A different metric under kura_read_through_total is an error from the constructor, where
+// the read-through counter used to panic.
+func TestReadThroughConflictingMetricIsAnError(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "kura_read_through_total", Help: "not ours"}))
+	rt, err := NewReadThrough(memoryNode(t, "a", "us", nil).store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
+	if err == nil || !strings.Contains(err.Error(), "kura_read_through_total") {
+		t.Fatalf("NewReadThrough = %v, %v; want an error naming kura_read_through_total", rt, err)
 	}
 }
 
@@ -335,7 +357,7 @@ func TestReadThroughConformance(t *testing.T) {
 	openRT := func(open nodeFactory) func(t *testing.T) storage.Store {
 		return func(t *testing.T) storage.Store {
 			self, peer := open(t, "self", "us", nil), memoryNode(t, "peer", "us", nil)
-			return NewReadThrough(self.store, newSource(self, peer), newPeers(peer), "us", ReadThroughOptions{})
+			return mustReadThrough(t, self.store, newSource(self, peer), newPeers(peer), "us", ReadThroughOptions{})
 		}
 	}
 	t.Run("memory", func(t *testing.T) { storagetest.RunStoreSuite(t, openRT(memoryNode)) })

@@ -501,7 +501,7 @@ func TestMetricNames(t *testing.T) {
 	if _, err := New(Config{Local: self.store, Source: newSource(), Peers: newPeers(), Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
-	NewReadThrough(self.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
+	mustReadThrough(t, self.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
