@@ -76,13 +76,8 @@ func newMetrics(reg prometheus.Registerer, s *Sweeper) (*metrics, error) {
 			return float64(len(s.pending))
 		}),
 	}
-	for i, c := range collectors {
-		if err := reg.Register(c); err != nil {
-			for _, done := range collectors[:i] {
-				reg.Unregister(done)
-			}
-			return nil, err
-		}
+	if err := telemetry.RegisterAll(reg, collectors...); err != nil {
+		return nil, err
 	}
 	// Pre-create the label values so dashboards show zeros rather than gaps.
 	for _, r := range []string{"ok", "partial", "failed", "aborted"} {

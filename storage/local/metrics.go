@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
 )
@@ -70,13 +71,8 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 	m.collectors = append(m.collectors, metadataGauges(s)...)
 	m.collectors = append(m.collectors, s.pool.Collectors()...)
 	m.collectors = append(m.collectors, cacheCollectors(s)...)
-	for i, c := range m.collectors {
-		if err := reg.Register(c); err != nil {
-			for _, done := range m.collectors[:i] {
-				reg.Unregister(done)
-			}
-			return nil, err
-		}
+	if err := telemetry.RegisterAll(reg, m.collectors...); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
