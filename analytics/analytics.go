@@ -19,7 +19,7 @@ import (
 // and circuit breaker.
 type Pipeline string
 
-// The pipelines of SPEC §9. The values are the pipeline label of the metrics.
+// The pipelines of docs/contract.md §9. The values are the pipeline label of the metrics.
 const (
 	Xcode  Pipeline = "xcode"
 	Gradle Pipeline = "gradle"

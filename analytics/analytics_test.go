@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/kuracache/kura/internal/testsupport"
 )
 
 // expectBody checks a received batch byte for byte against want, a list of events rendered
@@ -51,14 +52,14 @@ func TestBatchesAreSignedAndExact(t *testing.T) {
 			f.r.Record(e)
 		}
 		stop := f.run()
-		waitFor(t, "a full batch per pipeline", func() bool {
+		testsupport.WaitFor(t, "a full batch per pipeline", 10*time.Second, func() bool {
 			return len(f.rc.byPath(xcodePath)) == 1 && len(f.rc.byPath(gradlePath)) == 1
 		})
 		expectBody(t, f.rc.byPath(xcodePath)[0], "cas_id", xs[:3], at)
 		expectBody(t, f.rc.byPath(gradlePath)[0], "cache_key", gs, at)
 		// The worker settles a batch's depth once its request returned; cas-4 waits for the
 		// batch timeout.
-		waitFor(t, "xcode depth 1", func() bool { return value(f.r.xcode.m.depth) == 1 })
+		testsupport.WaitFor(t, "xcode depth 1", 10*time.Second, func() bool { return value(f.r.xcode.m.depth) == 1 })
 		stop()
 		// The final flush sends the partial batch.
 		xb := f.rc.byPath(xcodePath)
@@ -93,7 +94,7 @@ func TestBatchesAreSignedAndExact(t *testing.T) {
 		}
 		f.run()
 		// Run is still running: these can only have been sent by the timeout.
-		waitFor(t, "the partial batches", func() bool {
+		testsupport.WaitFor(t, "the partial batches", 10*time.Second, func() bool {
 			return len(f.rc.byPath(xcodePath)) == 1 && len(f.rc.byPath(gradlePath)) == 1
 		})
 		expectBody(t, f.rc.byPath(xcodePath)[0], "cas_id", xs, at)
@@ -146,7 +147,7 @@ func TestQueueFullDropsAndCounts(t *testing.T) {
 	}
 
 	f.run()
-	waitFor(t, "the queued events to be delivered", func() bool {
+	testsupport.WaitFor(t, "the queued events to be delivered", 10*time.Second, func() bool {
 		return value(m.depth) == 0 && value(f.r.gradle.m.depth) == 0
 	})
 	if b := f.rc.byPath(xcodePath); len(b) != 1 || len(b[0].events) != 4 {
@@ -195,7 +196,7 @@ func TestBreakerOpensStaysOpenAndRecovers(t *testing.T) {
 			t.Fatalf("breaker state after %d failures = %v, want closed", i-1, s)
 		}
 		record(fmt.Sprint("fail-", i))
-		waitFor(t, fmt.Sprintf("failed batch %d", i), func() bool { return value(m.batchError) == float64(i) })
+		testsupport.WaitFor(t, fmt.Sprintf("failed batch %d", i), 10*time.Second, func() bool { return value(m.batchError) == float64(i) })
 	}
 	if got := states(); got != [4]float64{1, 1, 0, 0} {
 		t.Fatalf("state, to open, to half_open, to closed = %v after the threshold, want [1 1 0 0]", got)
@@ -208,7 +209,7 @@ func TestBreakerOpensStaysOpenAndRecovers(t *testing.T) {
 	for i := range 4 {
 		record(fmt.Sprint("while-open-", i))
 	}
-	waitFor(t, "batches skipped while open", func() bool { return value(m.batchSkipped) == 4 })
+	testsupport.WaitFor(t, "batches skipped while open", 10*time.Second, func() bool { return value(m.batchSkipped) == 4 })
 	if n := f.rc.requests.Load(); n != 3 {
 		t.Fatalf("receiver saw %d requests, want 3: nothing may be sent while open", n)
 	}
@@ -219,12 +220,12 @@ func TestBreakerOpensStaysOpenAndRecovers(t *testing.T) {
 	// Half-open: one trial, which fails and re-opens the breaker for another period.
 	f.clock.Advance(time.Minute)
 	record("trial-1")
-	waitFor(t, "the failed trial", func() bool { return value(m.batchError) == 4 })
+	testsupport.WaitFor(t, "the failed trial", 10*time.Second, func() bool { return value(m.batchError) == 4 })
 	if got := states(); got != [4]float64{1, 2, 1, 0} {
 		t.Fatalf("after a failed trial: %v, want [1 2 1 0]", got)
 	}
 	record("still-open")
-	waitFor(t, "a batch skipped after the failed trial", func() bool { return value(m.batchSkipped) == 5 })
+	testsupport.WaitFor(t, "a batch skipped after the failed trial", 10*time.Second, func() bool { return value(m.batchSkipped) == 5 })
 	if n := f.rc.requests.Load(); n != 4 {
 		t.Fatalf("receiver saw %d requests, want 4", n)
 	}
@@ -233,13 +234,13 @@ func TestBreakerOpensStaysOpenAndRecovers(t *testing.T) {
 	f.clock.Advance(time.Minute)
 	f.rc.status.Store(0)
 	record("trial-2")
-	waitFor(t, "the successful trial", func() bool { return value(m.batchOK) == 1 })
+	testsupport.WaitFor(t, "the successful trial", 10*time.Second, func() bool { return value(m.batchOK) == 1 })
 	if got := states(); got != [4]float64{0, 2, 2, 1} {
 		t.Fatalf("after a successful trial: %v, want [0 2 2 1]", got)
 	}
 	record("after-1")
 	record("after-2")
-	waitFor(t, "batches after recovery", func() bool { return value(m.batchOK) == 3 })
+	testsupport.WaitFor(t, "batches after recovery", 10*time.Second, func() bool { return value(m.batchOK) == 3 })
 	logs := f.logs.String()
 	if lines(logs, "level=WARN") != 2 || lines(logs, "circuit breaker closed") != 1 {
 		t.Fatalf("want two WARNs (two openings) and one INFO for the close, got:\n%s", logs)
@@ -262,15 +263,15 @@ func TestBreakerHalfOpensOnTimeWithRealClock(t *testing.T) {
 	f.run()
 	for i := 1; i <= 2; i++ {
 		f.r.Record(xcodeEvent(fmt.Sprint("k", i), 1, Upload))
-		waitFor(t, "a failed batch", func() bool { return value(m.batchError) == float64(i) })
+		testsupport.WaitFor(t, "a failed batch", 10*time.Second, func() bool { return value(m.batchError) == float64(i) })
 	}
 	if s := value(m.breakerState); s != 1 {
 		t.Fatalf("state = %v, want open", s)
 	}
-	waitFor(t, "the breaker to half-open by itself", func() bool { return value(m.breakerState) == 2 })
+	testsupport.WaitFor(t, "the breaker to half-open by itself", 10*time.Second, func() bool { return value(m.breakerState) == 2 })
 	f.rc.status.Store(0)
 	f.r.Record(xcodeEvent("trial", 1, Upload))
-	waitFor(t, "the breaker to close", func() bool { return value(m.breakerState) == 0 })
+	testsupport.WaitFor(t, "the breaker to close", 10*time.Second, func() bool { return value(m.breakerState) == 0 })
 	if got := [3]float64{value(m.transitions[open]), value(m.transitions[halfOpen]), value(m.transitions[closed])}; got != [3]float64{1, 1, 1} {
 		t.Fatalf("transitions open, half_open, closed = %v, want [1 1 1]", got)
 	}
@@ -284,7 +285,7 @@ func TestHangingReceiver(t *testing.T) {
 		f.rc.hang.Store(true)
 		f.run()
 		f.r.Record(xcodeEvent("first", 1, Upload))
-		waitFor(t, "the first request to hang", func() bool { return f.rc.inFlight.Load() == 1 })
+		testsupport.WaitFor(t, "the first request to hang", 10*time.Second, func() bool { return f.rc.inFlight.Load() == 1 })
 		for i := range 10000 {
 			f.r.Record(xcodeEvent(fmt.Sprint("k", i), 1, Upload))
 		}
@@ -298,7 +299,7 @@ func TestHangingReceiver(t *testing.T) {
 		}
 		f.rc.hang.Store(false)
 		f.rc.unblock()
-		waitFor(t, "the queue to drain after the release", func() bool { return value(m.depth) == 0 })
+		testsupport.WaitFor(t, "the queue to drain after the release", 10*time.Second, func() bool { return value(m.depth) == 0 })
 	})
 
 	t.Run("a batch costs at most RequestTimeout", func(t *testing.T) {
@@ -310,12 +311,12 @@ func TestHangingReceiver(t *testing.T) {
 			f.r.Record(gradleEvent(fmt.Sprint("k", i), 1, Upload))
 		}
 		m := f.r.gradle.m
-		waitFor(t, "three abandoned batches", func() bool { return value(m.batchError) == 3 })
+		testsupport.WaitFor(t, "three abandoned batches", 10*time.Second, func() bool { return value(m.batchError) == 3 })
 		if d := value(m.droppedFailed); d != 3 {
 			t.Fatalf("dropped send_failed = %v, want 3", d)
 		}
 		var held []time.Duration
-		waitFor(t, "the receiver to see the abandoned requests end", func() bool {
+		testsupport.WaitFor(t, "the receiver to see the abandoned requests end", 10*time.Second, func() bool {
 			f.rc.mu.Lock()
 			defer f.rc.mu.Unlock()
 			held = append(held[:0], f.rc.held...)
@@ -373,7 +374,7 @@ func TestRunFlushesOnCancel(t *testing.T) {
 		f.rc.hang.Store(true)
 		stop := f.run()
 		f.r.Record(xcodeEvent("hangs", 1, Upload))
-		waitFor(t, "the request to hang", func() bool { return f.rc.inFlight.Load() == 1 })
+		testsupport.WaitFor(t, "the request to hang", 10*time.Second, func() bool { return f.rc.inFlight.Load() == 1 })
 		f.r.Record(xcodeEvent("queued-1", 1, Upload))
 		f.r.Record(xcodeEvent("queued-2", 1, Upload))
 		took := stop()
@@ -391,7 +392,7 @@ func TestRunFlushesOnCancel(t *testing.T) {
 func TestRunTwice(t *testing.T) {
 	f := newFixture(t, nil)
 	f.run()
-	waitFor(t, "Run to start", func() bool { return f.r.running.Load() })
+	testsupport.WaitFor(t, "Run to start", 10*time.Second, func() bool { return f.r.running.Load() })
 	if err := f.r.Run(context.Background()); err == nil {
 		t.Fatal("a second concurrent Run succeeded")
 	}

@@ -1,5 +1,5 @@
 // Package analytics reports Xcode CAS and Gradle transfers to an analytics server as signed,
-// batched webhooks (SPEC §9). Recording never blocks and delivery is best effort, with
+// batched webhooks (docs/contract.md §9). Recording never blocks and delivery is best effort, with
 // bounded queues and a circuit breaker, so an analytics outage costs a node neither memory nor
 // request latency. Design notes: docs/analytics.md.
 package analytics

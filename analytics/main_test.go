@@ -28,19 +28,6 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const testKey = "s3cret-key"
 
-// waitFor polls cond until it holds, failing the test after a generous deadline (a
-// race-instrumented run on a loaded 2-core machine is slow; a healthy one needs milliseconds).
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func newFakeClock() *testsupport.Clock {
 	return testsupport.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }

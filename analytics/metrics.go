@@ -3,6 +3,7 @@ package analytics
 import (
 	"fmt"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -60,10 +61,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Circuit breaker state changes by pipeline and new state (closed, open, half_open).",
 		}, []string{"pipeline", "to"}),
 	}
-	for _, c := range []prometheus.Collector{m.enqueued, m.dropped, m.batchSize, m.batches, m.duration, m.transitions} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register analytics metrics: %w", err)
-		}
+	if err := telemetry.RegisterAll(reg, m.enqueued, m.dropped, m.batchSize, m.batches, m.duration, m.transitions); err != nil {
+		return nil, fmt.Errorf("register analytics metrics: %w", err)
 	}
 	return m, nil
 }
@@ -102,10 +101,8 @@ func (m *metrics) registerGauges(reg prometheus.Registerer, pipes ...*pipeline) 
 			Help:        "Circuit breaker state of a pipeline: 0 closed, 1 open, 2 half-open.",
 			ConstLabels: labels,
 		}, func() float64 { return float64(p.state.Load()) })
-		for _, c := range []prometheus.Collector{depth, breakerState} {
-			if err := reg.Register(c); err != nil {
-				return fmt.Errorf("register analytics gauges: %w", err)
-			}
+		if err := telemetry.RegisterAll(reg, depth, breakerState); err != nil {
+			return fmt.Errorf("register analytics gauges: %w", err)
 		}
 		p.m.depth, p.m.breakerState = depth, breakerState
 	}

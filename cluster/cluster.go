@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -115,30 +116,9 @@ type Cluster struct {
 // New validates cfg, binds the gossip listeners and starts memberlist's background work.
 // It does not contact any seed yet: Run does. Call Run, or Close when Run will never run.
 func New(cfg Config) (*Cluster, error) {
-	self := cfg.Self
-	if err := validateSelf(self); err != nil {
-		return nil, fmt.Errorf("cluster config: %w", err)
-	}
-	if n := len(cfg.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
-		return nil, fmt.Errorf("cluster config: gossip key is %d bytes; AES needs 16, 24 or 32", n)
-	}
-	if cfg.BindPort < 0 || cfg.BindPort > 65535 {
-		return nil, fmt.Errorf("cluster config: gossip port %d out of range", cfg.BindPort)
-	}
-	if cfg.BindAddr == "" {
-		cfg.BindAddr = "0.0.0.0"
-	}
-	bindIP, err := netip.ParseAddr(cfg.BindAddr)
+	bindIP, err := cfg.normalize()
 	if err != nil {
-		return nil, fmt.Errorf("cluster config: bind address %q is not an IP", cfg.BindAddr)
-	}
-	for _, s := range cfg.Seeds {
-		if _, _, err := splitSeed(s, 1); err != nil {
-			return nil, fmt.Errorf("cluster config: seed %q: %w", s, err)
-		}
-	}
-	if cfg.RejoinInterval <= 0 {
-		cfg.RejoinInterval = DefaultRejoinInterval
+		return nil, fmt.Errorf("cluster config: %w", err)
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -158,18 +138,74 @@ func New(cfg Config) (*Cluster, error) {
 	c.mlLog = &logWriter{logger: logger.With("source", "memberlist")}
 	mlLogger := log.New(c.mlLog, "", 0)
 
-	// Bind the transport ourselves so the advertised address (and with it the metadata that
-	// names our internal plane) is known before memberlist first announces us.
+	transport, adv, err := c.bindSelf(&cfg, bindIP, mlLogger)
+	if err != nil {
+		return nil, err
+	}
+	c.cfg = cfg
+
+	c.ml, err = memberlist.Create(c.memberlistConfig(transport, adv, mlLogger))
+	if err != nil {
+		_ = transport.Shutdown()
+		return nil, fmt.Errorf("start memberlist: %w", err)
+	}
+	if cfg.Registerer != nil {
+		if err := c.metrics.register(cfg.Registerer, c); err != nil {
+			_ = c.ml.Shutdown()
+			return nil, fmt.Errorf("register cluster metrics: %w", err)
+		}
+	}
+	logger.Info("gossip listening", "node", c.self.Name, "gossip_addr", c.self.GossipAddr,
+		"internal_addr", c.self.InternalAddr, "region", c.self.Region, "encrypted", len(cfg.GossipKey) > 0)
+	return c, nil
+}
+
+// normalize checks cfg, fills in the defaults it allows to be left out and returns the
+// parsed bind address.
+func (cfg *Config) normalize() (netip.Addr, error) {
+	if err := validateSelf(cfg.Self); err != nil {
+		return netip.Addr{}, err
+	}
+	if n := len(cfg.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
+		return netip.Addr{}, fmt.Errorf("gossip key is %d bytes; AES needs 16, 24 or 32", n)
+	}
+	if cfg.BindPort < 0 || cfg.BindPort > 65535 {
+		return netip.Addr{}, fmt.Errorf("gossip port %d out of range", cfg.BindPort)
+	}
+	if cfg.BindAddr == "" {
+		cfg.BindAddr = "0.0.0.0"
+	}
+	bindIP, err := netip.ParseAddr(cfg.BindAddr)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("bind address %q is not an IP", cfg.BindAddr)
+	}
+	for _, s := range cfg.Seeds {
+		if _, _, err := splitSeed(s, 1); err != nil {
+			return netip.Addr{}, fmt.Errorf("seed %q: %w", s, err)
+		}
+	}
+	if cfg.RejoinInterval <= 0 {
+		cfg.RejoinInterval = DefaultRejoinInterval
+	}
+	return bindIP, nil
+}
+
+// bindSelf binds the gossip transport and settles this node's advertised address and
+// metadata (c.self, c.selfAddr, c.selfMeta). We bind the transport ourselves so the
+// advertised address (and with it the metadata that names our internal plane) is known
+// before memberlist first announces us. cfg.BindPort becomes the port actually bound.
+func (c *Cluster) bindSelf(cfg *Config, bindIP netip.Addr, mlLogger *log.Logger) (*memberlist.NetTransport, netip.AddrPort, error) {
 	transport, err := bindTransport(cfg.BindAddr, cfg.BindPort, mlLogger)
 	if err != nil {
-		return nil, fmt.Errorf("bind gossip on %s: %w", net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.BindPort)), err)
+		return nil, netip.AddrPort{}, fmt.Errorf("bind gossip on %s: %w", net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.BindPort)), err)
 	}
 	cfg.BindPort = transport.GetAutoBindPort()
 	advIP, advPort, err := advertise(cfg.AdvertiseAddr, bindIP, cfg.BindPort)
 	if err != nil {
 		_ = transport.Shutdown()
-		return nil, fmt.Errorf("cluster config: %w", err)
+		return nil, netip.AddrPort{}, fmt.Errorf("cluster config: %w", err)
 	}
+	self := cfg.Self
 	c.selfAddr = netip.AddrPortFrom(advIP, uint16(advPort))
 	self.GossipAddr = c.selfAddr.String()
 	if host, port, err := net.SplitHostPort(self.InternalAddr); err == nil && unspecifiedHost(host) {
@@ -179,20 +215,25 @@ func New(cfg Config) (*Cluster, error) {
 	c.selfMeta, err = encodeMeta(self)
 	if err != nil {
 		_ = transport.Shutdown()
-		return nil, fmt.Errorf("cluster config: %w", err)
+		return nil, netip.AddrPort{}, fmt.Errorf("cluster config: %w", err)
 	}
-	c.cfg = cfg
+	return transport, c.selfAddr, nil
+}
 
+// memberlistConfig is the LAN preset with Kura's identity, transport, logger, tuning, key
+// and delegates. c.cfg and c.self are set.
+func (c *Cluster) memberlistConfig(transport *memberlist.NetTransport, adv netip.AddrPort, mlLogger *log.Logger) *memberlist.Config {
+	cfg := c.cfg
 	mc := memberlist.DefaultLANConfig()
 	// Peers are identified by KURA_NODE_NAME (the preset would use the hostname).
-	mc.Name = self.Name
+	mc.Name = c.self.Name
 	// Our own transport, bound above, so the advertised address was known for the metadata.
 	mc.Transport = transport
 	mc.BindAddr = cfg.BindAddr
 	mc.BindPort = cfg.BindPort
 	// Explicit, because the preset's AdvertisePort is the constant 7946 whatever we bind.
-	mc.AdvertiseAddr = advIP.String()
-	mc.AdvertisePort = advPort
+	mc.AdvertiseAddr = adv.Addr().String()
+	mc.AdvertisePort = int(adv.Port())
 	// Into slog instead of the preset's stderr (see logWriter for the level mapping).
 	mc.Logger = mlLogger
 	// Kura's tuning knobs; zero keeps the LAN preset (see Tuning).
@@ -227,21 +268,7 @@ func New(cfg Config) (*Cluster, error) {
 	mc.Merge = (*admission)(c)
 	// Lifeguard (awareness, suspicion with confirmations, buddy probes) stays at the preset:
 	// AwarenessMaxMultiplier 8, SuspicionMaxTimeoutMult 6, IndirectChecks 3.
-
-	c.ml, err = memberlist.Create(mc)
-	if err != nil {
-		_ = transport.Shutdown()
-		return nil, fmt.Errorf("start memberlist: %w", err)
-	}
-	if cfg.Registerer != nil {
-		if err := c.metrics.register(cfg.Registerer, c); err != nil {
-			_ = c.ml.Shutdown()
-			return nil, fmt.Errorf("register cluster metrics: %w", err)
-		}
-	}
-	logger.Info("gossip listening", "node", self.Name, "gossip_addr", self.GossipAddr,
-		"internal_addr", self.InternalAddr, "region", self.Region, "encrypted", len(cfg.GossipKey) > 0)
-	return c, nil
+	return mc
 }
 
 // bindTransport binds memberlist's TCP+UDP transport. Port 0 asks the kernel for a TCP port
@@ -544,15 +571,7 @@ func (c *Cluster) Member(name string) (Member, bool) {
 }
 
 func sortMembers(ms []Member) {
-	slices.SortFunc(ms, func(a, b Member) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 }
 
 // memberFromNode decodes an admitted node; admission guarantees its metadata is valid.

@@ -3,13 +3,15 @@ package cluster
 import (
 	"bytes"
 	"fmt"
-	"github.com/kuracache/kura/internal/testdns"
 	"io"
 	"log"
 	"net"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/internal/testdns"
+	"github.com/kuracache/kura/internal/testsupport"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -28,7 +30,7 @@ func TestThreeNodesConverge(t *testing.T) {
 	c := startNode(t, cc)
 	all := []*node{a, b, c}
 
-	eventually(t, "three nodes converge", func() error { return sameView(all, a, b, c) })
+	testsupport.WaitForNil(t, "three nodes converge", waitDeadline, func() error { return sameView(all, a, b, c) })
 
 	for _, n := range all {
 		self := n.c.Self()
@@ -83,7 +85,7 @@ func TestThreeNodesConverge(t *testing.T) {
 // drain applies events to view (Joined/Updated upsert, Left remove) until done() holds.
 func drain(t *testing.T, ch <-chan Event, view map[string]Member, done func() bool) {
 	t.Helper()
-	eventually(t, "subscriber catches up", func() error {
+	testsupport.WaitForNil(t, "subscriber catches up", waitDeadline, func() error {
 		for {
 			select {
 			case ev, ok := <-ch:
@@ -112,7 +114,7 @@ func drain(t *testing.T, ch <-chan Event, view map[string]Member, done func() bo
 func expectEvent(t *testing.T, ch <-chan Event, typ EventType, name string) Event {
 	t.Helper()
 	var found Event
-	eventually(t, fmt.Sprintf("%s event for %s", typ, name), func() error {
+	testsupport.WaitForNil(t, fmt.Sprintf("%s event for %s", typ, name), waitDeadline, func() error {
 		for {
 			select {
 			case ev, ok := <-ch:
@@ -139,7 +141,7 @@ func TestLeavingNodeIsGoneAndReported(t *testing.T) {
 	cc := testConfig("node-c", "eu")
 	cc.Seeds = []string{a.addr()}
 	c := startNode(t, cc)
-	eventually(t, "converge", func() error { return sameView([]*node{a, b, c}, a, b, c) })
+	testsupport.WaitForNil(t, "converge", waitDeadline, func() error { return sameView([]*node{a, b, c}, a, b, c) })
 
 	events, cancel := a.c.Subscribe(8)
 	defer cancel()
@@ -148,7 +150,7 @@ func TestLeavingNodeIsGoneAndReported(t *testing.T) {
 	expectEvent(t, events, Joined, "node-c")
 
 	c.stop(t) // graceful: Leave, then Shutdown
-	eventually(t, "node-c gone from the others", func() error { return sameView([]*node{a, b}, a, b) })
+	testsupport.WaitForNil(t, "node-c gone from the others", waitDeadline, func() error { return sameView([]*node{a, b}, a, b) })
 	ev := expectEvent(t, events, Left, "node-c")
 	if ev.Member != c.c.Self() {
 		t.Errorf("Left event member = %+v, want %+v", ev.Member, c.c.Self())
@@ -169,13 +171,13 @@ func TestCrashedNodeIsDeclaredDead(t *testing.T) {
 	cc := testConfig("node-c", "eu")
 	cc.Seeds = []string{a.addr()}
 	c := startNode(t, cc)
-	eventually(t, "converge", func() error { return sameView([]*node{a, b, c}, a, b, c) })
+	testsupport.WaitForNil(t, "converge", waitDeadline, func() error { return sameView([]*node{a, b, c}, a, b, c) })
 	events, cancel := b.c.Subscribe(8)
 	defer cancel()
 
 	// No leave message: the others must find out by probing (suspicion, then dead).
 	c.c.halt(false)
-	eventually(t, "crashed node-c declared dead", func() error { return sameView([]*node{a, b}, a, b) })
+	testsupport.WaitForNil(t, "crashed node-c declared dead", waitDeadline, func() error { return sameView([]*node{a, b}, a, b) })
 	expectEvent(t, events, Left, "node-c")
 	// The failure detector's verdict, as the status page shows it (memberlist keeps a dead
 	// node around until it reclaims it).
@@ -203,7 +205,7 @@ func TestOtherTenantIsRejectedBothWays(t *testing.T) {
 	b := startNode(t, bc)
 
 	// Wait until both sides have tried (and failed) repeatedly, the periodic rejoin included.
-	eventually(t, "repeated refused joins", func() error {
+	testsupport.WaitForNil(t, "repeated refused joins", waitDeadline, func() error {
 		for _, n := range []*node{x, a, b} {
 			if f := n.counter(n.c.metrics.joinAttempts, "failure"); f < 3 {
 				return fmt.Errorf("%s: %v failed joins", n.name(), f)
@@ -248,7 +250,7 @@ func TestNodeWithoutKuraMetadataIsRejected(t *testing.T) {
 	if _, err := raw.Join([]string{a.addr()}); err != nil {
 		t.Fatalf("the stranger could not even contact node-a: %v", err)
 	}
-	eventually(t, "node-a refuses the stranger repeatedly", func() error {
+	testsupport.WaitForNil(t, "node-a refuses the stranger repeatedly", waitDeadline, func() error {
 		if got := a.counter(a.c.metrics.rejections, "metadata"); got < 3 {
 			return fmt.Errorf("%v metadata rejections", got)
 		}
@@ -279,7 +281,7 @@ func TestGossipKeyGatesMembership(t *testing.T) {
 	keyless.Seeds = []string{b.addr()}
 	k := startNode(t, keyless)
 
-	eventually(t, "keyed nodes converge and outsiders keep failing", func() error {
+	testsupport.WaitForNil(t, "keyed nodes converge and outsiders keep failing", waitDeadline, func() error {
 		for _, n := range []*node{w, k} {
 			if f := n.counter(n.c.metrics.joinAttempts, "failure"); f < 3 {
 				return fmt.Errorf("%s: %v failed joins", n.name(), f)
@@ -305,7 +307,7 @@ func TestRestartedNodeRejoins(t *testing.T) {
 	bc := testConfig("node-b", "us")
 	bc.Seeds = []string{a.addr(), c.addr()}
 	b := startNode(t, bc)
-	eventually(t, "converge", func() error { return sameView([]*node{a, b, c}, a, b, c) })
+	testsupport.WaitForNil(t, "converge", waitDeadline, func() error { return sameView([]*node{a, b, c}, a, b, c) })
 	events, cancel := a.c.Subscribe(8)
 	defer cancel()
 
@@ -314,14 +316,14 @@ func TestRestartedNodeRejoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.stop(t)
-	eventually(t, "node-b gone", func() error { return sameView([]*node{a, c}, a, c) })
+	testsupport.WaitForNil(t, "node-b gone", waitDeadline, func() error { return sameView([]*node{a, c}, a, c) })
 	expectEvent(t, events, Left, "node-b")
 
 	// Same name, same port, new metadata: it rejoins with nobody's help.
 	bc.BindPort = port
 	bc.Self.URL = "http://node-b.test:4100"
 	b2 := startNode(t, bc)
-	eventually(t, "restarted node-b is back", func() error { return sameView([]*node{a, b2, c}, a, b2, c) })
+	testsupport.WaitForNil(t, "restarted node-b is back", waitDeadline, func() error { return sameView([]*node{a, b2, c}, a, b2, c) })
 	ev := expectEvent(t, events, Joined, "node-b")
 	if ev.Member.URL != "http://node-b.test:4100" {
 		t.Errorf("Joined event carries %+v, want the new URL", ev.Member)
@@ -335,16 +337,16 @@ func TestRestartedSeedIsRejoinedByItsPeers(t *testing.T) {
 	ac := testConfig("node-a", "eu")
 	ac.Seeds = []string{b.addr()}
 	a := startNode(t, ac)
-	eventually(t, "converge", func() error { return sameView([]*node{a, b}, a, b) })
+	testsupport.WaitForNil(t, "converge", waitDeadline, func() error { return sameView([]*node{a, b}, a, b) })
 
 	bc := testConfig("node-b", "eu")
 	_, ps, _ := net.SplitHostPort(b.addr())
 	bc.BindPort, _ = strconv.Atoi(ps)
 	b.stop(t)
-	eventually(t, "node-b gone", func() error { return sameView([]*node{a}, a) })
+	testsupport.WaitForNil(t, "node-b gone", waitDeadline, func() error { return sameView([]*node{a}, a) })
 
 	b2 := startNode(t, bc)
-	eventually(t, "node-a re-joins its restarted seed", func() error { return sameView([]*node{a, b2}, a, b2) })
+	testsupport.WaitForNil(t, "node-a re-joins its restarted seed", waitDeadline, func() error { return sameView([]*node{a, b2}, a, b2) })
 	if got := a.counter(a.c.metrics.joinAttempts, "success"); got < 2 {
 		t.Errorf("node-a successful joins = %v, want the first and the rejoin", got)
 	}
@@ -358,7 +360,7 @@ func TestSeedsThatComeUpLaterAreJoined(t *testing.T) {
 	ac := testConfig("node-a", "eu")
 	ac.Seeds = []string{"127.0.0.1:" + strconv.Itoa(bPort), "127.0.0.1:" + strconv.Itoa(cPort)}
 	a := startNode(t, ac)
-	eventually(t, "node-a has tried its absent seeds", func() error {
+	testsupport.WaitForNil(t, "node-a has tried its absent seeds", waitDeadline, func() error {
 		if f := a.counter(a.c.metrics.joinAttempts, "failure"); f < 4 {
 			return fmt.Errorf("%v failed joins", f)
 		}
@@ -371,7 +373,7 @@ func TestSeedsThatComeUpLaterAreJoined(t *testing.T) {
 	cc := testConfig("node-c", "us")
 	cc.BindPort = cPort
 	c := startNode(t, cc)
-	eventually(t, "late seeds joined", func() error { return sameView([]*node{a, b, c}, a, b, c) })
+	testsupport.WaitForNil(t, "late seeds joined", waitDeadline, func() error { return sameView([]*node{a, b, c}, a, b, c) })
 }
 
 func TestDNSDiscoveryARecords(t *testing.T) {
@@ -385,7 +387,7 @@ func TestDNSDiscoveryARecords(t *testing.T) {
 	bc.BindAddr, bc.BindPort = "127.0.0.3", port
 	bc.Seeds = []string{a.addr()}
 	b := startNode(t, bc)
-	eventually(t, "seed cluster", func() error { return sameView([]*node{a, b}, a, b) })
+	testsupport.WaitForNil(t, "seed cluster", waitDeadline, func() error { return sameView([]*node{a, b}, a, b) })
 
 	// The record set includes the new node itself, as a headless service would.
 	dns.SetA("kura-gossip.test", "127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -394,7 +396,7 @@ func TestDNSDiscoveryARecords(t *testing.T) {
 	dc.DNSName = "kura-gossip.test."
 	dc.DNSServer = dns.Addr()
 	d := startNode(t, dc)
-	eventually(t, "DNS-discovered node joins", func() error { return sameView([]*node{a, b, d}, a, b, d) })
+	testsupport.WaitForNil(t, "DNS-discovered node joins", waitDeadline, func() error { return sameView([]*node{a, b, d}, a, b, d) })
 	if got := d.counter(d.c.metrics.joinAttempts, "failure"); got != 0 {
 		t.Errorf("node-d failed joins = %v (did it try itself?)", got)
 	}
@@ -412,7 +414,7 @@ func TestDNSDiscoverySRVRecordsReresolved(t *testing.T) {
 	dc.DNSServer = dns.Addr()
 	d := startNode(t, dc)
 	// Until the records exist the name does not resolve; node-d must keep asking.
-	eventually(t, "node-d re-resolves", func() error {
+	testsupport.WaitForNil(t, "node-d re-resolves", waitDeadline, func() error {
 		if q := dns.Queries(); q < 6 {
 			return fmt.Errorf("%d DNS queries", q)
 		}
@@ -430,5 +432,5 @@ func TestDNSDiscoverySRVRecordsReresolved(t *testing.T) {
 	dns.SetA("a.kura.test", "127.0.0.1")
 	dns.SetA("b.kura.test", "127.0.0.1")
 	dns.SetSRV("_gossip._tcp.kura.test", []testdns.Target{{Host: "a.kura.test", Port: portOf(a)}, {Host: "b.kura.test", Port: portOf(b)}})
-	eventually(t, "SRV-discovered node joins", func() error { return sameView([]*node{a, b, d}, a, b, d) })
+	testsupport.WaitForNil(t, "SRV-discovered node joins", waitDeadline, func() error { return sameView([]*node{a, b, d}, a, b, d) })
 }

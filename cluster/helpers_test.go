@@ -108,22 +108,6 @@ func (n *node) counter(cv *prometheus.CounterVec, label string) float64 {
 	return testutil.ToFloat64(cv.WithLabelValues(label))
 }
 
-// eventually polls cond until it returns nil or the deadline passes.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitDeadline)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %s: %v", what, waitDeadline, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func names(ms []Member) []string {
 	out := make([]string, len(ms))
 	for i, m := range ms {

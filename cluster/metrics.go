@@ -1,6 +1,9 @@
 package cluster
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/kuracache/kura/internal/telemetry"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics are the cluster's Prometheus series. They exist (and are counted) even when no
 // Registerer is given, which keeps the code paths free of nil checks.
@@ -45,16 +48,7 @@ func newMetrics() *metrics {
 // register adds every series to reg; the member gauge is computed from c's view at scrape
 // time so it can never drift from Members().
 func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
-	cs := []prometheus.Collector{membersCollector{m.members, c}, m.memberEvents, m.joinAttempts, m.rejections}
-	for i, col := range cs {
-		if err := reg.Register(col); err != nil {
-			for _, done := range cs[:i] {
-				reg.Unregister(done)
-			}
-			return err
-		}
-	}
-	return nil
+	return telemetry.RegisterAll(reg, membersCollector{m.members, c}, m.memberEvents, m.joinAttempts, m.rejections)
 }
 
 type membersCollector struct {

@@ -31,7 +31,7 @@ type persisted struct {
 	body []byte
 }
 
-// TestAPISmoke proves the real binary serves every SPEC §3 surface with the right statuses
+// TestAPISmoke proves the real binary serves every docs/contract.md §3 surface with the right statuses
 // over real HTTP (the httpapi unit tests cover the details), that limits answer 413 without
 // storing anything, and that the data survives a graceful restart.
 func TestAPISmoke(t *testing.T) {

@@ -217,7 +217,7 @@ func (m Metrics) Has(name string) bool {
 	return ok
 }
 
-// ArtifactCounts are the artifact read/write counters of one kind (SPEC §7), from
+// ArtifactCounts are the artifact read/write counters of one kind (docs/contract.md §7), from
 // kura_artifact_reads_total and kura_artifact_writes_total.
 type ArtifactCounts struct {
 	Hits, Misses, Stored, Rejected float64

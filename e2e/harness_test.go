@@ -463,7 +463,7 @@ func (n *Node) Up(ctx context.Context) (UpStatus, error) {
 	return up, nil
 }
 
-// UpStatus is the JSON document of GET /up (SPEC §3).
+// UpStatus is the JSON document of GET /up (docs/contract.md §3).
 type UpStatus struct {
 	Status         string   `json:"status"`
 	TenantID       string   `json:"tenant_id"`

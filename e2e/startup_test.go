@@ -39,7 +39,7 @@ func runKuraExpectingExit(t *testing.T, env []string, timeout time.Duration) (in
 }
 
 // TestStartupRefusals checks that the binary refuses bad setups with a clear message and a
-// non-zero exit instead of starting half-configured (SPEC §1).
+// non-zero exit instead of starting half-configured (docs/contract.md §1).
 func TestStartupRefusals(t *testing.T) {
 	t.Parallel()
 	requireKura(t)

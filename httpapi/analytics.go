@@ -3,7 +3,7 @@ package httpapi
 import "github.com/kuracache/kura/analytics"
 
 // EventRecorder receives one analytics event per successful Xcode CAS or Gradle transfer
-// (SPEC §9). Record is called on the request path after the answer is decided, so it must not
+// (docs/contract.md §9). Record is called on the request path after the answer is decided, so it must not
 // block; it must be safe for concurrent use. *analytics.Reporter satisfies it.
 type EventRecorder interface {
 	Record(analytics.Event)

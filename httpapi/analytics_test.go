@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kuracache/kura/analytics"
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -39,7 +40,7 @@ func (f *fakeRecorder) expect(t *testing.T, step string, want ...analytics.Event
 		defer f.mu.Unlock()
 		return len(f.events)
 	}
-	waitFor(t, step+": analytics events", 5*time.Second, func() bool { return count() >= len(want) })
+	testsupport.WaitFor(t, step+": analytics events", 5*time.Second, func() bool { return count() >= len(want) })
 	f.mu.Lock()
 	got := f.events
 	f.events = nil
@@ -184,7 +185,7 @@ func TestAnalyticsDownloadCutShortIsNotRecorded(t *testing.T) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	// The handler has finished once the read error is counted; only then is "no event" proven.
-	waitFor(t, "the aborted read to be counted", 5*time.Second, func() bool {
+	testsupport.WaitFor(t, "the aborted read to be counted", 5*time.Second, func() bool {
 		return counterValue(t, h.srv.metrics.reads, "xcode", "xcode", "blob", "error") == 1
 	})
 	rec.expect(t, "download cut short")

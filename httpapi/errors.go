@@ -45,7 +45,7 @@ func badRequest(msg string) *apiError { return &apiError{status: http.StatusBadR
 
 var errNotFound = &apiError{status: http.StatusNotFound}
 
-// Messages fixed by the wire contract (SPEC §3) or by the original's clients.
+// Messages fixed by the wire contract (docs/contract.md §3) or by the original's clients.
 const (
 	msgPartTooLarge    = "Part exceeds 10MB limit"
 	msgUploadNotFound  = "Upload not found"
@@ -62,7 +62,7 @@ const (
 func storeError(action, tooLarge string, err error) *apiError {
 	switch {
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrCorrupt):
-		// A corrupt record is dropped by the store and treated as missing (SPEC §5).
+		// A corrupt record is dropped by the store and treated as missing (docs/contract.md §5).
 		return errNotFound
 	case errors.Is(err, storage.ErrUploadNotFound):
 		return &apiError{status: http.StatusNotFound, message: msgUploadNotFound}

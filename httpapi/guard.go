@@ -10,7 +10,7 @@ import (
 	"github.com/kuracache/kura/policy"
 )
 
-// Operations passed to the Guard (SPEC §8).
+// Operations passed to the Guard (docs/contract.md §8).
 const (
 	OpRead            = policy.OpRead
 	OpWrite           = policy.OpWrite

@@ -270,18 +270,6 @@ func counterValue(t testing.TB, c *prometheus.CounterVec, labels ...string) floa
 	return testutil.ToFloat64(c.WithLabelValues(labels...))
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // recordingGuard records every request and answers with decide (nil: allow). headers, when
 // set, is its response_headers hook.
 type recordingGuard struct {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kuracache/kura/internal/lifecycle"
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -78,7 +79,7 @@ func TestDrainLetsRequestsInFlightFinish(t *testing.T) {
 	if _, err := pw.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the upload to be in flight", 5*time.Second, func() bool { return node.InFlight() == 1 })
+	testsupport.WaitFor(t, "the upload to be in flight", 5*time.Second, func() bool { return node.InFlight() == 1 })
 	node.BeginDrain()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -254,7 +255,7 @@ func TestFDPoolExhaustionOverHTTP(t *testing.T) {
 	for range nBig {
 		<-headers
 	}
-	waitUntil(t, "the slow readers to hold every descriptor", 10*time.Second, func() bool { return pool.InUse() == poolSize })
+	testsupport.WaitFor(t, "the slow readers to hold every descriptor", 10*time.Second, func() bool { return pool.InUse() == poolSize })
 	t.Logf("slow clients: %d streaming (holding descriptors), %d refused busy; pool %d/%d in use",
 		slowOK.Load(), slowBusy.Load(), pool.InUse(), pool.Capacity())
 	if slowOK.Load() == 0 {
@@ -352,18 +353,6 @@ func segmentsOf(t *testing.T, h *harness) string {
 		}
 	}
 	return "?"
-}
-
-// waitUntil polls cond until it holds or the deadline passes.
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // TestDiskFullOverHTTP: the data directory on a real 32 MiB tmpfs that another file fills.

@@ -48,10 +48,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
 		}, []string{"route", "method"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register http metrics: %w", err)
-		}
+	if err := telemetry.RegisterAll(reg, m.requests, m.duration); err != nil {
+		return nil, fmt.Errorf("register http metrics: %w", err)
 	}
 	artifacts, err := telemetry.NewArtifactMetrics(reg)
 	if err != nil {

@@ -93,7 +93,7 @@ func uploadRequest(q url.Values) (id, tenant, namespace string, err error) {
 // the policy is never asked about a request that names no real tenant.
 //
 // A request that names a tenant or namespace must name the upload's own: under tenant
-// isolation (SPEC §2) another tenant's upload does not exist for it.
+// isolation (docs/contract.md §2) another tenant's upload does not exist for it.
 func (s *Server) uploadTarget(c echo.Context, id, tenant, namespace string) (target, *apiError) {
 	key, err := s.mp.UploadKey(c.Request().Context(), id)
 	switch {

@@ -42,7 +42,7 @@ func (sf surface) at(tenant, namespace, name string) target {
 	return target{surface: sf, key: storage.Key{Tenant: tenant, Namespace: namespace, Kind: sf.kind, Name: name}}
 }
 
-// Fixed namespaces of protocols that carry none (SPEC §2).
+// Fixed namespaces of protocols that carry none (docs/contract.md §2).
 const (
 	nxNamespace     = "nx"
 	metroNamespace  = "metro"
@@ -118,7 +118,7 @@ func tenantNamespace(q url.Values) (tenant, namespace string, err error) {
 	return tenant, namespace, nil
 }
 
-// checkIdent applies the rules every identifier shares (SPEC §2): non-empty, at most 1024
+// checkIdent applies the rules every identifier shares (docs/contract.md §2): non-empty, at most 1024
 // bytes, valid UTF-8, no NUL.
 func checkIdent(field, v string) error {
 	if err := storage.ValidateIdentifier(field, v); err != nil {

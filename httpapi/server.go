@@ -27,9 +27,9 @@ const (
 	DefaultMaxKeyValueBytes = 1 << 20
 	// DefaultMaxXcodeBytes matches KURA_MAX_XCODE_BYTES' default (256 MiB).
 	DefaultMaxXcodeBytes = 256 << 20
-	// MaxGradleBytes is the Gradle build-cache entry limit (SPEC §3).
+	// MaxGradleBytes is the Gradle build-cache entry limit (docs/contract.md §3).
 	MaxGradleBytes = 100 << 20
-	// MaxBlobBytes bounds Nx, Metro and Bazel CAS bodies (SPEC §3: 2 GiB).
+	// MaxBlobBytes bounds Nx, Metro and Bazel CAS bodies (docs/contract.md §3: 2 GiB).
 	MaxBlobBytes = 2 << 30
 	// MaxActionResultBytes bounds Bazel HTTP /ac/ bodies. An ActionResult only lists digests
 	// (Bazel's HTTP mode never inlines outputs), so 16 MiB is far above any real one while

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/policy"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -121,7 +122,7 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 		shutdown <- s.Shutdown(ctx)
 	}()
 	// New connections are refused once Shutdown has closed the listener.
-	waitFor(t, "listener to close", 5*time.Second, func() bool {
+	testsupport.WaitFor(t, "listener to close", 5*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return true
@@ -232,7 +233,7 @@ func TestStalledDownloadIsDropped(t *testing.T) {
 		t.Fatalf("GET: %v %v", resp, err)
 	}
 	// Read nothing more; the server must give up on its own.
-	waitFor(t, "the stalled download to be abandoned", 20*time.Second, func() bool {
+	testsupport.WaitFor(t, "the stalled download to be abandoned", 20*time.Second, func() bool {
 		return counterValue(t, h.srv.metrics.reads, "metro", "metro", "blob", "error") == 1
 	})
 }

@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -103,10 +104,10 @@ func (s *Server) handleStatus(c echo.Context) error {
 			byRegion[m.Region] = append(byRegion[m.Region], m)
 		}
 		for region, ms := range byRegion {
-			sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+			slices.SortFunc(ms, func(a, b MemberStatus) int { return strings.Compare(a.Name, b.Name) })
 			p.Regions = append(p.Regions, regionRow{Region: region, Members: ms})
 		}
-		sort.Slice(p.Regions, func(i, j int) bool { return p.Regions[i].Region < p.Regions[j].Region })
+		slices.SortFunc(p.Regions, func(a, b regionRow) int { return strings.Compare(a.Region, b.Region) })
 		if b := p.Status.Disk.BudgetBytes; b > 0 {
 			p.DiskPercent = float64(p.Status.Disk.SegmentBytes) / float64(b)
 		}
@@ -117,7 +118,7 @@ func (s *Server) handleStatus(c echo.Context) error {
 	for protocol, r := range s.metrics.lookups.Recent() {
 		p.Protocols = append(p.Protocols, protocolRow{Protocol: protocol, RecentLookups: r})
 	}
-	sort.Slice(p.Protocols, func(i, j int) bool { return p.Protocols[i].Protocol < p.Protocols[j].Protocol })
+	slices.SortFunc(p.Protocols, func(a, b protocolRow) int { return strings.Compare(a.Protocol, b.Protocol) })
 	var buf bytes.Buffer
 	if err := statusTemplate.Execute(&buf, p); err != nil {
 		return &apiError{status: http.StatusInternalServerError, message: "Status page failed", cause: err}

@@ -634,7 +634,7 @@ func scrapeBusyCluster(t *testing.T) (exportedMetrics, [2][]snapshot) {
 		}
 		return sum
 	}
-	poll(t, 30*time.Second, "both nodes to see us and eu", func() bool {
+	testsupport.WaitFor(t, "both nodes to see us and eu", 30*time.Second, func() bool {
 		for _, n := range []*inProcessNode{a, b} {
 			f := scrape(n)
 			if value(f, "kura_cluster_members", map[string]string{"region": "us"}) != 1 ||
@@ -708,7 +708,7 @@ func scrapeBusyCluster(t *testing.T) (exportedMetrics, [2][]snapshot) {
 	for i := range rounds {
 		traffic(i + 1)
 		want := float64(4 * (i + 1))
-		poll(t, 30*time.Second, "A's writes pushed to B and an analytics batch delivered", func() bool {
+		testsupport.WaitFor(t, "A's writes pushed to B and an analytics batch delivered", 30*time.Second, func() bool {
 			fa, fb := scrape(a), scrape(b)
 			return value(fa, "kura_replication_pushes_total", map[string]string{"result": "applied"}) >= want &&
 				value(fb, "kura_peer_requests_total", map[string]string{"side": "server"}) >= want &&

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/moby/buildkit/client/llb/sourceresolver"
 	"github.com/moby/buildkit/frontend/dockerfile/dockerfile2llb"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -508,7 +509,7 @@ func TestStaticBuildFromTheBuildContext(t *testing.T) {
 			<-exited
 		}
 	})
-	poll(t, 30*time.Second, "the node to pass its healthcheck", healthy)
+	testsupport.WaitFor(t, "the node to pass its healthcheck", 30*time.Second, healthy)
 
 	// STOPSIGNAL SIGTERM: the node drains and exits 0.
 	if err := node.Process.Signal(syscall.SIGTERM); err != nil {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 // repoRoot is the repository root: the files under test live there and under ops/.
@@ -58,16 +57,4 @@ func freePorts(t testing.TB, n int) []int {
 		ports = append(ports, port)
 	}
 	return ports
-}
-
-// poll waits for cond with a bounded deadline, never a bare sleep.
-func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -21,6 +21,7 @@ import (
 	peerplane "github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/internal/config"
 	"github.com/kuracache/kura/internal/memory"
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/meta"
@@ -251,7 +252,7 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 	// 100 failures: with up to 4 pushes per attempt and the backoff capped at 200 ms, the
 	// outage lasts several seconds of retries.
 	downStart := time.Now()
-	waitFor(t, "100 failed pushes to the peer that is down", func() bool { return failures() >= 100 })
+	testsupport.WaitFor(t, "100 failed pushes to the peer that is down", 20*time.Second, func() bool { return failures() >= 100 })
 	downFor := time.Since(downStart)
 	depthDown := ob.Depth(target)
 	if depthDown != entries {
@@ -281,7 +282,7 @@ func TestMillionEntryBacklogStaysWithinMemoryBudget(t *testing.T) {
 	drainTook := time.Since(drainStart)
 	heapDrain := pk.take()
 	hwmDrain := procStatus(t, "VmHWM")
-	waitFor(t, "the queue deleted from Pebble", func() bool {
+	testsupport.WaitFor(t, "the queue deleted from Pebble", 20*time.Second, func() bool {
 		page, err := dir.DB().ScanOutbox(ctx, target, 0, 1)
 		return err == nil && len(page) == 0
 	})

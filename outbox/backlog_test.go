@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 )
@@ -106,7 +107,7 @@ func TestBacklogIsDeliveredWithBoundedMemory(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	drained := time.Since(start)
-	waitFor(t, "the queue deleted", func() bool {
+	testsupport.WaitFor(t, "the queue deleted", 20*time.Second, func() bool {
 		page, err := f.db.ScanOutbox(context.Background(), "a", 0, 1)
 		return err == nil && len(page) == 0
 	})

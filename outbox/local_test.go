@@ -7,10 +7,12 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/meta"
@@ -107,7 +109,7 @@ func TestLocalStoreWritesQueueAtomically(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	waitFor(t, "deliveries to both peers", func() bool { return len(sender.to("A")) == 3 && len(sender.to("B")) == 3 })
+	testsupport.WaitFor(t, "deliveries to both peers", 20*time.Second, func() bool { return len(sender.to("A")) == 3 && len(sender.to("B")) == 3 })
 	for _, addr := range []string{"A", "B"} {
 		got := sender.to(addr)
 		var tomb, obj, kv int
@@ -128,7 +130,7 @@ func TestLocalStoreWritesQueueAtomically(t *testing.T) {
 		}
 	}
 	clock.Advance(holeGrace)
-	waitFor(t, "queues empty and depth settled", func() bool {
+	testsupport.WaitFor(t, "queues empty and depth settled", 20*time.Second, func() bool {
 		a, errA := dir.DB().ScanOutbox(ctx, "a", 0, 10)
 		b, errB := dir.DB().ScanOutbox(ctx, "b", 0, 10)
 		return errA == nil && errB == nil && len(a) == 0 && len(b) == 0 && ob.Depth("a") == 0 && ob.Depth("b") == 0

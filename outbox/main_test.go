@@ -239,18 +239,6 @@ func (f *fixture) pushes(peer, op, result string) float64 {
 	return testutil.ToFloat64(f.o.metrics.pushes.WithLabelValues(peer, op, result))
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // counter counts hook calls per peer.
 type counter struct {
 	mu sync.Mutex
@@ -277,7 +265,7 @@ func (c *counter) get(peer string) int {
 func waitPasses(t testing.TB, c *counter, peer string, n int) {
 	t.Helper()
 	start := c.get(peer)
-	waitFor(t, fmt.Sprintf("%d passes of %s", n, peer), func() bool { return c.get(peer) >= start+n })
+	testsupport.WaitFor(t, fmt.Sprintf("%d passes of %s", n, peer), 20*time.Second, func() bool { return c.get(peer) >= start+n })
 }
 
 func newMemoryStore() storage.Store { return storagetest.NewMemory() }

@@ -3,6 +3,7 @@ package outbox
 import (
 	"fmt"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -57,10 +58,8 @@ func newMetrics(reg prometheus.Registerer, o *Outbox) (*metrics, error) {
 		}),
 		queues: &queueCollector{o: o},
 	}
-	for _, c := range []prometheus.Collector{m.pushes, m.duration, m.lag, m.paused, m.peersDropped, m.queues} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register outbox metrics: %w", err)
-		}
+	if err := telemetry.RegisterAll(reg, m.pushes, m.duration, m.lag, m.paused, m.peersDropped, m.queues); err != nil {
+		return nil, fmt.Errorf("register outbox metrics: %w", err)
 	}
 	return m, nil
 }

@@ -7,7 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -539,7 +540,7 @@ func (o *Outbox) snapshot() []queueSnapshot {
 	for _, p := range o.peers {
 		out = append(out, queueSnapshot{name: p.name, depth: max(p.depth.Load(), 0), oldest: p.oldest})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	slices.SortFunc(out, func(a, b queueSnapshot) int { return strings.Compare(a.name, b.name) })
 	return out
 }
 

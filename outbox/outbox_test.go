@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 )
@@ -39,7 +40,7 @@ func TestDeliversInOrderAndDeletes(t *testing.T) {
 		t.Fatalf("queued seqs = %v, want 1..21", got)
 	}
 	f.run()
-	waitFor(t, "21 deliveries", func() bool { return len(f.sender.to("10.0.0.1:7443")) == 21 })
+	testsupport.WaitFor(t, "21 deliveries", 20*time.Second, func() bool { return len(f.sender.to("10.0.0.1:7443")) == 21 })
 	got := f.sender.to("10.0.0.1:7443")
 	for i, name := range want {
 		d := got[i]
@@ -53,7 +54,7 @@ func TestDeliversInOrderAndDeletes(t *testing.T) {
 	if last := got[20]; last.op != OpTombstone || last.tomb != tomb {
 		t.Fatalf("last delivery = %+v, want the tombstone %+v", last, tomb)
 	}
-	waitFor(t, "the queue to be deleted", func() bool { return len(f.queued("a")) == 0 })
+	testsupport.WaitFor(t, "the queue to be deleted", 20*time.Second, func() bool { return len(f.queued("a")) == 0 })
 	if d := f.o.Depth("a"); d != 0 {
 		t.Fatalf("depth after delivery = %d", d)
 	}
@@ -112,16 +113,16 @@ func TestStuckPeerDoesNotDelayOthers(t *testing.T) {
 		f.commit(f.put(fmt.Sprintf("k%d", i), "v"))
 	}
 	<-inA
-	waitFor(t, "peer b to receive everything while a hangs", func() bool { return len(sender.to("B")) == 50 })
+	testsupport.WaitFor(t, "peer b to receive everything while a hangs", 20*time.Second, func() bool { return len(sender.to("B")) == 50 })
 	if n := len(sender.to("A")); n != 0 {
 		t.Fatalf("hanging peer a completed %d pushes", n)
 	}
 	if d := f.o.Depth("a"); d != 50 {
 		t.Fatalf("depth of a = %d, want 50 while it hangs", d)
 	}
-	waitFor(t, "b's queue deleted", func() bool { return len(f.queued("b")) == 0 && f.o.Depth("b") == 0 })
+	testsupport.WaitFor(t, "b's queue deleted", 20*time.Second, func() bool { return len(f.queued("b")) == 0 && f.o.Depth("b") == 0 })
 	close(release)
-	waitFor(t, "a to catch up", func() bool { return len(sender.to("A")) == 50 && f.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "a to catch up", 20*time.Second, func() bool { return len(sender.to("A")) == 50 && f.o.Depth("a") == 0 })
 }
 
 func TestFailingPeerBacksOffWithJitterOnlyForItself(t *testing.T) {
@@ -153,8 +154,8 @@ func TestFailingPeerBacksOffWithJitterOnlyForItself(t *testing.T) {
 	f.o.SetTargets([]Target{{Name: "a", Addr: "A"}, {Name: "b", Addr: "B"}})
 	f.run()
 	f.commit(f.put("k1", "v1"), f.put("k2", "v2"))
-	waitFor(t, "b delivered", func() bool { return len(sender.to("B")) == 2 })
-	waitFor(t, "8 backoff decisions", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 8 })
+	testsupport.WaitFor(t, "b delivered", 20*time.Second, func() bool { return len(sender.to("B")) == 2 })
+	testsupport.WaitFor(t, "8 backoff decisions", 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 8 })
 	mu.Lock()
 	decisions := slices.Clone(got[:8])
 	mu.Unlock()
@@ -181,7 +182,7 @@ func TestFailingPeerBacksOffWithJitterOnlyForItself(t *testing.T) {
 		t.Fatalf("depth of a = %d while failing", d)
 	}
 	failing.Delete("A")
-	waitFor(t, "a recovered", func() bool { return len(sender.to("A")) == 2 && f.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "a recovered", 20*time.Second, func() bool { return len(sender.to("A")) == 2 && f.o.Depth("a") == 0 })
 }
 
 func TestPermanentRefusalsAndIdempotentOutcomes(t *testing.T) {
@@ -208,7 +209,7 @@ func TestPermanentRefusalsAndIdempotentOutcomes(t *testing.T) {
 	}
 	// An entry whose object is gone locally (cleaned, evicted) is dropped without a push.
 	f.commit(Entry{Op: OpObject, Key: casKey("never-stored"), Version: 5})
-	waitFor(t, "everything resolved", func() bool { return f.o.Depth("a") == 0 && len(f.queued("a")) == 0 })
+	testsupport.WaitFor(t, "everything resolved", 20*time.Second, func() bool { return f.o.Depth("a") == 0 && len(f.queued("a")) == 0 })
 	for _, c := range []struct {
 		result string
 		want   float64
@@ -236,7 +237,7 @@ func TestLastWriterWinsEntrySupersededIsDropped(t *testing.T) {
 	f.commit(older)
 	f.commit(newer)
 	f.run()
-	waitFor(t, "both entries resolved", func() bool { return f.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "both entries resolved", 20*time.Second, func() bool { return f.o.Depth("a") == 0 })
 	got := f.sender.to("A")
 	if len(got) != 1 || got[0].info.Version != newer.Version || got[0].body != `{"v":2}` {
 		t.Fatalf("deliveries = %+v, want only the newer version", got)
@@ -254,7 +255,7 @@ func TestImmutableObjectPushesCurrentState(t *testing.T) {
 	f.o.SetTargets([]Target{{Name: "a", Addr: "A"}})
 	f.commit(stale)
 	f.run()
-	waitFor(t, "delivery", func() bool { return len(f.sender.to("A")) == 1 })
+	testsupport.WaitFor(t, "delivery", 20*time.Second, func() bool { return len(f.sender.to("A")) == 1 })
 	if d := f.sender.to("A")[0]; d.info.Version != e.Version || d.body != "content" {
 		t.Fatalf("pushed %+v, want the stored object", d)
 	}
@@ -269,7 +270,7 @@ func TestDepartedPeerKeepsItsQueueAndResumes(t *testing.T) {
 	idle := &counter{}
 	f.o.onIdle = idle.inc
 	f.run()
-	waitFor(t, "b delivered", func() bool { return len(f.sender.to("B")) == 3 })
+	testsupport.WaitFor(t, "b delivered", 20*time.Second, func() bool { return len(f.sender.to("B")) == 3 })
 	waitPasses(t, idle, "b", 2)
 	if n := len(f.sender.to("old-addr")) + len(f.sender.to("new-addr")); n != 0 {
 		t.Fatalf("departed peer received %d pushes", n)
@@ -278,7 +279,7 @@ func TestDepartedPeerKeepsItsQueueAndResumes(t *testing.T) {
 		t.Fatalf("departed peer's depth = %d, want 2 kept", d)
 	}
 	f.o.SetTargets([]Target{{Name: "a", Addr: "new-addr"}, {Name: "b", Addr: "B"}})
-	waitFor(t, "a resumed at its new address", func() bool { return len(f.sender.to("new-addr")) == 2 })
+	testsupport.WaitFor(t, "a resumed at its new address", 20*time.Second, func() bool { return len(f.sender.to("new-addr")) == 2 })
 	var names []string
 	for _, d := range f.sender.to("new-addr") {
 		names = append(names, d.info.Key.Name)
@@ -306,8 +307,8 @@ func TestDropAfterDeletesDepartedPeersQueue(t *testing.T) {
 		t.Fatalf("queue dropped early: %d entries left", got)
 	}
 	f.clock.Advance(time.Second)
-	waitFor(t, "the departed peer's queue to be dropped", func() bool { return len(f.queued("gone")) == 0 })
-	waitFor(t, "the drop to be counted", func() bool { return testutil.ToFloat64(f.o.metrics.peersDropped) == 1 })
+	testsupport.WaitFor(t, "the departed peer's queue to be dropped", 20*time.Second, func() bool { return len(f.queued("gone")) == 0 })
+	testsupport.WaitFor(t, "the drop to be counted", 20*time.Second, func() bool { return testutil.ToFloat64(f.o.metrics.peersDropped) == 1 })
 	if d := f.o.Depth("gone"); d != 0 {
 		t.Fatalf("dropped peer depth = %d", d)
 	}
@@ -323,7 +324,7 @@ kura_outbox_depth{peer="stays"} 30
 		t.Fatal(err)
 	}
 	f.o.SetPaused(false)
-	waitFor(t, "the live peer delivered", func() bool { return len(f.sender.to("S")) == 30 })
+	testsupport.WaitFor(t, "the live peer delivered", 20*time.Second, func() bool { return len(f.sender.to("S")) == 30 })
 }
 
 func TestRestoredQueueIsDroppedIfItsPeerNeverReturns(t *testing.T) {
@@ -347,7 +348,7 @@ func TestRestoredQueueIsDroppedIfItsPeerNeverReturns(t *testing.T) {
 	go func() { done <- o.Run(ctx, f.store) }()
 	defer func() { cancel(); <-done }()
 	clock.Advance(DefaultDropAfter)
-	waitFor(t, "the ghost queue dropped", func() bool {
+	testsupport.WaitFor(t, "the ghost queue dropped", 20*time.Second, func() bool {
 		entries, err := db.ScanOutbox(context.Background(), "ghost", 0, 10)
 		return err == nil && len(entries) == 0
 	})
@@ -379,7 +380,7 @@ func TestRestartResumesAndSequenceContinues(t *testing.T) {
 		f.commit(f.put(name, "v"))
 	}
 	stop := f.run()
-	waitFor(t, "4 deliveries persisted", func() bool { return len(sender.to("A")) == 4 && len(f.queued("a")) == 6 })
+	testsupport.WaitFor(t, "4 deliveries persisted", 20*time.Second, func() bool { return len(sender.to("A")) == 4 && len(f.queued("a")) == 6 })
 	stop()
 	f.closeDB()
 
@@ -393,7 +394,7 @@ func TestRestartResumesAndSequenceContinues(t *testing.T) {
 		t.Fatalf("queue after restart = %v, want 5..11", got)
 	}
 	f2.run()
-	waitFor(t, "the rest delivered", func() bool { return len(f2.sender.to("A")) == 7 && f2.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "the rest delivered", 20*time.Second, func() bool { return len(f2.sender.to("A")) == 7 && f2.o.Depth("a") == 0 })
 	var got []string
 	for _, d := range f2.sender.to("A") {
 		got = append(got, d.info.Key.Name)
@@ -401,7 +402,7 @@ func TestRestartResumesAndSequenceContinues(t *testing.T) {
 	if want := append(slices.Clone(names[4:]), "after-restart"); !slices.Equal(got, want) {
 		t.Fatalf("delivered after restart %v, want %v", got, want)
 	}
-	waitFor(t, "queue deleted", func() bool { return len(f2.queued("a")) == 0 })
+	testsupport.WaitFor(t, "queue deleted", 20*time.Second, func() bool { return len(f2.queued("a")) == 0 })
 }
 
 func TestPauseStopsDispatchAndResumes(t *testing.T) {
@@ -444,7 +445,7 @@ func TestPauseStopsDispatchAndResumes(t *testing.T) {
 	<-third // the third push is in flight
 	f.o.SetPaused(true)
 	close(gate)
-	waitFor(t, "the in-flight push to finish", func() bool { return len(f.sender.to("A")) == 3 })
+	testsupport.WaitFor(t, "the in-flight push to finish", 20*time.Second, func() bool { return len(f.sender.to("A")) == 3 })
 	waitPasses(t, idle, "a", 3)
 	if got := len(f.sender.to("A")); got != 3 {
 		t.Fatalf("%d pushes after pausing mid-page, want the 3 started before", got)
@@ -457,7 +458,7 @@ func TestPauseStopsDispatchAndResumes(t *testing.T) {
 	if v := testutil.ToFloat64(f.o.metrics.paused); v != 0 {
 		t.Fatalf("paused gauge = %v after resume", v)
 	}
-	waitFor(t, "everything delivered after resume", func() bool { return len(f.sender.to("A")) == 11 && f.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "everything delivered after resume", 20*time.Second, func() bool { return len(f.sender.to("A")) == 11 && f.o.Depth("a") == 0 })
 }
 
 // Batches commit in any order: a worker that sees seq 2 before seq 1 must come back for 1 and
@@ -480,7 +481,7 @@ func TestOutOfOrderCommitsAreNotSkipped(t *testing.T) {
 	idle := &counter{}
 	f.o.onIdle = idle.inc
 	f.run()
-	waitFor(t, "the second entry", func() bool { return len(f.sender.to("A")) == 1 })
+	testsupport.WaitFor(t, "the second entry", 20*time.Second, func() bool { return len(f.sender.to("A")) == 1 })
 	waitPasses(t, idle, "a", 2)
 	if got := f.queued("a"); len(got) != 0 {
 		t.Fatalf("queue while seq 1 is uncommitted = %v; the delivered seq 2 must be deleted", got)
@@ -492,11 +493,11 @@ func TestOutOfOrderCommitsAreNotSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.o.Notify()
-	waitFor(t, "the first entry", func() bool { return len(f.sender.to("A")) == 2 })
+	testsupport.WaitFor(t, "the first entry", 20*time.Second, func() bool { return len(f.sender.to("A")) == 2 })
 	if d := f.sender.to("A")[1]; d.info.Key.Name != "first" {
 		t.Fatalf("second delivery = %s", d.info.Key.Name)
 	}
-	waitFor(t, "queue deleted", func() bool { return len(f.queued("a")) == 0 && f.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "queue deleted", 20*time.Second, func() bool { return len(f.queued("a")) == 0 && f.o.Depth("a") == 0 })
 }
 
 // An abandoned batch (its write failed after Enqueue) leaves a number that never appears: the
@@ -511,12 +512,12 @@ func TestAbandonedBatchIsForgotten(t *testing.T) {
 	abandoned.Close()
 	f.commit(f.put("kept", "y"))
 	f.run()
-	waitFor(t, "the committed entry", func() bool { return len(f.sender.to("A")) == 1 })
+	testsupport.WaitFor(t, "the committed entry", 20*time.Second, func() bool { return len(f.sender.to("A")) == 1 })
 	if d := f.o.Depth("a"); d != 1 {
 		t.Fatalf("depth = %d, want 1 until the hole expires", d)
 	}
 	f.clock.Advance(holeGrace)
-	waitFor(t, "the hole to expire", func() bool { return f.o.Depth("a") == 0 && len(f.queued("a")) == 0 })
+	testsupport.WaitFor(t, "the hole to expire", 20*time.Second, func() bool { return f.o.Depth("a") == 0 && len(f.queued("a")) == 0 })
 }
 
 // A batch that commits after its hole expired (an extraordinarily slow commit) is still
@@ -533,9 +534,9 @@ func TestLateCommitAfterExpiryIsStillDelivered(t *testing.T) {
 	idle := &counter{}
 	f.o.onIdle = idle.inc
 	f.run()
-	waitFor(t, "the on-time entry", func() bool { return len(f.sender.to("A")) == 1 })
+	testsupport.WaitFor(t, "the on-time entry", 20*time.Second, func() bool { return len(f.sender.to("A")) == 1 })
 	f.clock.Advance(holeGrace)
-	waitFor(t, "the hole to expire", func() bool { return len(f.queued("a")) == 0 && f.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "the hole to expire", 20*time.Second, func() bool { return len(f.queued("a")) == 0 && f.o.Depth("a") == 0 })
 	waitPasses(t, idle, "a", 2) // the round that expired it has also probed it
 	if err := late.Commit(); err != nil {
 		t.Fatal(err)
@@ -545,11 +546,11 @@ func TestLateCommitAfterExpiryIsStillDelivered(t *testing.T) {
 		t.Fatalf("an expired hole was probed before its next probe time (%d deliveries)", n)
 	}
 	f.clock.Advance(holeGrace)
-	waitFor(t, "the late entry delivered", func() bool { return len(f.sender.to("A")) == 2 })
+	testsupport.WaitFor(t, "the late entry delivered", 20*time.Second, func() bool { return len(f.sender.to("A")) == 2 })
 	if d := f.sender.to("A")[1]; d.info.Key.Name != "late" {
 		t.Fatalf("second delivery = %s", d.info.Key.Name)
 	}
-	waitFor(t, "the late entry deleted", func() bool { return len(f.queued("a")) == 0 && f.o.Depth("a") == 0 })
+	testsupport.WaitFor(t, "the late entry deleted", 20*time.Second, func() bool { return len(f.queued("a")) == 0 && f.o.Depth("a") == 0 })
 }
 
 // damagingStore makes chosen entries look damaged the way meta reports it: the page stops
@@ -604,7 +605,7 @@ func TestDamagedEntriesAreDroppedAndSkipped(t *testing.T) {
 	for i := 12; i <= 15; i++ {
 		f.commit(f.put(fmt.Sprintf("k%02d", i), "v"))
 	}
-	waitFor(t, "all resolved", func() bool { return f.o.Depth("a") == 0 && len(f.queued("a")) == 0 })
+	testsupport.WaitFor(t, "all resolved", 20*time.Second, func() bool { return f.o.Depth("a") == 0 && len(f.queued("a")) == 0 })
 	var got []string
 	for _, d := range f.sender.to("A") {
 		got = append(got, d.info.Key.Name)
@@ -666,7 +667,7 @@ kura_outbox_dispatch_paused 1
 	}
 	f.o.SetPaused(false)
 	f.run()
-	waitFor(t, "delivered", func() bool { return f.o.Depth("a") == 0 && f.o.Depth("b") == 0 })
+	testsupport.WaitFor(t, "delivered", 20*time.Second, func() bool { return f.o.Depth("a") == 0 && f.o.Depth("b") == 0 })
 	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(`
 # HELP kura_outbox_oldest_entry_age_seconds Age of the oldest undelivered entry of a peer (0 when its queue is empty).
 # TYPE kura_outbox_oldest_entry_age_seconds gauge
@@ -715,7 +716,7 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatal("Run accepted no local store")
 	}
 	go func() { done <- o.Run(ctx, store) }()
-	waitFor(t, "Run to start", func() bool { return o.running.Load() })
+	testsupport.WaitFor(t, "Run to start", 20*time.Second, func() bool { return o.running.Load() })
 	if err := o.Run(ctx, store); err == nil {
 		t.Fatal("a second concurrent Run was accepted")
 	}
@@ -780,7 +781,7 @@ func TestConcurrentWritersAreDeliveredExactlyOnce(t *testing.T) {
 	}
 	wg.Wait()
 	for _, addr := range []string{"A", "B"} {
-		waitFor(t, "every entry delivered to "+addr, func() bool { return len(f.sender.to(addr)) >= writers*each })
+		testsupport.WaitFor(t, "every entry delivered to "+addr, 20*time.Second, func() bool { return len(f.sender.to(addr)) >= writers*each })
 		seen := map[string]int{}
 		for _, d := range f.sender.to(addr) {
 			seen[d.info.Key.Name]++
@@ -794,7 +795,7 @@ func TestConcurrentWritersAreDeliveredExactlyOnce(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "queues empty", func() bool {
+	testsupport.WaitFor(t, "queues empty", 20*time.Second, func() bool {
 		return f.o.Depth("a") == 0 && f.o.Depth("b") == 0 && len(f.queued("a")) == 0 && len(f.queued("b")) == 0
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/codes"
@@ -14,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
 )
@@ -123,7 +125,7 @@ func TestPushContinuesTheCommitTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.End()
-	waitFor(t, "the push span", func() bool {
+	testsupport.WaitFor(t, "the push span", 20*time.Second, func() bool {
 		for _, s := range exp.GetSpans() {
 			if s.Name == pushSpanName {
 				return true

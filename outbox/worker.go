@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -227,7 +228,7 @@ func (o *Outbox) fill(ctx context.Context, p *peer) error {
 			}
 		}
 	}
-	slices.SortFunc(p.work, func(a, b *item) int { return cmpUint(a.seq, b.seq) })
+	slices.SortFunc(p.work, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
 	var first time.Time
 	for _, it := range p.work {
 		if it.bad == nil && (first.IsZero() || it.entry.EnqueuedAt.Before(first)) {
@@ -240,16 +241,6 @@ func (o *Outbox) fill(ctx context.Context, p *peer) error {
 		o.mu.Unlock()
 	}
 	return nil
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // noteGapLocked records as holes the numbers in [from, to) that a scan stepped over. Only

@@ -449,7 +449,7 @@ func (e *Engine) call(ctx context.Context, hook string, push func(*lua.State) in
 	return decode(v)
 }
 
-// pushContext pushes the ctx table of SPEC §8.
+// pushContext pushes the ctx table of docs/contract.md §8.
 func (e *Engine) pushContext(l *lua.State, r *Request, creds Credentials, status int) {
 	l.CreateTable(0, 20)
 	setString := func(name, v string) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -102,10 +103,8 @@ func newMetrics(reg prometheus.Registerer, cacheEntries, interpsBusy, interpsIdl
 			Help: "Lua interpreters loaded and waiting for a hook call.",
 		}, interpsIdle),
 	}
-	for _, c := range collectors {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register policy metrics: %w", err)
-		}
+	if err := telemetry.RegisterAll(reg, collectors...); err != nil {
+		return nil, fmt.Errorf("register policy metrics: %w", err)
 	}
 	return m, nil
 }

@@ -15,7 +15,7 @@ const (
 	TransportGRPC = "grpc"
 )
 
-// Operations (ctx.operation, SPEC §8).
+// Operations (ctx.operation, docs/contract.md §8).
 const (
 	OpRead            = "artifact.read"
 	OpWrite           = "artifact.write"

@@ -14,6 +14,7 @@ import (
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -400,7 +401,7 @@ func TestByteStreamCancelledUploadStoresNothing(t *testing.T) {
 	// instead (the server then rejects the short blob, which is a different test).
 	err = stream.RecvMsg(new(bspb.WriteResponse))
 	wantCode(t, err, codes.Canceled)
-	waitFor(t, func() bool {
+	testsupport.WaitFor(t, "the cancelled Write to be counted", 10*time.Second, func() bool {
 		return counterValue(t, h.reg, "kura_grpc_requests_total", map[string]string{"method": "/google.bytestream.ByteStream/Write"}) == 1
 	})
 	if h.casStored("default", data) {
@@ -425,18 +426,6 @@ func (s *notifyingStore) Put(ctx context.Context, k storage.Key, body io.Reader,
 	default:
 	}
 	return s.Store.Put(ctx, k, body, opts)
-}
-
-// waitFor polls cond until it holds or a deadline passes.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestQueryWriteStatus(t *testing.T) {

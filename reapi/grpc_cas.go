@@ -189,56 +189,82 @@ func (s *Server) readItem(ctx context.Context, namespace string, pd *repb.Digest
 }
 
 func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressableStorage_GetTreeServer) error {
-	ctx := stream.Context()
-	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+	tr, err := parseTreeRequest(req)
+	if err != nil {
 		return toStatus(err)
+	}
+	pages := &treePager{stream: stream, size: tr.pageSize}
+	index := 0
+	err = c.s.walkTree(stream.Context(), tr.namespace, tr.root, func(dir *repb.Directory) error {
+		index++
+		if index <= tr.start {
+			return nil // sent on an earlier page
+		}
+		return pages.add(dir, index-1)
+	})
+	if err == nil {
+		err = pages.finish()
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	return nil
+}
+
+// treeRequest is a validated GetTreeRequest.
+type treeRequest struct {
+	namespace string
+	root      digest
+	start     int // directories of the walk sent on earlier pages (from the page token)
+	pageSize  int // directories per page, within [1, maxTreePageSize]
+}
+
+func parseTreeRequest(req *repb.GetTreeRequest) (treeRequest, error) {
+	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+		return treeRequest{}, err
 	}
 	ns, err := namespaceOf(req.GetInstanceName())
 	if err != nil {
-		return toStatus(err)
+		return treeRequest{}, err
 	}
 	root, err := parseDigest(req.GetRootDigest())
 	if err != nil {
-		return toStatus(fmt.Errorf("root_digest: %w", err))
+		return treeRequest{}, fmt.Errorf("root_digest: %w", err)
 	}
 	start, err := parsePageToken(req.GetPageToken())
 	if err != nil {
-		return toStatus(err)
+		return treeRequest{}, err
 	}
 	pageSize := int(req.GetPageSize())
 	switch {
 	case pageSize < 0:
-		return toStatus(fmt.Errorf("%w: page_size %d is negative", errInvalidArgument, pageSize))
+		return treeRequest{}, fmt.Errorf("%w: page_size %d is negative", errInvalidArgument, pageSize)
 	case pageSize == 0:
 		pageSize = defaultTreePageSize
 	case pageSize > maxTreePageSize:
 		pageSize = maxTreePageSize
 	}
+	return treeRequest{namespace: ns, root: root, start: start, pageSize: pageSize}, nil
+}
 
-	// Breadth-first from the root; the order depends only on the directories' contents, so a
-	// page token (the index of the next directory in that order) stays valid across calls as
-	// long as the same sub-directories are present.
+// walkTree visits the directories under root breadth-first, each once. The order depends
+// only on the directories' contents, so a page token (the index of the next directory in
+// that order) stays valid across calls as long as the same sub-directories are present.
+// A root that cannot be read is an error; missing or unreadable parts below it are skipped,
+// as REAPI asks.
+func (s *Server) walkTree(ctx context.Context, ns string, root digest, visit func(*repb.Directory) error) error {
 	queue := []digest{root}
 	queued := map[[sha256.Size]byte]bool{root.hash: true}
-	var page []*repb.Directory
-	pageBytes, index, sent := 0, 0, false
-	flush := func(token string) error {
-		if err := stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: token}); err != nil {
-			return toStatus(fmt.Errorf("send a GetTree page: %w", err))
-		}
-		page, pageBytes, sent = nil, 0, true
-		return nil
-	}
 	for i := 0; i < len(queue); i++ {
-		dir, err := c.s.readDirectory(ctx, ns, queue[i])
+		dir, err := s.readDirectory(ctx, ns, queue[i])
 		if err != nil {
 			if i == 0 {
-				return toStatus(fmt.Errorf("root directory: %w", err))
+				return fmt.Errorf("root directory: %w", err)
 			}
 			if errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrCorrupt) || errors.Is(err, errInvalidArgument) {
 				continue // REAPI: missing (or unreadable) parts of the tree are omitted
 			}
-			return toStatus(err)
+			return err
 		}
 		for _, child := range dir.GetDirectories() {
 			cd, err := parseDigest(child.GetDigest())
@@ -248,23 +274,49 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 			queued[cd.hash] = true
 			queue = append(queue, cd)
 		}
-		index++
-		if index <= start {
-			continue
+		if err := visit(dir); err != nil {
+			return err
 		}
-		// A full page is sent once another directory follows it, so the last page of the
-		// stream is the one without a next_page_token.
-		if len(page) >= pageSize || pageBytes >= treePageBytes {
-			if err := flush(pageToken(index - 1)); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+// treePager cuts the walk into GetTree responses of at most size directories and about
+// treePageBytes.
+type treePager struct {
+	stream    repb.ContentAddressableStorage_GetTreeServer
+	size      int
+	page      []*repb.Directory
+	pageBytes int
+	sent      bool
+}
+
+// add appends the directory at index of the walk. A full page is sent once another
+// directory follows it, so the last page of the stream is the one without a next_page_token.
+func (p *treePager) add(dir *repb.Directory, index int) error {
+	if len(p.page) >= p.size || p.pageBytes >= treePageBytes {
+		if err := p.flush(pageToken(index)); err != nil {
+			return err
 		}
-		page = append(page, dir)
-		pageBytes += proto.Size(dir)
 	}
-	if len(page) > 0 || !sent {
-		return flush("")
+	p.page = append(p.page, dir)
+	p.pageBytes += proto.Size(dir)
+	return nil
+}
+
+// finish sends the last page, which is empty only when the whole stream is.
+func (p *treePager) finish() error {
+	if len(p.page) > 0 || !p.sent {
+		return p.flush("")
 	}
+	return nil
+}
+
+func (p *treePager) flush(token string) error {
+	if err := p.stream.Send(&repb.GetTreeResponse{Directories: p.page, NextPageToken: token}); err != nil {
+		return fmt.Errorf("send a GetTree page: %w", err)
+	}
+	p.page, p.pageBytes, p.sent = nil, 0, true
 	return nil
 }
 

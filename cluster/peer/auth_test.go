@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -255,9 +254,10 @@ func TestCredentialMalformedIsRefused(t *testing.T) {
 // mTLS and the credential are both checked when both are configured.
 func TestCredentialWithMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "cluster")
-	nodeCert, nodeKey := ca.issue(t, dir, certSpec{name: "node-a"})
-	serverTLS, clientTLS := mustLoadTLS(t, ca.path, nodeCert, nodeKey)
+	ca := testsupport.NewCA(t, "cluster")
+	caPath := testsupport.WriteFile(t, dir, "cluster-ca.pem", ca.PEM)
+	nodeCert, nodeKey := ca.Issue(t, "node-a").WriteFiles(t, dir, "node-a")
+	serverTLS, clientTLS := mustLoadTLS(t, caPath, nodeCert, nodeKey)
 	store := diskStore(t)
 	p := startPlane(t, store, ServerConfig{TLS: serverTLS, PlaneKey: clusterKey}, ClientConfig{TLS: clientTLS, PlaneKey: clusterKey})
 	ctx := testCtx(t)
@@ -310,12 +310,10 @@ func TestCredentialInterceptors(t *testing.T) {
 // A scanner gets one WARN line per reason and interval, with the remote address and the
 // number of refusals left out since the previous line; the metric counts every refusal.
 func TestCredentialRefusalLogIsRateLimited(t *testing.T) {
-	var now atomic.Int64
-	now.Store(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano())
-	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	clock := testsupport.NewClock(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC))
 	var logs testsupport.LockedBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
-	p := startPlane(t, diskStore(t), ServerConfig{PlaneKey: clusterKey, Now: clock, Logger: logger}, ClientConfig{})
+	p := startPlane(t, diskStore(t), ServerConfig{PlaneKey: clusterKey, Now: clock.Now, Logger: logger}, ClientConfig{})
 	rc := rawClient(t, p.addr)
 	ctx := testCtx(t)
 	scan := func(n int) {
@@ -337,7 +335,7 @@ func TestCredentialRefusalLogIsRateLimited(t *testing.T) {
 	if got := logs.Lines(refusedLine); len(got) != 2 || !strings.Contains(got[1], "reason=bad_credential") {
 		t.Fatalf("log lines %q; want a second one for bad_credential", got)
 	}
-	now.Add(int64(refusalLogInterval))
+	clock.Advance(refusalLogInterval)
 	scan(1)
 	got = logs.Lines("reason=missing")
 	if len(got) != 2 || !strings.Contains(got[1], "suppressed_since_last=4") {

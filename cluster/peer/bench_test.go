@@ -6,6 +6,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -61,8 +62,9 @@ func benchTLS(b *testing.B, mode string) (ServerConfig, ClientConfig) {
 		return ServerConfig{}, ClientConfig{}
 	}
 	dir := b.TempDir()
-	ca := newTestCA(b, dir, "cluster")
-	cert, key := ca.issue(b, dir, certSpec{name: "node"})
-	s, c := mustLoadTLS(b, ca.path, cert, key)
+	ca := testsupport.NewCA(b, "cluster")
+	caPath := testsupport.WriteFile(b, dir, "cluster-ca.pem", ca.PEM)
+	cert, key := ca.Issue(b, "node").WriteFiles(b, dir, "node")
+	s, c := mustLoadTLS(b, caPath, cert, key)
 	return ServerConfig{TLS: s}, ClientConfig{TLS: c}
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
 )
@@ -37,7 +38,7 @@ func TestFetchStreams(t *testing.T) {
 	mem := storagetest.NewMemory()
 	k := key(storage.KindGradle, "streamed")
 	const size = 6 << 20
-	if _, err := mem.Put(testCtx(t), k, newRandReader(9, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
+	if _, err := mem.Put(testCtx(t), k, testsupport.NewPatternReader(9, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
 		t.Fatal(err)
 	}
 	release := make(chan struct{})
@@ -176,7 +177,7 @@ func TestFetchCloseEarly(t *testing.T) {
 	mem := storagetest.NewMemory()
 	k := key(storage.KindGradle, "abandoned")
 	const size = 8 << 20
-	if _, err := mem.Put(testCtx(t), k, newRandReader(2, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
+	if _, err := mem.Put(testCtx(t), k, testsupport.NewPatternReader(2, size), storage.PutOptions{Size: size, Version: version(1)}); err != nil {
 		t.Fatal(err)
 	}
 	p := startPlane(t, mem, ServerConfig{MaxChunkBytes: 64 << 10}, ClientConfig{})
@@ -193,7 +194,7 @@ func TestFetchCloseEarly(t *testing.T) {
 	if _, err := r.Read(make([]byte, 1)); err == nil {
 		t.Fatal("Read after Close succeeded")
 	}
-	waitFor(t, "the server's FetchObject handler to end", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "the server's FetchObject handler to end", 10*time.Second, func() bool {
 		return counterValue(t, p.serverReg, "kura_peer_requests_total", map[string]string{"side": "server", "method": "FetchObject"}) == 1
 	})
 	if v := counterValue(t, p.clientReg, "kura_peer_requests_total", map[string]string{"side": "client", "method": "FetchObject", "code": "Canceled"}); v != 1 {

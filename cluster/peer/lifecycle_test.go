@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -90,7 +91,7 @@ func TestServerStop(t *testing.T) {
 		pushed := make(chan error, 1)
 		go func() {
 			_, err := c.PushObject(testCtx(t), ln.Addr().String(), info,
-				&gatedReader{r: newRandReader(4, size), after: 1 << 20, gate: release, timeout: time.Minute})
+				&gatedReader{r: testsupport.NewPatternReader(4, size), after: 1 << 20, gate: release, timeout: time.Minute})
 			pushed <- err
 		}()
 		<-backend.crossed // the push is being stored
@@ -136,7 +137,7 @@ func TestServerStop(t *testing.T) {
 		pushed := make(chan error, 1)
 		go func() {
 			_, err := c.PushObject(testCtx(t), ln.Addr().String(), info,
-				&gatedReader{r: newRandReader(5, size), after: 1 << 20, gate: release, timeout: time.Minute})
+				&gatedReader{r: testsupport.NewPatternReader(5, size), after: 1 << 20, gate: release, timeout: time.Minute})
 			pushed <- err
 		}()
 		<-backend.crossed

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/local"
 	"github.com/kuracache/kura/storage/meta"
@@ -119,52 +119,16 @@ func infoFor(k storage.Key, body []byte, v storage.Version) storage.Info {
 // version returns a fixed, realistic HLC version; n orders them.
 func version(n int) storage.Version { return storage.MakeVersion(1_760_000_000_000+int64(n), 0) }
 
-// randReader yields n deterministic pseudo-random bytes without holding them in memory.
-type randReader struct {
-	rng  *rand.ChaCha8
-	left int64
-}
-
-func newRandReader(seed byte, n int64) *randReader {
-	var s [32]byte
-	s[0] = seed
-	return &randReader{rng: rand.NewChaCha8(s), left: n}
-}
-
-func (r *randReader) Read(p []byte) (int, error) {
-	if r.left == 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > r.left {
-		p = p[:r.left]
-	}
-	n, _ := r.rng.Read(p)
-	r.left -= int64(n)
-	return n, nil
-}
-
-// streamInfo hashes a randReader's stream, for a body too large to keep around.
+// streamInfo hashes a pattern reader's stream, for a body too large to keep around.
 func streamInfo(t testing.TB, k storage.Key, seed byte, n int64, v storage.Version) storage.Info {
 	t.Helper()
 	h := sha256.New()
-	if _, err := io.Copy(h, newRandReader(seed, n)); err != nil {
+	if _, err := io.Copy(h, testsupport.NewPatternReader(uint64(seed), n)); err != nil {
 		t.Fatal(err)
 	}
 	info := storage.Info{Key: k, Size: n, ContentType: "application/octet-stream", Version: v}
 	copy(info.SHA256[:], h.Sum(nil))
 	return info
-}
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // observedBackend counts the body bytes the store reads from each push and can report when
@@ -219,18 +183,6 @@ func mustFetch(t testing.TB, c *Client, addr string, k storage.Key) ([]byte, sto
 }
 
 func isNotFound(err error) bool { return errors.Is(err, storage.ErrNotFound) }
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // counterValue reads one counter (or a histogram's sample count) from reg by name and labels.
 func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -72,7 +73,7 @@ func TestPushLargeStreams(t *testing.T) {
 
 	// The body pauses after 4 MiB until the store has read 2 MiB: a server that buffered the
 	// body before storing it would never get there.
-	body := &gatedReader{r: newRandReader(7, size), after: 4 << 20, gate: backend.crossed, timeout: time.Minute}
+	body := &gatedReader{r: testsupport.NewPatternReader(7, size), after: 4 << 20, gate: backend.crossed, timeout: time.Minute}
 	applied, err := p.client.PushObject(testCtx(t), p.addr, info, body)
 	if err != nil || !applied {
 		t.Fatalf("PushObject(20 MiB) = %v, %v", applied, err)
@@ -134,11 +135,11 @@ func TestPushExistingImmutableSkipsBody(t *testing.T) {
 	ctx := testCtx(t)
 	k := key(storage.KindNx, "123456789")
 	info := streamInfo(t, k, 3, size, version(1))
-	if _, err := store.Put(ctx, k, newRandReader(3, size), storage.PutOptions{Size: size, Version: info.Version}); err != nil {
+	if _, err := store.Put(ctx, k, testsupport.NewPatternReader(3, size), storage.PutOptions{Size: size, Version: info.Version}); err != nil {
 		t.Fatal(err)
 	}
 
-	body := &countingReader{r: newRandReader(3, size)}
+	body := &testsupport.CountingReader{R: testsupport.NewPatternReader(3, size)}
 	applied, err := p.client.PushObject(ctx, p.addr, info, body)
 	if err != nil || applied {
 		t.Fatalf("PushObject(existing) = %v, %v; want not applied and no error", applied, err)
@@ -146,7 +147,7 @@ func TestPushExistingImmutableSkipsBody(t *testing.T) {
 	if got := backend.bodyRead.Load(); got != 0 {
 		t.Fatalf("the server's store read %d body bytes of an existing immutable object, want 0", got)
 	}
-	sent := body.n.Load()
+	sent := body.N()
 	t.Logf("client read %d of %d body bytes before the peer's answer stopped it", sent, size)
 	if sent >= size/2 {
 		t.Fatalf("client read %d of %d bytes: it did not stop when the peer answered", sent, size)
@@ -321,13 +322,13 @@ func TestPushBodyReadFailure(t *testing.T) {
 	k := key(storage.KindGradle, "broken-source")
 	info := streamInfo(t, k, 1, 3<<20, version(1))
 	boom := errors.New("disk read failed")
-	body := io.MultiReader(io.LimitReader(newRandReader(1, 3<<20), 2<<20), &failingReader{err: boom})
+	body := io.MultiReader(io.LimitReader(testsupport.NewPatternReader(1, 3<<20), 2<<20), &failingReader{err: boom})
 	applied, err := p.client.PushObject(testCtx(t), p.addr, info, body)
 	if applied || !errors.Is(err, boom) {
 		t.Fatalf("PushObject = %v, %v; want the body's read error", applied, err)
 	}
 	// The server sees the cancellation; poll until its handler has finished, then check.
-	waitFor(t, "server to finish the abandoned push", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "server to finish the abandoned push", 10*time.Second, func() bool {
 		return counterValue(t, p.serverReg, "kura_peer_requests_total", map[string]string{"side": "server", "method": "PushObject", "code": "Canceled"}) == 1
 	})
 	if _, err := store.Stat(testCtx(t), k); !isNotFound(err) {
@@ -346,7 +347,7 @@ func TestPushHonoursContext(t *testing.T) {
 	info := streamInfo(t, k, 1, 2<<20, version(1))
 	ctx, cancel := context.WithCancel(testCtx(t))
 	never := make(chan struct{})
-	body := &gatedReader{r: newRandReader(1, 2<<20), after: 1 << 20, gate: never, timeout: time.Minute}
+	body := &gatedReader{r: testsupport.NewPatternReader(1, 2<<20), after: 1 << 20, gate: never, timeout: time.Minute}
 	done := make(chan error, 1)
 	go func() {
 		_, err := p.client.PushObject(ctx, p.addr, info, &cancelOnBlock{r: body, cancel: cancel})

@@ -2,111 +2,18 @@ package peer
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
-
-// testCA issues certificates for tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	path string // PEM file of the CA certificate
-}
-
-var serial atomic.Int64
-
-func newTestCA(t testing.TB, dir, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial.Add(1)),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, path: filepath.Join(dir, name+"-ca.pem")}
-	writePEM(t, ca.path, "CERTIFICATE", der)
-	return ca
-}
-
-type certSpec struct {
-	name     string
-	usages   []x509.ExtKeyUsage
-	notAfter time.Time
-}
-
-// issue writes a node certificate and key (IP SAN 127.0.0.1) and returns their paths.
-func (ca *testCA) issue(t testing.TB, dir string, spec certSpec) (certPath, keyPath string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if spec.usages == nil {
-		spec.usages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	}
-	if spec.notAfter.IsZero() {
-		spec.notAfter = time.Now().Add(24 * time.Hour)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)),
-		Subject:      pkix.Name{CommonName: spec.name},
-		NotBefore:    time.Now().Add(-2 * time.Hour),
-		NotAfter:     spec.notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  spec.usages,
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPath = filepath.Join(dir, spec.name+".pem")
-	keyPath = filepath.Join(dir, spec.name+"-key.pem")
-	writePEM(t, certPath, "CERTIFICATE", der)
-	writePEM(t, keyPath, "PRIVATE KEY", keyDER)
-	return certPath, keyPath
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func mustLoadTLS(t testing.TB, ca, cert, key string) (*tls.Config, *tls.Config) {
 	t.Helper()
@@ -121,11 +28,12 @@ func mustLoadTLS(t testing.TB, ca, cert, key string) (*tls.Config, *tls.Config) 
 // another CA, a server from another CA and plaintext are all refused, and nothing is stored.
 func TestMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "cluster")
-	nodeCert, nodeKey := ca.issue(t, dir, certSpec{name: "node-a"})
-	peerCert, peerKey := ca.issue(t, dir, certSpec{name: "node-b"})
-	serverTLS, _ := mustLoadTLS(t, ca.path, nodeCert, nodeKey)
-	_, clientTLS := mustLoadTLS(t, ca.path, peerCert, peerKey)
+	ca := testsupport.NewCA(t, "cluster")
+	caPath := testsupport.WriteFile(t, dir, "cluster-ca.pem", ca.PEM)
+	nodeCert, nodeKey := ca.Issue(t, "node-a").WriteFiles(t, dir, "node-a")
+	peerCert, peerKey := ca.Issue(t, "node-b").WriteFiles(t, dir, "node-b")
+	serverTLS, _ := mustLoadTLS(t, caPath, nodeCert, nodeKey)
+	_, clientTLS := mustLoadTLS(t, caPath, peerCert, peerKey)
 
 	store := diskStore(t)
 	_, addr := startServer(t, ServerConfig{TLS: serverTLS}, store)
@@ -149,15 +57,15 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("fetched %q", got)
 	}
 
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	other := newTestCA(t, dir, "intruder")
-	otherCert, otherKey := other.issue(t, dir, certSpec{name: "intruder-node"})
+	pool := ca.Pool
+	other := testsupport.NewCA(t, "intruder")
+	otherPath := testsupport.WriteFile(t, dir, "intruder-ca.pem", other.PEM)
+	otherCert, otherKey := other.Issue(t, "intruder-node").WriteFiles(t, dir, "intruder-node")
 	otherPair, err := tls.LoadX509KeyPair(otherCert, otherKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherServerTLS, _ := mustLoadTLS(t, other.path, otherCert, otherKey)
+	otherServerTLS, _ := mustLoadTLS(t, otherPath, otherCert, otherKey)
 	_, otherAddr := startServer(t, ServerConfig{TLS: otherServerTLS}, diskStore(t))
 
 	for _, tc := range []struct {
@@ -199,9 +107,10 @@ func TestMutualTLS(t *testing.T) {
 // certificates, and the client accepts a peer certificate whatever its SANs (chain only).
 func TestTLSChainVerificationIgnoresSANs(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "cluster")
-	nodeCert, nodeKey := ca.issue(t, dir, certSpec{name: "node-a"})
-	serverTLS, clientTLS := mustLoadTLS(t, ca.path, nodeCert, nodeKey)
+	ca := testsupport.NewCA(t, "cluster")
+	caPath := testsupport.WriteFile(t, dir, "cluster-ca.pem", ca.PEM)
+	nodeCert, nodeKey := ca.Issue(t, "node-a").WriteFiles(t, dir, "node-a")
+	serverTLS, clientTLS := mustLoadTLS(t, caPath, nodeCert, nodeKey)
 	_, addr := startServer(t, ServerConfig{TLS: serverTLS}, diskStore(t))
 	// Dial by "localhost": not in the certificate's SANs (IP 127.0.0.1 only), still accepted.
 	_, port, _ := net.SplitHostPort(addr)
@@ -213,12 +122,13 @@ func TestTLSChainVerificationIgnoresSANs(t *testing.T) {
 
 func TestLoadTLSErrors(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "cluster")
-	other := newTestCA(t, dir, "other")
-	okCert, okKey := ca.issue(t, dir, certSpec{name: "ok"})
-	expCert, expKey := ca.issue(t, dir, certSpec{name: "expired", notAfter: time.Now().Add(-time.Minute)})
-	srvCert, srvKey := ca.issue(t, dir, certSpec{name: "server-only", usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	foreignCert, foreignKey := other.issue(t, dir, certSpec{name: "foreign"})
+	ca := testsupport.NewCA(t, "cluster")
+	caPath := testsupport.WriteFile(t, dir, "cluster-ca.pem", ca.PEM)
+	other := testsupport.NewCA(t, "other")
+	okCert, okKey := ca.Issue(t, "ok").WriteFiles(t, dir, "ok")
+	expCert, expKey := ca.IssueWith(t, "expired", testsupport.IssueSpec{NotAfter: time.Now().Add(-time.Minute)}).WriteFiles(t, dir, "expired")
+	srvCert, srvKey := ca.IssueWith(t, "server-only", testsupport.IssueSpec{ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}).WriteFiles(t, dir, "server-only")
+	foreignCert, foreignKey := other.Issue(t, "foreign").WriteFiles(t, dir, "foreign")
 	garbage := filepath.Join(dir, "garbage.pem")
 	if err := os.WriteFile(garbage, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
@@ -230,10 +140,10 @@ func TestLoadTLSErrors(t *testing.T) {
 	}{
 		{"missing CA file", filepath.Join(dir, "nope.pem"), okCert, okKey, "nope.pem"},
 		{"CA file without certificates", garbage, okCert, okKey, "no PEM certificate"},
-		{"key of another certificate", ca.path, okCert, foreignKey, "load certificate"},
-		{"expired certificate", ca.path, expCert, expKey, "expired"},
-		{"certificate without client usage", ca.path, srvCert, srvKey, "client-authentication usage"},
-		{"certificate from another CA", ca.path, foreignCert, foreignKey, "not issued by the CA"},
+		{"key of another certificate", caPath, okCert, foreignKey, "load certificate"},
+		{"expired certificate", caPath, expCert, expKey, "expired"},
+		{"certificate without client usage", caPath, srvCert, srvKey, "client-authentication usage"},
+		{"certificate from another CA", caPath, foreignCert, foreignKey, "not issued by the CA"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, c, err := LoadTLS(tc.ca, tc.cert, tc.key)
@@ -250,16 +160,16 @@ func TestLoadTLSErrors(t *testing.T) {
 // A rotated certificate is picked up by later handshakes without a restart.
 func TestTLSReloadsRotatedCertificate(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "cluster")
-	certPath, keyPath := ca.issue(t, dir, certSpec{name: "node-v1"})
-	var now atomic.Int64
-	now.Store(time.Now().UnixNano())
-	src, err := loadSource(ca.path, certPath, keyPath, time.Minute, func() time.Time { return time.Unix(0, now.Load()) })
+	ca := testsupport.NewCA(t, "cluster")
+	caPath := testsupport.WriteFile(t, dir, "cluster-ca.pem", ca.PEM)
+	certPath, keyPath := ca.Issue(t, "node-v1").WriteFiles(t, dir, "node-v1")
+	clock := testsupport.NewClock(time.Now())
+	src, err := loadSource(caPath, certPath, keyPath, time.Minute, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, addr := startServer(t, ServerConfig{TLS: serverConfig(src)}, diskStore(t))
-	_, clientTLS := mustLoadTLS(t, ca.path, certPath, keyPath)
+	_, clientTLS := mustLoadTLS(t, caPath, certPath, keyPath)
 
 	servedCN := func() string {
 		t.Helper()
@@ -277,7 +187,7 @@ func TestTLSReloadsRotatedCertificate(t *testing.T) {
 	}
 
 	// Rotate in place (as a Secret update does): a new certificate under the same paths.
-	newCert, newKey := ca.issue(t, dir, certSpec{name: "node-v2"})
+	newCert, newKey := ca.Issue(t, "node-v2").WriteFiles(t, dir, "node-v2")
 	for from, to := range map[string]string{newCert: certPath, newKey: keyPath} {
 		data, err := os.ReadFile(from)
 		if err != nil {
@@ -290,7 +200,7 @@ func TestTLSReloadsRotatedCertificate(t *testing.T) {
 	if cn := servedCN(); cn != "node-v1" {
 		t.Fatalf("served %q before the reload interval, want node-v1 still", cn)
 	}
-	now.Add(int64(2 * time.Minute))
+	clock.Advance(2 * time.Minute)
 	if cn := servedCN(); cn != "node-v2" {
 		t.Fatalf("served %q after rotation, want node-v2", cn)
 	}
@@ -299,7 +209,7 @@ func TestTLSReloadsRotatedCertificate(t *testing.T) {
 	if err := os.WriteFile(certPath, []byte("half written"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	now.Add(int64(2 * time.Minute))
+	clock.Advance(2 * time.Minute)
 	if cn := servedCN(); cn != "node-v2" {
 		t.Fatalf("served %q after a broken rotation, want node-v2 kept", cn)
 	}

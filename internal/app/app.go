@@ -51,7 +51,7 @@ type App struct {
 	outbox     *outbox.Outbox
 	sweeper    *antientropy.Sweeper
 
-	// memory keeps the node within its memory watermarks (SPEC §6).
+	// memory keeps the node within its memory watermarks (docs/contract.md §6).
 	memory *memory.Controller
 
 	// life is the node's traffic state (joining, serving, draining) and its requests in flight.
@@ -59,7 +59,7 @@ type App struct {
 
 	// policy runs the operator's Lua hooks before every public request; nil when off.
 	policy *policy.Engine
-	// analytics sends the runtime analytics webhooks (SPEC §9); nil when they are off.
+	// analytics sends the runtime analytics webhooks (docs/contract.md §9); nil when they are off.
 	analytics *analytics.Reporter
 	// tracing is the tracer provider injected everywhere (no-op without
 	// KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); Run flushes it last.
@@ -122,11 +122,14 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	}
 	// Front ends read through to peers on a local miss; the internal plane, the outbox and the
 	// sweeper use the raw local store, so a miss never bounces between nodes.
-	frontStore := antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
+	frontStore, err := antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		Logger:           logger,
 		Registerer:       a.registry,
 	})
+	if err != nil {
+		return nil, err
+	}
 
 	// A nil *Engine or *Reporter must not reach Deps as a non-nil interface.
 	var httpGuard httpapi.Guard
@@ -236,7 +239,7 @@ func (a *App) openStore() error {
 		Dir:             dir,
 		TmpDir:          cfg.TmpDir,
 		DiskBudgetBytes: cfg.DiskBudgetBytes,
-		// SPEC §6 budgets: every store descriptor comes out of the pool, the handle cache
+		// docs/contract.md §6 budgets: every store descriptor comes out of the pool, the handle cache
 		// stays below it, and the manifest cache is bounded in bytes.
 		FileDescriptorPoolSize:       cfg.FileDescriptorPoolSize,
 		FileDescriptorAcquireTimeout: cfg.FileDescriptorAcquireTimeout,

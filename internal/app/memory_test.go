@@ -88,17 +88,6 @@ func metricValue(t *testing.T, reg prometheus.Gatherer, name string, match map[s
 	return sum
 }
 
-func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func putGradle(t *testing.T, a *App, key, body string) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPut, "http://"+a.HTTPAddr()+"/api/cache/gradle/"+key+"?tenant_id=t&namespace_id=n", strings.NewReader(body))
@@ -152,7 +141,7 @@ func TestHardWatermarkPausesAndResumesReplication(t *testing.T) {
 	runApp(t, b)
 	t.Cleanup(http.DefaultClient.CloseIdleConnections)
 
-	poll(t, 30*time.Second, "the two nodes to see each other and B to bootstrap", func() bool {
+	testsupport.WaitFor(t, "the two nodes to see each other and B to bootstrap", 30*time.Second, func() bool {
 		return len(a.cluster.Peers()) == 1 && len(b.cluster.Peers()) == 1 && b.sweeper.Bootstrapped()
 	})
 	received := func() float64 {
@@ -161,12 +150,12 @@ func TestHardWatermarkPausesAndResumesReplication(t *testing.T) {
 	// Control: in the normal band a write reaches B by push within moments.
 	start := time.Now()
 	putGradle(t, a, "control", "control body")
-	poll(t, 30*time.Second, "the control write pushed to B", func() bool { return received() == 1 && storedLocally(t, b, "control") })
+	testsupport.WaitFor(t, "the control write pushed to B", 30*time.Second, func() bool { return received() == 1 && storedLocally(t, b, "control") })
 	pushLatency := time.Since(start)
 
 	// Over the hard watermark: A pauses its dispatcher and its sweeper.
 	usage.Store(cfgA.MemoryHardLimitBytes)
-	poll(t, 10*time.Second, "A in the hard band", func() bool { return a.memory.State() == memory.Hard })
+	testsupport.WaitFor(t, "A in the hard band", 10*time.Second, func() bool { return a.memory.State() == memory.Hard })
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
@@ -213,8 +202,8 @@ func TestHardWatermarkPausesAndResumesReplication(t *testing.T) {
 	// Back below the hard watermark's exit level (but above soft): dispatch resumes and the
 	// queue drains, while cache admission stays shed.
 	usage.Store(cfgA.MemorySoftLimitBytes)
-	poll(t, 10*time.Second, "A in the soft band", func() bool { return a.memory.State() == memory.Soft })
-	poll(t, 30*time.Second, "the paused writes pushed to B", func() bool {
+	testsupport.WaitFor(t, "A in the soft band", 10*time.Second, func() bool { return a.memory.State() == memory.Soft })
+	testsupport.WaitFor(t, "the paused writes pushed to B", 30*time.Second, func() bool {
 		return received() == float64(1+len(keys)) && a.outbox.Depth("node-b") == 0
 	})
 	for _, k := range keys {
@@ -223,7 +212,7 @@ func TestHardWatermarkPausesAndResumesReplication(t *testing.T) {
 		}
 	}
 	usage.Store(0)
-	poll(t, 10*time.Second, "A in the normal band", func() bool { return a.memory.State() == memory.Normal })
+	testsupport.WaitFor(t, "A in the normal band", 10*time.Second, func() bool { return a.memory.State() == memory.Normal })
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
@@ -366,7 +355,7 @@ func TestGoMemoryLimitFollowsTheHardWatermark(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- a.Run(ctx) }()
-			poll(t, 10*time.Second, "the memory controller running", func() bool {
+			testsupport.WaitFor(t, "the memory controller running", 10*time.Second, func() bool {
 				return strings.Contains(logs.String(), "memory controller running")
 			})
 			want := cfg.MemoryHardLimitBytes

@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// spec7Families are the metric families SPEC §7 names, by one member each. Families of
+// spec7Families are the metric families docs/contract.md §7 names, by one member each. Families of
 // optional subsystems (policy, analytics) are covered with those switched on; the per-peer
 // replication families (kura_replication_*, kura_outbox_depth) only have series once a peer
 // exists and are checked by the outbox tests and the cluster e2e suite.
@@ -45,7 +45,7 @@ var spec7Families = []string{
 }
 
 // TestMetricsFamiliesAndNames runs a node with the policy and analytics on, makes traffic on
-// HTTP and gRPC, and checks that every SPEC §7 family is exported on the node's registry and
+// HTTP and gRPC, and checks that every docs/contract.md §7 family is exported on the node's registry and
 // that every family passes Prometheus' own lint (promlint).
 func TestMetricsFamiliesAndNames(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "policy.lua")
@@ -104,7 +104,7 @@ func TestMetricsFamiliesAndNames(t *testing.T) {
 	}
 	for _, name := range spec7Families {
 		if !have[name] {
-			t.Errorf("SPEC §7 family %s is not exported", name)
+			t.Errorf("docs/contract.md §7 family %s is not exported", name)
 		}
 	}
 	problems, err := testutil.GatherAndLint(node.registry)

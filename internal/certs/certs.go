@@ -141,7 +141,7 @@ func (s *Source) load(now time.Time) (Material, error) {
 	var errs []error
 	var m Material
 	if s.files.CAPath != "" {
-		pool, err := LoadCA(label, s.files.CAPath)
+		pool, err := loadCA(label, s.files.CAPath)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -184,8 +184,8 @@ func (m Material) Chain() []*x509.Certificate {
 	return chain
 }
 
-// LoadCA reads a PEM bundle of CA certificates; a file without any is an error.
-func LoadCA(label, path string) (*x509.CertPool, error) {
+// loadCA reads a PEM bundle of CA certificates; a file without any is an error.
+func loadCA(label, path string) (*x509.CertPool, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: read CA file: %w", label, err)

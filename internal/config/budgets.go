@@ -33,7 +33,7 @@ const (
 	DefaultFileDescriptorAcquireTimeout = 5 * time.Second
 )
 
-// Budgets are the runtime resource budgets of SPEC §6. Each is either set by its variable
+// Budgets are the runtime resource budgets of docs/contract.md §6. Each is either set by its variable
 // or derived from the Host by DeriveBudgets' rules.
 type Budgets struct {
 	FileDescriptorPoolSize            int           // KURA_FILE_DESCRIPTOR_POOL_SIZE

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -65,7 +66,7 @@ type Config struct {
 	AntiEntropyInterval time.Duration // KURA_ANTI_ENTROPY_INTERVAL_MS: between anti-entropy sweeps
 	OutboxDropAfter     time.Duration // KURA_OUTBOX_DROP_AFTER_MS: a departed peer's queue is dropped after this
 
-	// Budgets holds the runtime budgets (SPEC §6), derived from Host unless set. It is
+	// Budgets holds the runtime budgets (docs/contract.md §6), derived from Host unless set. It is
 	// embedded so callers write cfg.FileDescriptorPoolSize as well as cfg.Budgets.
 	Budgets
 	// Host is what the budgets were derived from.
@@ -128,7 +129,7 @@ func (o OTelConfig) Enabled() bool { return o.TracesEndpoint != "" }
 // RedactedEndpoint is TracesEndpoint with any credentials in it replaced, for logs.
 func (o OTelConfig) RedactedEndpoint() string { return redactURL(o.TracesEndpoint) }
 
-// AnalyticsConfig configures the runtime analytics webhooks (SPEC §9).
+// AnalyticsConfig configures the runtime analytics webhooks (docs/contract.md §9).
 type AnalyticsConfig struct {
 	ServerURL                      string        // KURA_ANALYTICS_SERVER_URL, no trailing slash; empty = off
 	SigningKey                     string        // KURA_ANALYTICS_SIGNING_KEY, HMAC key as written
@@ -187,8 +188,21 @@ func LoadWith(environ []string, opts Options) (*Config, error) {
 func load(environ []string, opts Options) (*Config, *parser) {
 	p := newParser(environ)
 	c := &Config{}
+	p.listeners(c)
+	p.identity(c, opts.Hostname)
+	p.storage(c, opts.FilesystemSize)
+	p.cluster(c)
+	p.runtime(c, opts)
+	p.observability(c)
+	c.Extension = p.extension()
+	c.Analytics = p.analytics()
+	c.Warnings = append(c.Warnings, p.unknownVariables()...)
+	sort.Strings(c.Derived)
+	return c, p
+}
 
-	// Listeners.
+// listeners reads the bind address and the four ports, which must all differ.
+func (p *parser) listeners(c *Config) {
 	c.BindAddress = p.str(EnvBindAddress, "0.0.0.0")
 	if net.ParseIP(c.BindAddress) == nil {
 		p.problem(EnvBindAddress, "%q is not an IP address (0.0.0.0 or :: listen on all interfaces)", c.BindAddress)
@@ -209,27 +223,22 @@ func load(environ []string, opts Options) (*Config, *parser) {
 			}
 		}
 	}
+}
 
-	// Identity.
-	var (
-		hostname    string
-		hostnameErr error
-		hostnameSet bool
-	)
-	getHostname := func() (string, error) {
-		if !hostnameSet {
-			hostnameSet = true
-			get := opts.Hostname
-			if get == nil {
-				get = os.Hostname
-			}
-			hostname, hostnameErr = get()
-			if hostnameErr == nil && hostname == "" {
-				hostnameErr = fmt.Errorf("hostname is empty")
-			}
-		}
-		return hostname, hostnameErr
+// identity reads tenant, region, node name and node URL. The hostname, which defaults the
+// last two, is read at most once and only when one of them is unset; nil uses os.Hostname.
+// It needs c.Port, so listeners runs first.
+func (p *parser) identity(c *Config, hostnameFunc func() (string, error)) {
+	if hostnameFunc == nil {
+		hostnameFunc = os.Hostname
 	}
+	hostname := sync.OnceValues(func() (string, error) {
+		h, err := hostnameFunc()
+		if err == nil && h == "" {
+			err = fmt.Errorf("hostname is empty")
+		}
+		return h, err
+	})
 	c.TenantID = p.str(EnvTenantID, "default")
 	p.identifier(EnvTenantID, c.TenantID, 128)
 	c.Region = p.str(EnvRegion, "local")
@@ -237,7 +246,7 @@ func load(environ []string, opts Options) (*Config, *parser) {
 	if v, ok := p.get(EnvNodeName); ok {
 		c.NodeName = v
 		p.identifier(EnvNodeName, v, 128)
-	} else if h, err := getHostname(); err != nil {
+	} else if h, err := hostname(); err != nil {
 		p.problem(EnvNodeName, "not set, and the hostname cannot be read to default it: %v", err)
 	} else {
 		c.NodeName = h
@@ -248,13 +257,16 @@ func load(environ []string, opts Options) (*Config, *parser) {
 			p.problem(EnvNodeURL, "%v", err)
 		}
 		c.NodeURL = u
-	} else if h, err := getHostname(); err != nil {
+	} else if h, err := hostname(); err != nil {
 		p.problem(EnvNodeURL, "not set, and the hostname cannot be read to default it: %v", err)
 	} else {
 		c.NodeURL = "http://" + joinPort(h, c.Port)
 	}
+}
 
-	// Storage.
+// storage reads the data and staging directories, the disk budget (auto = half of the
+// filesystem; fsSize nil uses statfs(2)) and the body limits.
+func (p *parser) storage(c *Config, fsSize func(dir string) (uint64, error)) {
 	c.DataDir = p.dir(EnvDataDir, "./kura-data")
 	if _, set := p.get(EnvTmpDir); set || !p.failed(EnvDataDir) {
 		c.TmpDir = p.dir(EnvTmpDir, filepath.Join(c.DataDir, "tmp"))
@@ -262,7 +274,6 @@ func load(environ []string, opts Options) (*Config, *parser) {
 		// The default lives inside the data directory, whose problem already covers it.
 		c.TmpDir = filepath.Join(c.DataDir, "tmp")
 	}
-	fsSize := opts.FilesystemSize
 	if fsSize == nil {
 		fsSize = filesystemSize
 	}
@@ -284,8 +295,11 @@ func load(environ []string, opts Options) (*Config, *parser) {
 	}
 	c.MaxKeyValueBytes = p.size(EnvMaxKeyValueBytes, 1048576, 1)
 	c.MaxXcodeBytes = p.size(EnvMaxXcodeBytes, 256*MiB, 1)
+}
 
-	// Cluster.
+// cluster reads seeds, discovery, the periodic intervals, the gossip key, both TLS sets and
+// the drain and bootstrap deadlines. It needs c.GossipPort, the default port of a seed.
+func (p *parser) cluster(c *Config) {
 	if v, ok := p.get(EnvPeers); ok {
 		var problems []string
 		c.Peers, problems = parsePeers(v, c.GossipPort)
@@ -321,8 +335,11 @@ func load(environ []string, opts Options) (*Config, *parser) {
 	c.PublicTLS = p.publicTLS()
 	c.DrainTimeout = p.duration(EnvDrainTimeoutMS, DefaultDrainTimeout, time.Millisecond, 100)
 	c.BootstrapTimeout = p.duration(EnvBootstrapTimeoutMS, DefaultBootstrapTimeout, time.Millisecond, 0)
+}
 
-	// Runtime budgets.
+// runtime detects the host (or takes the injected one) and derives the runtime budgets
+// from it, keeping the variables derived so far (the disk budget) in c.Derived.
+func (p *parser) runtime(c *Config, opts Options) {
 	if opts.Host != nil {
 		c.Host = *opts.Host
 	} else {
@@ -330,8 +347,10 @@ func load(environ []string, opts Options) (*Config, *parser) {
 	}
 	c.Budgets, c.Derived = p.budgets(c.Host, c.Derived)
 	c.Warnings = append(c.Warnings, budgetWarnings(c)...)
+}
 
-	// Observability.
+// observability reads the OTLP traces endpoint, the service identity and the log settings.
+func (p *parser) observability(c *Config) {
 	if v, ok := p.get(EnvOTelEndpoint); ok {
 		u, err := httpURL(v)
 		if err != nil {
@@ -365,12 +384,6 @@ func load(environ []string, opts Options) (*Config, *parser) {
 			p.problem(EnvLogFormat, "%q is not a log format (json, text)", v)
 		}
 	}
-
-	c.Extension = p.extension()
-	c.Analytics = p.analytics()
-	c.Warnings = append(c.Warnings, p.unknownVariables()...)
-	sort.Strings(c.Derived)
-	return c, p
 }
 
 // dir resolves a directory variable to an absolute path and proves it can be created and

@@ -13,7 +13,7 @@ import (
 	"github.com/kuracache/kura/policy"
 )
 
-// ExtensionConfig configures the Lua policy hooks (SPEC §8). The resource maps are keyed by
+// ExtensionConfig configures the Lua policy hooks (docs/contract.md §8). The resource maps are keyed by
 // ResourceID (upper-cased id), collected from every KURA_EXTENSION_<FAMILY>_<ID>_<FIELD>
 // variable in the environment.
 type ExtensionConfig struct {

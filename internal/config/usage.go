@@ -3,7 +3,7 @@ package config
 import "strings"
 
 // Usage is the body of `kura --help`: how values are written, then every variable grouped
-// like the SPEC, with its default (or the rule deriving it) and its meaning.
+// like docs/contract.md §1, with its default (or the rule deriving it) and its meaning.
 func Usage() string {
 	var b strings.Builder
 	// No title or usage line: cmd/kura prints those (with the version) above this text.

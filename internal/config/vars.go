@@ -102,7 +102,7 @@ type varGroup struct {
 }
 
 // variables is the single table behind Usage and unknown-variable detection, grouped like
-// the SPEC.
+// docs/contract.md §1.
 var variables = []varGroup{
 	{"Listeners and identity", []varSpec{
 		{name: EnvBindAddress, def: "0.0.0.0", meaning: "IP address every listener binds to (127.0.0.1 in tests)"},

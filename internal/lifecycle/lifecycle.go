@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -52,10 +53,8 @@ func New(reg prometheus.Registerer) (*Node, error) {
 		Help: "Public HTTP requests and gRPC calls being served now (what a drain waits for).",
 	}, func() float64 { return float64(n.InFlight()) })
 	if reg != nil {
-		for _, c := range []prometheus.Collector{n.gauge, inflight} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("register the lifecycle metrics: %w", err)
-			}
+		if err := telemetry.RegisterAll(reg, n.gauge, inflight); err != nil {
+			return nil, fmt.Errorf("register the lifecycle metrics: %w", err)
 		}
 	}
 	n.publish(Joining)

@@ -1,7 +1,6 @@
 package memory
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -43,7 +42,7 @@ type harness struct {
 	s       *fakeSampler
 	clock   *testsupport.Clock
 	reg     *prometheus.Registry
-	logs    *bytes.Buffer
+	logs    *testsupport.LockedBuffer
 	mu      sync.Mutex
 	events  []string
 	freeOS  atomic.Int64
@@ -53,7 +52,7 @@ type harness struct {
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, s: &fakeSampler{}, clock: testsupport.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)), reg: prometheus.NewRegistry(), logs: &bytes.Buffer{}}
+	h := &harness{t: t, s: &fakeSampler{}, clock: testsupport.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)), reg: prometheus.NewRegistry(), logs: &testsupport.LockedBuffer{}}
 	cfg := Config{
 		Soft: 1000, Hard: 2000, Sample: h.s.Sample, Now: h.clock.Now,
 		FreeOSMemory: func() { h.freeOS.Add(1); h.record("freeos") },
@@ -63,7 +62,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 			h.limits = append(h.limits, n)
 			return math.MaxInt64
 		},
-		Logger:     slog.New(slog.NewTextHandler(&lockedWriter{w: h.logs}, nil)),
+		Logger:     slog.New(slog.NewTextHandler(h.logs, nil)),
 		Registerer: h.reg,
 	}
 	if mod != nil {
@@ -128,17 +127,6 @@ func (h *harness) action(a string) float64 {
 }
 func (h *harness) into(s State) float64 {
 	return testutil.ToFloat64(h.c.m.transitions.WithLabelValues(s.String()))
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 func TestNewRejectsBadConfigs(t *testing.T) {
@@ -371,12 +359,12 @@ func TestRunSamplesSetsTheGoLimitAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.c.Run(ctx) }()
-	waitFor(t, "the hard band", func() bool { return h.c.State() == Hard })
+	testsupport.WaitFor(t, "the hard band", 10*time.Second, func() bool { return h.c.State() == Hard })
 	if err := h.c.Run(ctx); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Fatalf("second Run = %v", err)
 	}
 	h.s.v.Store(100)
-	waitFor(t, "the normal band", func() bool { return h.c.State() == Normal })
+	testsupport.WaitFor(t, "the normal band", 10*time.Second, func() bool { return h.c.State() == Normal })
 	if h.c.Usage() != 100 {
 		t.Fatalf("Usage = %d", h.c.Usage())
 	}
@@ -397,7 +385,7 @@ func TestRunLeavesTheGoLimitAlone(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.c.Run(ctx) }()
-	waitFor(t, "three samples", func() bool { return h.s.calls.Load() >= 3 })
+	testsupport.WaitFor(t, "three samples", 10*time.Second, func() bool { return h.s.calls.Load() >= 3 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -406,16 +394,5 @@ func TestRunLeavesTheGoLimitAlone(t *testing.T) {
 	defer h.limitMu.Unlock()
 	if len(h.limits) != 0 {
 		t.Fatalf("SetMemoryLimit called: %v", h.limits)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

@@ -3,6 +3,7 @@ package memory
 import (
 	"fmt"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -66,10 +67,8 @@ func newMetrics(reg prometheus.Registerer) (*metricSet, error) {
 	for _, a := range []string{ActionShed, ActionRestore, ActionPause, ActionResume, ActionTrim} {
 		m.actions.WithLabelValues(a)
 	}
-	for _, c := range []prometheus.Collector{m.usage, m.soft, m.hard, m.state, m.transitions, m.actions, m.paused, m.sampleErrors} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register memory metrics: %w", err)
-		}
+	if err := telemetry.RegisterAll(reg, m.usage, m.soft, m.hard, m.state, m.transitions, m.actions, m.paused, m.sampleErrors); err != nil {
+		return nil, fmt.Errorf("register memory metrics: %w", err)
 	}
 	return m, nil
 }

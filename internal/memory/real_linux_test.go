@@ -3,13 +3,14 @@
 package memory
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,7 +24,7 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
+	var logs testsupport.LockedBuffer
 	c, err := New(Config{
 		Soft: base + 32*mib, Hard: base + 64*mib,
 		// 2 %: the exit levels sit well above base however large the test binary's RSS is.
@@ -61,9 +62,9 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 	for i := 0; i < size; i += page {
 		mem[i] = 1
 	}
-	waitFor(t, "the hard band from real memory use", func() bool { return c.State() == Hard })
+	testsupport.WaitFor(t, "the hard band from real memory use", 10*time.Second, func() bool { return c.State() == Hard })
 	peak := c.Usage()
-	waitFor(t, "the pause call", func() bool {
+	testsupport.WaitFor(t, "the pause call", 10*time.Second, func() bool {
 		work.mu.Lock()
 		defer work.mu.Unlock()
 		return len(work.calls) >= 1
@@ -78,9 +79,9 @@ func TestRealMemoryCrossesTheWatermarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	unmapped = true
-	waitFor(t, "the normal band after the memory was released", func() bool { return c.State() == Normal })
+	testsupport.WaitFor(t, "the normal band after the memory was released", 10*time.Second, func() bool { return c.State() == Normal })
 	// The state flips before the transition's reactions have run: wait for the resume call.
-	waitFor(t, "the resume call", func() bool {
+	testsupport.WaitFor(t, "the resume call", 10*time.Second, func() bool {
 		work.mu.Lock()
 		defer work.mu.Unlock()
 		return len(work.calls) >= 2

@@ -1,8 +1,6 @@
 package telemetry
 
 import (
-	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,22 +51,6 @@ func NewArtifactMetrics(reg prometheus.Registerer) (*ArtifactMetrics, error) {
 		return nil, err
 	}
 	return m, nil
-}
-
-// RegisterOrReuse registers c on reg, or returns the identical collector registered there
-// before (for families that several components share).
-func RegisterOrReuse[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	var already prometheus.AlreadyRegisteredError
-	if errors.As(err, &already) {
-		if existing, ok := already.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("register metrics: %w", err)
 }
 
 // maxNamespaceSeries bounds the namespaces NamespaceLookups keeps apart. Namespaces are

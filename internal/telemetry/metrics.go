@@ -1,6 +1,9 @@
 package telemetry
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -28,4 +31,35 @@ func NewRegistry(id NodeIdentity) *prometheus.Registry {
 	info.Set(1)
 	reg.MustRegister(info)
 	return reg
+}
+
+// RegisterAll registers every collector on reg, or none: on the first failure it unregisters
+// the ones it registered and returns that error, so a constructor that fails leaves the
+// registry as it found it (and can be retried on it).
+func RegisterAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// RegisterOrReuse registers c on reg, or returns the identical collector registered there
+// before (for families that several components share).
+func RegisterOrReuse[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var already prometheus.AlreadyRegisteredError
+	if errors.As(err, &already) {
+		if existing, ok := already.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, fmt.Errorf("register metrics: %w", err)
 }

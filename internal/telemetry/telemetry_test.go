@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +127,32 @@ func TestRecentLookups(t *testing.T) {
 	}
 	if (Lookups{}).Ratio() != 0 {
 		t.Fatal("ratio without lookups")
+	}
+}
+
+// RegisterAll leaves the registry as it found it when one collector conflicts, so the
+// failed component can be built again on it.
+func TestRegisterAllIsAllOrNothing(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	taken := prometheus.NewGauge(prometheus.GaugeOpts{Name: "kura_taken", Help: "already there"})
+	reg.MustRegister(taken)
+	first := prometheus.NewCounter(prometheus.CounterOpts{Name: "kura_first_total", Help: "registered, then rolled back"})
+	clash := prometheus.NewCounter(prometheus.CounterOpts{Name: "kura_taken", Help: "conflicts"})
+	if err := RegisterAll(reg, first, clash); err == nil {
+		t.Fatal("RegisterAll accepted a conflicting collector")
+	}
+	if err := RegisterAll(reg, first); err != nil {
+		t.Fatalf("the rolled-back collector cannot be registered again: %v", err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range families {
+		names = append(names, f.GetName())
+	}
+	if want := []string{"kura_first_total", "kura_taken"}; !slices.Equal(names, want) {
+		t.Fatalf("registry holds %v, want %v", names, want)
 	}
 }

@@ -73,6 +73,29 @@ type Leaf struct {
 // to serve and to authenticate as a client, valid for a day.
 func (ca *CA) Issue(t testing.TB, cn string) Leaf {
 	t.Helper()
+	return ca.IssueWith(t, cn, IssueSpec{})
+}
+
+// IssueSpec varies an issued certificate; its zero value is what Issue signs.
+type IssueSpec struct {
+	// ExtKeyUsage replaces the default (server and client authentication).
+	ExtKeyUsage []x509.ExtKeyUsage
+	// NotAfter replaces the default expiry, a day from now; a time in the past makes an
+	// expired certificate.
+	NotAfter time.Time
+}
+
+// IssueWith is Issue with the usages or validity of spec.
+func (ca *CA) IssueWith(t testing.TB, cn string, spec IssueSpec) Leaf {
+	t.Helper()
+	usages := spec.ExtKeyUsage
+	if usages == nil {
+		usages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	}
+	notAfter := spec.NotAfter
+	if notAfter.IsZero() {
+		notAfter = time.Now().Add(24 * time.Hour)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatalf("generate a key for %s: %v", cn, err)
@@ -81,9 +104,9 @@ func (ca *CA) Issue(t testing.TB, cn string) Leaf {
 		SerialNumber: serial(t),
 		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usages,
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 		DNSNames:     []string{"localhost"},
 	}
@@ -106,6 +129,13 @@ func (ca *CA) Issue(t testing.TB, cn string) Leaf {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// WriteFiles writes the leaf's certificate and key to dir/<name>.pem and dir/<name>-key.pem
+// and returns their paths.
+func (l Leaf) WriteFiles(t testing.TB, dir, name string) (certPath, keyPath string) {
+	t.Helper()
+	return WriteFile(t, dir, name+".pem", l.CertPEM), WriteFile(t, dir, name+"-key.pem", l.KeyPEM)
 }
 
 // WriteFile writes data to dir/name and returns the path.

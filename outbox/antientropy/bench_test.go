@@ -90,7 +90,7 @@ func BenchmarkReadThroughMiss(b *testing.B) {
 	a, self := openDisk(b, "a", "us"), openDisk(b, "self", "us")
 	serveInternal(b, a)
 	benchObjects(b, a.store, max(b.N, 1), size)
-	rt := NewReadThrough(self.store, newClient(b), newPeers(a), "us", ReadThroughOptions{})
+	rt := mustReadThrough(b, self.store, newClient(b), newPeers(a), "us", ReadThroughOptions{})
 	b.SetBytes(size)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -83,7 +83,7 @@ func TestOverInternalPlane(t *testing.T) {
 	put(t, a.store, late, "written after the sweep", 0)
 	down := Peer{Name: "down", Region: "us", Addr: "127.0.0.1:1"}
 	peers := &peerList{peers: []Peer{down, a.Peer}}
-	rt := NewReadThrough(b.store, client, peers, "us", ReadThroughOptions{PeerTimeout: 2 * time.Second})
+	rt := mustReadThrough(t, b.store, client, peers, "us", ReadThroughOptions{PeerTimeout: 2 * time.Second})
 	if got := mustRead(t, rt, late); got != "written after the sweep" {
 		t.Fatalf("read through gRPC: %q", got)
 	}

@@ -326,18 +326,6 @@ func sweep(t testing.TB, s *Sweeper) Result {
 	return res
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // startRun runs s.Run until the test ends and checks that it returns nil.
 func startRun(t *testing.T, s *Sweeper) {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,6 +1,8 @@
 package antientropy
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kuracache/kura/internal/telemetry"
@@ -74,13 +76,8 @@ func newMetrics(reg prometheus.Registerer, s *Sweeper) (*metrics, error) {
 			return float64(len(s.pending))
 		}),
 	}
-	for i, c := range collectors {
-		if err := reg.Register(c); err != nil {
-			for _, done := range collectors[:i] {
-				reg.Unregister(done)
-			}
-			return nil, err
-		}
+	if err := telemetry.RegisterAll(reg, collectors...); err != nil {
+		return nil, err
 	}
 	// Pre-create the label values so dashboards show zeros rather than gaps.
 	for _, r := range []string{"ok", "partial", "failed", "aborted"} {
@@ -93,19 +90,19 @@ func newMetrics(reg prometheus.Registerer, s *Sweeper) (*metrics, error) {
 }
 
 // readThroughCounter is kura_read_through_total; several decorators (one per store) may
-// share a registry, so an existing registration is reused.
-func readThroughCounter(reg prometheus.Registerer) *prometheus.CounterVec {
+// share a registry, so an existing registration is reused. A different metric registered
+// under the name is an error, not a panic: the caller is building a node and can say so.
+func readThroughCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kura_read_through_total",
 		Help: "Local misses asked of peers, by result: hit (served from a peer and stored), miss (no peer had it), error (peers or the local store failed).",
 	}, []string{"result"})
 	c, err := telemetry.RegisterOrReuse(reg, c)
 	if err != nil {
-		// Only a programming error (a different metric under this name) gets here.
-		panic("kura_read_through_total: " + err.Error())
+		return nil, fmt.Errorf("read-through metrics: %w", err)
 	}
 	for _, r := range []string{"hit", "miss", "error"} {
 		c.WithLabelValues(r)
 	}
-	return c
+	return c, nil
 }

@@ -60,8 +60,9 @@ var _ storage.Store = (*readThrough)(nil)
 // gone. Without peers it behaves exactly like local. A peer or storage failure while reading
 // through is logged and the read answers what local answered (not found): a miss is cheaper
 // for a build than a failed request. Put, FindMissing and DeleteNamespace pass through.
-// local must be the raw store, not another decorator that replicates reads.
-func NewReadThrough(local storage.Store, src Source, peers Peers, selfRegion string, opts ReadThroughOptions) storage.Store {
+// local must be the raw store, not another decorator that replicates reads. The only error is
+// a registry that holds a different metric under kura_read_through_total.
+func NewReadThrough(local storage.Store, src Source, peers Peers, selfRegion string, opts ReadThroughOptions) (storage.Store, error) {
 	if opts.PeerTimeout <= 0 {
 		opts.PeerTimeout = DefaultReadThroughTimeout
 	}
@@ -71,6 +72,10 @@ func NewReadThrough(local storage.Store, src Source, peers Peers, selfRegion str
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
+	results, err := readThroughCounter(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	return &readThrough{
 		local:   local,
 		src:     src,
@@ -78,9 +83,9 @@ func NewReadThrough(local storage.Store, src Source, peers Peers, selfRegion str
 		region:  selfRegion,
 		opts:    opts,
 		log:     opts.Logger.With("component", "read-through"),
-		results: readThroughCounter(opts.Registerer),
+		results: results,
 		flights: map[storage.Key]*flight{},
-	}
+	}, nil
 }
 
 // Stat implements storage.Store.

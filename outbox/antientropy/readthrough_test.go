@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
 )
@@ -25,7 +27,17 @@ func newReadThrough(t testing.TB, self *node, src Source, peers Peers, mod func(
 	if mod != nil {
 		mod(&opts)
 	}
-	return NewReadThrough(self.store, src, peers, self.Region, opts).(*readThrough), reg
+	return mustReadThrough(t, self.store, src, peers, self.Region, opts).(*readThrough), reg
+}
+
+// mustReadThrough is NewReadThrough for a registry that cannot conflict.
+func mustReadThrough(t testing.TB, local storage.Store, src Source, peers Peers, region string, opts ReadThroughOptions) storage.Store {
+	t.Helper()
+	rt, err := NewReadThrough(local, src, peers, region, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
 }
 
 func readThroughCount(t testing.TB, rt *readThrough, result string) float64 {
@@ -125,7 +137,7 @@ func TestReadThroughCoalescesConcurrentReaders(t *testing.T) {
 				results <- err
 			}()
 		}
-		waitFor(t, "every reader to join one fetch", func() bool {
+		testsupport.WaitFor(t, "every reader to join one fetch", 30*time.Second, func() bool {
 			rt.mu.Lock()
 			defer rt.mu.Unlock()
 			f := rt.flights[k]
@@ -159,7 +171,7 @@ func TestReadThroughReaderLeaving(t *testing.T) {
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() { _, err := rt.Open(ctx1, k, 0, -1); first <- err }()
-	waitFor(t, "the first fetch", func() bool { return src.blocked() == 1 })
+	testsupport.WaitFor(t, "the first fetch", 30*time.Second, func() bool { return src.blocked() == 1 })
 	second := make(chan error, 1)
 	go func() {
 		got, err := read(rt, k)
@@ -168,7 +180,7 @@ func TestReadThroughReaderLeaving(t *testing.T) {
 		}
 		second <- err
 	}()
-	waitFor(t, "the second reader to join", func() bool {
+	testsupport.WaitFor(t, "the second reader to join", 30*time.Second, func() bool {
 		rt.mu.Lock()
 		defer rt.mu.Unlock()
 		return rt.flights[k] != nil && rt.flights[k].waiters == 2
@@ -189,12 +201,12 @@ func TestReadThroughReaderLeaving(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { _, err := rt.Stat(ctx2, k2); done <- err }()
-	waitFor(t, "the fetch", func() bool { return src.blocked() == 1 })
+	testsupport.WaitFor(t, "the fetch", 30*time.Second, func() bool { return src.blocked() == 1 })
 	cancel2()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("abandoned reader got %v", err)
 	}
-	waitFor(t, "the abandoned fetch to stop", func() bool { return src.blocked() == 0 })
+	testsupport.WaitFor(t, "the abandoned fetch to stop", 30*time.Second, func() bool { return src.blocked() == 0 })
 	rt.mu.Lock()
 	n := len(rt.flights)
 	rt.mu.Unlock()
@@ -322,10 +334,21 @@ func TestReadThroughRespectsTombstone(t *testing.T) {
 func TestReadThroughSharesRegistry(t *testing.T) {
 	a, b := memoryNode(t, "a", "us"), memoryNode(t, "b", "us")
 	reg := prometheus.NewRegistry()
-	r1 := NewReadThrough(a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
-	r2 := NewReadThrough(b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
+	r1 := mustReadThrough(t, a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
+	r2 := mustReadThrough(t, b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
 	if r1.results != r2.results {
 		t.Fatal("two decorators on one registry do not share kura_read_through_total")
+	}
+}
+
+// A different metric under kura_read_through_total is an error from the constructor, where
+// the read-through counter used to panic.
+func TestReadThroughConflictingMetricIsAnError(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "kura_read_through_total", Help: "not ours"}))
+	rt, err := NewReadThrough(memoryNode(t, "a", "us").store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
+	if err == nil || !strings.Contains(err.Error(), "kura_read_through_total") {
+		t.Fatalf("NewReadThrough = %v, %v; want an error naming kura_read_through_total", rt, err)
 	}
 }
 
@@ -334,7 +357,7 @@ func TestReadThroughConformance(t *testing.T) {
 	openRT := func(open nodeFactory) func(t *testing.T) storage.Store {
 		return func(t *testing.T) storage.Store {
 			self, peer := open(t, "self", "us"), memoryNode(t, "peer", "us")
-			return NewReadThrough(self.store, newSource(self, peer), newPeers(peer), "us", ReadThroughOptions{})
+			return mustReadThrough(t, self.store, newSource(self, peer), newPeers(peer), "us", ReadThroughOptions{})
 		}
 	}
 	t.Run("memory", func(t *testing.T) { storagetest.RunStoreSuite(t, openRT(memoryNode)) })

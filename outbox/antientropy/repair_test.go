@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
 )
@@ -39,7 +41,7 @@ func TestRepairRefetchesCorruptRecord(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() { defer close(stopped); sw.repairLoop(ctx) }()
 	t.Cleanup(func() { cancel(); <-stopped })
-	waitFor(t, "the repair", func() bool { return repairCount(sw, "repaired") == 1 })
+	testsupport.WaitFor(t, "the repair", 30*time.Second, func() bool { return repairCount(sw, "repaired") == 1 })
 	if got := mustRead(t, a.store, k); got != string(body) {
 		t.Fatal("repaired body differs")
 	}
@@ -50,7 +52,7 @@ func TestRepairRefetchesCorruptRecord(t *testing.T) {
 	if log := src.fetchLog(); len(log) != 1 || log[0] != "near precious" {
 		t.Fatalf("repair fetched %v, want one fetch from the same-region peer", log)
 	}
-	waitFor(t, "the pending set to empty", func() bool {
+	testsupport.WaitFor(t, "the pending set to empty", 30*time.Second, func() bool {
 		sw.pendingMu.Lock()
 		defer sw.pendingMu.Unlock()
 		return len(sw.pending) == 0
@@ -68,13 +70,13 @@ func TestRepairOutcomes(t *testing.T) {
 		// Run works the queue (its first sweep may restore the key as well; either way the
 		// repair stores or finds the peer's copy).
 		sw.Repair(have)
-		waitFor(t, "the repair", func() bool { return repairCount(sw, "repaired") == 1 })
+		testsupport.WaitFor(t, "the repair", 30*time.Second, func() bool { return repairCount(sw, "repaired") == 1 })
 		if got := mustRead(t, self.store, have); got != "peer copy" {
 			t.Fatalf("repaired body %q", got)
 		}
 		nowhere := key("app", storage.KindCAS, "nowhere")
 		sw.Repair(nowhere)
-		waitFor(t, "the not-found outcome", func() bool { return repairCount(sw, "not_found") == 1 })
+		testsupport.WaitFor(t, "the not-found outcome", 30*time.Second, func() bool { return repairCount(sw, "not_found") == 1 })
 		assertMissing(t, self.store, nowhere)
 	})
 }

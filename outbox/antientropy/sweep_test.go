@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -426,7 +427,7 @@ func TestPauseHoldsSweep(t *testing.T) {
 		res, err := sw.SweepNow(testCtx(t))
 		done <- out{res, err}
 	}()
-	waitFor(t, "the sweep to block on the pause", func() bool { return sw.waiting.Load() == 1 })
+	testsupport.WaitFor(t, "the sweep to block on the pause", 30*time.Second, func() bool { return sw.waiting.Load() == 1 })
 	if n := len(src.fetchLog()); n != 0 {
 		t.Fatalf("%d fetches while paused", n)
 	}
@@ -452,12 +453,12 @@ func TestRunBootstrapsWhenPeersAppear(t *testing.T) {
 			t.Fatal("bootstrapped without peers")
 		}
 		peers.set(a)
-		waitFor(t, "bootstrap from the new peer", func() bool { _, err := read(b.store, first); return err == nil })
-		waitFor(t, "Bootstrapped()", sw.Bootstrapped)
+		testsupport.WaitFor(t, "bootstrap from the new peer", 30*time.Second, func() bool { _, err := read(b.store, first); return err == nil })
+		testsupport.WaitFor(t, "Bootstrapped()", 30*time.Second, sw.Bootstrapped)
 		// Later writes arrive by the periodic sweep.
 		later := key("app", storage.KindGradle, "later")
 		put(t, a.store, later, "after bootstrap", 0)
-		waitFor(t, "a periodic sweep", func() bool { _, err := read(b.store, later); return err == nil })
+		testsupport.WaitFor(t, "a periodic sweep", 30*time.Second, func() bool { _, err := read(b.store, later); return err == nil })
 		if n, err := testutil.GatherAndCount(reg, "kura_antientropy_runs_total"); err != nil || n == 0 {
 			t.Fatalf("runs_total series: %d, %v", n, err)
 		}
@@ -468,7 +469,7 @@ func TestRunTwiceIsRefused(t *testing.T) {
 	self := memoryNode(t, "self", "us")
 	sw, _ := newSweeper(t, self, newSource(), newPeers(), func(c *Config) { c.PeerPoll = time.Millisecond })
 	startRun(t, sw)
-	waitFor(t, "Run to start", sw.running.Load)
+	testsupport.WaitFor(t, "Run to start", 30*time.Second, sw.running.Load)
 	if err := sw.Run(context.Background()); err == nil {
 		t.Fatal("a second Run was accepted")
 	}
@@ -500,7 +501,7 @@ func TestMetricNames(t *testing.T) {
 	if _, err := New(Config{Local: self.store, Source: newSource(), Peers: newPeers(), Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
-	NewReadThrough(self.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
+	mustReadThrough(t, self.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

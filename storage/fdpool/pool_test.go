@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -29,18 +30,6 @@ func newPool(t *testing.T, size int, timeout time.Duration) *Pool {
 		t.Fatalf("New(%d, %v): %v", size, timeout, err)
 	}
 	return p
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func TestNewValidates(t *testing.T) {
@@ -101,7 +90,7 @@ func TestAcquireReleaseAndTimeout(t *testing.T) {
 	}
 	got := make(chan error, 1)
 	go func() { got <- q.Acquire(ctx) }()
-	waitFor(t, "the waiter to queue", func() bool { return q.Waiters() == 1 })
+	testsupport.WaitFor(t, "the waiter to queue", 10*time.Second, func() bool { return q.Waiters() == 1 })
 	q.Release()
 	if err := <-got; err != nil {
 		t.Fatalf("waiter after a release: %v", err)
@@ -121,7 +110,7 @@ func TestAcquireHonoursContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Acquire(ctx) }()
-	waitFor(t, "the checkout to wait", func() bool { return p.Waiters() == 1 })
+	testsupport.WaitFor(t, "the checkout to wait", 10*time.Second, func() bool { return p.Waiters() == 1 })
 	cancel()
 	err := <-done
 	if !errors.Is(err, context.Canceled) || errors.Is(err, storage.ErrBusy) {
@@ -144,7 +133,7 @@ func TestWaitersAreServedInOrder(t *testing.T) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for i := range 3 {
-		waitFor(t, "previous waiters", func() bool { return p.Waiters() == i })
+		testsupport.WaitFor(t, "previous waiters", 10*time.Second, func() bool { return p.Waiters() == i })
 		wg.Go(func() {
 			if err := p.Acquire(context.Background()); err != nil {
 				t.Errorf("waiter %d: %v", i, err)
@@ -156,7 +145,7 @@ func TestWaitersAreServedInOrder(t *testing.T) {
 			p.Release()
 		})
 	}
-	waitFor(t, "three waiters", func() bool { return p.Waiters() == 3 })
+	testsupport.WaitFor(t, "three waiters", 10*time.Second, func() bool { return p.Waiters() == 3 })
 	// A newcomer must not overtake the queue.
 	if p.TryAcquire() {
 		t.Fatal("TryAcquire overtook queued waiters")

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -213,7 +214,7 @@ func TestEvictionKeepsStubs(t *testing.T) {
 	for i := range n {
 		infos = append(infos, put(t, s, cas(fmt.Sprint(i)), body(i)).Info)
 	}
-	waitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s.segs.TotalBytes() <= opts.DiskBudgetBytes })
+	testsupport.WaitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s.segs.TotalBytes() <= opts.DiskBudgetBytes })
 	// A background pass may still be running on towards its low watermark: hold the eviction
 	// lock while comparing listings with reads, so the store cannot change between the two.
 	settled := s

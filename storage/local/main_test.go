@@ -82,18 +82,6 @@ func ctx(t testing.TB) context.Context {
 	return c
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func counterValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 
 func isNotFound(err error) bool { return errors.Is(err, storage.ErrNotFound) }

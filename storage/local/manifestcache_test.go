@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -303,7 +304,7 @@ func TestManifestCacheFollowsEveryChange(t *testing.T) {
 			_, _ = read(t, s2, cas("0"))
 		}
 	}
-	waitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s2.segs.TotalBytes() <= ev.DiskBudgetBytes })
+	testsupport.WaitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s2.segs.TotalBytes() <= ev.DiskBudgetBytes })
 	if counterValue(s2.metrics.dropped) == 0 || counterValue(s2.metrics.moved) == 0 {
 		t.Fatalf("eviction did not both move and drop (moved %v dropped %v)", counterValue(s2.metrics.moved), counterValue(s2.metrics.dropped))
 	}

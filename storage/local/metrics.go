@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kuracache/kura/internal/telemetry"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
 )
@@ -70,13 +71,8 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 	m.collectors = append(m.collectors, metadataGauges(s)...)
 	m.collectors = append(m.collectors, s.pool.Collectors()...)
 	m.collectors = append(m.collectors, cacheCollectors(s)...)
-	for i, c := range m.collectors {
-		if err := reg.Register(c); err != nil {
-			for _, done := range m.collectors[:i] {
-				reg.Unregister(done)
-			}
-			return nil, err
-		}
+	if err := telemetry.RegisterAll(reg, m.collectors...); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -88,7 +84,7 @@ func (m *metrics) unregister() {
 	}
 }
 
-// metadataGauges are the metadata store's memory gauges (SPEC §7), named after the original's
+// metadataGauges are the metadata store's memory gauges (docs/contract.md §7), named after the original's
 // RocksDB gauges so its dashboards keep working. Each scrape samples Pebble afresh: a sample
 // costs microseconds and scrapes come seconds apart.
 //
@@ -124,7 +120,7 @@ func metadataGauges(s *Store) []prometheus.Collector {
 }
 
 // cacheCollectors are the series of the segment read-handle cache and the manifest cache
-// (SPEC §7: FD-pool pressure, manifest-cache occupancy, hits and admissions), plus the free
+// (docs/contract.md §7: FD-pool pressure, manifest-cache occupancy, hits and admissions), plus the free
 // space the full-disk guard watches.
 func cacheCollectors(s *Store) []prometheus.Collector {
 	handles := func(name, help string, counter bool, value func(segment.HandleStats) float64) prometheus.Collector {

@@ -39,7 +39,7 @@ const (
 	gaugeWBCapacity    = "kura_metadata_store_write_buffer_capacity_bytes"
 )
 
-// TestMetadataStoreGauges: the SPEC §7 metadata-store gauges are registered on the injected
+// TestMetadataStoreGauges: the docs/contract.md §7 metadata-store gauges are registered on the injected
 // Registerer, follow the configured budgets, and move with real Pebble activity.
 func TestMetadataStoreGauges(t *testing.T) {
 	const (

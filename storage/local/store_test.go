@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
@@ -222,7 +223,7 @@ func TestEvictionKeepsHotDataWithinBudget(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s.segs.TotalBytes() <= opts.DiskBudgetBytes })
+	testsupport.WaitFor(t, "eviction below the budget", 10*time.Second, func() bool { return s.segs.TotalBytes() <= opts.DiskBudgetBytes })
 	present, gone := 0, 0
 	for i := range n {
 		got, err := read(t, s, cas(fmt.Sprint(i)))
@@ -374,7 +375,7 @@ func TestDeleteNamespaceRacingWrites(t *testing.T) {
 		}()
 	}
 	// Delete while writes are in full flow, so some are in flight across the deletion.
-	waitFor(t, "writes to be under way", 10*time.Second, func() bool { return written.Load() >= 50 })
+	testsupport.WaitFor(t, "writes to be under way", 10*time.Second, func() bool { return written.Load() >= 50 })
 	if err := s.DeleteNamespace(ctx(t), "acme", "app", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +538,7 @@ func TestJanitorExpiresUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	now.Add(int64(2 * time.Hour)) // old is 25 h old, fresh 2 h
-	waitFor(t, "the janitor to expire the old upload", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "the janitor to expire the old upload", 10*time.Second, func() bool {
 		return counterValue(s.metrics.expired) == 1
 	})
 	if err := s.PutPart(ctx(t), old, 2, strings.NewReader("x")); !errors.Is(err, storage.ErrUploadNotFound) {
@@ -555,7 +556,7 @@ func TestPutHonoursCancellation(t *testing.T) {
 	s := openStore(t, testOpts(t))
 	c, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := s.Put(c, cas("cancelled"), storagetest.NewPatternReader(1, 1<<20), storage.PutOptions{Size: storage.UnknownSize})
+	_, err := s.Put(c, cas("cancelled"), testsupport.NewPatternReader(1, 1<<20), storage.PutOptions{Size: storage.UnknownSize})
 	if err == nil {
 		t.Fatal("Put with a cancelled context succeeded")
 	}
@@ -570,11 +571,11 @@ func TestStagingCleanedAfterFailures(t *testing.T) {
 	s := openStore(t, opts)
 	wrong := sha256.Sum256([]byte("no"))
 	for range 5 {
-		_, err := s.Put(ctx(t), cas("x"), storagetest.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, ExpectedSHA256: &wrong})
+		_, err := s.Put(ctx(t), cas("x"), testsupport.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, ExpectedSHA256: &wrong})
 		if !errors.Is(err, storage.ErrDigestMismatch) {
 			t.Fatal(err)
 		}
-		_, err = s.Put(ctx(t), cas("y"), storagetest.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, Limit: 500 << 10})
+		_, err = s.Put(ctx(t), cas("y"), testsupport.NewPatternReader(3, 1<<20), storage.PutOptions{Size: storage.UnknownSize, Limit: 500 << 10})
 		if !errors.Is(err, storage.ErrTooLarge) {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/fdpool"
 )
@@ -253,7 +254,7 @@ func TestIdleHandlesGiveWay(t *testing.T) {
 		_, err := readRecord(m, locs[3], "r3", 0, -1)
 		done <- err
 	}()
-	waitFor(t, "the reader to queue for a descriptor", func() bool { return pool.Waiters() == 1 })
+	testsupport.WaitFor(t, "the reader to queue for a descriptor", 20*time.Second, func() bool { return pool.Waiters() == 1 })
 	// rc's handle is cached; once its reader is done it is idle, and with a waiter queued it
 	// is closed rather than kept.
 	_ = rc.Close()

@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -256,7 +257,7 @@ func (m *Manager) scan() error {
 		m.segs = append(m.segs, &segEntry{id: id, size: info.Size()})
 		m.total.Add(info.Size())
 	}
-	slices.SortFunc(m.segs, func(a, b *segEntry) int { return compareIDs(a.id, b.id) })
+	slices.SortFunc(m.segs, func(a, b *segEntry) int { return cmp.Compare(a.id, b.id) })
 	m.nextID = maxID + 1
 	return nil
 }
@@ -294,16 +295,6 @@ func parseSegmentName(name string) (ID, bool) {
 	return ID(v), true
 }
 
-func compareIDs(a, b ID) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 func (m *Manager) segPath(id ID) string { return filepath.Join(m.opts.Dir, id.fileName()) }
 
 // enter registers an operation that Close must wait for.
@@ -320,7 +311,7 @@ func (m *Manager) enter() error {
 // insertLocked adds a segment to the sorted list. Most inserts land at the end; a large record
 // whose ID was allocated before the current active segment's may land just before it.
 func (m *Manager) insertLocked(e *segEntry) {
-	i, _ := slices.BinarySearchFunc(m.segs, e.id, func(s *segEntry, id ID) int { return compareIDs(s.id, id) })
+	i, _ := slices.BinarySearchFunc(m.segs, e.id, func(s *segEntry, id ID) int { return cmp.Compare(s.id, id) })
 	m.segs = slices.Insert(m.segs, i, e)
 	m.total.Add(e.size)
 }
@@ -434,7 +425,7 @@ func (m *Manager) Remove(id ID) error {
 		m.mu.Unlock()
 		return fmt.Errorf("remove segment %s: %w", id, ErrActive)
 	}
-	i, found := slices.BinarySearchFunc(m.segs, id, func(s *segEntry, id ID) int { return compareIDs(s.id, id) })
+	i, found := slices.BinarySearchFunc(m.segs, id, func(s *segEntry, id ID) int { return cmp.Compare(s.id, id) })
 	if !found {
 		m.mu.Unlock()
 		return fmt.Errorf("remove segment %s: %w", id, fs.ErrNotExist)

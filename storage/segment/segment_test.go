@@ -17,6 +17,7 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -229,7 +230,7 @@ func TestGroupCommitBatches(t *testing.T) {
 			locs[i], errs[i] = tryCommit(context.Background(), m, fmt.Sprintf("gc-%02d", i), body)
 		})
 	}
-	waitFor(t, "all committers to append", func() bool { return m.TotalBytes() == committers*recSize })
+	testsupport.WaitFor(t, "all committers to append", 20*time.Second, func() bool { return m.TotalBytes() == committers*recSize })
 	close(release)
 	wg.Wait()
 	for i, err := range errs {
@@ -270,18 +271,6 @@ func TestGroupCommitRealDisk(t *testing.T) {
 	t.Logf("%d concurrent 1 KiB commits used %d fdatasyncs (%.1f commits per sync)", st.Appends, st.Syncs, float64(st.Appends)/float64(st.Syncs))
 	if st.Appends != workers*perWorker || st.Syncs >= st.Appends {
 		t.Fatalf("stats %+v: concurrent commits did not share syncs", st)
-	}
-}
-
-// waitFor polls cond until it holds or a deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -706,7 +695,7 @@ func TestCommitCancelledWhileWaiting(t *testing.T) {
 		_, err := tryCommit(ctx, m, "follower", []byte("b"))
 		followerDone <- err
 	}()
-	waitFor(t, "the follower to append", func() bool { return m.TotalBytes() == RecordSize(1, 6)+RecordSize(1, 8) })
+	testsupport.WaitFor(t, "the follower to append", 20*time.Second, func() bool { return m.TotalBytes() == RecordSize(1, 6)+RecordSize(1, 8) })
 	cancel()
 	if err := <-followerDone; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled follower: %v", err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -250,7 +251,7 @@ func testLimit(t *testing.T, s storage.Store) {
 			const limit = 1000
 			key := k(kind, "limited")
 			for _, declared := range []int64{storage.UnknownSize, 5000} {
-				body := &CountingReader{R: NewPatternReader(1, 1<<20)}
+				body := &testsupport.CountingReader{R: testsupport.NewPatternReader(1, 1<<20)}
 				_, err := s.Put(ctxT(t), key, body, storage.PutOptions{Limit: limit, Size: declared})
 				if !errors.Is(err, storage.ErrTooLarge) {
 					t.Fatalf("declared %d: Put of 1 MiB with limit %d = %v, want ErrTooLarge", declared, limit, err)
@@ -359,7 +360,7 @@ func testInvalidKeys(t *testing.T, s storage.Store) {
 	for name, key := range cases {
 		t.Run(name, func(t *testing.T) {
 			ctx := ctxT(t)
-			body := &CountingReader{R: strings.NewReader("payload")}
+			body := &testsupport.CountingReader{R: strings.NewReader("payload")}
 			if _, err := s.Put(ctx, key, body, storage.PutOptions{Size: storage.UnknownSize}); !errors.Is(err, storage.ErrInvalidKey) {
 				t.Errorf("Put: %v, want ErrInvalidKey", err)
 			}

@@ -6,11 +6,11 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -31,51 +31,6 @@ func (u *UnreadableBody) Read([]byte) (int, error) {
 	return 0, errBodyRead
 }
 
-// CountingReader counts the bytes handed out by the wrapped reader.
-type CountingReader struct {
-	R io.Reader
-	n atomic.Int64
-}
-
-// Read implements io.Reader.
-func (c *CountingReader) Read(p []byte) (int, error) {
-	n, err := c.R.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-// N is how many bytes were read so far.
-func (c *CountingReader) N() int64 { return c.n.Load() }
-
-// PatternReader yields n deterministic pseudo-random bytes without holding them in memory, so
-// tests can stream bodies larger than they want to allocate.
-type PatternReader struct {
-	rng  *rand.ChaCha8
-	left int64
-}
-
-// NewPatternReader returns a reader of n bytes derived from seed.
-func NewPatternReader(seed uint64, n int64) *PatternReader {
-	var s [32]byte
-	for i := range 8 {
-		s[i] = byte(seed >> (8 * i))
-	}
-	return &PatternReader{rng: rand.NewChaCha8(s), left: n}
-}
-
-// Read implements io.Reader.
-func (p *PatternReader) Read(b []byte) (int, error) {
-	if p.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(b)) > p.left {
-		b = b[:p.left]
-	}
-	n, _ := p.rng.Read(b)
-	p.left -= int64(n)
-	return n, nil
-}
-
 // failingReader returns data, then err.
 type failingReader struct {
 	data []byte
@@ -94,7 +49,7 @@ func (f *failingReader) Read(p []byte) (int, error) {
 // Bytes returns n deterministic pseudo-random bytes.
 func Bytes(seed uint64, n int) []byte {
 	b := make([]byte, n)
-	_, _ = io.ReadFull(NewPatternReader(seed, int64(n)), b)
+	_, _ = io.ReadFull(testsupport.NewPatternReader(seed, int64(n)), b)
 	return b
 }
 

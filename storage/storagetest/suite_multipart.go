@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 )
 
@@ -153,7 +154,7 @@ func testMultipartPartsMismatch(t *testing.T, s MultipartStore) {
 func testMultipartInvalidPart(t *testing.T, s MultipartStore) {
 	id := start(t, s, moduleKey("parts.zip"))
 	for _, n := range []int{0, -1, storage.MaxPartNumber + 1, 1 << 40} {
-		body := &CountingReader{R: strings.NewReader("data")}
+		body := &testsupport.CountingReader{R: strings.NewReader("data")}
 		if err := s.PutPart(ctxT(t), id, n, body); !errors.Is(err, storage.ErrInvalidPart) {
 			t.Fatalf("PutPart(part %d): %v, want ErrInvalidPart", n, err)
 		}
@@ -186,7 +187,7 @@ func testMultipartUnknownUpload(t *testing.T, s MultipartStore) {
 func testMultipartPartTooLarge(t *testing.T, s MultipartStore) {
 	key := moduleKey("big.zip")
 	id := start(t, s, key)
-	body := &CountingReader{R: NewPatternReader(7, storage.MaxPartBytes+100)}
+	body := &testsupport.CountingReader{R: testsupport.NewPatternReader(7, storage.MaxPartBytes+100)}
 	if err := s.PutPart(ctxT(t), id, 1, body); !errors.Is(err, storage.ErrTooLarge) {
 		t.Fatalf("PutPart of %d bytes: %v, want ErrTooLarge", storage.MaxPartBytes+100, err)
 	}
@@ -197,7 +198,7 @@ func testMultipartPartTooLarge(t *testing.T, s MultipartStore) {
 	if _, err := s.CompleteUpload(ctxT(t), id, []int{1}); !errors.Is(err, storage.ErrPartsMismatch) {
 		t.Fatalf("CompleteUpload with a rejected part: %v, want ErrPartsMismatch", err)
 	}
-	if err := s.PutPart(ctxT(t), id, 1, NewPatternReader(8, storage.MaxPartBytes)); err != nil {
+	if err := s.PutPart(ctxT(t), id, 1, testsupport.NewPatternReader(8, storage.MaxPartBytes)); err != nil {
 		t.Fatalf("PutPart of exactly the limit: %v", err)
 	}
 	if _, err := s.CompleteUpload(ctxT(t), id, []int{1}); err != nil {
