@@ -18,17 +18,17 @@ import (
 	"github.com/kuracache/kura/storage/storagetest"
 )
 
-func newReadThrough(t testing.TB, self *node, src Source, peers Peers, mod func(*ReadThroughOptions)) (*readThrough, *prometheus.Registry) {
+func newReadThrough(t testing.TB, self *node, src PeerSource, peers Peers, mod func(*ReadThroughOptions)) (*ReadThrough, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts := ReadThroughOptions{Registerer: reg, PeerTimeout: 5 * time.Second}
 	if mod != nil {
 		mod(&opts)
 	}
-	return NewReadThrough(self.store, src, peers, self.Region, opts).(*readThrough), reg
+	return NewReadThrough(self.store, src, peers, self.Region, opts), reg
 }
 
-func readThroughCount(t testing.TB, rt *readThrough, result string) float64 {
+func readThroughCount(t testing.TB, rt *ReadThrough, result string) float64 {
 	t.Helper()
 	return testutil.ToFloat64(rt.results.WithLabelValues(result))
 }
@@ -322,8 +322,8 @@ func TestReadThroughRespectsTombstone(t *testing.T) {
 func TestReadThroughSharesRegistry(t *testing.T) {
 	a, b := memoryNode(t, "a", "us", nil), memoryNode(t, "b", "us", nil)
 	reg := prometheus.NewRegistry()
-	r1 := NewReadThrough(a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
-	r2 := NewReadThrough(b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
+	r1 := NewReadThrough(a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
+	r2 := NewReadThrough(b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
 	if r1.results != r2.results {
 		t.Fatal("two decorators on one registry do not share kura_read_through_total")
 	}
