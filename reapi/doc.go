@@ -23,7 +23,15 @@
 //     compressing the blob's tail; read_limit must be 0 for them (the REAPI requires it).
 //   - FindMissingBlobs and the ActionCache completeness check look blobs up by hash only (the
 //     size is not part of a CAS name); a hash stored with another size is answered NOT_FOUND
-//     when it is read. This keeps FindMissingBlobs one batched store call.
+//     when it is read. This keeps FindMissingBlobs one batched call of Deps.Store.FindMissing.
+//     In a node that store is the cluster's read-through: it answers locally and asks the
+//     live peers only about the digests missing here, in one batched call per peer under a
+//     short deadline (antientropy.DefaultFindTimeout), so a blob a peer holds is neither
+//     uploaded again nor turns an action-cache hit into a miss; a slow or dead peer leaves
+//     the local answer. Without peers it is the local call and nothing more.
+//   - Writes and the write path's existence checks (ByteStream Write's "already here",
+//     QueryWriteStatus, BatchUpdateBlobs, UpdateActionResult) go to Deps.Local, this node's
+//     store alone: an upload never waits on a peer.
 //   - The ContentAddressableStorage chunking RPCs (SplitBlob, SpliceBlob, GetChunkMapping,
 //     RegisterChunkMapping) answer UNIMPLEMENTED, as the REAPI prescribes for servers whose
 //     capabilities do not advertise split or splice support.
