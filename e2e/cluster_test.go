@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/kuracache/kura/cluster/peer"
 	"github.com/kuracache/kura/cluster/peer/peerpb"
 )
 
@@ -184,9 +185,10 @@ func totalBytes(objs []*clusterObject) int {
 
 // measureReplicationLag writes small CAS blobs on origin at a steady pace and measures, per
 // blob, the time from the write's acknowledgement to the blob being present on each target.
-// Presence is read with REAPI FindMissingBlobs, which only looks at the target's own store
-// (a GET would read through to the origin and measure that instead); the poll loop's period,
-// a few milliseconds, bounds the resolution.
+// Presence is read with the internal plane's FindObjects, which only looks at the target's
+// own store (a GET would read through to the origin, and REAPI FindMissingBlobs counts what
+// the origin holds, so both would measure the origin instead); the poll loop's period, a few
+// milliseconds, bounds the resolution.
 func measureReplicationLag(t *testing.T, k *clusterKit, gen *objectGen, origin *Node, targets []*Node, writes int, every time.Duration) map[*Node][]time.Duration {
 	t.Helper()
 	const namespace = "lag"
@@ -230,7 +232,7 @@ func measureReplicationLag(t *testing.T, k *clusterKit, gen *objectGen, origin *
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cas := repb.NewContentAddressableStorageClient(k.reapiConn(n))
+			plane := k.internal(n)
 			seen := map[string]bool{}
 			for len(seen) < writes {
 				if time.Now().After(deadline) {
@@ -249,21 +251,28 @@ func measureReplicationLag(t *testing.T, k *clusterKit, gen *objectGen, origin *
 					time.Sleep(time.Millisecond)
 					continue
 				}
+				if len(pending) > peer.MaxFindKeys {
+					pending = pending[:peer.MaxFindKeys]
+				}
+				req := &peerpb.FindObjectsRequest{}
+				for _, d := range pending {
+					req.Keys = append(req.Keys, &peerpb.ObjectKey{Tenant: n.opts.TenantID, Namespace: namespace, Kind: "cas", Name: d.GetHash()})
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-				resp, err := cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{InstanceName: namespace, BlobDigests: pending, DigestFunction: repb.DigestFunction_SHA256})
+				resp, err := plane.FindObjects(ctx, req)
 				cancel()
 				now := time.Now()
 				if err != nil {
-					errs.add(fmt.Errorf("FindMissingBlobs on %s: %w", n.Name, err))
+					errs.add(fmt.Errorf("FindObjects on %s: %w", n.Name, err))
 					return
 				}
-				missing := map[string]bool{}
-				for _, d := range resp.GetMissingBlobDigests() {
-					missing[d.GetHash()] = true
+				present := map[string]bool{}
+				for _, h := range resp.GetPresent() {
+					present[h.GetKey().GetName()] = true
 				}
 				mu.Lock()
 				for _, d := range pending {
-					if !missing[d.GetHash()] {
+					if present[d.GetHash()] {
 						seen[d.GetHash()] = true
 						lags[n] = append(lags[n], now.Sub(acked[d.GetHash()]))
 					}
@@ -277,7 +286,7 @@ func measureReplicationLag(t *testing.T, k *clusterKit, gen *objectGen, origin *
 	errs.failIfAny(t, "replication lag")
 	for _, n := range targets {
 		if got := readThroughHits(t, n) - readThroughBefore[n]; got != 0 {
-			t.Errorf("%s read %v objects through a peer while only FindMissingBlobs was asked", n.Name, got)
+			t.Errorf("%s read %v objects through a peer while only its own store was asked", n.Name, got)
 		}
 	}
 	return lags

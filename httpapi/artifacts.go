@@ -40,7 +40,8 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 		return err
 	}
 	if !t.kind.LastWriterWins() {
-		_, err := s.store.Stat(ctx, t.key)
+		// Local only: asking peers here would make every new key's PUT wait on them.
+		_, err := s.local.Stat(ctx, t.key)
 		if err == nil {
 			s.metrics.write(t.surface, resultExists, 0)
 			return c.NoContent(existsStatus)
@@ -50,7 +51,7 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 		}
 	}
 	br := s.newBodyReader(c, spec.limit)
-	res, err := s.store.Put(ctx, t.key, br, storage.PutOptions{
+	res, err := s.local.Put(ctx, t.key, br, storage.PutOptions{
 		ContentType:    contentType(r),
 		Size:           declaredSize(r),
 		Limit:          spec.limit,

@@ -26,7 +26,7 @@ func (s *Server) handleClean(c echo.Context) error {
 	if err := s.authorize(c, OpNamespaceDelete, t, q, false, ""); err != nil {
 		return err
 	}
-	if err := s.store.DeleteNamespace(c.Request().Context(), tenant, namespace, 0); err != nil {
+	if err := s.local.DeleteNamespace(c.Request().Context(), tenant, namespace, 0); err != nil {
 		return storeError("clean namespace", "", err)
 	}
 	s.log.InfoContext(c.Request().Context(), "namespace cleaned", "tenant_id", tenant, "namespace_id", namespace)

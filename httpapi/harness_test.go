@@ -60,6 +60,9 @@ type harnessOpts struct {
 	// disk backs the server with storage/local (Pebble and segment files, fsynced) in a
 	// temporary directory, closed after the server has shut down.
 	disk bool
+	// front, when set, decorates the store for the read path only (Deps.Store); the
+	// undecorated store is Deps.Local, as a node wires its read-through.
+	front func(t testing.TB, local storage.Store) storage.Store
 	// tracer and logger are Deps.TracerProvider and Deps.Logger (nil: none).
 	tracer trace.TracerProvider
 	logger *slog.Logger
@@ -93,7 +96,11 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		o.cfg(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, Deps{Store: st, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Status: o.status, Lifecycle: o.lifecycle,
+	var localStore storage.Store
+	if o.front != nil {
+		localStore, st = st, o.front(t, st)
+	}
+	s, err := New(cfg, Deps{Store: st, Local: localStore, Multipart: mp, Members: o.members, Guard: o.guard, Analytics: o.events, Status: o.status, Lifecycle: o.lifecycle,
 		Registerer: reg, Gatherer: reg, TracerProvider: o.tracer, Logger: o.logger})
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -115,7 +115,7 @@ func (s *Server) handleKeyValuePut(c echo.Context) error {
 		return &apiError{status: http.StatusRequestEntityTooLarge, message: tooLargeMessage(limit)}
 	}
 	t.key.Name = casID
-	res, err := s.store.Put(c.Request().Context(), t.key, bytes.NewReader(doc), storage.PutOptions{
+	res, err := s.local.Put(c.Request().Context(), t.key, bytes.NewReader(doc), storage.PutOptions{
 		ContentType: echo.MIMEApplicationJSON,
 		Size:        int64(len(doc)),
 		Limit:       limit,

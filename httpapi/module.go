@@ -52,7 +52,7 @@ func (s *Server) handleModuleStart(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	_, err = s.store.Stat(ctx, t.key)
+	_, err = s.local.Stat(ctx, t.key) // local only, like every write-path check
 	if err == nil {
 		s.metrics.write(t.surface, resultExists, 0)
 		return c.JSON(http.StatusOK, startResponse{})

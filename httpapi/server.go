@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -76,7 +77,14 @@ type Membership interface {
 
 // Deps are the collaborators the server calls.
 type Deps struct {
-	Store     storage.Store     // required
+	// Store serves the read path (GET, HEAD): in a cluster it reads through to peers on a
+	// local miss. Required.
+	Store storage.Store
+	// Local is this node's own store, which never asks peers: every write, and every
+	// existence check on the write path (first writer wins before a PUT reads its body, a
+	// module upload's start), goes to it, so a write never waits on a peer (docs/contract.md §5). nil:
+	// Store (a server without read-through, where the two are the same).
+	Local     storage.Store
 	Multipart storage.Multipart // required (module cache)
 	Members   Membership        // nil: /up reports this node alone
 	Guard     Guard             // nil: allow everything
@@ -105,7 +113,8 @@ type limits struct {
 // Server is the public HTTP API. Create it with New; it is safe for concurrent use.
 type Server struct {
 	cfg     Config
-	store   storage.Store
+	store   storage.Store // reads (may read through)
+	local   storage.Store // writes and their existence checks (never asks peers)
 	mp      storage.Multipart
 	members Membership
 	guard   Guard
@@ -177,6 +186,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{
 		cfg:       cfg,
 		store:     deps.Store,
+		local:     cmp.Or[storage.Store](deps.Local, deps.Store),
 		mp:        deps.Multipart,
 		members:   deps.Members,
 		guard:     deps.Guard,

@@ -83,7 +83,7 @@ func (s *Server) putIdentity(ctx context.Context, namespace string, d digest, da
 	if d.isEmpty() {
 		return false, nil
 	}
-	res, err := putResult(s.store.Put(ctx, casKey(s.tenant(), namespace, d), bytes.NewReader(data), s.putOptions(d)))
+	res, err := putResult(s.local.Put(ctx, casKey(s.tenant(), namespace, d), bytes.NewReader(data), s.putOptions(d)))
 	if err != nil {
 		return false, fmt.Errorf("store blob %s: %w", d, err)
 	}
@@ -105,7 +105,7 @@ func (s *Server) putZstd(ctx context.Context, namespace string, d digest, compre
 	body := &hashingReader{r: &trackingReader{r: &boundedReader{r: dec, left: d.size}}, h: sha256.New()}
 	var res storage.PutResult
 	if !d.isEmpty() {
-		res, err = putResult(s.store.Put(ctx, casKey(s.tenant(), namespace, d), body, s.putOptions(d)))
+		res, err = putResult(s.local.Put(ctx, casKey(s.tenant(), namespace, d), body, s.putOptions(d)))
 		if err != nil {
 			if derr := dataError(body.tracked().err); derr != nil {
 				return false, fmt.Errorf("blob %s: %w", d, derr)

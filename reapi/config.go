@@ -110,8 +110,13 @@ func (c Config) maxRecvMsgSize() int {
 
 // Deps are the collaborators of the REAPI server.
 type Deps struct {
-	// Store keeps blobs and action results. Required.
+	// Store keeps blobs and action results and serves the read path: reads, FindMissingBlobs
+	// and the completeness check, which in a cluster may ask peers. Required.
 	Store storage.Store
+	// Local is this node's own store, which never asks peers: every write and the write
+	// path's existence checks (ByteStream Write's "already here", QueryWriteStatus) go to it,
+	// so an upload never waits on a peer (docs/contract.md §5). nil: Store.
+	Local storage.Store
 	// Registerer receives the metrics. Nil means a private registry (metrics not exported).
 	Registerer prometheus.Registerer
 	// Logger receives warnings about store failures and bad stored data. Nil discards.

@@ -228,7 +228,7 @@ func (a *acServer) UpdateActionResult(ctx context.Context, req *repb.UpdateActio
 		return nil, toStatus(fmt.Errorf("%w: action_result encodes to %d bytes, more than the %d this server keeps",
 			errInvalidArgument, len(data), a.s.cfg.MaxProtoBytes))
 	}
-	res, err := putResult(a.s.store.Put(ctx, acKey(a.s.tenant(), ns, d), bytes.NewReader(data),
+	res, err := putResult(a.s.local.Put(ctx, acKey(a.s.tenant(), ns, d), bytes.NewReader(data),
 		storage.PutOptions{ContentType: contentType, Size: int64(len(data))}))
 	stored := int64(0)
 	if res.Created {

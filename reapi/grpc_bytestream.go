@@ -200,7 +200,7 @@ func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error)
 		return stream.SendAndClose(done)
 	}
 	key := casKey(b.s.tenant(), rn.namespace(), d)
-	switch info, err := b.s.store.Stat(ctx, key); {
+	switch info, err := b.s.local.Stat(ctx, key); { // local only: an upload never waits on peers
 	case err == nil:
 		if err := checkExisting(storage.PutResult{Info: info}, d); err != nil {
 			return toStatus(err)
@@ -252,7 +252,7 @@ func (b *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_W
 	}
 	putDone := make(chan outcome, 1)
 	go func() {
-		res, err := putResult(b.s.store.Put(ctx, key, body, b.s.putOptions(d)))
+		res, err := putResult(b.s.local.Put(ctx, key, body, b.s.putOptions(d)))
 		pr.CloseWithError(errPutReturned) // unblocks the receiving loop if Put stopped early
 		putDone <- outcome{res, err}
 	}()
@@ -329,7 +329,7 @@ func (b *byteStreamServer) QueryWriteStatus(ctx context.Context, req *bspb.Query
 	if d.isEmpty() {
 		return &bspb.QueryWriteStatusResponse{CommittedSize: committed, Complete: true}, nil
 	}
-	info, err := b.s.store.Stat(ctx, casKey(b.s.tenant(), rn.namespace(), d))
+	info, err := b.s.local.Stat(ctx, casKey(b.s.tenant(), rn.namespace(), d))
 	if err == nil {
 		err = checkStoredSize(info, d)
 	}

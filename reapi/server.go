@@ -1,6 +1,7 @@
 package reapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,7 +30,8 @@ import (
 // goroutines of its own outside requests, so it needs no Close.
 type Server struct {
 	cfg     Config
-	store   storage.Store
+	store   storage.Store // reads and existence questions (may ask peers)
+	local   storage.Store // writes and their existence checks (never asks peers)
 	log     *slog.Logger
 	metrics *metrics
 	codecs  *codecs
@@ -68,6 +70,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	return &Server{
 		cfg:       cfg,
 		store:     deps.Store,
+		local:     cmp.Or[storage.Store](deps.Local, deps.Store),
 		log:       logger,
 		metrics:   m,
 		codecs:    c,

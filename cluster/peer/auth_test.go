@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -60,6 +61,11 @@ func exerciseAll(ctx context.Context, c *Client, addr, name string) error {
 	}
 	if _, _, err := c.ListObjects(ctx, addr, 4, nil, nil, 0); err != nil {
 		return err
+	}
+	if found, err := c.FindObjects(ctx, addr, []storage.Key{k}); err != nil {
+		return err
+	} else if len(found) != 1 {
+		return fmt.Errorf("FindObjects found %d of the pushed object", len(found))
 	}
 	_, err = c.ListTombstones(ctx, addr)
 	return err

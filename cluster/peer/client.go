@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kuracache/kura/cluster/peer/peerpb"
 	"github.com/kuracache/kura/storage"
@@ -509,4 +510,70 @@ func (c *Client) ListTombstones(ctx context.Context, addr string) ([]storage.Tom
 		return nil, err
 	}
 	return ts, nil
+}
+
+// FindObjects returns the Info of those keys the peer at addr stores (in any order); a key
+// left out is not stored there. Large sets are sent in several requests of at most
+// MaxFindKeys keys, one after the other; ctx bounds them all. The peer answers from its own
+// store only.
+func (c *Client) FindObjects(ctx context.Context, addr string, keys []storage.Key) ([]storage.Info, error) {
+	rc, err := c.conn(addr)
+	if err != nil {
+		return nil, fmt.Errorf("find objects: %w", err)
+	}
+	// A key asked twice is asked once: the answer then names it once.
+	seen := make(map[storage.Key]bool, len(keys))
+	keys = slices.DeleteFunc(slices.Clone(keys), func(k storage.Key) bool {
+		dup := seen[k]
+		seen[k] = true
+		return dup
+	})
+	var found []storage.Info
+	for len(keys) > 0 {
+		req := &peerpb.FindObjectsRequest{}
+		size := 0
+		for len(keys) > 0 && len(req.Keys) < MaxFindKeys {
+			pk := keyToProto(keys[0])
+			n := proto.Size(pk) + 8 // the field's tag and length, generously
+			if size+n > maxFindRequestBytes && len(req.Keys) > 0 {
+				break
+			}
+			size += n
+			req.Keys = append(req.Keys, pk)
+			keys = keys[1:]
+		}
+		asked := make(map[storage.Key]bool, len(req.Keys))
+		for _, pk := range req.Keys {
+			k, _ := keyFromProto(pk) // only to check the answer; an invalid key is refused by the peer
+			asked[k] = true
+		}
+		start := time.Now()
+		action := fmt.Sprintf("find objects (%d keys)", len(req.Keys))
+		resp, err := rc.FindObjects(ctx, req)
+		if err == nil {
+			found, err = appendFound(found, resp.GetPresent(), asked)
+		}
+		if err = c.done("FindObjects", action, addr, start, err); err != nil {
+			return nil, err
+		}
+	}
+	return found, nil
+}
+
+// appendFound converts a FindObjects answer, refusing keys that were not asked for.
+func appendFound(found []storage.Info, hdrs []*peerpb.ObjectHeader, asked map[storage.Key]bool) ([]storage.Info, error) {
+	if len(hdrs) > len(asked) {
+		return nil, fmt.Errorf("%w: %d objects found of %d keys asked", ErrMalformed, len(hdrs), len(asked))
+	}
+	for i, h := range hdrs {
+		info, err := headerToInfo(h)
+		if err != nil {
+			return nil, fmt.Errorf("%w: entry %d: %w", ErrMalformed, i, err)
+		}
+		if !asked[info.Key] {
+			return nil, fmt.Errorf("%w: entry %d: %s was not asked for", ErrMalformed, i, info.Key)
+		}
+		found = append(found, info)
+	}
+	return found, nil
 }

@@ -50,6 +50,13 @@ const (
 	maxResponseBytes = 64 << 20
 	// DefaultMaxKeyValueBytes mirrors KURA_MAX_KEYVALUE_BYTES' default.
 	DefaultMaxKeyValueBytes = 1 << 20
+	// MaxFindKeys bounds the keys of one FindObjects request: a batch of FindMissingBlobs
+	// digests costs the server one batched index look-up, and the request (about 110 bytes
+	// per CAS key) stays far below the receive limit. The client splits larger sets.
+	MaxFindKeys = 2000
+	// maxFindRequestBytes bounds one FindObjects request's encoding too, whatever the length
+	// of the keys' identifiers (the client splits by both bounds).
+	maxFindRequestBytes = 512 << 10
 	// maxConcurrentStreams per connection: one peer's anti-entropy or bootstrap fetches in
 	// parallel, and a stuck peer must not pin unbounded handler goroutines.
 	maxConcurrentStreams = 256
@@ -483,6 +490,47 @@ func (h *handlers) ListTombstones(ctx context.Context, _ *peerpb.ListTombstonesR
 	resp := &peerpb.ListTombstonesResponse{Tombstones: make([]*peerpb.Tombstone, len(ts))}
 	for i, t := range ts {
 		resp.Tombstones[i] = tombstoneToProto(t)
+	}
+	return resp, nil
+}
+
+// FindObjects answers which of the requested keys the backend stores, with their headers.
+// It looks only at this node's store (the backend is the raw local store): a peer's
+// existence question never bounces on to a third node.
+func (h *handlers) FindObjects(ctx context.Context, req *peerpb.FindObjectsRequest) (*peerpb.FindObjectsResponse, error) {
+	if n := len(req.GetKeys()); n > MaxFindKeys {
+		return nil, toStatus(fmt.Errorf("find objects: %w: %d keys, at most %d", ErrMalformed, n, MaxFindKeys))
+	}
+	keys := make([]storage.Key, len(req.GetKeys()))
+	for i, k := range req.GetKeys() {
+		var err error
+		if keys[i], err = keyFromProto(k); err != nil {
+			return nil, toStatus(fmt.Errorf("find objects: key %d: %w", i, err))
+		}
+	}
+	// One batched look-up finds the few present keys; only those are stated for a header.
+	missing, err := h.backend.FindMissing(ctx, keys)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("find objects (%d keys): %w", len(keys), err))
+	}
+	absent := make(map[storage.Key]bool, len(missing))
+	for _, k := range missing {
+		absent[k] = true
+	}
+	resp := &peerpb.FindObjectsResponse{}
+	for _, k := range keys {
+		if absent[k] {
+			continue
+		}
+		absent[k] = true // a key asked twice is answered once
+		info, err := h.backend.Stat(ctx, k)
+		switch {
+		case errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrCorrupt):
+			continue // gone (evicted, cleaned) since the look-up, or not servable
+		case err != nil:
+			return nil, toStatus(fmt.Errorf("find objects: stat %s: %w", k, err))
+		}
+		resp.Present = append(resp.Present, infoToHeader(info, false))
 	}
 	return resp, nil
 }

@@ -50,6 +50,9 @@ type App struct {
 	internalLn net.Listener
 	outbox     *outbox.Outbox
 	sweeper    *antientropy.Sweeper
+	// readThrough is the front ends' store: reads missing here are asked of peers. It owns
+	// those fetches; Run closes it before the peer client and the store under it.
+	readThrough *antientropy.ReadThrough
 
 	// memory keeps the node within its memory watermarks (docs/contract.md §6).
 	memory *memory.Controller
@@ -121,8 +124,9 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		return nil, err
 	}
 	// Front ends read through to peers on a local miss; the internal plane, the outbox and the
-	// sweeper use the raw local store, so a miss never bounces between nodes.
-	frontStore, err := antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
+	// sweeper use the raw local store, so a miss never bounces between nodes. Writes and the
+	// write path's existence checks get the raw store as Local: they never ask peers.
+	a.readThrough, err = antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		Logger:           logger,
 		Registerer:       a.registry,
@@ -155,7 +159,8 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
 		MaxXcodeBytes:    cfg.MaxXcodeBytes,
 	}, httpapi.Deps{
-		Store:          frontStore,
+		Store:          a.readThrough,
+		Local:          a.store,
 		Multipart:      a.store,
 		Members:        membersView{a.cluster},
 		Guard:          httpGuard,
@@ -173,7 +178,8 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 
 	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
 	a.reapi, err = reapi.New(reapiCfg, reapi.Deps{
-		Store:          frontStore,
+		Store:          a.readThrough,
+		Local:          a.store,
 		Registerer:     a.registry,
 		Logger:         logger.With("component", "reapi"),
 		Guard:          grpcGuard,
@@ -318,6 +324,9 @@ func (a *App) closeOpened() {
 		if err := a.cluster.Close(); err != nil {
 			a.logger.Warn("closing the gossip listener after a failed start", "err", err)
 		}
+	}
+	if a.readThrough != nil {
+		_ = a.readThrough.Close()
 	}
 	if a.peerClient != nil {
 		_ = a.peerClient.Close()

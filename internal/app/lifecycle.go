@@ -80,6 +80,10 @@ func (a *App) Run(ctx context.Context) error {
 	if a.policy != nil {
 		_ = a.policy.Close() // stops JWKS refreshes; nothing to flush
 	}
+	// The listeners are closed, so no request starts a read-through any more: end the fetches
+	// and background pulls still running (a hung peer's included) before the client and the
+	// store they use close.
+	_ = a.readThrough.Close()
 	if cerr := a.peerClient.Close(); cerr != nil {
 		a.logger.Warn("closing peer connections", "err", cerr)
 	}

@@ -99,3 +99,26 @@ func BenchmarkReadThroughMiss(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFindMissingNoPeers is FindMissing of 1,000 keys (half present) on a disk store,
+// raw and through the read-through of a node without peers: the decorator must add nothing
+// measurable when there is nobody to ask.
+func BenchmarkFindMissingNoPeers(b *testing.B) {
+	self := openDisk(b, "self", "us")
+	benchObjects(b, self.store, 500, 64)
+	keys := make([]storage.Key, 1000)
+	for i := range keys {
+		keys[i] = key("bench", storage.KindGradle, fmt.Sprintf("obj-%06d", i))
+	}
+	rt := mustReadThrough(b, self.store, newSource(self), newPeers(), "us", ReadThroughOptions{})
+	defer rt.Close()
+	for name, s := range map[string]storage.Store{"raw": self.store, "read-through": rt} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if m, err := s.FindMissing(b.Context(), keys); err != nil || len(m) != 500 {
+					b.Fatalf("FindMissing: %d missing, %v", len(m), err)
+				}
+			}
+		})
+	}
+}

@@ -62,8 +62,13 @@ type peerReader struct {
 	readErr error // first non-EOF error from the peer stream
 }
 
+// fetcher is the part of Source and PeerSource that fetchFrom uses.
+type fetcher interface {
+	FetchObject(ctx context.Context, addr string, key storage.Key) (storage.Reader, error)
+}
+
 // fetchFrom asks one peer for key. The returned reader must be closed.
-func fetchFrom(ctx context.Context, src Source, p Peer, key storage.Key, timeout time.Duration) (*peerReader, error) {
+func fetchFrom(ctx context.Context, src fetcher, p Peer, key storage.Key, timeout time.Duration) (*peerReader, error) {
 	fctx, cancel := context.WithCancelCause(ctx)
 	stall := fmt.Errorf("peer %s (%s): no data for %v while fetching %s: %w", p.Name, p.Addr, timeout, key, errStalled)
 	timer := time.AfterFunc(timeout, func() { cancel(stall) })

@@ -78,11 +78,14 @@ type directSource struct {
 	fail    func(method, addr string, key storage.Key) error
 	stall   map[string]chan struct{} // addr → FetchObject blocks until closed (or ctx ends)
 	fetches []string                 // "name key" of every FetchObject call, in order
-	active  int                      // FetchObject calls currently blocked in a stall
+	finds   []string                 // name of every FindObjects call, in order
+	// findStall: addr → FindObjects blocks until closed (or ctx ends)
+	findStall map[string]chan struct{}
+	active    int // FetchObject calls currently blocked in a stall
 }
 
 func newSource(nodes ...*node) *directSource {
-	s := &directSource{nodes: map[string]*node{}, stall: map[string]chan struct{}{}}
+	s := &directSource{nodes: map[string]*node{}, stall: map[string]chan struct{}{}, findStall: map[string]chan struct{}{}}
 	for _, n := range nodes {
 		s.nodes[n.Addr] = n
 	}
@@ -164,6 +167,52 @@ func (s *directSource) FetchObject(ctx context.Context, addr string, key storage
 		return nil, err
 	}
 	return &verifyingReader{r: r, ctx: ctx, h: sha256.New()}, nil
+}
+
+// FindObjects answers from the peer's store, blocking like FetchObject while addr stalls.
+func (s *directSource) FindObjects(ctx context.Context, addr string, keys []storage.Key) ([]storage.Info, error) {
+	n, err := s.node("FindObjects", addr, storage.Key{})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.finds = append(s.finds, n.Name)
+	stall := s.findStall[addr]
+	s.mu.Unlock()
+	if stall != nil {
+		select {
+		case <-stall:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("find objects: %w", ctx.Err())
+		}
+	}
+	missing, err := n.store.FindMissing(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	absent := map[storage.Key]bool{}
+	for _, k := range missing {
+		absent[k] = true
+	}
+	var found []storage.Info
+	for _, k := range keys {
+		if absent[k] {
+			continue
+		}
+		absent[k] = true
+		info, err := n.store.Stat(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		found = append(found, info)
+	}
+	return found, nil
+}
+
+func (s *directSource) findLog() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.finds...)
 }
 
 func (s *directSource) fetchLog() []string {

@@ -106,3 +106,19 @@ func readThroughCounter(reg prometheus.Registerer) (*prometheus.CounterVec, erro
 	}
 	return c, nil
 }
+
+// peerFindCounter is kura_read_through_find_total, shared like readThroughCounter.
+func peerFindCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kura_read_through_find_total",
+		Help: "Existence questions (FindMissingBlobs, completeness checks) asked of peers for keys missing locally, by result: present (a peer holds the key; it is pulled in the background), missing (no peer answered that it holds it), peer_failed (one peer's batched answer failed or came too late), pull_dropped (a present key not queued for a background pull because the queue was full).",
+	}, []string{"result"})
+	c, err := telemetry.RegisterOrReuse(reg, c)
+	if err != nil {
+		return nil, fmt.Errorf("read-through metrics: %w", err)
+	}
+	for _, r := range []string{"present", "missing", "peer_failed", "pull_dropped"} {
+		c.WithLabelValues(r)
+	}
+	return c, nil
+}

@@ -20,18 +20,18 @@ import (
 	"github.com/kuracache/kura/storage/storagetest"
 )
 
-func newReadThrough(t testing.TB, self *node, src Source, peers Peers, mod func(*ReadThroughOptions)) (*readThrough, *prometheus.Registry) {
+func newReadThrough(t testing.TB, self *node, src PeerSource, peers Peers, mod func(*ReadThroughOptions)) (*ReadThrough, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts := ReadThroughOptions{Registerer: reg, PeerTimeout: 5 * time.Second}
 	if mod != nil {
 		mod(&opts)
 	}
-	return mustReadThrough(t, self.store, src, peers, self.Region, opts).(*readThrough), reg
+	return mustReadThrough(t, self.store, src, peers, self.Region, opts), reg
 }
 
 // mustReadThrough is NewReadThrough for a registry that cannot conflict.
-func mustReadThrough(t testing.TB, local storage.Store, src Source, peers Peers, region string, opts ReadThroughOptions) storage.Store {
+func mustReadThrough(t testing.TB, local storage.Store, src PeerSource, peers Peers, region string, opts ReadThroughOptions) *ReadThrough {
 	t.Helper()
 	rt, err := NewReadThrough(local, src, peers, region, opts)
 	if err != nil {
@@ -40,7 +40,7 @@ func mustReadThrough(t testing.TB, local storage.Store, src Source, peers Peers,
 	return rt
 }
 
-func readThroughCount(t testing.TB, rt *readThrough, result string) float64 {
+func readThroughCount(t testing.TB, rt *ReadThrough, result string) float64 {
 	t.Helper()
 	return testutil.ToFloat64(rt.results.WithLabelValues(result))
 }
@@ -334,8 +334,8 @@ func TestReadThroughRespectsTombstone(t *testing.T) {
 func TestReadThroughSharesRegistry(t *testing.T) {
 	a, b := memoryNode(t, "a", "us"), memoryNode(t, "b", "us")
 	reg := prometheus.NewRegistry()
-	r1 := mustReadThrough(t, a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
-	r2 := mustReadThrough(t, b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg}).(*readThrough)
+	r1 := mustReadThrough(t, a.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
+	r2 := mustReadThrough(t, b.store, newSource(), newPeers(), "us", ReadThroughOptions{Registerer: reg})
 	if r1.results != r2.results {
 		t.Fatal("two decorators on one registry do not share kura_read_through_total")
 	}

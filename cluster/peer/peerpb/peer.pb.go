@@ -713,6 +713,97 @@ func (*ListTombstonesRequest) Descriptor() ([]byte, []int) {
 	return file_peer_proto_rawDescGZIP(), []int{11}
 }
 
+type FindObjectsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// keys to look up; at most peer.MaxFindKeys (a larger request is INVALID_ARGUMENT).
+	Keys          []*ObjectKey `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindObjectsRequest) Reset() {
+	*x = FindObjectsRequest{}
+	mi := &file_peer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindObjectsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindObjectsRequest) ProtoMessage() {}
+
+func (x *FindObjectsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindObjectsRequest.ProtoReflect.Descriptor instead.
+func (*FindObjectsRequest) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FindObjectsRequest) GetKeys() []*ObjectKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type FindObjectsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// present holds the header of every requested key the server stores (any order); a key
+	// left out is not stored there. Bodies are not sent.
+	Present       []*ObjectHeader `protobuf:"bytes,1,rep,name=present,proto3" json:"present,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindObjectsResponse) Reset() {
+	*x = FindObjectsResponse{}
+	mi := &file_peer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindObjectsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindObjectsResponse) ProtoMessage() {}
+
+func (x *FindObjectsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindObjectsResponse.ProtoReflect.Descriptor instead.
+func (*FindObjectsResponse) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *FindObjectsResponse) GetPresent() []*ObjectHeader {
+	if x != nil {
+		return x.Present
+	}
+	return nil
+}
+
 type ListTombstonesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tombstones    []*Tombstone           `protobuf:"bytes,1,rep,name=tombstones,proto3" json:"tombstones,omitempty"`
@@ -722,7 +813,7 @@ type ListTombstonesResponse struct {
 
 func (x *ListTombstonesResponse) Reset() {
 	*x = ListTombstonesResponse{}
-	mi := &file_peer_proto_msgTypes[12]
+	mi := &file_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +825,7 @@ func (x *ListTombstonesResponse) String() string {
 func (*ListTombstonesResponse) ProtoMessage() {}
 
 func (x *ListTombstonesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[12]
+	mi := &file_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +838,7 @@ func (x *ListTombstonesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTombstonesResponse.ProtoReflect.Descriptor instead.
 func (*ListTombstonesResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{12}
+	return file_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTombstonesResponse) GetTombstones() []*Tombstone {
@@ -807,11 +898,15 @@ const file_peer_proto_rawDesc = "" +
 	"\x13ListObjectsResponse\x128\n" +
 	"\aobjects\x18\x01 \x03(\v2\x1e.kura.internal.v1.ObjectHeaderR\aobjects\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\fR\rnextPageToken\"\x17\n" +
-	"\x15ListTombstonesRequest\"U\n" +
+	"\x15ListTombstonesRequest\"E\n" +
+	"\x12FindObjectsRequest\x12/\n" +
+	"\x04keys\x18\x01 \x03(\v2\x1b.kura.internal.v1.ObjectKeyR\x04keys\"O\n" +
+	"\x13FindObjectsResponse\x128\n" +
+	"\apresent\x18\x01 \x03(\v2\x1e.kura.internal.v1.ObjectHeaderR\apresent\"U\n" +
 	"\x16ListTombstonesResponse\x12;\n" +
 	"\n" +
 	"tombstones\x18\x01 \x03(\v2\x1b.kura.internal.v1.TombstoneR\n" +
-	"tombstones2\xb0\x04\n" +
+	"tombstones2\x8c\x05\n" +
 	"\vReplication\x12R\n" +
 	"\n" +
 	"PushObject\x12\x1c.kura.internal.v1.ObjectPart\x1a$.kura.internal.v1.PushObjectResponse(\x01\x12U\n" +
@@ -819,7 +914,8 @@ const file_peer_proto_rawDesc = "" +
 	"\vFetchObject\x12$.kura.internal.v1.FetchObjectRequest\x1a\x1c.kura.internal.v1.ObjectPart0\x01\x12`\n" +
 	"\rBucketDigests\x12&.kura.internal.v1.BucketDigestsRequest\x1a'.kura.internal.v1.BucketDigestsResponse\x12Z\n" +
 	"\vListObjects\x12$.kura.internal.v1.ListObjectsRequest\x1a%.kura.internal.v1.ListObjectsResponse\x12c\n" +
-	"\x0eListTombstones\x12'.kura.internal.v1.ListTombstonesRequest\x1a(.kura.internal.v1.ListTombstonesResponseB/Z-github.com/kuracache/kura/cluster/peer/peerpbb\x06proto3"
+	"\x0eListTombstones\x12'.kura.internal.v1.ListTombstonesRequest\x1a(.kura.internal.v1.ListTombstonesResponse\x12Z\n" +
+	"\vFindObjects\x12$.kura.internal.v1.FindObjectsRequest\x1a%.kura.internal.v1.FindObjectsResponseB/Z-github.com/kuracache/kura/cluster/peer/peerpbb\x06proto3"
 
 var (
 	file_peer_proto_rawDescOnce sync.Once
@@ -833,7 +929,7 @@ func file_peer_proto_rawDescGZIP() []byte {
 	return file_peer_proto_rawDescData
 }
 
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_peer_proto_goTypes = []any{
 	(*ObjectKey)(nil),              // 0: kura.internal.v1.ObjectKey
 	(*ObjectHeader)(nil),           // 1: kura.internal.v1.ObjectHeader
@@ -847,31 +943,37 @@ var file_peer_proto_goTypes = []any{
 	(*ListObjectsRequest)(nil),     // 9: kura.internal.v1.ListObjectsRequest
 	(*ListObjectsResponse)(nil),    // 10: kura.internal.v1.ListObjectsResponse
 	(*ListTombstonesRequest)(nil),  // 11: kura.internal.v1.ListTombstonesRequest
-	(*ListTombstonesResponse)(nil), // 12: kura.internal.v1.ListTombstonesResponse
+	(*FindObjectsRequest)(nil),     // 12: kura.internal.v1.FindObjectsRequest
+	(*FindObjectsResponse)(nil),    // 13: kura.internal.v1.FindObjectsResponse
+	(*ListTombstonesResponse)(nil), // 14: kura.internal.v1.ListTombstonesResponse
 }
 var file_peer_proto_depIdxs = []int32{
 	0,  // 0: kura.internal.v1.ObjectHeader.key:type_name -> kura.internal.v1.ObjectKey
 	1,  // 1: kura.internal.v1.ObjectPart.header:type_name -> kura.internal.v1.ObjectHeader
 	0,  // 2: kura.internal.v1.FetchObjectRequest.key:type_name -> kura.internal.v1.ObjectKey
 	1,  // 3: kura.internal.v1.ListObjectsResponse.objects:type_name -> kura.internal.v1.ObjectHeader
-	4,  // 4: kura.internal.v1.ListTombstonesResponse.tombstones:type_name -> kura.internal.v1.Tombstone
-	2,  // 5: kura.internal.v1.Replication.PushObject:input_type -> kura.internal.v1.ObjectPart
-	4,  // 6: kura.internal.v1.Replication.PushTombstone:input_type -> kura.internal.v1.Tombstone
-	6,  // 7: kura.internal.v1.Replication.FetchObject:input_type -> kura.internal.v1.FetchObjectRequest
-	7,  // 8: kura.internal.v1.Replication.BucketDigests:input_type -> kura.internal.v1.BucketDigestsRequest
-	9,  // 9: kura.internal.v1.Replication.ListObjects:input_type -> kura.internal.v1.ListObjectsRequest
-	11, // 10: kura.internal.v1.Replication.ListTombstones:input_type -> kura.internal.v1.ListTombstonesRequest
-	3,  // 11: kura.internal.v1.Replication.PushObject:output_type -> kura.internal.v1.PushObjectResponse
-	5,  // 12: kura.internal.v1.Replication.PushTombstone:output_type -> kura.internal.v1.PushTombstoneResponse
-	2,  // 13: kura.internal.v1.Replication.FetchObject:output_type -> kura.internal.v1.ObjectPart
-	8,  // 14: kura.internal.v1.Replication.BucketDigests:output_type -> kura.internal.v1.BucketDigestsResponse
-	10, // 15: kura.internal.v1.Replication.ListObjects:output_type -> kura.internal.v1.ListObjectsResponse
-	12, // 16: kura.internal.v1.Replication.ListTombstones:output_type -> kura.internal.v1.ListTombstonesResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	0,  // 4: kura.internal.v1.FindObjectsRequest.keys:type_name -> kura.internal.v1.ObjectKey
+	1,  // 5: kura.internal.v1.FindObjectsResponse.present:type_name -> kura.internal.v1.ObjectHeader
+	4,  // 6: kura.internal.v1.ListTombstonesResponse.tombstones:type_name -> kura.internal.v1.Tombstone
+	2,  // 7: kura.internal.v1.Replication.PushObject:input_type -> kura.internal.v1.ObjectPart
+	4,  // 8: kura.internal.v1.Replication.PushTombstone:input_type -> kura.internal.v1.Tombstone
+	6,  // 9: kura.internal.v1.Replication.FetchObject:input_type -> kura.internal.v1.FetchObjectRequest
+	7,  // 10: kura.internal.v1.Replication.BucketDigests:input_type -> kura.internal.v1.BucketDigestsRequest
+	9,  // 11: kura.internal.v1.Replication.ListObjects:input_type -> kura.internal.v1.ListObjectsRequest
+	11, // 12: kura.internal.v1.Replication.ListTombstones:input_type -> kura.internal.v1.ListTombstonesRequest
+	12, // 13: kura.internal.v1.Replication.FindObjects:input_type -> kura.internal.v1.FindObjectsRequest
+	3,  // 14: kura.internal.v1.Replication.PushObject:output_type -> kura.internal.v1.PushObjectResponse
+	5,  // 15: kura.internal.v1.Replication.PushTombstone:output_type -> kura.internal.v1.PushTombstoneResponse
+	2,  // 16: kura.internal.v1.Replication.FetchObject:output_type -> kura.internal.v1.ObjectPart
+	8,  // 17: kura.internal.v1.Replication.BucketDigests:output_type -> kura.internal.v1.BucketDigestsResponse
+	10, // 18: kura.internal.v1.Replication.ListObjects:output_type -> kura.internal.v1.ListObjectsResponse
+	14, // 19: kura.internal.v1.Replication.ListTombstones:output_type -> kura.internal.v1.ListTombstonesResponse
+	13, // 20: kura.internal.v1.Replication.FindObjects:output_type -> kura.internal.v1.FindObjectsResponse
+	14, // [14:21] is the sub-list for method output_type
+	7,  // [7:14] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -889,7 +991,7 @@ func file_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	Replication_BucketDigests_FullMethodName  = "/kura.internal.v1.Replication/BucketDigests"
 	Replication_ListObjects_FullMethodName    = "/kura.internal.v1.Replication/ListObjects"
 	Replication_ListTombstones_FullMethodName = "/kura.internal.v1.Replication/ListTombstones"
+	Replication_FindObjects_FullMethodName    = "/kura.internal.v1.Replication/FindObjects"
 )
 
 // ReplicationClient is the client API for Replication service.
@@ -47,6 +48,10 @@ type ReplicationClient interface {
 	ListObjects(ctx context.Context, in *ListObjectsRequest, opts ...grpc.CallOption) (*ListObjectsResponse, error)
 	// ListTombstones returns every namespace tombstone (applied first on bootstrap).
 	ListTombstones(ctx context.Context, in *ListTombstonesRequest, opts ...grpc.CallOption) (*ListTombstonesResponse, error)
+	// FindObjects answers, in one call, which of a batch of keys the server stores (local
+	// only: the server never asks its own peers). FindMissingBlobs and the action-cache
+	// completeness check use it for the digests missing locally.
+	FindObjects(ctx context.Context, in *FindObjectsRequest, opts ...grpc.CallOption) (*FindObjectsResponse, error)
 }
 
 type replicationClient struct {
@@ -129,6 +134,16 @@ func (c *replicationClient) ListTombstones(ctx context.Context, in *ListTombston
 	return out, nil
 }
 
+func (c *replicationClient) FindObjects(ctx context.Context, in *FindObjectsRequest, opts ...grpc.CallOption) (*FindObjectsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FindObjectsResponse)
+	err := c.cc.Invoke(ctx, Replication_FindObjects_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicationServer is the server API for Replication service.
 // All implementations must embed UnimplementedReplicationServer
 // for forward compatibility.
@@ -145,6 +160,10 @@ type ReplicationServer interface {
 	ListObjects(context.Context, *ListObjectsRequest) (*ListObjectsResponse, error)
 	// ListTombstones returns every namespace tombstone (applied first on bootstrap).
 	ListTombstones(context.Context, *ListTombstonesRequest) (*ListTombstonesResponse, error)
+	// FindObjects answers, in one call, which of a batch of keys the server stores (local
+	// only: the server never asks its own peers). FindMissingBlobs and the action-cache
+	// completeness check use it for the digests missing locally.
+	FindObjects(context.Context, *FindObjectsRequest) (*FindObjectsResponse, error)
 	mustEmbedUnimplementedReplicationServer()
 }
 
@@ -172,6 +191,9 @@ func (UnimplementedReplicationServer) ListObjects(context.Context, *ListObjectsR
 }
 func (UnimplementedReplicationServer) ListTombstones(context.Context, *ListTombstonesRequest) (*ListTombstonesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTombstones not implemented")
+}
+func (UnimplementedReplicationServer) FindObjects(context.Context, *FindObjectsRequest) (*FindObjectsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FindObjects not implemented")
 }
 func (UnimplementedReplicationServer) mustEmbedUnimplementedReplicationServer() {}
 func (UnimplementedReplicationServer) testEmbeddedByValue()                     {}
@@ -284,6 +306,24 @@ func _Replication_ListTombstones_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Replication_FindObjects_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FindObjectsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicationServer).FindObjects(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replication_FindObjects_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicationServer).FindObjects(ctx, req.(*FindObjectsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Replication_ServiceDesc is the grpc.ServiceDesc for Replication service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -306,6 +346,10 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTombstones",
 			Handler:    _Replication_ListTombstones_Handler,
+		},
+		{
+			MethodName: "FindObjects",
+			Handler:    _Replication_FindObjects_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
