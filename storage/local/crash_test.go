@@ -63,7 +63,9 @@ func crashImmVersion(seq int) storage.Version {
 	return storage.MakeVersion(1_700_000_000_000, 0) - storage.Version(seq)
 }
 
-func crashImmBody(w, seq int) []byte { return storagetest.Bytes(uint64(w)<<40|uint64(seq)|1<<60, 100+(seq*53)%5000) }
+func crashImmBody(w, seq int) []byte {
+	return storagetest.Bytes(uint64(w)<<40|uint64(seq)|1<<60, 100+(seq*53)%5000)
+}
 
 // TestCrashChild is the child half of TestCrashRecovery; it does nothing in a normal run.
 func TestCrashChild(t *testing.T) {
@@ -142,8 +144,8 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	acked := map[int]int{}   // worker → highest acknowledged cas seq (acks arrive in order per worker)
-	ackedKV := map[int]int{} // worker → highest acknowledged keyvalue seq
+	acked := map[int]int{}    // worker → highest acknowledged cas seq (acks arrive in order per worker)
+	ackedKV := map[int]int{}  // worker → highest acknowledged keyvalue seq
 	ackedImm := map[int]int{} // worker → highest acknowledged replicated replacement seq
 	casAcks, kvAcks := 0, 0
 	var childErr string
