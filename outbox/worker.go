@@ -545,7 +545,7 @@ func (t *trackingReader) Read(b []byte) (int, error) {
 // (holes may sit between them), and every prefixDeleteEvery numbers covers the resolved prefix
 // with one range deletion as well. The commit is not synced: a crash can lose it, and the
 // entries are then delivered again after the restart, which is harmless because every apply is
-// idempotent (first writer wins, last writer wins by version, tombstones by version).
+// idempotent (storage.Replaces for objects, tombstones by version).
 func (o *Outbox) commitDeletes(p *peer) error {
 	b := o.db.NewBatch()
 	defer b.Close()

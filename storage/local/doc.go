@@ -6,7 +6,7 @@
 // entries (the OnCommit seam) are committed in one synced Pebble batch.
 //
 // Concurrency: no global lock surrounds I/O. Striped per-key mutexes cover only the final
-// check-and-commit (first writer wins, last writer wins by Version), and striped per-namespace
+// check-and-commit (the conflict rule, storage.Replaces), and striped per-namespace
 // read/write locks order puts against namespace deletion. Eviction retires the oldest sealed
 // segment once the disk budget is exceeded, moving recently read records forward and dropping
 // the rest; a file is removed only after the synced batch that stops referencing it.
