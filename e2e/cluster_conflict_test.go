@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -16,15 +17,9 @@ import (
 // "within one period" means something, short enough for the test to stay quick.
 const conflictIntervalMS = 2000
 
-// seenCopy is one (version, SHA-256) a node reported for a key in its internal listing.
-type seenCopy struct {
-	version uint64
-	sha256  string
-}
-
 // earlier reports whether a is the cluster's first writer against b (storage.Replaces for
 // immutable kinds with two bodies: the lower version, then the lower SHA-256).
-func (a seenCopy) earlier(b seenCopy) bool {
+func (a listed) earlier(b listed) bool {
 	if a.version != b.version {
 		return a.version < b.version
 	}
@@ -75,15 +70,15 @@ func TestClusterImmutableConflictsConverge(t *testing.T) {
 	var (
 		mu        sync.Mutex
 		failures  errorList
-		reported  = map[string][]seenCopy{} // key → every copy any node listed
-		listSeq   = make([]map[string][]seenCopy, len(nodes))
+		reported  = map[string][]listed{} // key → every copy any node listed
+		listSeq   = make([]map[string][]listed, len(nodes))
 		httpSeq   = make([]map[string][]string, len(nodes)) // node → key → bodies served, in order
 		httpPolls int
 		stop      = make(chan struct{})
 		pollers   sync.WaitGroup
 	)
 	for j := range nodes {
-		listSeq[j], httpSeq[j] = map[string][]seenCopy{}, map[string][]string{}
+		listSeq[j], httpSeq[j] = map[string][]listed{}, map[string][]string{}
 	}
 	// Each node's listing: a key's copy may only move to one that beats it.
 	for j, n := range nodes {
@@ -103,7 +98,7 @@ func TestClusterImmutableConflictsConverge(t *testing.T) {
 				}
 				mu.Lock()
 				for name, c := range l {
-					cp := seenCopy{version: c.version, sha256: c.sha256}
+					cp := c
 					seq := listSeq[j][name]
 					if len(seq) > 0 && seq[len(seq)-1] == cp {
 						continue
@@ -257,7 +252,7 @@ func TestClusterImmutableConflictsConverge(t *testing.T) {
 	for i := range keys {
 		o := objs[i][0]
 		name := storeName(o)
-		win := seenCopy{version: final[name].version, sha256: final[name].sha256}
+		win := final[name]
 		distinct := map[string]bool{}
 		for _, c := range reported[name] {
 			distinct[c.sha256] = true
@@ -302,5 +297,177 @@ func TestClusterImmutableConflictsConverge(t *testing.T) {
 	// cores with race-instrumented nodes.
 	if bound := interval*12/10 + 2*time.Second; converged > bound {
 		t.Fatalf("converged %s after the last write, more than one anti-entropy period (%s with jitter and a sweep's run)", converged, bound)
+	}
+}
+
+// TestClusterImmutableConflictsSettledByAntiEntropy has two nodes accept different bodies for
+// the same 100 immutable keys while they do not know each other (each seeded with an address
+// nobody answers), so no outbox holds a push for the other; then one restarts seeded with the
+// other. Only anti-entropy (the newcomer's bootstrap, the other's next sweep) can settle the
+// conflicts: within one period every key holds, on both nodes, the copy written first (the
+// lower version of the two each node reported before they met), each settled key is counted
+// once in kura_antientropy_conflicts_total, and a client reading both nodes throughout sees
+// each key's body change at most once.
+func TestClusterImmutableConflictsSettledByAntiEntropy(t *testing.T) {
+	t.Parallel()
+	const keys = 100
+	interval := conflictIntervalMS * time.Millisecond
+	nowhere, err := freePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := func(name string) NodeOptions {
+		return NodeOptions{Name: name, Peers: []string{loopbackAddr(nowhere[0])},
+			Env: map[string]string{"KURA_ANTI_ENTROPY_INTERVAL_MS": strconv.Itoa(conflictIntervalMS)}}
+	}
+	a := startClusterNode(t, opts("node-a"))
+	b := startClusterNode(t, opts("node-b"))
+	nodes := []*Node{a, b}
+	k := newClusterKit(t, nil)
+	gen := newObjectGen(t.Name())
+
+	// Key i's body on A and on B; even keys are written on A first, odd keys on B first, each
+	// phase after the other has been acknowledged.
+	objs := make([][2]*clusterObject, keys)
+	for i := range keys {
+		base := gen.object([]string{kindGradle, kindNx}[i%2], "settle", 700+i)
+		for j, n := range nodes {
+			o := *base
+			o.body = append(fmt.Appendf(nil, "written on %s: ", n.Name), gen.bytes(300+j*50+i)...)
+			objs[i][j] = &o
+		}
+	}
+	for phase := range 2 {
+		var batch []*clusterObject
+		var on []*Node
+		for i := range keys {
+			j := (i + phase) % 2 // phase 0: A for even keys, B for odd; phase 1 the other way
+			batch = append(batch, objs[i][j])
+			on = append(on, nodes[j])
+		}
+		var errs errorList
+		forEach(len(batch), 8, func(i int) {
+			if err := batch[i].write(k, on[i]); err != nil {
+				errs.add(err)
+			}
+		})
+		errs.failIfAny(t, fmt.Sprintf("phase %d writes", phase))
+	}
+	// What each node holds before they meet: the winner of each key is the earlier copy.
+	before := make([]map[string]listed, len(nodes))
+	for j, n := range nodes {
+		l, err := k.listing(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[j] = l
+	}
+	name := func(o *clusterObject) string {
+		return fmt.Sprintf("%s/%s/%s/%s", clusterTenant, o.namespace, o.kind, o.id)
+	}
+	winners := make([]*clusterObject, keys)
+	for i := range keys {
+		ca, cb := before[0][name(objs[i][0])], before[1][name(objs[i][1])]
+		sa, sb := sha256.Sum256(objs[i][0].body), sha256.Sum256(objs[i][1].body)
+		if ca.sha256 != hex.EncodeToString(sa[:]) || cb.sha256 != hex.EncodeToString(sb[:]) {
+			t.Fatalf("key %d before the merge: A lists %+v, B lists %+v; want each node's own body", i, ca, cb)
+		}
+		first := i % 2 // the node that wrote key i first
+		if (first == 0) != ca.earlier(cb) {
+			t.Fatalf("key %d: the copy written first does not have the lower version (A %+v, B %+v)", i, ca, cb)
+		}
+		winners[i] = objs[i][first]
+	}
+
+	// A client reads every key from both nodes until the end: a body changes at most once.
+	var (
+		mu      sync.Mutex
+		errs    errorList
+		seen    = [2]map[string][]string{{}, {}}
+		changes int
+		stop    = make(chan struct{})
+		readers sync.WaitGroup
+		// restarts is odd while B restarts, so the readers tell a refused connection then
+		// from a failure.
+		restarts atomic.Int32
+	)
+	for j, n := range nodes {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				for i := range keys {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					gen := restarts.Load()
+					got, err := tryDo(request{Method: http.MethodGet, URL: objs[i][0].readURL(n)})
+					if err != nil || got.Status != http.StatusOK {
+						if gen%2 == 0 && restarts.Load() == gen { // not a read of B while it restarted
+							errs.add(fmt.Errorf("GET %s on %s: %v %v", objs[i][0], n.Name, got, err))
+						}
+						continue
+					}
+					mu.Lock()
+					seq := seen[j][objs[i][0].id]
+					if len(seq) == 0 || seq[len(seq)-1] != string(got.Body) {
+						if len(seq) >= 2 {
+							errs.add(fmt.Errorf("%s: %s's body changed a second time", n.Name, objs[i][0]))
+						} else if len(seq) == 1 {
+							changes++
+						}
+						seen[j][objs[i][0].id] = append(seq, string(got.Body))
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	stopReading := func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+			readers.Wait()
+		}
+	}
+	t.Cleanup(stopReading)
+
+	restarts.Add(1)
+	b.Stop()
+	b.opts.Peers = []string{a.GossipAddr()}
+	b.Restart()
+	restarts.Add(1)
+	met := waitMembership(t, membershipTimeout, a, b)
+	metAt := time.Now()
+	k.waitConverged(t, convergeTimeout(keys), keys, a, b)
+	converged := time.Since(metAt)
+	waitSweeps(t, 2, a, b)
+	stopReading()
+	errs.failIfAny(t, "reading while the nodes converge")
+
+	for i, w := range winners {
+		for _, n := range nodes {
+			got := do(t, request{Method: http.MethodGet, URL: w.readURL(n)})
+			if got.Status != http.StatusOK || !bytes.Equal(got.Body, w.body) {
+				t.Fatalf("key %d on %s: %s; want the body written first, on %s", i, n.Name, got, nodes[i%2].Name)
+			}
+		}
+	}
+	var conflicts, pushed float64
+	for _, n := range nodes {
+		conflicts += metric(t, n, "kura_antientropy_conflicts_total", nil)
+		pushed += metric(t, n, "kura_replication_pushes_total", map[string]string{"result": "applied"})
+	}
+	figure(t, "%d keys with a different body on each of 2 nodes that met later (membership after %s): one body per key, the first written, on both %s after they met "+
+		"(anti-entropy period %s); %v conflicts settled by anti-entropy, %v pushes applied, %d body changes seen by the readers",
+		keys, met, converged.Round(time.Millisecond), interval, conflicts, pushed, changes)
+	if conflicts != keys {
+		t.Fatalf("kura_antientropy_conflicts_total sums to %v on the two nodes, want %d: one replacement per key", conflicts, keys)
+	}
+	if bound := interval*12/10 + 2*time.Second; converged > bound {
+		t.Fatalf("converged %s after the nodes met, more than one anti-entropy period (%s with jitter and a sweep's run)", converged, bound)
 	}
 }
