@@ -247,17 +247,29 @@ func TestLastWriterWinsEntrySupersededIsDropped(t *testing.T) {
 	}
 }
 
-func TestImmutableObjectPushesCurrentState(t *testing.T) {
+// An immutable object's entry pushes the stored object while it is the write the entry stands
+// for, and is dropped once a peer's earlier write (the cluster's first writer) replaced it:
+// that write's origin pushes it, and pushing it from here would only repeat it.
+func TestImmutableEntryPushesItsWriteOnly(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
-	e := f.put("blob", "content")
-	stale := e
-	stale.Version-- // an entry older than the stored (immutable) object still pushes it
+	kept := f.put("kept", "content")
+	lost := f.put("lost", "our body")
+	early := lost.Version - 1000
+	if res, err := f.store.Put(context.Background(), lost.Key, strings.NewReader("their body"),
+		storage.PutOptions{Size: 10, Version: early}); err != nil || !res.Created {
+		t.Fatalf("replicated first writer = %+v, %v", res, err)
+	}
 	f.o.SetTargets([]Target{{Name: "a", Addr: "A"}})
-	f.commit(stale)
+	f.commit(kept)
+	f.commit(lost)
 	f.run()
-	testsupport.WaitFor(t, "delivery", 20*time.Second, func() bool { return len(f.sender.to("A")) == 1 })
-	if d := f.sender.to("A")[0]; d.info.Version != e.Version || d.body != "content" {
-		t.Fatalf("pushed %+v, want the stored object", d)
+	testsupport.WaitFor(t, "both entries resolved", 20*time.Second, func() bool { return f.o.Depth("a") == 0 })
+	got := f.sender.to("A")
+	if len(got) != 1 || got[0].info.Key != kept.Key || got[0].info.Version != kept.Version || got[0].body != "content" {
+		t.Fatalf("deliveries = %+v, want only the kept object", got)
+	}
+	if n := f.pushes("a", "object", resultDropped); n != 1 {
+		t.Fatalf("dropped = %v, want the entry whose write lost", n)
 	}
 }
 

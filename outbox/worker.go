@@ -481,8 +481,11 @@ func (o *Outbox) count(p *peer, op, result string) {
 }
 
 // pushObject pushes the object's current local state. A missing object (deleted, evicted,
-// cleaned) and a last-writer-wins object already replaced by a newer version are dropped: the
-// newer state has its own entry, and anti-entropy covers evictions.
+// cleaned) is dropped, and so is one whose stored copy is no longer the write the entry
+// stands for: a last-writer-wins object replaced by a newer version (which has its own
+// entry), or an immutable object whose body was replaced by a peer's earlier write (the
+// cluster's first writer, storage.Replaces), which that write's origin pushes to everyone.
+// Anti-entropy covers evictions.
 func (o *Outbox) pushObject(ctx context.Context, p *peer, addr string, e Entry) (string, error) {
 	r, err := o.local.Open(ctx, e.Key, 0, -1)
 	switch {
@@ -493,7 +496,7 @@ func (o *Outbox) pushObject(ctx context.Context, p *peer, addr string, e Entry) 
 	}
 	defer func() { _ = r.Close() }()
 	info := r.Info()
-	if e.Key.Kind.LastWriterWins() && info.Version > e.Version {
+	if e.Key.Kind.LastWriterWins() && info.Version > e.Version || !e.Key.Kind.LastWriterWins() && info.Version != e.Version {
 		return resultDropped, nil
 	}
 	body := &trackingReader{r: r}
@@ -533,7 +536,7 @@ func (t *trackingReader) Read(b []byte) (int, error) {
 // (holes may sit between them), and every prefixDeleteEvery numbers covers the resolved prefix
 // with one range deletion as well. The commit is not synced: a crash can lose it, and the
 // entries are then delivered again after the restart, which is harmless because every apply is
-// idempotent (first writer wins, last writer wins by version, tombstones by version).
+// idempotent (storage.Replaces for objects, tombstones by version).
 func (o *Outbox) commitDeletes(p *peer) error {
 	b := o.db.NewBatch()
 	defer b.Close()

@@ -7,7 +7,9 @@ type ChangeOp int
 
 // The changes a store reports to its commit observer.
 const (
-	// ChangePut: an object was written (Created) or replaced (Replaced, last writer wins).
+	// ChangePut: an object was written (Created) or replaced (Replaced: a newer
+	// last-writer-wins version, or a replicated immutable copy that is the cluster's first
+	// writer).
 	ChangePut ChangeOp = iota + 1
 	// ChangeDeleteNamespace: a namespace was cleaned and its tombstone recorded.
 	ChangeDeleteNamespace
@@ -21,7 +23,8 @@ type Change struct {
 	Op ChangeOp
 	// Info describes the stored object (ChangePut).
 	Info Info
-	// Replaced is true when a last-writer-wins object replaced an older version (ChangePut).
+	// Replaced is true when the put replaced a stored body (ChangePut): a newer last-writer-wins
+	// version, or, for an immutable kind, a replicated copy that wins by Replaces.
 	// Filling an evicted stub is not a replacement.
 	Replaced bool
 	// Replicated is true when the caller supplied the version (PutOptions.Version or

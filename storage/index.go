@@ -39,7 +39,8 @@ type Index interface {
 	ListObjects(ctx context.Context, bits uint32, buckets []uint32, after []byte, limit int) ([]ObjectSummary, []byte, error)
 	// Tombstones returns every namespace tombstone.
 	Tombstones(ctx context.Context) ([]Tombstone, error)
-	// ApplyStub records a peer's evicted object as an evicted stub here, unless this node
-	// already holds the object (or a newer version of it, or a newer tombstone).
+	// ApplyStub records a peer's evicted object as an evicted stub here, unless the copy
+	// this node holds prevails by Replaces (an immutable object always does) or the
+	// namespace's tombstone is not older.
 	ApplyStub(ctx context.Context, info Info) error
 }

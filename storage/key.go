@@ -38,7 +38,8 @@ func (k Kind) Valid() bool {
 
 // LastWriterWins reports whether a newer write replaces an existing object of this kind.
 // Keyvalue documents and action-cache entries are mutable (last writer wins, by Version);
-// every other kind is immutable once written (first writer wins, later writes are no-ops).
+// every other kind is immutable: the cluster keeps its first writer (the lowest version), and
+// a node's own later writes are no-ops. Replaces applies the rule.
 func (k Kind) LastWriterWins() bool { return k == KindKeyValue || k == KindAC }
 
 // MaxIdentifierBytes bounds tenant ids, namespace ids and object names.

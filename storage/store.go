@@ -39,8 +39,9 @@ type PutOptions struct {
 	Limit int64
 	// ExpectedSHA256, when set, must equal the body's SHA-256, else ErrDigestMismatch.
 	ExpectedSHA256 *[32]byte
-	// Version to record. Zero means "now" on the store's clock; replication passes the
-	// origin's version so every node orders the write the same way.
+	// Version to record. Zero means "now" on the store's clock (a client's write here);
+	// replication passes the origin's version so every node orders the write the same way
+	// (storage.Replaces), and only such a write can replace a stored immutable body.
 	Version Version
 }
 
@@ -48,7 +49,9 @@ type PutOptions struct {
 type PutResult struct {
 	Info Info
 	// Created is false when the write changed nothing: an immutable kind whose key already
-	// existed (first writer wins), or a versioned write older than the stored state.
+	// existed (a local write, or a replicated copy that does not replace it by Replaces), or
+	// a versioned write older than the stored state. It is true when the write stored a new
+	// object, filled a stub or replaced the stored body.
 	Created bool
 }
 
@@ -70,8 +73,10 @@ type Store interface {
 	// An offset beyond the size is ErrInvalidKey-free: it yields an empty reader at the end.
 	// Missing objects give an error wrapping ErrNotFound.
 	Open(ctx context.Context, key Key, offset, length int64) (Reader, error)
-	// Put stores body under key. For immutable kinds an existing key is not overwritten and
-	// the body is not read (Created=false). The body is hashed while it streams in and limits
+	// Put stores body under key. Whether it replaces what is stored is decided by Replaces:
+	// for immutable kinds a local write (Version zero) never overwrites an existing key and
+	// its body is not read (Created=false), while a replicated write that is the cluster's
+	// first writer replaces it. The body is hashed while it streams in and limits
 	// are enforced while streaming; on any error nothing is stored and staged bytes are removed.
 	Put(ctx context.Context, key Key, body io.Reader, opts PutOptions) (PutResult, error)
 	// FindMissing returns the subset of keys that are not stored, in the order given.

@@ -154,6 +154,41 @@ func TestPushExistingImmutableSkipsBody(t *testing.T) {
 	}
 }
 
+// Immutable kinds keep the cluster's first writer: a pushed copy with another body and a
+// later version is not applied and its body not read; one with an earlier version is applied
+// and replaces the stored body, which reads and fetches then return.
+func TestPushEarlierImmutableReplaces(t *testing.T) {
+	store := diskStore(t)
+	backend := &observedBackend{Backend: store}
+	p := startPlane(t, backend, ServerConfig{}, ClientConfig{})
+	ctx := testCtx(t)
+	k := key(storage.KindGradle, "contested")
+	ours, later, earlier := []byte("our body"), []byte("a later body"), []byte("the first writer's body")
+	if _, err := store.Put(ctx, k, bytes.NewReader(ours), storage.PutOptions{Size: int64(len(ours)), Version: version(10)}); err != nil {
+		t.Fatal(err)
+	}
+	applied, err := p.client.PushObject(ctx, p.addr, infoFor(k, later, version(20)), bytes.NewReader(later))
+	if err != nil || applied {
+		t.Fatalf("PushObject(later) = %v, %v; want not applied", applied, err)
+	}
+	if got := backend.bodyRead.Load(); got != 0 {
+		t.Fatalf("the server's store read %d body bytes of a losing copy, want 0", got)
+	}
+	applied, err = p.client.PushObject(ctx, p.addr, infoFor(k, earlier, version(5)), bytes.NewReader(earlier))
+	if err != nil || !applied {
+		t.Fatalf("PushObject(earlier) = %v, %v; want applied", applied, err)
+	}
+	r, err := p.client.FetchObject(ctx, p.addr, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	_ = r.Close()
+	if err != nil || !bytes.Equal(got, earlier) || r.Info().Version != version(5) {
+		t.Fatalf("fetch after the replace = %q at %v, %v; want the first writer's body at %v", got, r.Info().Version, err, version(5))
+	}
+}
+
 // Last-writer-wins kinds: an older version is delivered (no error) but not applied; the
 // newer one stays; a newer one still applies.
 func TestPushStaleLastWriterWins(t *testing.T) {
@@ -350,7 +385,7 @@ func TestPushHonoursContext(t *testing.T) {
 	body := &gatedReader{r: testsupport.NewPatternReader(1, 2<<20), after: 1 << 20, gate: never, timeout: time.Minute}
 	done := make(chan error, 1)
 	go func() {
-		_, err := p.client.PushObject(ctx, p.addr, info, &cancelOnBlock{r: body, cancel: cancel})
+		_, err := p.client.PushObject(ctx, p.addr, info, &cancelOnBlock{r: body, ctx: ctx, cancel: cancel, size: 2 << 20})
 		done <- err
 	}()
 	select {
@@ -365,16 +400,29 @@ func TestPushHonoursContext(t *testing.T) {
 }
 
 // cancelOnBlock cancels the call's context when the body reaches its gate, then keeps
-// reading: the client must notice the cancellation at its next Send.
+// reading: the client must notice the cancellation at a following Send. The garbage stops at
+// the declared size (then Read waits for the cancellation to end the call): a body longer than
+// declared would let the server refuse it first, before the client saw its cancellation.
 type cancelOnBlock struct {
 	r      *gatedReader
+	ctx    context.Context
 	cancel context.CancelFunc
+	size   int64
+	sent   int64
 }
 
 func (c *cancelOnBlock) Read(p []byte) (int, error) {
-	if c.r.read >= c.r.after {
-		c.cancel()
-		return len(p), nil // garbage, never stored: the stream is cancelled
+	if c.r.read < c.r.after {
+		n, err := c.r.Read(p)
+		c.sent += int64(n)
+		return n, err
 	}
-	return c.r.Read(p)
+	c.cancel()
+	if left := c.size - c.sent; left > 0 {
+		n := int(min(int64(len(p)), left))
+		c.sent += int64(n)
+		return n, nil // garbage, never stored: the stream is cancelled
+	}
+	<-c.ctx.Done()
+	return 0, c.ctx.Err()
 }

@@ -265,8 +265,11 @@ func (s *Server) finished(ctx context.Context, fullMethod string, start time.Tim
 }
 
 // PushObject applies one replicated write: the header, then the body streamed into the
-// store. An object the store already has (immutable kinds) is answered without reading the
-// body; the rest of the stream is then discarded by gRPC when the handler returns.
+// store with the origin's version and digest, which decides by storage.Replaces. A copy that
+// does not replace what the store holds (for immutable kinds: a later write, or the same
+// body) is answered without reading the body, Applied false; the rest of the stream is then
+// discarded by gRPC when the handler returns. An immutable copy that is the cluster's first
+// writer replaces the stored body (Applied true).
 func (h *handlers) PushObject(stream peerpb.Replication_PushObjectServer) error {
 	first, err := stream.Recv()
 	if err != nil {

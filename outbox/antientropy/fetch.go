@@ -142,7 +142,7 @@ func storeFetched(ctx context.Context, local storage.Store, key storage.Key, r *
 type storeOutcome int
 
 const (
-	stored      storeOutcome = iota // created, or already there (first writer wins)
+	stored      storeOutcome = iota // created, replaced, or kept (storage.Replaces said ours stays)
 	stale                           // a newer tombstone or version is here: nothing to do
 	badObject                       // this copy is bad (digest, size, limit): skip it
 	peerBroken                      // the peer's stream failed: the peer is the problem

@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer, s *Sweeper) (*metrics, error) {
 		}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kura_antientropy_conflicts_total",
-			Help: "Objects whose body differs from a peer's copy with no rule to pick one (immutable kinds, or equal versions), counted at every sweep that meets them; each node keeps its own.",
+			Help: "Immutable objects whose body here differed from a peer's copy that was the cluster's first writer (lower version, or equal version and lower SHA-256), so this node pulled the peer's to replace its own.",
 		}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kura_antientropy_sweep_duration_seconds",

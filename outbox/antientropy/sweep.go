@@ -295,7 +295,10 @@ func (s *Sweeper) mergeJoin(ctx context.Context, p Peer, remote, local *cursor, 
 	}
 }
 
-// decide applies the conflict rules to one key the peer holds (l nil: we do not).
+// decide applies the conflict rule, storage.Replaces, to one key the peer holds (l nil: we do
+// not): the peer's copy is pulled (or its stub recorded) when it would replace ours, which is
+// what Put and ApplyStub then decide again under the key's lock. Copies that are the same
+// object (storage.SameObject) are left alone, so an object evicted here is not pulled back.
 func (s *Sweeper) decide(p Peer, r storage.ObjectSummary, l *storage.ObjectSummary, tombs map[nsKey]storage.Version,
 	count func(func(*Result))) action {
 	key := r.Info.Key
@@ -306,27 +309,31 @@ func (s *Sweeper) decide(p Peer, r storage.ObjectSummary, l *storage.ObjectSumma
 	if r.Evicted {
 		pullOrStub = actStub
 	}
-	switch {
-	case l == nil:
+	if l == nil {
 		return pullOrStub
-	case key.Kind.LastWriterWins():
-		// Equal versions with different bodies (two nodes writing in the same millisecond)
-		// are settled by storage.Supersedes, the same rule every store applies.
-		if storage.Supersedes(r.Info.Version, r.Info.SHA256, l.Info.Version, l.Info.SHA256) {
-			return pullOrStub
-		}
-	case r.Info.SHA256 != l.Info.SHA256:
+	}
+	remote, local := copyOf(r), copyOf(*l)
+	if storage.SameObject(key.Kind, remote, local) || !storage.Replaces(key.Kind, remote, local) {
+		return 0
+	}
+	if !key.Kind.LastWriterWins() && !r.Evicted && !l.Evicted {
 		s.conflict(p, r.Info, l.Info, count)
 	}
-	return 0
+	return pullOrStub
 }
 
-// conflict counts an object whose copies differ with no rule to pick one: immutable kinds are
-// first-writer-wins on each node, so both nodes keep what they have.
+func copyOf(o storage.ObjectSummary) storage.Copy {
+	return storage.Copy{Version: o.Info.Version, SHA256: o.Info.SHA256, Evicted: o.Evicted}
+}
+
+// conflict counts an immutable object whose body here differs from the peer's, where the
+// peer's copy is the cluster's first writer (lower version, or equal version and lower
+// SHA-256): this node pulls it and replaces its own. The other node of the pair keeps its
+// copy and counts nothing, so each settled difference is counted once per losing node.
 func (s *Sweeper) conflict(p Peer, remote, local storage.Info, count func(func(*Result))) {
 	count(func(r *Result) { r.Conflicts++ })
 	s.metrics.conflicts.Inc()
-	s.log.Debug("object differs from the peer's copy; keeping ours", "peer", p.Name, "key", remote.Key.String(),
+	s.log.Debug("object differs from the peer's copy, an earlier write; replacing ours", "peer", p.Name, "key", remote.Key.String(),
 		"local_sha256", fmt.Sprintf("%x", local.SHA256), "peer_sha256", fmt.Sprintf("%x", remote.SHA256),
 		"local_version", local.Version.String(), "peer_version", remote.Version.String())
 }

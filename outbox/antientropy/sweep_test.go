@@ -2,6 +2,7 @@ package antientropy
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -244,42 +245,185 @@ func TestLastWriterWinsNewerVersion(t *testing.T) {
 	})
 }
 
-// TestConflictsAreCountedAndLeftAlone: immutable objects whose bodies differ between nodes
-// are counted and left alone; last-writer-wins objects written at the same version on two
-// nodes settle on one value everywhere (the higher SHA-256, storage.Supersedes).
-func TestConflictsAreCountedAndLeftAlone(t *testing.T) {
+// TestImmutableCopiesConvergeOnFirstWriter: immutable objects written with different bodies
+// on three nodes converge, by sweeps alone, on the copy with the lowest version (equal
+// versions: the lower SHA-256); each node that replaces its copy counts one conflict, and no
+// node ever goes back to a body it held before. Last-writer-wins objects written at the same
+// version on two nodes settle on the higher SHA-256 (storage.Supersedes).
+func TestImmutableCopiesConvergeOnFirstWriter(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open nodeFactory) {
-		a, b := open(t, "a", "us"), open(t, "b", "us")
-		g := key("app", storage.KindGradle, "g")
+		a, b, c := open(t, "a", "us"), open(t, "b", "us"), open(t, "c", "us")
+		nodes := []*node{a, b, c}
+		base := storage.MakeVersion(1_700_000_000_000, 0)
+		type write struct {
+			body string
+			v    storage.Version
+		}
+		copyOfWrite := func(w write) storage.Copy {
+			return storage.Copy{Version: w.v, SHA256: sha256.Sum256([]byte(w.body))}
+		}
+		kinds := []storage.Kind{storage.KindGradle, storage.KindNx, storage.KindMetro, storage.KindXcode, storage.KindModule, storage.KindCAS}
+		contested := func(i int) storage.Key { return key("app", kinds[i%len(kinds)], fmt.Sprintf("contested-%d", i)) }
+		// Per key, the write each node accepted, as pushes lost or not yet delivered would
+		// leave them; versions are spread so that some tie and each node wins some keys.
+		const keys = 30
+		writes := make([][3]write, keys)
+		want := make([]string, keys)
+		for i := range keys {
+			winner := -1
+			for j, n := range nodes {
+				w := write{body: fmt.Sprintf("body of %s from %s", contested(i).Name, n.Name), v: base + storage.Version((i*7+j*5)%3)}
+				writes[i][j] = w
+				put(t, n.store, contested(i), w.body, w.v)
+				if winner < 0 || storage.Replaces(contested(i).Kind, copyOfWrite(w), copyOfWrite(writes[i][winner])) {
+					winner = j
+				}
+			}
+			want[i] = writes[i][winner].body
+		}
 		kv := key("app", storage.KindKeyValue, "same-version")
 		v := storage.MakeVersion(1_700_000_000_000, 7)
-		put(t, a.store, g, "one", 0)
-		put(t, b.store, g, "two", 0)
 		onA := put(t, a.store, kv, "x", v)
 		onB := put(t, b.store, kv, "y", v)
-		winner, aPulls := "x", 0
+		kvWinner := "x"
 		if storage.Supersedes(onB.Version, onB.SHA256, onA.Version, onA.SHA256) {
-			winner, aPulls = "y", 1
+			kvWinner = "y"
 		}
+
+		src := newSource(a, b, c)
+		history := make([]map[string][]string, len(nodes)) // node → key → bodies held, in order
+		observe := func() {
+			for j, n := range nodes {
+				if history[j] == nil {
+					history[j] = map[string][]string{}
+				}
+				for i := range keys {
+					k := contested(i)
+					got := mustRead(t, n.store, k)
+					h := history[j][k.Name]
+					if len(h) > 0 && h[len(h)-1] == got {
+						continue
+					}
+					if slices.Contains(h, got) {
+						t.Fatalf("%s went back to a body of %s it held before: %q after %q", n.Name, k.Name, got, h)
+					}
+					history[j][k.Name] = append(h, got)
+				}
+			}
+		}
+		observe()
+		conflicts := 0
+		sweepers := make([]*Sweeper, len(nodes))
+		for j, n := range nodes {
+			var others []*node
+			for _, o := range nodes {
+				if o != n {
+					others = append(others, o)
+				}
+			}
+			sweepers[j], _ = newSweeper(t, n, src, newPeers(others...), nil)
+		}
+		// Every node sweeps every peer once; then once more, to see that nothing moves.
+		for j := range nodes {
+			res := sweep(t, sweepers[j])
+			conflicts += res.Conflicts
+			observe()
+		}
+		for j := range nodes {
+			if res := sweep(t, sweepers[j]); res.Conflicts != 0 || res.ObjectsPulled != 0 {
+				t.Fatalf("%s's second sweep: %+v; want nothing left to settle", nodes[j].Name, res)
+			}
+		}
+		for i := range keys {
+			k := contested(i)
+			for _, n := range nodes {
+				if got := mustRead(t, n.store, k); got != want[i] {
+					t.Fatalf("%s holds %q for %s, want the first writer's %q", n.Name, got, k.Name, want[i])
+				}
+			}
+		}
+		// A conflict is counted each time a node replaces its copy: at least once on each of
+		// the two losing nodes of a key, and never more often than there are better copies
+		// (a node may step to a better copy, then to the best, within one sweep).
+		most := 0
+		for i := range keys {
+			for j := range nodes {
+				for jj := range nodes {
+					if storage.Replaces(contested(i).Kind, copyOfWrite(writes[i][jj]), copyOfWrite(writes[i][j])) {
+						most++
+					}
+				}
+			}
+		}
+		if conflicts < 2*keys || conflicts > most {
+			t.Fatalf("sweeps counted %d conflicts, want between %d (two losing nodes per key) and %d", conflicts, 2*keys, most)
+		}
+		var total float64
+		for _, sw := range sweepers {
+			total += testutil.ToFloat64(sw.metrics.conflicts)
+		}
+		if total != float64(conflicts) {
+			t.Fatalf("kura_antientropy_conflicts_total sums to %v, the results to %d", total, conflicts)
+		}
+		for _, n := range nodes[:2] {
+			if got := mustRead(t, n.store, kv); got != kvWinner {
+				t.Fatalf("%s's same-version keyvalue = %q, want %q on every node", n.Name, got, kvWinner)
+			}
+		}
+		assertConverged(t, a, b)
+		assertConverged(t, a, c)
+	})
+}
+
+// TestImmutableStubsConverge: an evicted stub is no body, so a peer's different body fills
+// it (the key does not stay missing here because an older copy was evicted), a stub never
+// displaces a held body, and two nodes holding different stubs keep the first writer's.
+func TestImmutableStubsConverge(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open nodeFactory) {
+		a, b := open(t, "a", "us"), open(t, "b", "us")
+		base := storage.MakeVersion(1_700_000_000_000, 0)
+		stub := func(n *node, k storage.Key, body string, v storage.Version) {
+			t.Helper()
+			info := storage.Info{Key: k, Size: int64(len(body)), SHA256: sha256.Sum256([]byte(body)), Version: v}
+			if err := n.store.ApplyStub(context.Background(), info); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A evicted the first writer's body; B holds a later, different one.
+		filled := key("app", storage.KindGradle, "filled")
+		stub(a, filled, "first", base)
+		put(t, b.store, filled, "later", base+5)
+		// A holds a body; B only a stub of an earlier write.
+		held := key("app", storage.KindNx, "held")
+		put(t, a.store, held, "held body", base+5)
+		stub(b, held, "evicted earlier body", base)
+		// Both evicted different copies.
+		stubs := key("app", storage.KindMetro, "stubs")
+		stub(a, stubs, "a's", base+3)
+		stub(b, stubs, "b's", base+2)
+
 		src := newSource(a, b)
 		swA, _ := newSweeper(t, a, src, newPeers(b), nil)
-		res := sweep(t, swA)
-		if res.Conflicts != 1 || res.ObjectsPulled != aPulls {
-			t.Fatalf("A's sweep: %+v, want 1 conflict and %d pulled", res, aPulls)
-		}
-		if got := mustRead(t, a.store, g); got != "one" {
-			t.Fatalf("A's gradle entry = %q, want its own", got)
-		}
-		if v := testutil.ToFloat64(swA.metrics.conflicts); v != 1 {
-			t.Fatalf("conflicts_total = %v", v)
-		}
 		swB, _ := newSweeper(t, b, src, newPeers(a), nil)
-		if res := sweep(t, swB); res.ObjectsPulled != 1-aPulls {
-			t.Fatalf("B's sweep: %+v, want %d pulled", res, 1-aPulls)
+		if res := sweep(t, swA); res.ObjectsPulled != 1 || res.StubsApplied != 1 || res.Conflicts != 0 {
+			t.Fatalf("A's sweep: %+v; want the body for its stub and B's earlier stub", res)
 		}
-		for name, n := range map[string]*node{"A": a, "B": b} {
-			if got := mustRead(t, n.store, kv); got != winner {
-				t.Fatalf("%s's same-version keyvalue = %q, want %q on every node", name, got, winner)
+		if res := sweep(t, swB); res.ObjectsPulled != 1 || res.StubsApplied != 0 {
+			t.Fatalf("B's sweep: %+v; want A's body for its stub", res)
+		}
+		if got := mustRead(t, a.store, filled); got != "later" {
+			t.Fatalf("A's filled stub serves %q", got)
+		}
+		for _, n := range []*node{a, b} {
+			if got := mustRead(t, n.store, held); got != "held body" {
+				t.Fatalf("%s serves %q for the held key", n.Name, got)
+			}
+			assertMissing(t, n.store, stubs)
+		}
+		assertConverged(t, a, b)
+		for _, sw := range []*Sweeper{swA, swB} {
+			if res := sweep(t, sw); res.BucketsDiffering != 0 {
+				t.Fatalf("another sweep still finds %d differing buckets", res.BucketsDiffering)
 			}
 		}
 	})

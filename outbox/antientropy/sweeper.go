@@ -121,7 +121,7 @@ type Result struct {
 	ObjectsFailed     int // objects whose fetch failed verification or was refused; retried next sweep
 	StubsApplied      int // evicted-object stubs recorded
 	TombstonesApplied int
-	Conflicts         int // immutable objects whose bodies differ between nodes (left alone)
+	Conflicts         int // immutable objects whose body here lost to the peer's earlier write (pulled to replace ours)
 }
 
 func (r *Result) add(o Result) {

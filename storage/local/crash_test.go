@@ -51,6 +51,22 @@ func crashBody(w, seq int) []byte {
 
 func crashKVBody(seq int) []byte { return []byte(fmt.Sprintf(`{"seq":%d}`, seq)) }
 
+// crashImmKey is an immutable key each worker keeps replacing with replicated copies of ever
+// lower versions (each one the cluster's first writer so far), so a crash lands in the middle
+// of body replacements too.
+func crashImmKey(w int) storage.Key {
+	return storage.Key{Tenant: "acme", Namespace: "crash", Kind: storage.KindGradle, Name: fmt.Sprintf("imm%d", w)}
+}
+
+// crashImmVersion is the version of worker w's replicated copy number seq: lower each time.
+func crashImmVersion(seq int) storage.Version {
+	return storage.MakeVersion(1_700_000_000_000, 0) - storage.Version(seq)
+}
+
+func crashImmBody(w, seq int) []byte {
+	return storagetest.Bytes(uint64(w)<<40|uint64(seq)|1<<60, 100+(seq*53)%5000)
+}
+
 // TestCrashChild is the child half of TestCrashRecovery; it does nothing in a normal run.
 func TestCrashChild(t *testing.T) {
 	dir := os.Getenv(crashChildEnv)
@@ -90,6 +106,17 @@ func TestCrashChild(t *testing.T) {
 					}
 					ack("ACK kv %d %d\n", w, seq)
 				}
+				if seq%10 == 5 {
+					body := crashImmBody(w, seq)
+					sum := sha256.Sum256(body)
+					res, err := s.Put(context.Background(), crashImmKey(w), bytes.NewReader(body),
+						storage.PutOptions{Size: int64(len(body)), ExpectedSHA256: &sum, Version: crashImmVersion(seq)})
+					if err != nil || !res.Created {
+						ack("ERR replicated replace %d/%d: %+v %v\n", w, seq, res, err)
+						return
+					}
+					ack("ACK imm %d %d\n", w, seq)
+				}
 			}
 		}()
 	}
@@ -117,8 +144,9 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	acked := map[int]int{}   // worker → highest acknowledged cas seq (acks arrive in order per worker)
-	ackedKV := map[int]int{} // worker → highest acknowledged keyvalue seq
+	acked := map[int]int{}    // worker → highest acknowledged cas seq (acks arrive in order per worker)
+	ackedKV := map[int]int{}  // worker → highest acknowledged keyvalue seq
+	ackedImm := map[int]int{} // worker → highest acknowledged replicated replacement seq
 	casAcks, kvAcks := 0, 0
 	var childErr string
 	readDone := make(chan struct{})
@@ -136,10 +164,13 @@ func TestCrashRecovery(t *testing.T) {
 			case len(f) == 4 && f[0] == "ACK":
 				w, _ := strconv.Atoi(f[2])
 				seq, _ := strconv.Atoi(f[3])
-				if f[1] == "cas" {
+				switch f[1] {
+				case "cas":
 					acked[w] = seq
 					casAcks++
-				} else {
+				case "imm":
+					ackedImm[w] = seq
+				default:
 					ackedKV[w] = seq
 					kvAcks++
 				}
@@ -211,6 +242,22 @@ func TestCrashRecovery(t *testing.T) {
 		if err != nil || !bytes.Equal(got, crashKVBody(mustScan(got, &stored))) || stored < seq {
 			t.Fatalf("keyvalue %d: acknowledged seq %d, stored %q (%v)", w, seq, got, err)
 		}
+	}
+	// A replaced immutable body is the last acknowledged replacement or a later one (killed
+	// before its ack), whole, at that copy's version: never the old body back, never torn.
+	for w, acked := range ackedImm {
+		info, err := s.Stat(ctx(t), crashImmKey(w))
+		if err != nil {
+			t.Fatalf("replaced immutable %d: %v", w, err)
+		}
+		seq := int(crashImmVersion(0) - info.Version)
+		got, err := read(t, s, crashImmKey(w))
+		if seq < acked || err != nil || !bytes.Equal(got, crashImmBody(w, seq)) {
+			t.Fatalf("replaced immutable %d: acknowledged copy %d, stored copy %d (%d bytes, %v)", w, acked, seq, len(got), err)
+		}
+	}
+	if len(ackedImm) == 0 {
+		t.Fatal("no replicated replacement was acknowledged before the kill")
 	}
 	// Every stored object, acknowledged or not, verifies end to end.
 	var startKey []byte

@@ -369,8 +369,9 @@ func (s *Store) Tombstones(ctx context.Context) ([]storage.Tombstone, error) {
 }
 
 // ApplyStub implements storage.Index: it records a peer's evicted object as an evicted stub
-// unless this node holds the key already (object or stub; for last-writer-wins kinds one at
-// the same or a newer version) or the namespace's tombstone is not older than the stub. It
+// unless the copy held here prevails by storage.Replaces (an immutable object always does, a
+// stub unless the peer's is the cluster's first writer; for last-writer-wins kinds one at the
+// same or a newer version) or the namespace's tombstone is not older than the stub. It
 // reports nothing to the CommitObserver: a stub is learnt from a peer and never pushed back.
 func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 	key := info.Key
@@ -396,7 +397,7 @@ func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 	unknownPrev := false
 	switch cur, err := s.db.GetManifest(key); {
 	case err == nil:
-		if !key.Kind.LastWriterWins() || !storage.Supersedes(info.Version, info.SHA256, cur.Version, cur.SHA256) {
+		if !storage.Replaces(key.Kind, storage.Copy{Version: info.Version, SHA256: info.SHA256, Evicted: true}, copyOf(cur)) {
 			return nil
 		}
 		prev = &cur

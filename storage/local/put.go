@@ -30,12 +30,14 @@ func (s *Store) Put(ctx context.Context, key storage.Key, body io.Reader, opts s
 }
 
 func (s *Store) put(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
-	// First writer wins: an existing immutable object is the answer, and the body is not read.
-	// An evicted stub counts as absent: this write brings the body back.
+	// An existing immutable object is the answer, and the body is not read, unless this is a
+	// replicated write that may replace it (storage.Replaces: the cluster keeps its first
+	// writer). A client's own write never does: it is stamped after the stored version. An
+	// evicted stub counts as absent: this write brings a body back.
 	if !key.Kind.LastWriterWins() {
 		m, err := s.lookupManifest(key, meta.ManifestKey(key))
 		switch {
-		case err == nil && m.Evicted:
+		case err == nil && (m.Evicted || replicatedMayReplace(key.Kind, opts, m)):
 		case err == nil:
 			return storage.PutResult{Info: m.Info(key)}, nil
 		case errors.Is(err, storage.ErrCorrupt):
@@ -114,10 +116,12 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 	if opts.ExpectedSHA256 != nil && sum != *opts.ExpectedSHA256 {
 		return storage.PutResult{}, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
 	}
-	// Another writer may have won while the body streamed: answer without committing bytes
-	// that nothing would reference.
+	// Another writer may have won while the body streamed (or, for a replicated write, the
+	// body turned out to be one that does not replace the stored one): answer without
+	// committing bytes that nothing would reference.
 	if !key.Kind.LastWriterWins() {
-		if m, err := s.lookupManifest(key, name); err == nil && !m.Evicted {
+		if m, err := s.lookupManifest(key, name); err == nil && !m.Evicted &&
+			(opts.Version == 0 || !storage.Replaces(key.Kind, storage.Copy{Version: opts.Version, SHA256: sum}, copyOf(m))) {
 			return storage.PutResult{Info: m.Info(key)}, nil
 		}
 	}
@@ -147,13 +151,42 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 	return res, err
 }
 
+// replicatedMayReplace reports whether a write could replace the stored immutable object m:
+// only a replicated write (the origin's version) can, and only when storage.Replaces may say
+// so, judged by the expected digest when the sender declared it (peers always do) and
+// otherwise by the version alone.
+func replicatedMayReplace(kind storage.Kind, opts storage.PutOptions, m meta.Manifest) bool {
+	if opts.Version == 0 {
+		return false
+	}
+	if opts.ExpectedSHA256 != nil {
+		return storage.Replaces(kind, storage.Copy{Version: opts.Version, SHA256: *opts.ExpectedSHA256}, copyOf(m))
+	}
+	return storage.MayReplace(kind, opts.Version, copyOf(m))
+}
+
+// copyOf is m as the conflict rule compares it.
+func copyOf(m meta.Manifest) storage.Copy {
+	return storage.Copy{Version: m.Version, SHA256: m.SHA256, Evicted: m.Evicted}
+}
+
 // commitManifest is the final check-and-commit, under the namespace (shared) and key locks:
-// tombstone, first writer wins or last writer wins by version, then one synced batch with the
-// manifest, its segment-index entry and OnCommit's additions, and the digest update.
+// tombstone, the conflict rule (storage.Replaces), then one synced batch with the manifest,
+// its segment-index entry and OnCommit's additions, and the digest update.
 //
-// An evicted stub is treated as absent by first writer wins. For last-writer-wins kinds it
-// keeps its version: a write older than the stub is stale, one at the stub's version (a
-// read-through or repair bringing that very version back) or newer fills it.
+// For an immutable key a replicated write that wins by the rule (the cluster's first writer:
+// a lower version, or an equal one and a lower SHA-256) replaces the stored body in that same
+// batch, like a newer last-writer-wins body: the manifest and segment index move to the new
+// record, the old one is garbage that eviction reclaims with its segment, the digest swaps
+// the two entries, and the manifest cache learns the new manifest after the commit. A local
+// write is stamped after the stored version and so never replaces an immutable body.
+//
+// An evicted stub of an immutable kind is no body: any write fills it. A local write that
+// brings back the stub's very body keeps the stub's version, so the node does not present an
+// old artifact as a newer write that would lose to later conflicting copies. For
+// last-writer-wins kinds a stub keeps its version: a write older than the stub is stale, one
+// at the stub's version (a read-through or repair bringing that very version back) or newer
+// fills it.
 //
 // ctx carries the commit's span, which Change.Trace hands to OnCommit.
 func (s *Store) commitManifest(ctx context.Context, key storage.Key, m meta.Manifest, requested storage.Version) (storage.PutResult, error) {
@@ -189,19 +222,17 @@ func (s *Store) commitManifest(ctx context.Context, key storage.Key, m meta.Mani
 			s.clock.Observe(prev.Version)
 		}
 		version = s.clock.Now()
+		if prev != nil && prev.Evicted && !key.Kind.LastWriterWins() && prev.SHA256 == m.SHA256 {
+			version = prev.Version
+		}
 	} else {
 		s.clock.Observe(version)
 	}
 	if hasTomb && version <= tomb {
 		return storage.PutResult{}, fmt.Errorf("put %s at version %v: tombstone %v: %w", key, version, tomb, storage.ErrStale)
 	}
-	if prev != nil {
-		switch {
-		case !prev.Evicted && (!key.Kind.LastWriterWins() || !storage.Supersedes(version, m.SHA256, prev.Version, prev.SHA256)):
-			return storage.PutResult{Info: prev.Info(key)}, nil
-		case prev.Evicted && key.Kind.LastWriterWins() && storage.Supersedes(prev.Version, prev.SHA256, version, m.SHA256):
-			return storage.PutResult{Info: prev.Info(key)}, nil
-		}
+	if prev != nil && !storage.Replaces(key.Kind, storage.Copy{Version: version, SHA256: m.SHA256}, copyOf(*prev)) {
+		return storage.PutResult{Info: prev.Info(key)}, nil
 	}
 	m.Version = version
 	ek := meta.ManifestKey(key)

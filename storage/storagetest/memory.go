@@ -108,7 +108,15 @@ func (m *Memory) Put(ctx context.Context, key storage.Key, body io.Reader, opts 
 	}
 	if !key.Kind.LastWriterWins() {
 		if info, err := m.Stat(ctx, key); err == nil {
-			return storage.PutResult{Info: info}, nil
+			cur := storage.Copy{Version: info.Version, SHA256: info.SHA256}
+			switch {
+			case opts.Version == 0:
+				return storage.PutResult{Info: info}, nil
+			case opts.ExpectedSHA256 != nil && !storage.Replaces(key.Kind, storage.Copy{Version: opts.Version, SHA256: *opts.ExpectedSHA256}, cur):
+				return storage.PutResult{Info: info}, nil
+			case !storage.MayReplace(key.Kind, opts.Version, cur):
+				return storage.PutResult{Info: info}, nil
+			}
 		}
 	}
 	data, err := readBody(body, opts)
@@ -118,24 +126,25 @@ func (m *Memory) Put(ctx context.Context, key storage.Key, body io.Reader, opts 
 	sum := sha256.Sum256(data)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	existing, exists := m.objects[key]
 	version := opts.Version
 	if version == 0 {
+		if exists {
+			m.clock.Observe(existing.info.Version)
+		}
 		version = m.clock.Now()
+		if exists && existing.evicted && !key.Kind.LastWriterWins() && existing.info.SHA256 == sum {
+			version = existing.info.Version // the evicted body itself comes back
+		}
 	} else {
 		m.clock.Observe(version)
 	}
 	if tomb, ok := m.tombstones[[2]string{key.Tenant, key.Namespace}]; ok && version <= tomb {
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, storage.ErrStale)
 	}
-	if existing, ok := m.objects[key]; ok {
-		// A stub is absent for first writer wins; for last writer wins it keeps its version
-		// (a write at that version fills it, an older one is stale).
-		switch {
-		case !existing.evicted && (!key.Kind.LastWriterWins() || !storage.Supersedes(version, sum, existing.info.Version, existing.info.SHA256)):
-			return storage.PutResult{Info: existing.info}, nil
-		case existing.evicted && key.Kind.LastWriterWins() && storage.Supersedes(existing.info.Version, existing.info.SHA256, version, sum):
-			return storage.PutResult{Info: existing.info}, nil
-		}
+	if exists && !storage.Replaces(key.Kind, storage.Copy{Version: version, SHA256: sum},
+		storage.Copy{Version: existing.info.Version, SHA256: existing.info.SHA256, Evicted: existing.evicted}) {
+		return storage.PutResult{Info: existing.info}, nil
 	}
 	info := storage.Info{Key: key, Size: int64(len(data)), ContentType: opts.ContentType, SHA256: sha256.Sum256(data), Version: version}
 	m.objects[key] = memObject{info: info, body: data}

@@ -113,7 +113,8 @@ func (m *Memory) ApplyStub(_ context.Context, info storage.Info) error {
 	if tomb, ok := m.tombstones[[2]string{info.Key.Tenant, info.Key.Namespace}]; ok && info.Version <= tomb {
 		return nil
 	}
-	if cur, ok := m.objects[info.Key]; ok && (!info.Key.Kind.LastWriterWins() || !storage.Supersedes(info.Version, info.SHA256, cur.info.Version, cur.info.SHA256)) {
+	if cur, ok := m.objects[info.Key]; ok && !storage.Replaces(info.Key.Kind, storage.Copy{Version: info.Version, SHA256: info.SHA256, Evicted: true},
+		storage.Copy{Version: cur.info.Version, SHA256: cur.info.SHA256, Evicted: cur.evicted}) {
 		return nil
 	}
 	m.clock.Observe(info.Version)

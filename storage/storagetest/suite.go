@@ -29,6 +29,7 @@ func RunStoreSuite(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"FindMissing", testFindMissing},
 		{"FirstWriterWins", testFirstWriterWins},
 		{"LastWriterWins", testLastWriterWins},
+		{"ClusterFirstWriterWins", testClusterFirstWriterWins},
 		{"Limit", testLimit},
 		{"DeclaredSize", testDeclaredSize},
 		{"SHA256", testSHA256},
@@ -181,6 +182,113 @@ func testFirstWriterWins(t *testing.T, s storage.Store) {
 				t.Fatal("the body of a write to an existing immutable key was read")
 			}
 			assertStored(t, s, key, []byte("first body"))
+		})
+	}
+}
+
+// testClusterFirstWriterWins checks storage.Replaces for immutable kinds: a replicated write
+// (the origin's version) that is the cluster's first writer replaces the stored body, any
+// other write leaves it, and whatever order the copies arrive in the store ends on the one
+// with the lowest version (equal versions: the lowest SHA-256).
+func testClusterFirstWriterWins(t *testing.T, s storage.Store) {
+	for _, kind := range storage.Kinds {
+		if kind.LastWriterWins() {
+			continue
+		}
+		t.Run(string(kind), func(t *testing.T) {
+			key := k(kind, "contested")
+			put := func(body string, v storage.Version, expect bool) (storage.PutResult, error) {
+				opts := storage.PutOptions{ContentType: "application/x-" + body, Size: int64(len(body)), Version: v}
+				if expect {
+					sum := sha256.Sum256([]byte(body))
+					opts.ExpectedSHA256 = &sum
+				}
+				return s.Put(ctxT(t), key, strings.NewReader(body), opts)
+			}
+			local := mustPut(t, s, key, []byte("local"), storage.PutOptions{})
+			v := local.Info.Version
+			// A later replicated copy loses, unread.
+			unread := &UnreadableBody{T: t}
+			if r, err := s.Put(ctxT(t), key, unread, storage.PutOptions{Size: 5, Version: v + 1}); err != nil || r.Created {
+				t.Fatalf("later replicated put = %+v, %v; want not created", r, err)
+			}
+			if unread.read.Load() {
+				t.Fatal("the body of a later replicated copy was read")
+			}
+			// An earlier one, with another body, replaces the stored body.
+			r, err := put("early", v-1000, true)
+			if err != nil || !r.Created || r.Info.Version != v-1000 {
+				t.Fatalf("earlier replicated put = %+v, %v; want Created at %v", r, err, v-1000)
+			}
+			info := assertStored(t, s, key, []byte("early"))
+			if info.Version != v-1000 || info.ContentType != "application/x-early" || info != r.Info {
+				t.Fatalf("after the replace Stat = %+v, Put returned %+v", info, r.Info)
+			}
+			// The same body at an even lower version is the same artifact: nothing changes and,
+			// its digest declared, its body is not read.
+			sum := sha256.Sum256([]byte("early"))
+			unread = &UnreadableBody{T: t}
+			if r, err := s.Put(ctxT(t), key, unread, storage.PutOptions{Size: 5, Version: v - 2000, ExpectedSHA256: &sum}); err != nil || r.Created || r.Info != info {
+				t.Fatalf("same body, lower version = %+v, %v; want the stored %+v", r, err, info)
+			}
+			if unread.read.Load() {
+				t.Fatal("the body of an identical replicated copy was read")
+			}
+			if r, err := put("early", v-2000, false); err != nil || r.Created || r.Info != info {
+				t.Fatalf("same body, lower version, no digest = %+v, %v; want the stored %+v", r, err, info)
+			}
+			// Equal versions: the lower SHA-256 wins, whichever order the bodies arrive in.
+			for _, body := range []string{"tie-1", "tie-2", "tie-3"} {
+				cur, err := s.Stat(ctxT(t), key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				in := storage.Copy{Version: v - 1000, SHA256: sha256.Sum256([]byte(body))}
+				want := storage.Replaces(kind, in, storage.Copy{Version: cur.Version, SHA256: cur.SHA256})
+				if r, err := put(body, v-1000, body != "tie-2"); err != nil || r.Created != want {
+					t.Fatalf("equal-version put of %s = %+v, %v; want Created=%v", body, r, err, want)
+				}
+			}
+			winner := "early"
+			for _, body := range []string{"tie-1", "tie-2", "tie-3"} {
+				a, b := sha256.Sum256([]byte(body)), sha256.Sum256([]byte(winner))
+				if bytes.Compare(a[:], b[:]) < 0 {
+					winner = body
+				}
+			}
+			stored := assertStored(t, s, key, []byte(winner))
+			// A local write never replaces the stored body, and its body is not read.
+			unread = &UnreadableBody{T: t}
+			if r, err := s.Put(ctxT(t), key, unread, storage.PutOptions{Size: 5}); err != nil || r.Created || r.Info != stored {
+				t.Fatalf("local put over the winner = %+v, %v; want the stored %+v", r, err, stored)
+			}
+			if unread.read.Load() {
+				t.Fatal("the body of a local write to an existing immutable key was read")
+			}
+			// A body that does not match its declared digest stores nothing.
+			wrong := sha256.Sum256([]byte("other"))
+			if _, err := s.Put(ctxT(t), key, strings.NewReader("tiny!"), storage.PutOptions{Size: 5, Version: v - 5000, ExpectedSHA256: &wrong}); !errors.Is(err, storage.ErrDigestMismatch) {
+				t.Fatalf("mismatched replicated put = %v, want ErrDigestMismatch", err)
+			}
+			assertStored(t, s, key, []byte(winner))
+
+			// Three copies in every order: the store ends on the lowest version's.
+			copies := []struct {
+				body string
+				v    storage.Version
+			}{{"third", v + 30}, {"first", v + 10}, {"second", v + 20}}
+			for i, order := range [][]int{{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}} {
+				key := k(kind, fmt.Sprintf("order-%d", i))
+				for _, j := range order {
+					c := copies[j]
+					if _, err := s.Put(ctxT(t), key, strings.NewReader(c.body), storage.PutOptions{Size: int64(len(c.body)), Version: c.v}); err != nil {
+						t.Fatalf("order %v: put %s: %v", order, c.body, err)
+					}
+				}
+				if info := assertStored(t, s, key, []byte("first")); info.Version != v+10 {
+					t.Fatalf("order %v: ended at version %v, want %v", order, info.Version, v+10)
+				}
+			}
 		})
 	}
 }

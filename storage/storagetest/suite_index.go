@@ -523,18 +523,39 @@ func testIndexStubImmutable(t *testing.T, open func(t *testing.T) IndexStore) {
 	}
 	// Same key and body: the digest does not depend on the version for immutable kinds.
 	assertDigests(t, s, []storage.Info{stub})
-	// A local write fills a stub too.
+	// A local write fills a stub too; bringing back the stub's own body, it keeps the stub's
+	// version (the artifact is the one the cluster knew, not a later, losing copy).
 	local := k(storage.KindNx, "local")
 	mustStub(t, s, stubInfo(local, body, pastVersion(7)))
-	if res := mustPut(t, s, local, body, storage.PutOptions{}); !res.Created {
-		t.Fatalf("local Put over a stub: %+v", res)
+	if res := mustPut(t, s, local, body, storage.PutOptions{}); !res.Created || res.Info.Version != pastVersion(7) {
+		t.Fatalf("local Put of the stub's body = %+v; want Created at the stub's version %v", res, pastVersion(7))
 	}
 	assertStored(t, s, local, body)
+	// A stub is no body: a replicated copy with another body fills it even when it is a
+	// later write than the stub's.
+	other := k(storage.KindGradle, "other-body")
+	mustStub(t, s, stubInfo(other, body, pastVersion(7)))
+	if res, err := putAt(t, s, other, []byte("later body"), pastVersion(9)); err != nil || !res.Created {
+		t.Fatalf("later Put with another body over a stub = %+v, %v; want Created", res, err)
+	}
+	assertStored(t, s, other, []byte("later body"))
 
-	// A stub never replaces an object that is held.
+	// Between two stubs the cluster's first writer is kept, so the nodes' digests agree.
+	stubs := k(storage.KindMetro, "stubs")
+	mustStub(t, s, stubInfo(stubs, []byte("b"), pastVersion(50)))
+	first := stubInfo(stubs, []byte("a"), pastVersion(20))
+	mustStub(t, s, first)
+	mustStub(t, s, stubInfo(stubs, []byte("c"), pastVersion(30)))
+	if sum, _ := summaryOf(t, s, stubs); !sum.Evicted || sum.Info != first {
+		t.Fatalf("after three stubs the listing shows %+v, want the first writer's %+v", sum, first)
+	}
+	assertAbsent(t, s, stubs)
+
+	// A stub never replaces an object that is held, not even the cluster's first writer's.
 	held := k(storage.KindCAS, "held")
 	info := mustPut(t, s, held, body, storage.PutOptions{}).Info
 	mustStub(t, s, stubInfo(held, body, info.Version+1000))
+	mustStub(t, s, stubInfo(held, []byte("earlier"), info.Version-1000))
 	assertStored(t, s, held, body)
 	if sum, _ := summaryOf(t, s, held); sum.Evicted || sum.Info != info {
 		t.Fatalf("held object listed as %+v, want %+v", sum, info)
