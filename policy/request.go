@@ -72,19 +72,6 @@ func (h HTTPHeaders) Each(fn func(string, []string)) {
 	}
 }
 
-// LowerHeaders adapts a map whose keys are already lower-case (gRPC metadata) to Headers.
-type LowerHeaders map[string][]string
-
-// Values implements Headers.
-func (h LowerHeaders) Values(name string) []string { return h[name] }
-
-// Each implements Headers.
-func (h LowerHeaders) Each(fn func(string, []string)) {
-	for k, v := range h {
-		fn(k, v)
-	}
-}
-
 // credentialHeaders are the headers whose values identify the caller. Decisions are cached
 // under a fingerprint of exactly these (plus the request's target), so two requests that
 // differ only in other headers share a decision, and a secret never becomes a map key.

@@ -3,7 +3,6 @@ package reapi
 import (
 	"context"
 	"net/http"
-	"strings"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
@@ -40,12 +39,10 @@ var grpcOperations = map[string]string{
 	"/google.bytestream.ByteStream/QueryWriteStatus": policy.OpWrite,
 }
 
-const healthServicePrefix = "/grpc.health.v1.Health/"
-
 // operationOf returns the policy operation of a method; exempt is true for health checks.
 // Anything else (server reflection, say) is a "request".
 func operationOf(fullMethod string) (op string, exempt bool) {
-	if strings.HasPrefix(fullMethod, healthServicePrefix) {
+	if isHealthCheck(fullMethod) {
 		return "", true
 	}
 	if op, ok := grpcOperations[fullMethod]; ok {
@@ -80,7 +77,6 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 // instance or resource name is refused as the handler would refuse it, before the policy
 // runs (as the HTTP surfaces validate identifiers first).
 func (s *Server) policyRequest(ctx context.Context, fullMethod, op string, msg any) (*policy.Request, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
 	r := &policy.Request{
 		Transport:     policy.TransportGRPC,
 		Route:         fullMethod,
@@ -89,7 +85,7 @@ func (s *Server) policyRequest(ctx context.Context, fullMethod, op string, msg a
 		TenantID:      s.tenant(),
 		Producer:      "bazel",
 		ArtifactClass: "blob",
-		Headers:       policy.LowerHeaders(md),
+		Headers:       incomingMetadata{ctx},
 	}
 	var err error
 	switch m := msg.(type) {
@@ -99,12 +95,7 @@ func (s *Server) policyRequest(ctx context.Context, fullMethod, op string, msg a
 		err = fromResource(r, m.GetResourceName(), parseWriteResourceName)
 	case *bspb.QueryWriteStatusRequest:
 		err = fromResource(r, m.GetResourceName(), parseWriteResourceName)
-	case *repb.GetActionResultRequest:
-		r.ArtifactClass = "action_cache"
-		r.NamespaceID, err = namespaceOf(m.GetInstanceName())
-		r.ArtifactHash = m.GetActionDigest().GetHash()
-		r.ArtifactKey = r.ArtifactHash
-	case *repb.UpdateActionResultRequest:
+	case actionCacheRequest: // GetActionResult, UpdateActionResult
 		r.ArtifactClass = "action_cache"
 		r.NamespaceID, err = namespaceOf(m.GetInstanceName())
 		r.ArtifactHash = m.GetActionDigest().GetHash()
@@ -118,6 +109,30 @@ func (s *Server) policyRequest(ctx context.Context, fullMethod, op string, msg a
 		return nil, toStatus(err)
 	}
 	return r, nil
+}
+
+// actionCacheRequest is what both ActionCache requests carry.
+type actionCacheRequest interface {
+	GetInstanceName() string
+	GetActionDigest() *repb.Digest
+}
+
+// incomingMetadata shows a call's incoming metadata to the policy as Headers without copying
+// all of it: the cached path asks only for the credential headers, while grpc's
+// FromIncomingContext copies every key and value (Bazel sends a dozen) on every call.
+type incomingMetadata struct{ ctx context.Context }
+
+// Values implements policy.Headers.
+func (m incomingMetadata) Values(name string) []string {
+	return metadata.ValueFromIncomingContext(m.ctx, name)
+}
+
+// Each implements policy.Headers (a script's ctx.headers, on the uncached path).
+func (m incomingMetadata) Each(fn func(string, []string)) {
+	md, _ := metadata.FromIncomingContext(m.ctx)
+	for k, v := range md {
+		fn(k, v)
+	}
 }
 
 func fromResource(r *policy.Request, name string, parse func(string) (resourceName, error)) error {

@@ -13,26 +13,43 @@ import (
 // clients retry on another endpoint.
 var errDraining = status.Error(codes.Unavailable, "draining: this node is shutting down; retry on another node")
 
-// unaryAdmit counts a call as in flight, or refuses it while the node drains. Health checks
-// are neither counted nor refused: they report NOT_SERVING during the drain.
+// unaryAdmit and streamAdmit count a call as in flight, or refuse it while the node drains.
+// Health checks are neither counted nor refused: they report NOT_SERVING during the drain.
 func (s *Server) unaryAdmit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if strings.HasPrefix(info.FullMethod, healthServicePrefix) {
-		return handler(ctx, req)
+	entered, err := s.admit(info.FullMethod)
+	if err != nil {
+		return nil, err
 	}
-	if !s.lifecycle.Enter() {
-		return nil, errDraining
+	if entered {
+		defer s.lifecycle.Leave()
 	}
-	defer s.lifecycle.Leave()
 	return handler(ctx, req)
 }
 
 func (s *Server) streamAdmit(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if strings.HasPrefix(info.FullMethod, healthServicePrefix) {
-		return handler(srv, ss)
+	entered, err := s.admit(info.FullMethod)
+	if err != nil {
+		return err
+	}
+	if entered {
+		defer s.lifecycle.Leave()
+	}
+	return handler(srv, ss)
+}
+
+// admit enters the lifecycle for one call of fullMethod (entered: the caller must Leave).
+func (s *Server) admit(fullMethod string) (entered bool, err error) {
+	if isHealthCheck(fullMethod) {
+		return false, nil
 	}
 	if !s.lifecycle.Enter() {
-		return errDraining
+		return false, errDraining
 	}
-	defer s.lifecycle.Leave()
-	return handler(srv, ss)
+	return true, nil
+}
+
+// isHealthCheck reports whether fullMethod is a gRPC health check: probes are never refused,
+// counted as in flight, or run through the policy.
+func isHealthCheck(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/")
 }
