@@ -5,23 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// fakeRoot writes files (path relative to the root → content) under a temp dir.
-func fakeRoot(t *testing.T, files map[string]string) string {
-	t.Helper()
-	root := t.TempDir()
-	for rel, content := range files {
-		p := filepath.Join(root, filepath.FromSlash(rel))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root
-}
+	"github.com/kuracache/kura/internal/testsupport"
+)
 
 func TestMemoryLimit(t *testing.T) {
 	const mib = 1 << 20
@@ -131,7 +117,7 @@ func TestMemoryLimit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			root := fakeRoot(t, tt.files)
+			root := testsupport.FileTree(t, tt.files)
 			l, ok := MemoryLimit(root)
 			if ok != tt.ok {
 				t.Fatalf("MemoryLimit ok = %v (%+v), want %v", ok, l, tt.ok)
@@ -246,7 +232,7 @@ func TestWorkingSet(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l, ok := MemoryLimit(fakeRoot(t, tt.files))
+			l, ok := MemoryLimit(testsupport.FileTree(t, tt.files))
 			if !ok {
 				t.Fatal("no limit found in the fake tree")
 			}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/policy"
 )
 
@@ -271,7 +272,7 @@ func TestOverridesMoveDependants(t *testing.T) {
 }
 
 func TestHostIsProbedWhenNotInjected(t *testing.T) {
-	root := fakeRoot(t, map[string]string{
+	root := testsupport.FileTree(t, map[string]string{
 		"sys/fs/cgroup/memory.max": "2147483648\n",
 		"proc/meminfo":             meminfo16GiB,
 	})

@@ -2,27 +2,11 @@ package config
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// fakeRoot writes files (path relative to the root → content) under a temp dir.
-func fakeRoot(t *testing.T, files map[string]string) string {
-	t.Helper()
-	root := t.TempDir()
-	for rel, content := range files {
-		p := filepath.Join(root, filepath.FromSlash(rel))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root
-}
+	"github.com/kuracache/kura/internal/testsupport"
+)
 
 const meminfo16GiB = "MemTotal:       16777216 kB\nMemFree:         1000000 kB\n"
 
@@ -142,7 +126,7 @@ func TestDetectMemory(t *testing.T) {
 				sysinfo = noSysinfo
 			}
 			probe := HostProbe{
-				Root:      fakeRoot(t, tt.files),
+				Root:      testsupport.FileTree(t, tt.files),
 				Getrlimit: func() (uint64, error) { return 4096, nil },
 				Sysinfo:   sysinfo,
 				NumCPU:    func() int { return 3 },
