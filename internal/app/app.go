@@ -42,6 +42,8 @@ type App struct {
 	reapi    *reapi.Server
 	httpLn   net.Listener
 	grpcLn   net.Listener
+	// pprof is the opt-in profiling listener (KURA_PPROF_ADDRESS); nil when off.
+	pprof *pprofServer
 
 	// The cluster: membership, the internal plane, replication and repair.
 	cluster    *cluster.Cluster
@@ -208,6 +210,9 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	if a.grpcLn, err = listen(cfg.BindAddress, cfg.GRPCPort, "KURA_GRPC_PORT"); err != nil {
 		return nil, err
 	}
+	if a.pprof, err = newPprofServer(cfg.PprofAddress); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -313,8 +318,19 @@ func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 // GRPCAddr is the bound REAPI address.
 func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
 
+// PprofAddr is the bound profiling address, "" when KURA_PPROF_ADDRESS is unset.
+func (a *App) PprofAddr() string {
+	if a.pprof == nil {
+		return ""
+	}
+	return a.pprof.Addr()
+}
+
 // closeOpened releases whatever New managed to open before it failed.
 func (a *App) closeOpened() {
+	if a.pprof != nil {
+		a.pprof.stop()
+	}
 	for _, ln := range []net.Listener{a.httpLn, a.grpcLn, a.internalLn} {
 		if ln != nil {
 			_ = ln.Close()

@@ -42,6 +42,10 @@ func (a *App) Run(ctx context.Context) error {
 		return nil
 	})
 	w.serve("serve the internal plane", func() error { return a.peerServer.Serve(a.internalLn) })
+	if a.pprof != nil {
+		a.logger.Info("profiling on (net/http/pprof)", "address", a.pprof.Addr(), "path", "/debug/pprof/")
+		w.serve("serve pprof", a.pprof.serve)
+	}
 
 	// Background work. Gossip, the membership feed and analytics have contexts of their own
 	// because the drain stops them at their own steps; the rest stops last.
@@ -74,6 +78,11 @@ func (a *App) Run(ctx context.Context) error {
 		leaveGossip:   func() { leaveGossip(); <-gossip },
 		stopAnalytics: func() { stopAnalytics(); <-analyticsDone },
 	})
+	// Profiling stays up through the drain (a slow drain is worth profiling) and goes last of
+	// the listeners, before w.wait needs its goroutine to have returned.
+	if a.pprof != nil {
+		a.pprof.stop()
+	}
 	stopBackground()
 	w.wait()
 

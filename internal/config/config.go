@@ -75,6 +75,9 @@ type Config struct {
 	OTel      OTelConfig
 	LogLevel  slog.Level // KURA_LOG_LEVEL
 	LogFormat LogFormat  // KURA_LOG_FORMAT
+	// PprofAddress is the ip:port of the opt-in profiling listener (KURA_PPROF_ADDRESS); empty
+	// = off. Its port is never one of the node's own listeners.
+	PprofAddress string
 
 	Extension ExtensionConfig
 	Analytics AnalyticsConfig
@@ -351,6 +354,7 @@ func (p *parser) runtime(c *Config, opts Options) {
 
 // observability reads the OTLP traces endpoint, the service identity and the log settings.
 func (p *parser) observability(c *Config) {
+	p.pprof(c)
 	if v, ok := p.get(EnvOTelEndpoint); ok {
 		u, err := httpURL(v)
 		if err != nil {

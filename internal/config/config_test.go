@@ -155,7 +155,7 @@ func TestEveryVariableSet(t *testing.T) {
 		"KURA_METADATA_STORE_WRITE_BUFFER_BYTES=16MiB", "KURA_METADATA_STORE_MAX_WRITE_BUFFERS=6",
 		"KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://otel-collector:4318/v1/traces",
 		"KURA_OTEL_SERVICE_NAME=kura-eu", "KURA_OTEL_DEPLOYMENT_ENVIRONMENT=production",
-		"KURA_LOG_LEVEL=DEBUG", "KURA_LOG_FORMAT=text",
+		"KURA_LOG_LEVEL=DEBUG", "KURA_LOG_FORMAT=text", "KURA_PPROF_ADDRESS=127.0.0.1:16060",
 		"KURA_EXTENSION_ENABLED=true", "KURA_EXTENSION_SCRIPT_PATH=" + script, "KURA_EXTENSION_HOOK_TIMEOUT_MS=40",
 		"KURA_EXTENSION_AUTH_CACHE_ALLOW_TTL_SECONDS=60", "KURA_EXTENSION_AUTH_CACHE_DENY_TTL_SECONDS=0",
 		"KURA_EXTENSION_FAIL_CLOSED_AUTHENTICATE=false", "KURA_EXTENSION_FAIL_CLOSED_AUTHORIZE=no",
@@ -212,6 +212,7 @@ func TestEveryVariableSet(t *testing.T) {
 	check("derived", c.Derived, []string(nil))
 	check("otel", c.OTel, OTelConfig{TracesEndpoint: "http://otel-collector:4318/v1/traces", ServiceName: "kura-eu", DeploymentEnvironment: "production"})
 	check("log", []any{c.LogLevel, c.LogFormat}, []any{slog.LevelDebug, LogFormatText})
+	check("pprof", c.PprofAddress, "127.0.0.1:16060")
 	check("extension", c.Extension, ExtensionConfig{
 		Enabled: true, ScriptPath: script, HookTimeout: 40 * time.Millisecond,
 		AuthCacheAllowTTL: time.Minute, AuthCacheDenyTTL: 0,

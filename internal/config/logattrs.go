@@ -24,6 +24,7 @@ func (c *Config) LogAttrs() []slog.Attr {
 			slog.Int("grpc_port", c.GRPCPort),
 			slog.Int("gossip_port", c.GossipPort),
 			slog.Int("internal_port", c.InternalPort),
+			slog.String("pprof_address", c.PprofAddress),
 			slog.Bool("public_tls", c.PublicTLS.Enabled()),
 			slog.String("public_tls_cert_path", c.PublicTLS.CertPath),
 			slog.String("public_tls_client_ca_path", c.PublicTLS.ClientCAPath),

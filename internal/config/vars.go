@@ -59,6 +59,7 @@ const (
 	EnvOTelEnvironment = "KURA_OTEL_DEPLOYMENT_ENVIRONMENT"
 	EnvLogLevel        = "KURA_LOG_LEVEL"
 	EnvLogFormat       = "KURA_LOG_FORMAT"
+	EnvPprofAddress    = "KURA_PPROF_ADDRESS"
 
 	EnvExtensionEnabled            = "KURA_EXTENSION_ENABLED"
 	EnvExtensionScriptPath         = "KURA_EXTENSION_SCRIPT_PATH"
@@ -161,6 +162,7 @@ var variables = []varGroup{
 		{name: EnvOTelEnvironment, def: "empty", meaning: "deployment.environment of exported traces"},
 		{name: EnvLogLevel, def: "info", meaning: "debug, info, warn or error"},
 		{name: EnvLogFormat, def: "json", meaning: "json, or text for humans (logs go to stdout)"},
+		{name: EnvPprofAddress, def: "empty (off)", meaning: "ip:port of a separate listener serving net/http/pprof under /debug/pprof/; loopback or a private interface only, never the public port"},
 	}},
 	{"Extensions and policy (<ID> is any name; scripts refer to it case-insensitively)", []varSpec{
 		{name: EnvExtensionEnabled, def: "false (true when the script path is set)", meaning: "run the Lua policy script"},
