@@ -42,16 +42,16 @@ func (r *Result) Percentile(p float64) time.Duration {
 // uploads) still yield samples. Throughput is measured over the wall time until the last
 // worker is done. A failed request counts in Errors and not in the latencies.
 func Run(ctx context.Context, duration time.Duration, concurrency int, newOp func(worker int) Op) *Result {
-	var stopped atomic.Bool
-	timer := time.AfterFunc(duration, func() { stopped.Store(true) })
-	defer timer.Stop()
 	res := &Result{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	ops := make([]Op, concurrency)
 	for i := range ops {
-		ops[i] = newOp(i) // before the clock starts: per-worker buffers are not timed
+		ops[i] = newOp(i) // before the clock starts: per-worker buffers (64 MiB blobs) are not timed
 	}
+	var stopped atomic.Bool
+	timer := time.AfterFunc(duration, func() { stopped.Store(true) })
+	defer timer.Stop()
 	start := time.Now()
 	for _, do := range ops {
 		wg.Go(func() {
