@@ -140,3 +140,14 @@ func TestCompareRatios(t *testing.T) {
 		t.Errorf("peak RSS comparison %+v, want ratio 0.5", rep.PeakRSS)
 	}
 }
+
+// readProc parses this process's own /proc files.
+func TestReadProc(t *testing.T) {
+	st, err := readProc(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.cpu < 0 || st.peakKB <= 0 {
+		t.Fatalf("cpu %v, peak %d kB", st.cpu, st.peakKB)
+	}
+}
