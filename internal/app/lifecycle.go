@@ -43,7 +43,12 @@ func (a *App) Run(ctx context.Context) error {
 	})
 	w.serve("serve the internal plane", func() error { return a.peerServer.Serve(a.internalLn) })
 	if a.pprof != nil {
-		a.logger.Info("profiling on (net/http/pprof)", "address", a.pprof.Addr(), "path", "/debug/pprof/")
+		if a.pprof.loopback() {
+			a.logger.Info("profiling on (net/http/pprof)", "address", a.pprof.Addr(), "path", "/debug/pprof/")
+		} else {
+			a.logger.Warn("profiling on (net/http/pprof) on a non-loopback address: profiles show stacks and heap contents; make sure only a private network reaches it",
+				"address", a.pprof.Addr(), "path", "/debug/pprof/")
+		}
 		w.serve("serve pprof", a.pprof.serve)
 	}
 

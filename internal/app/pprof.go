@@ -44,6 +44,12 @@ func newPprofServer(addr string) (*pprofServer, error) {
 // Addr is the bound address (useful when the port was 0 in tests).
 func (p *pprofServer) Addr() string { return p.ln.Addr().String() }
 
+// loopback reports whether the listener is reachable from this machine only.
+func (p *pprofServer) loopback() bool {
+	addr, ok := p.ln.Addr().(*net.TCPAddr)
+	return ok && addr.IP.IsLoopback()
+}
+
 // serve runs until stop; a closed server is not a failure.
 func (p *pprofServer) serve() error {
 	if err := p.srv.Serve(p.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -36,6 +36,9 @@ func TestPprofOnItsOwnListenerOnly(t *testing.T) {
 		return resp.StatusCode, string(body)
 	}
 
+	if !node.pprof.loopback() {
+		t.Errorf("%s is not counted as loopback", node.PprofAddr())
+	}
 	pprofAddr := node.PprofAddr()
 	if pprofAddr == "" || pprofAddr == node.HTTPAddr() {
 		t.Fatalf("pprof address %q (public %q)", pprofAddr, node.HTTPAddr())
