@@ -64,10 +64,12 @@ func (s *Store) manifest(key storage.Key, ek []byte) (meta.Manifest, error) {
 	}
 }
 
-// FindMissing implements storage.Store.
+// FindMissing implements storage.Store. Once the existence index is built (see
+// existenceIndex) it answers from memory; until then, and for a key whose last change had an
+// unknown outcome, it reads the manifest (cache, then Pebble).
 func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Key, error) {
-	for _, k := range keys {
-		if err := k.Validate(); err != nil {
+	for i := range keys {
+		if err := keys[i].Validate(); err != nil {
 			return nil, fmt.Errorf("find missing: %w", err)
 		}
 	}
@@ -75,6 +77,40 @@ func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Ke
 		return nil, fmt.Errorf("find missing: %w", err)
 	}
 	defer s.ops.leave()
+	missing, unknown, ok := s.exists.findMissing(keys, nil)
+	if !ok {
+		return s.findMissingStored(keys)
+	}
+	if len(unknown) == 0 {
+		return missing, nil
+	}
+	// Rare (a commit failed with an unknown outcome): ask the manifests about those keys and
+	// merge, keeping the order given. An unknown key is never in missing.
+	absent := make(map[int]bool, len(unknown))
+	for _, i := range unknown {
+		m, err := s.findMissingStored(keys[i : i+1])
+		if err != nil {
+			return nil, err
+		}
+		absent[i] = len(m) > 0
+	}
+	out := make([]storage.Key, 0, len(missing)+len(absent))
+	j := 0
+	for i, k := range keys {
+		switch {
+		case j < len(missing) && k == missing[j]:
+			out = append(out, k)
+			j++
+		case absent[i]:
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// findMissingStored is FindMissing answered from the manifests (cache, then Pebble), without
+// the existence index: before the index is built, and in tests as its reference.
+func (s *Store) findMissingStored(keys []storage.Key) ([]storage.Key, error) {
 	var missing []storage.Key
 	for _, k := range keys {
 		_, err := s.manifest(k, meta.ManifestKey(k))
