@@ -68,16 +68,15 @@ func (s *Store) manifest(key storage.Key, ek []byte) (meta.Manifest, error) {
 // existenceIndex) it answers from memory; until then, and for a key whose last change had an
 // unknown outcome, it reads the manifest (cache, then Pebble).
 func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Key, error) {
-	for i := range keys {
-		if err := keys[i].Validate(); err != nil {
-			return nil, fmt.Errorf("find missing: %w", err)
-		}
+	if err := validateKeys(keys); err != nil {
+		return nil, fmt.Errorf("find missing: %w", err)
 	}
 	if err := s.ops.enter(); err != nil {
 		return nil, fmt.Errorf("find missing: %w", err)
 	}
 	defer s.ops.leave()
-	missing, unknown, ok := s.exists.findMissing(keys, nil)
+	// One allocation for the answer: a batch is typically half missing.
+	missing, unknown, ok := s.exists.findMissing(keys, make([]storage.Key, 0, len(keys)/2+1))
 	if !ok {
 		return s.findMissingStored(keys)
 	}
@@ -106,6 +105,29 @@ func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Ke
 		}
 	}
 	return out, nil
+}
+
+// validateKeys is Key.Validate of every key; the keys of one batch share their tenant and
+// namespace, which are checked once.
+func validateKeys(keys []storage.Key) error {
+	var tenant, namespace string
+	for i := range keys {
+		k := &keys[i]
+		if i == 0 || k.Tenant != tenant || k.Namespace != namespace {
+			if err := k.Validate(); err != nil {
+				return err
+			}
+			tenant, namespace = k.Tenant, k.Namespace
+			continue
+		}
+		if !k.Kind.Valid() {
+			return fmt.Errorf("%w: unknown kind %q", storage.ErrInvalidKey, k.Kind)
+		}
+		if err := storage.ValidateIdentifier("key", k.Name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // findMissingStored is FindMissing answered from the manifests (cache, then Pebble), without
