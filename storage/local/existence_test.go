@@ -204,8 +204,8 @@ func TestExistenceIndexBuildRacesWrites(t *testing.T) {
 	for round := range 6 {
 		s.exists.reset()
 		s.kickDigestRebuild()
-		rng := rand.New(rand.NewPCG(uint64(round), 7))
 		parallel(func(w int) error {
+			rng := rand.New(rand.NewPCG(uint64(round), uint64(w)))
 			for j := 0; j < 40; j++ {
 				k := keys[rng.IntN(n)]
 				var err error
