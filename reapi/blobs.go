@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
 	"github.com/kuracache/kura/storage"
 )
@@ -147,33 +150,81 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 
 func (h *hashingReader) tracked() *trackingReader { return h.r.(*trackingReader) }
 
-// findMissing returns the hashes among ds that the store does not hold. The empty blob is
-// always present. Keys are deduplicated and looked up in bounded chunks.
+// findMissing returns the hashes among ds that the store does not hold (the ActionCache's
+// completeness check; FindMissingBlobs uses missingMask directly).
 func (s *Server) findMissing(ctx context.Context, namespace string, ds []digest) (map[[sha256.Size]byte]bool, error) {
-	seen := make(map[[sha256.Size]byte]bool, len(ds))
-	keys := make([]storage.Key, 0, len(ds))
-	for _, d := range ds {
-		if d.isEmpty() || seen[d.hash] {
-			continue
-		}
-		seen[d.hash] = true
-		keys = append(keys, casKey(s.tenant(), namespace, d))
+	mask := make([]bool, len(ds))
+	if err := s.missingMask(ctx, namespace, ds, nil, mask); err != nil {
+		return nil, err
 	}
 	missing := map[[sha256.Size]byte]bool{}
+	for i, d := range ds {
+		if mask[i] {
+			missing[d.hash] = true
+		}
+	}
+	return missing, nil
+}
+
+// findScratch is missingMask's reusable key list: a FindMissingBlobs of thousands of digests
+// builds its keys without allocating them anew.
+type findScratch struct {
+	keys []storage.Key
+	pos  []int // keys[i] is the blob of ds[pos[i]]
+}
+
+var findScratches = sync.Pool{New: func() any { return new(findScratch) }}
+
+// maxPooledKeys bounds what a pooled scratch keeps: an unusually large request does not pin
+// its key list.
+const maxPooledKeys = 16384
+
+// missingMask sets missing[i] for every ds[i] the store does not hold. The empty blob is
+// always present. names, when not nil, holds each digest's wire message, whose hash string
+// (already validated: 64 lowercase hex digits, the canonical form) names the key without
+// encoding the hash again. Store.FindMissing answers in the order given, so its answer is
+// matched back to positions in one walk.
+func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest, names []*repb.Digest, missing []bool) error {
+	sc := findScratches.Get().(*findScratch)
+	defer func() {
+		if cap(sc.keys) <= maxPooledKeys {
+			clear(sc.keys) // drop the request's strings
+			sc.keys, sc.pos = sc.keys[:0], sc.pos[:0]
+			findScratches.Put(sc)
+		}
+	}()
+	tenant := s.tenant()
+	for i, d := range ds {
+		if d.isEmpty() {
+			continue
+		}
+		name := ""
+		if names != nil {
+			name = names[i].GetHash()
+		} else {
+			name = d.hex()
+		}
+		sc.keys = append(sc.keys, storage.Key{Tenant: tenant, Namespace: namespace, Kind: storage.KindCAS, Name: name})
+		sc.pos = append(sc.pos, i)
+	}
+	keys, pos := sc.keys, sc.pos
 	for len(keys) > 0 {
 		n := min(len(keys), findMissingChunk)
 		absent, err := s.store.FindMissing(ctx, keys[:n])
 		if err != nil {
-			return nil, fmt.Errorf("find missing blobs: %w", err)
+			return fmt.Errorf("find missing blobs: %w", err)
 		}
-		for _, k := range absent {
-			h, err := parseHash(k.Name)
-			if err != nil {
-				return nil, fmt.Errorf("find missing blobs: store returned an unexpected key %s", k)
+		j := 0
+		for i := 0; i < n && j < len(absent); i++ {
+			if keys[i].Name == absent[j].Name {
+				missing[pos[i]] = true
+				j++
 			}
-			missing[h] = true
 		}
-		keys = keys[n:]
+		if j < len(absent) {
+			return fmt.Errorf("find missing blobs: store returned an unexpected key %s", absent[j])
+		}
+		keys, pos = keys[n:], pos[n:]
 	}
-	return missing, nil
+	return nil
 }

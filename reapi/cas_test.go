@@ -80,6 +80,17 @@ func TestFindMissingBlobs(t *testing.T) {
 	if got := resp.GetMissingBlobDigests(); len(got) != 1 || !proto.Equal(got[0], digestOf(absent)) {
 		t.Fatalf("missing = %v, want only %v", got, digestOf(absent))
 	}
+	// Reported once each, in request order: the same hash with another size is another digest.
+	otherSize := &repb.Digest{Hash: digestOf(absent).GetHash(), SizeBytes: 7}
+	resp, err = h.cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{
+		BlobDigests: []*repb.Digest{digestOf(absent), otherSize, digestOf(present), digestOf(absent), otherSize, digestOf(absent)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetMissingBlobDigests(); len(got) != 2 || !proto.Equal(got[0], digestOf(absent)) || !proto.Equal(got[1], otherSize) {
+		t.Fatalf("missing = %v, want %v and %v", got, digestOf(absent), otherSize)
+	}
 
 	// Explicit SHA256 is accepted; the blob is absent from another instance.
 	resp, err = h.cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{
@@ -407,5 +418,21 @@ func TestPageTokens(t *testing.T) {
 	sum := sha256.Sum256(nil)
 	if hex.EncodeToString(sum[:]) != emptyDigest.hex() {
 		t.Fatal("empty digest constant is wrong")
+	}
+}
+
+// TestParseHash: exactly the 64-digit lowercase hex strings parse, to the bytes they encode.
+func TestParseHash(t *testing.T) {
+	base := strings.Repeat("0123456789abcdef", 4)
+	for _, pos := range []int{0, 31, 63} {
+		for c := range 256 {
+			s := base[:pos] + string([]byte{byte(c)}) + base[pos+1:]
+			h, err := parseHash(s)
+			want, werr := hex.DecodeString(s)
+			valid := werr == nil && strings.ToLower(s) == s
+			if valid != (err == nil) || valid && !bytes.Equal(h[:], want) {
+				t.Fatalf("parseHash(%q) = %x, %v; valid %v", s, h, err, valid)
+			}
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sync/errgroup"
@@ -47,26 +48,54 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	ds := make([]digest, len(req.GetBlobDigests()))
-	for i, pd := range req.GetBlobDigests() {
+	pds := req.GetBlobDigests()
+	ds := make([]digest, len(pds))
+	for i, pd := range pds {
 		if ds[i], err = parseDigest(pd); err != nil {
 			return nil, toStatus(fmt.Errorf("blob_digests[%d]: %w", i, err))
 		}
 	}
-	missing, err := c.s.findMissing(ctx, ns, ds)
-	if err != nil {
+	missing := make([]bool, len(ds))
+	if err := c.s.missingMask(ctx, ns, ds, pds, missing); err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &repb.FindMissingBlobsResponse{}
-	reported := map[digest]bool{}
-	for _, d := range ds {
-		if missing[d.hash] && !reported[d] {
-			reported[d] = true
-			resp.MissingBlobDigests = append(resp.MissingBlobDigests, d.proto())
+	n := 0
+	for _, m := range missing {
+		if m {
+			n++
 		}
+	}
+	// The client's own digest messages are echoed back (they were validated, and nothing
+	// modifies a request): no new message or hex string per missing blob. A digest listed
+	// twice is reported once.
+	resp := &repb.FindMissingBlobsResponse{MissingBlobDigests: make([]*repb.Digest, 0, n)}
+	var reported map[digest]struct{}
+	if n > 1 {
+		reported = reportedSets.Get().(map[digest]struct{})
+		defer func() {
+			if len(reported) <= maxPooledKeys {
+				clear(reported)
+				reportedSets.Put(reported)
+			}
+		}()
+	}
+	for i, d := range ds {
+		if !missing[i] {
+			continue
+		}
+		if reported != nil {
+			if _, dup := reported[d]; dup {
+				continue
+			}
+			reported[d] = struct{}{}
+		}
+		resp.MissingBlobDigests = append(resp.MissingBlobDigests, pds[i])
 	}
 	return resp, nil
 }
+
+// reportedSets are FindMissingBlobs' reusable sets of digests already reported.
+var reportedSets = sync.Pool{New: func() any { return make(map[digest]struct{}) }}
 
 func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
 	cfg := c.s.cfg

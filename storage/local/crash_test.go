@@ -215,6 +215,16 @@ func TestCrashRecovery(t *testing.T) {
 	opts := crashOptions(dir)
 	opts.Registerer = nil
 	s := openStore(t, opts)
+	// The existence index rebuilt after the kill answers FindMissing exactly like Pebble.
+	var crashKeys []storage.Key
+	for w, last := range acked {
+		for seq := 0; seq <= last+64; seq++ {
+			crashKeys = append(crashKeys, crashKey(w, seq))
+		}
+		crashKeys = append(crashKeys, crashKVKey(w), crashImmKey(w))
+	}
+	waitExistence(t, s)
+	assertIndexAgrees(t, s, crashKeys, "after kill -9")
 	intact, inflight := 0, 0
 	for w, last := range acked {
 		for seq := 0; seq <= last+64; seq++ {

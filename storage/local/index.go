@@ -173,10 +173,19 @@ func (s *Store) digestLoop() {
 func (s *Store) rebuildDigests(ctx context.Context) error {
 	start := time.Now()
 	d := &s.digests
+	// The first walk also builds the existence index; its recording starts before the
+	// iterator's snapshot is taken (see existenceIndex).
+	var exists *existBuild
+	if !s.exists.isReady() {
+		exists = s.exists.begin()
+	}
 	d.gate.Lock()
 	it, err := s.db.NewManifestIterator(ctx, nil)
 	if err != nil {
 		d.gate.Unlock()
+		if exists != nil {
+			exists.finish(false)
+		}
 		return fmt.Errorf("rebuild digests: %w", err)
 	}
 	changes := new(meta.DigestTable)
@@ -197,8 +206,14 @@ func (s *Store) rebuildDigests(ctx context.Context) error {
 		}
 		e := digestOf(it.EncodedKey(), k.Kind, &m)
 		fresh.Add(e.bucket, &e.hash)
+		if exists != nil {
+			exists.add(it.EncodedKey(), &m)
+		}
 	}
 	err = errors.Join(it.Err(), it.Close())
+	if exists != nil {
+		exists.finish(err == nil)
+	}
 
 	d.mu.Lock()
 	d.changes = nil

@@ -57,6 +57,26 @@ func TestStoreConformance(t *testing.T) {
 	storagetest.RunStoreSuite(t, func(t *testing.T) storage.Store { return openStore(t, testOpts(t)) })
 }
 
+// Conformance of both ways FindMissing answers: from the existence index once it is built
+// (here), and from the manifests before (a store reopened with the index reset).
+func TestStoreConformanceExistenceIndex(t *testing.T) {
+	t.Run("index", func(t *testing.T) {
+		storagetest.RunStoreSuite(t, func(t *testing.T) storage.Store {
+			s := openStore(t, testOpts(t))
+			waitExistence(t, s)
+			return s
+		})
+	})
+	t.Run("manifests", func(t *testing.T) {
+		storagetest.RunStoreSuite(t, func(t *testing.T) storage.Store {
+			s := openStore(t, testOpts(t))
+			waitExistence(t, s)
+			s.exists.reset() // no walk rebuilds it unless a damaged manifest kicks one
+			return s
+		})
+	})
+}
+
 func TestMultipartConformance(t *testing.T) {
 	storagetest.RunMultipartSuite(t, func(t *testing.T) storagetest.MultipartStore { return openStore(t, testOpts(t)) })
 }

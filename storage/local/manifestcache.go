@@ -38,6 +38,11 @@ type manifestCache struct {
 	max  int64 // bytes; 0 disables the cache
 	seed maphash.Seed
 
+	// exists learns every change of one key the cache learns (update and invalidate are the
+	// one place every such change reaches after its commit), enabled or not; namespace
+	// deletions tell it themselves (deleteNamespace), since some of the namespace survives.
+	exists *existenceIndex
+
 	admission atomic.Bool
 
 	keyGens [1024]atomic.Uint64
@@ -192,6 +197,9 @@ func (c *manifestCache) admit(key storage.Key, ek []byte, m meta.Manifest, tok c
 // dropped if m no longer fits); an absent key is not admitted: writes do not push hot read
 // entries out, the first read admits it.
 func (c *manifestCache) update(ek []byte, m meta.Manifest) {
+	if c.exists != nil {
+		c.exists.set(ek, !m.Evicted)
+	}
 	if !c.enabled() {
 		return
 	}
@@ -216,6 +224,9 @@ func (c *manifestCache) update(ek []byte, m meta.Manifest) {
 
 // invalidate drops key's entry after its manifest was deleted (or a change of unknown outcome).
 func (c *manifestCache) invalidate(ek []byte) {
+	if c.exists != nil {
+		c.exists.forget(ek)
+	}
 	if !c.enabled() {
 		return
 	}

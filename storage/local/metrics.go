@@ -56,6 +56,19 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 			Help: "Objects in the anti-entropy digests: stored objects plus evicted stubs.",
 		}, func() float64 { return float64(s.digests.objects()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_storage_existence_index_objects",
+			Help: "Objects in the in-memory existence index that answers FindMissing (stored objects; stubs are absent). 0 until it is built after startup.",
+		}, func() float64 { n, _ := s.exists.stats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_storage_existence_index_ready",
+			Help: "1 once the existence index is built; 0 while FindMissing reads the metadata store instead (after startup, or after a failed namespace deletion).",
+		}, func() float64 {
+			if _, ready := s.exists.stats(); ready {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kura_storage_segment_bytes",
 			Help: "Bytes held in segment files (what the disk budget counts).",
 		}, func() float64 { return float64(s.segs.TotalBytes()) }),

@@ -53,14 +53,19 @@ func (s *Store) deleteNamespace(ctx context.Context, tenant, namespace string, v
 	// The scan that decides the deletion also XORs every deleted entry out of the digests;
 	// the exclusive namespace lock keeps the namespace's manifests still until the commit.
 	delta := new(meta.DigestTable)
+	var removed []existKey // for the existence index: 16 bytes a deleted object
 	unknown := 0
 	effective, err := b.DeleteNamespaceFunc(ctx, tenant, namespace, version, func(k storage.Key, m meta.Manifest, err error) {
 		if err != nil {
 			unknown++
 			return
 		}
-		e := digestOf(meta.ManifestKey(k), k.Kind, &m)
+		ek := meta.ManifestKey(k)
+		e := digestOf(ek, k.Kind, &m)
 		delta.Remove(e.bucket, &e.hash)
+		if h, ok := s.exists.nsHash(ek); ok && !m.Evicted {
+			removed = append(removed, h)
+		}
 	})
 	if err != nil {
 		return classify(fmt.Sprintf("delete namespace %s/%s", tenant, namespace), err)
@@ -77,8 +82,12 @@ func (s *Store) deleteNamespace(ctx context.Context, tenant, namespace string, v
 	// manifests go; the exclusive lock keeps writers out until then.
 	defer s.mcache.invalidateNamespace(tenant, namespace)
 	if err := s.commitDelta(b, delta); err != nil {
+		// Which objects went is unknown: the existence index starts afresh.
+		s.exists.reset()
+		s.kickDigestRebuild()
 		return classify(fmt.Sprintf("delete namespace %s/%s", tenant, namespace), err)
 	}
+	s.exists.removed(tenant, namespace, removed)
 	if unknown > 0 {
 		s.kickDigestRebuild()
 	}

@@ -64,17 +64,75 @@ func (s *Store) manifest(key storage.Key, ek []byte) (meta.Manifest, error) {
 	}
 }
 
-// FindMissing implements storage.Store.
+// FindMissing implements storage.Store. Once the existence index is built (see
+// existenceIndex) it answers from memory; until then, and for a key whose last change had an
+// unknown outcome, it reads the manifest (cache, then Pebble).
 func (s *Store) FindMissing(_ context.Context, keys []storage.Key) ([]storage.Key, error) {
-	for _, k := range keys {
-		if err := k.Validate(); err != nil {
-			return nil, fmt.Errorf("find missing: %w", err)
-		}
+	if err := validateKeys(keys); err != nil {
+		return nil, fmt.Errorf("find missing: %w", err)
 	}
 	if err := s.ops.enter(); err != nil {
 		return nil, fmt.Errorf("find missing: %w", err)
 	}
 	defer s.ops.leave()
+	// One allocation for the answer: a batch is typically half missing.
+	missing, unknown, ok := s.exists.findMissing(keys, make([]storage.Key, 0, len(keys)/2+1))
+	if !ok {
+		return s.findMissingStored(keys)
+	}
+	if len(unknown) == 0 {
+		return missing, nil
+	}
+	// Rare (a commit failed with an unknown outcome): ask the manifests about those keys and
+	// merge, keeping the order given. An unknown key is never in missing.
+	absent := make(map[int]bool, len(unknown))
+	for _, i := range unknown {
+		m, err := s.findMissingStored(keys[i : i+1])
+		if err != nil {
+			return nil, err
+		}
+		absent[i] = len(m) > 0
+	}
+	out := make([]storage.Key, 0, len(missing)+len(absent))
+	j := 0
+	for i, k := range keys {
+		switch {
+		case j < len(missing) && k == missing[j]:
+			out = append(out, k)
+			j++
+		case absent[i]:
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// validateKeys is Key.Validate of every key; the keys of one batch share their tenant and
+// namespace, which are checked once.
+func validateKeys(keys []storage.Key) error {
+	var tenant, namespace string
+	for i := range keys {
+		k := &keys[i]
+		if i == 0 || k.Tenant != tenant || k.Namespace != namespace {
+			if err := k.Validate(); err != nil {
+				return err
+			}
+			tenant, namespace = k.Tenant, k.Namespace
+			continue
+		}
+		if !k.Kind.Valid() {
+			return fmt.Errorf("%w: unknown kind %q", storage.ErrInvalidKey, k.Kind)
+		}
+		if err := storage.ValidateIdentifier("key", k.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// findMissingStored is FindMissing answered from the manifests (cache, then Pebble), without
+// the existence index: before the index is built, and in tests as its reference.
+func (s *Store) findMissingStored(keys []storage.Key) ([]storage.Key, error) {
 	var missing []storage.Key
 	for _, k := range keys {
 		_, err := s.manifest(k, meta.ManifestKey(k))

@@ -137,6 +137,7 @@ type Store struct {
 	recent  *recentSet
 	commits commitTracker
 	digests digestState
+	exists  existenceIndex // FindMissing's answers; built by the first digest walk
 	evictMu sync.Mutex
 	kick    chan struct{}
 	// corrupted carries dropped corrupt keys to the anti-entropy sweeper (Corrupted).
@@ -309,6 +310,8 @@ func newStore(opts Options, pool *fdpool.Pool) *Store {
 	s.commits.init()
 	s.ops.init()
 	s.digests.init()
+	s.exists.init()
+	s.mcache.exists = &s.exists
 	return s
 }
 

@@ -22,7 +22,11 @@ const (
 // NUL separators make the encoding unambiguous and keep every tenant/namespace contiguous in
 // key order. The encoding is stable: storage/local also uses it as the segment record name.
 func ManifestKey(k storage.Key) []byte {
-	b := make([]byte, 0, 4+len(k.Tenant)+len(k.Namespace)+len(k.Kind)+len(k.Name))
+	return AppendManifestKey(make([]byte, 0, 4+len(k.Tenant)+len(k.Namespace)+len(k.Kind)+len(k.Name)), k)
+}
+
+// AppendManifestKey appends ManifestKey(k) to b: a lookup can encode into a reused buffer.
+func AppendManifestKey(b []byte, k storage.Key) []byte {
 	b = append(b, prefixManifest)
 	b = append(b, k.Tenant...)
 	b = append(b, 0)
