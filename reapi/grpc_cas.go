@@ -117,7 +117,7 @@ func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateB
 // stream into the store, one by one, as before. Every item gets its own status in out.
 func (s *Server) updateBatch(ctx context.Context, namespace string, bp storage.BatchPutter, reqs []*repb.BatchUpdateBlobsRequest_Request, out []*repb.BatchUpdateBlobsResponse_Response) {
 	items := make([]storage.PutItem, 0, len(reqs))
-	idx := make([]int, 0, len(reqs))    // out index of each item
+	idx := make([]int, 0, len(reqs))     // out index of each item
 	digests := make([]digest, len(reqs)) // parsed digests, by out index
 	finish := func(i int, err error, created bool) {
 		stored := int64(0)
