@@ -24,6 +24,10 @@ type batchedPut struct {
 	ek  []byte // meta.ManifestKey(key)
 	sum [sha256.Size]byte
 	loc segment.Location
+	// absent: the first-writer check found no manifest while the key's stripe counts were
+	// keyGen and nsGen (see Store.keyGen).
+	absent        bool
+	keyGen, nsGen uint64
 }
 
 // PutBatch implements storage.BatchPutter: the items' bodies are framed into one segment
@@ -75,13 +79,15 @@ func (s *Store) PutBatch(ctx context.Context, items []storage.PutItem) []storage
 			later = append(later, i)
 			continue
 		}
-		sum, res, done, err := s.judgeBatchItem(it, ek)
+		p := batchedPut{i: i, key: it.Key, ek: ek}
+		res, done, err := s.judgeBatchItem(it, &p)
 		if done || err != nil {
 			out[i] = storage.PutItemResult{PutResult: res, Err: err}
 			continue
 		}
 		inBatch[string(ek)] = struct{}{}
-		batch = append(batch, batchedPut{i: i, key: it.Key, ek: ek, sum: sum})
+		batch = append(batch, p)
+		sum := p.sum
 		recs = append(recs, segment.Record{Name: ek, Body: it.Body, SHA256: sum})
 	}
 	// Bounded by MaxBatchBytes per append: a caller's batch larger than that commits in parts.
@@ -107,37 +113,42 @@ func (s *Store) PutBatch(ctx context.Context, items []storage.PutItem) []storage
 }
 
 // judgeBatchItem applies Put's checks to an in-memory body: done (with res) when an immutable
-// object is already stored, an error when the item is refused, else the body's digest.
-func (s *Store) judgeBatchItem(it *storage.PutItem, ek []byte) (sum [sha256.Size]byte, res storage.PutResult, done bool, err error) {
+// object is already stored, an error when the item is refused, else the body's digest in p.
+func (s *Store) judgeBatchItem(it *storage.PutItem, p *batchedPut) (res storage.PutResult, done bool, err error) {
 	key, opts := it.Key, it.Opts
+	var sum [sha256.Size]byte
 	if !key.Kind.LastWriterWins() {
-		m, err := s.lookupManifest(key, ek)
+		keyGen, nsGen := s.keyGenSlot(s.keyHash(key)).Load(), s.nsGen[s.nsStripe(key.Tenant, key.Namespace)].Load()
+		m, err := s.lookupManifest(key, p.ek)
 		switch {
 		case err == nil && m.Evicted:
 		case err == nil:
-			return sum, storage.PutResult{Info: m.Info(key)}, true, nil
+			return storage.PutResult{Info: m.Info(key)}, true, nil
 		case errors.Is(err, storage.ErrCorrupt):
 			s.dropCorrupt(key, nil, err)
-		case !errors.Is(err, storage.ErrNotFound):
-			return sum, res, false, classify("put "+key.String(), err)
+		case errors.Is(err, storage.ErrNotFound):
+			p.absent, p.keyGen, p.nsGen = true, keyGen, nsGen
+		default:
+			return res, false, classify("put "+key.String(), err)
 		}
 	}
 	n := int64(len(it.Body))
 	switch {
 	case opts.Limit > 0 && opts.Size > opts.Limit:
-		return sum, res, false, fmt.Errorf("put %s: declared size %d exceeds the limit %d: %w", key, opts.Size, opts.Limit, storage.ErrTooLarge)
+		return res, false, fmt.Errorf("put %s: declared size %d exceeds the limit %d: %w", key, opts.Size, opts.Limit, storage.ErrTooLarge)
 	case opts.Limit > 0 && n > opts.Limit:
-		return sum, res, false, fmt.Errorf("put %s: %w: body exceeds %d bytes", key, storage.ErrTooLarge, opts.Limit)
+		return res, false, fmt.Errorf("put %s: %w: body exceeds %d bytes", key, storage.ErrTooLarge, opts.Limit)
 	case opts.Size >= 0 && n > opts.Size:
-		return sum, res, false, fmt.Errorf("put %s: %w: body is longer than the declared %d bytes", key, storage.ErrDigestMismatch, opts.Size)
+		return res, false, fmt.Errorf("put %s: %w: body is longer than the declared %d bytes", key, storage.ErrDigestMismatch, opts.Size)
 	case opts.Size >= 0 && n != opts.Size:
-		return sum, res, false, fmt.Errorf("put %s: %w: body has %d bytes, declared %d", key, storage.ErrDigestMismatch, n, opts.Size)
+		return res, false, fmt.Errorf("put %s: %w: body has %d bytes, declared %d", key, storage.ErrDigestMismatch, n, opts.Size)
 	}
 	sum = sha256.Sum256(it.Body)
 	if opts.ExpectedSHA256 != nil && sum != *opts.ExpectedSHA256 {
-		return sum, res, false, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
+		return res, false, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
 	}
-	return sum, res, false, nil
+	p.sum = sum
+	return res, false, nil
 }
 
 // putBatchPart appends one part's records with one shared sync and commits their manifests
@@ -226,7 +237,9 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 			tombs[nk] = tomb
 		}
 		var prev *meta.Manifest
-		switch cur, err := s.db.GetManifest(key); {
+		unchanged := p.absent && s.keyGenSlot(s.keyHash(key)).Load() == p.keyGen &&
+			s.nsGen[s.nsStripe(key.Tenant, key.Namespace)].Load() == p.nsGen
+		switch cur, err := s.getManifestUnless(unchanged, key); {
 		case err == nil:
 			prev = &cur
 		case errors.Is(err, storage.ErrCorrupt):
@@ -302,6 +315,15 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 	return true, nil
 }
 
+// getManifestUnless is GetManifest, or its miss without asking Pebble when absent says the
+// first-writer check's miss still holds (nothing changed the key's stripes since).
+func (s *Store) getManifestUnless(absent bool, key storage.Key) (meta.Manifest, error) {
+	if absent {
+		return meta.Manifest{}, storage.ErrNotFound
+	}
+	return s.db.GetManifest(key)
+}
+
 // commitDigestedMany is commitDigested for a batch of puts.
 func (s *Store) commitDigestedMany(b *meta.Batch, removes, adds []entryDigest) error {
 	s.digests.gate.RLock()
@@ -325,9 +347,11 @@ func (s *Store) commitDigestedMany(b *meta.Batch, removes, adds []entryDigest) e
 func (s *Store) lockKeys(keys []storage.Key) func() {
 	nss := make([]int, 0, 1)
 	kls := make([]int, 0, len(keys))
-	for _, k := range keys {
-		nss = append(nss, int(s.hash(k.Tenant, k.Namespace)%uint64(len(s.nsLocks))))
-		kls = append(kls, int(s.hash(k.Tenant, k.Namespace, string(k.Kind), k.Name)%uint64(len(s.keyLocks))))
+	hashes := make([]uint64, len(keys))
+	for i, k := range keys {
+		nss = append(nss, s.nsStripe(k.Tenant, k.Namespace))
+		hashes[i] = s.keyHash(k)
+		kls = append(kls, int(hashes[i]%uint64(len(s.keyLocks))))
 	}
 	slices.Sort(nss)
 	nss = slices.Compact(nss)
@@ -340,6 +364,9 @@ func (s *Store) lockKeys(keys []storage.Key) func() {
 		s.keyLocks[i].Lock()
 	}
 	return func() {
+		for _, h := range hashes {
+			s.keyGenSlot(h).Add(1) // see Store.keyGen
+		}
 		for _, i := range slices.Backward(kls) {
 			s.keyLocks[i].Unlock()
 		}

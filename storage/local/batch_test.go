@@ -10,6 +10,7 @@ import (
 
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
+	"github.com/kuracache/kura/storage/segment"
 	"github.com/kuracache/kura/storage/storagetest"
 )
 
@@ -149,5 +150,29 @@ func TestPutBatchConcurrent(t *testing.T) {
 		if err != nil && !isNotFound(err) || err == nil && !bytes.Equal(got, body(i)) {
 			t.Fatalf("key %d: %d bytes, %v", i, len(got), err)
 		}
+	}
+}
+
+// TestPutBatchRechecksAfterARacingWrite: a key found absent by the batch's first-writer check
+// and then written by someone else before the batch commits is not overwritten: the commit
+// sees the stripe count moved and asks Pebble again (the first writer wins).
+func TestPutBatchRechecksAfterARacingWrite(t *testing.T) {
+	s := openStore(t, testOpts(t))
+	key := cas("raced")
+	mine := []byte("the batch's body")
+	it := storage.PutItem{Key: key, Body: mine, Opts: storage.PutOptions{Size: int64(len(mine))}}
+	p := batchedPut{i: 0, key: key, ek: meta.ManifestKey(key)}
+	if _, done, err := s.judgeBatchItem(&it, &p); done || err != nil || !p.absent {
+		t.Fatalf("judge: done %v, err %v, absent %v", done, err, p.absent)
+	}
+	put(t, s, key, []byte("the racing writer's body")) // between the check and the commit
+	out := make([]storage.PutItemResult, 1)
+	s.putBatchPart(ctx(t), []storage.PutItem{it}, []batchedPut{p},
+		[]segment.Record{{Name: p.ek, Body: mine, SHA256: p.sum}}, segment.RecordSize(int64(len(mine)), len(p.ek)), out)
+	if out[0].Err != nil || out[0].Created {
+		t.Fatalf("batch after a racing write: %+v", out[0])
+	}
+	if got, err := read(t, s, key); err != nil || string(got) != "the racing writer's body" {
+		t.Fatalf("stored %q, %v; want the first writer's body", got, err)
 	}
 }
