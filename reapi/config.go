@@ -139,6 +139,12 @@ const (
 	keepaliveMinClientT = 10 * time.Second // most frequent client ping tolerated
 )
 
+// HTTP/2 flow-control windows of the REAPI listener (see ServerOptions).
+const (
+	streamWindowBytes = 4 << 20
+	connWindowBytes   = 16 << 20
+)
+
 // ServerOptions returns the gRPC server options the REAPI services need: a receive limit
 // consistent with the advertised batch limit (a full BatchUpdateBlobs request fits; bigger
 // blobs go through ByteStream in chunks) and the keepalive policy. (*Server).ServerOptions
@@ -153,5 +159,13 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinClientT, PermitWithoutStream: true}),
+		// Large flow-control windows let a ByteStream upload keep the socket busy instead
+		// of waiting for a WINDOW_UPDATE every 64 KiB: a quarter of the allocations and
+		// fewer round trips per MiB (BenchmarkByteStreamWrite64MiB). Setting them turns off
+		// grpc-go's BDP estimation, which on loopback never grows the window far. What a
+		// client may have in flight is bounded by them: 4 MiB per stream, 16 MiB per
+		// connection, received into buffers as fast as the handler consumes them.
+		grpc.InitialWindowSize(streamWindowBytes),
+		grpc.InitialConnWindowSize(connWindowBytes),
 	}
 }

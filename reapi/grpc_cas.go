@@ -122,6 +122,10 @@ func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateB
 			errInvalidArgument, decompressed, cfg.MaxDecompressedBytes))
 	}
 	resp := &repb.BatchUpdateBlobsResponse{Responses: make([]*repb.BatchUpdateBlobsResponse_Response, len(req.GetRequests()))}
+	if bp, ok := c.s.local.(storage.BatchPutter); ok {
+		c.s.updateBatch(ctx, ns, bp, req.GetRequests(), resp.Responses)
+		return resp, nil
+	}
 	var g errgroup.Group
 	g.SetLimit(batchParallelism)
 	for i, item := range req.GetRequests() {
@@ -135,34 +139,101 @@ func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateB
 	return resp, nil
 }
 
+// updateBatch stores a BatchUpdateBlobs request through a store that commits many writes as
+// one (storage.BatchPutter): the uncompressed items go to the store in one PutBatch (one
+// segment append and sync, one Pebble commit), which checks each item's size and SHA-256
+// against its digest and fails a bad item alone. Compressed items are decoded while they
+// stream into the store, one by one, as before. Every item gets its own status in out.
+func (s *Server) updateBatch(ctx context.Context, namespace string, bp storage.BatchPutter, reqs []*repb.BatchUpdateBlobsRequest_Request, out []*repb.BatchUpdateBlobsResponse_Response) {
+	items := make([]storage.PutItem, 0, len(reqs))
+	idx := make([]int, 0, len(reqs))     // out index of each item
+	digests := make([]digest, len(reqs)) // parsed digests, by out index
+	finish := func(i int, err error, created bool) {
+		stored := int64(0)
+		if created {
+			stored = digests[i].size
+		}
+		s.metrics.write(storage.KindCAS, writeResult(err, created), stored)
+		out[i] = &repb.BatchUpdateBlobsResponse_Response{Digest: reqs[i].GetDigest(), Status: toStatusProto(err)}
+	}
+	for i, item := range reqs {
+		d, err := parseDigest(item.GetDigest())
+		if err != nil {
+			s.metrics.write(storage.KindCAS, resultRejected, 0)
+			out[i] = &repb.BatchUpdateBlobsResponse_Response{Digest: item.GetDigest(), Status: toStatusProto(err)}
+			continue
+		}
+		digests[i] = d
+		if item.GetCompressor() != repb.Compressor_IDENTITY {
+			created, err := s.storeItem(ctx, namespace, d, item)
+			finish(i, err, created)
+			continue
+		}
+		if s.cfg.MaxCASBlobSizeBytes > 0 && d.size > s.cfg.MaxCASBlobSizeBytes {
+			finish(i, fmt.Errorf("%w: blob %s is larger than max_cas_blob_size_bytes (%d)", errInvalidArgument, d, s.cfg.MaxCASBlobSizeBytes), false)
+			continue
+		}
+		data := item.GetData()
+		if int64(len(data)) != d.size {
+			finish(i, fmt.Errorf("%w: blob %s: data has %d bytes, the digest says %d", errInvalidArgument, d, len(data), d.size), false)
+			continue
+		}
+		if d.isEmpty() {
+			finish(i, nil, false)
+			continue
+		}
+		// The store hashes the body once and compares it with the digest (ExpectedSHA256).
+		items = append(items, storage.PutItem{Key: casKey(s.tenant(), namespace, d), Body: data, Opts: s.putOptions(d)})
+		idx = append(idx, i)
+	}
+	if len(items) == 0 {
+		return
+	}
+	for j, r := range bp.PutBatch(ctx, items) {
+		i := idx[j]
+		d := digests[i]
+		res, err := putResult(r.PutResult, r.Err)
+		switch {
+		case err != nil:
+			finish(i, fmt.Errorf("store blob %s: %w", d, err), false)
+		case !res.Created:
+			finish(i, checkExisting(res, d), false)
+		default:
+			finish(i, nil, true)
+		}
+	}
+}
+
 // updateItem stores one BatchUpdateBlobs item.
-func (s *Server) updateItem(ctx context.Context, namespace string, item *repb.BatchUpdateBlobsRequest_Request) (err error) {
+func (s *Server) updateItem(ctx context.Context, namespace string, item *repb.BatchUpdateBlobsRequest_Request) error {
 	d, err := parseDigest(item.GetDigest())
 	if err != nil {
 		s.metrics.write(storage.KindCAS, resultRejected, 0)
 		return err
 	}
-	created := false
-	defer func() {
-		stored := int64(0)
-		if created {
-			stored = d.size
-		}
-		s.metrics.write(storage.KindCAS, writeResult(err, created), stored)
-	}()
+	created, err := s.storeItem(ctx, namespace, d, item)
+	stored := int64(0)
+	if created {
+		stored = d.size
+	}
+	s.metrics.write(storage.KindCAS, writeResult(err, created), stored)
+	return err
+}
+
+// storeItem stores one BatchUpdateBlobs item whose digest parsed.
+func (s *Server) storeItem(ctx context.Context, namespace string, d digest, item *repb.BatchUpdateBlobsRequest_Request) (created bool, err error) {
 	if s.cfg.MaxCASBlobSizeBytes > 0 && d.size > s.cfg.MaxCASBlobSizeBytes {
-		return fmt.Errorf("%w: blob %s is larger than max_cas_blob_size_bytes (%d)", errInvalidArgument, d, s.cfg.MaxCASBlobSizeBytes)
+		return false, fmt.Errorf("%w: blob %s is larger than max_cas_blob_size_bytes (%d)", errInvalidArgument, d, s.cfg.MaxCASBlobSizeBytes)
 	}
 	switch item.GetCompressor() {
 	case repb.Compressor_IDENTITY:
-		created, err = s.putIdentity(ctx, namespace, d, item.GetData())
+		return s.putIdentity(ctx, namespace, d, item.GetData())
 	case repb.Compressor_ZSTD:
-		created, err = s.putZstd(ctx, namespace, d, item.GetData())
+		return s.putZstd(ctx, namespace, d, item.GetData())
 	default:
-		err = fmt.Errorf("%w: blob %s: compressor %s is not supported in batch updates; use IDENTITY or ZSTD",
+		return false, fmt.Errorf("%w: blob %s: compressor %s is not supported in batch updates; use IDENTITY or ZSTD",
 			errInvalidArgument, d, item.GetCompressor())
 	}
-	return err
 }
 
 func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsRequest) (*repb.BatchReadBlobsResponse, error) {

@@ -113,3 +113,24 @@ const (
 	// UploadExpiry is how long an upload may stay incomplete before the janitor removes it.
 	UploadExpiry = 24 * time.Hour
 )
+
+// PutItem is one write of a PutBatch: a body already in memory.
+type PutItem struct {
+	Key  Key
+	Body []byte
+	Opts PutOptions
+}
+
+// PutItemResult is the outcome of one PutItem, as Put would have reported it.
+type PutItemResult struct {
+	PutResult
+	Err error
+}
+
+// BatchPutter is a Store that commits many small writes as one: one append and one sync of
+// the bodies, one synced metadata commit. Each item still succeeds or fails on its own (an
+// invalid item fails alone, the others are stored), and each acknowledged item is as durable
+// as an acknowledged Put. The result has one entry per item, in order.
+type BatchPutter interface {
+	PutBatch(ctx context.Context, items []PutItem) []PutItemResult
+}

@@ -120,6 +120,30 @@ func TestCrashChild(t *testing.T) {
 			}
 		}()
 	}
+	// Batch writers (workers 100..103): PutBatch of 20 consecutive items, each acknowledged
+	// once the batch returned it without error, in order, so the parent checks them like the
+	// single writers' (some bodies exceed the spill threshold and take Put inside the batch).
+	for w := 100; w < 104; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := 0; time.Now().Before(deadline); seq += 20 {
+				items := make([]storage.PutItem, 20)
+				for j := range items {
+					body := crashBody(w, seq+j)
+					sum := sha256.Sum256(body)
+					items[j] = storage.PutItem{Key: crashKey(w, seq+j), Body: body, Opts: storage.PutOptions{Size: int64(len(body)), ExpectedSHA256: &sum}}
+				}
+				for j, r := range s.PutBatch(context.Background(), items) {
+					if r.Err != nil || !r.Created {
+						ack("ERR batch %d/%d: %+v %v\n", w, seq+j, r.PutResult, r.Err)
+						return
+					}
+					ack("ACK cas %d %d\n", w, seq+j)
+				}
+			}
+		}()
+	}
 	wg.Wait()
 	_ = s.Close()
 }
@@ -268,6 +292,9 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	if len(ackedImm) == 0 {
 		t.Fatal("no replicated replacement was acknowledged before the kill")
+	}
+	if _, ok := acked[100]; !ok {
+		t.Fatal("no batched write was acknowledged before the kill")
 	}
 	// Every stored object, acknowledged or not, verifies end to end.
 	var startKey []byte

@@ -111,3 +111,10 @@ type commitFunc func(*meta.Batch, storage.Change) error
 
 func (f commitFunc) OnCommit(b *meta.Batch, c storage.Change) error { return f(b, c) }
 func (commitFunc) AfterCommit()                                     {}
+
+// Conformance of PutBatch: every Put of the suite goes through a batch of one item.
+func TestStoreConformanceBatch(t *testing.T) {
+	storagetest.RunStoreSuite(t, func(t *testing.T) storage.Store {
+		return storagetest.PutThroughBatch(openStore(t, testOpts(t)))
+	})
+}

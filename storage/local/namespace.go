@@ -30,7 +30,10 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, namespace string, v
 	// commit while the deletion is decided.
 	ns := s.nsLock(tenant, namespace)
 	ns.Lock()
-	defer ns.Unlock()
+	defer func() {
+		s.nsGen[s.nsStripe(tenant, namespace)].Add(1) // see Store.keyGen
+		ns.Unlock()
+	}()
 	replicated := version != 0
 	ctx, span := s.tracer.Start(ctx, commitSpanName)
 	if span.IsRecording() {

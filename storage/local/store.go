@@ -129,9 +129,18 @@ type Store struct {
 	pool    *fdpool.Pool
 	mcache  *manifestCache
 
-	seed        maphash.Seed
-	keyLocks    [1024]sync.Mutex
-	nsLocks     [64]sync.RWMutex
+	seed     maphash.Seed
+	keyLocks [1024]sync.Mutex
+	nsLocks  [64]sync.RWMutex
+	// keyGen and nsGen count critical sections: every change of a manifest happens under its
+	// key lock (which bumps keyGen[keyHash%len] after the Pebble commit, before unlocking) or
+	// under its namespace stripe held exclusively (which bumps nsGen). A look-up that found
+	// no manifest while the counts were g stays true as long as they are still g, so a batch
+	// that saw its key absent before appending need not ask Pebble again under the lock
+	// (commitBatch). keyGen is much finer than the lock stripes so that concurrent batches
+	// rarely bump each other's counts (512 KiB).
+	keyGen      [1 << 16]atomic.Uint64
+	nsGen       [64]atomic.Uint64
 	uploadLocks [64]sync.Mutex
 
 	recent  *recentSet
@@ -492,15 +501,22 @@ func (s *Store) hash(parts ...string) uint64 {
 	return h.Sum64()
 }
 
-// keyLock returns the stripe guarding the final check-and-commit of key.
-func (s *Store) keyLock(key storage.Key) *sync.Mutex {
-	return &s.keyLocks[s.hash(key.Tenant, key.Namespace, string(key.Kind), key.Name)%uint64(len(s.keyLocks))]
+// keyHash picks the key's lock stripe (keyLocks) and change count (keyGen).
+func (s *Store) keyHash(key storage.Key) uint64 {
+	return s.hash(key.Tenant, key.Namespace, string(key.Kind), key.Name)
 }
+
+// keyGenSlot is the keyGen count of the key whose keyHash is h.
+func (s *Store) keyGenSlot(h uint64) *atomic.Uint64 { return &s.keyGen[h%uint64(len(s.keyGen))] }
 
 // nsLock returns the stripe ordering writes of a namespace against its deletion: writers and
 // eviction hold it shared, DeleteNamespace exclusively. Always taken before a key lock.
 func (s *Store) nsLock(tenant, namespace string) *sync.RWMutex {
-	return &s.nsLocks[s.hash(tenant, namespace)%uint64(len(s.nsLocks))]
+	return &s.nsLocks[s.nsStripe(tenant, namespace)]
+}
+
+func (s *Store) nsStripe(tenant, namespace string) int {
+	return int(s.hash(tenant, namespace) % uint64(len(s.nsLocks)))
 }
 
 func (s *Store) uploadLock(id string) *sync.Mutex {
@@ -511,9 +527,11 @@ func (s *Store) uploadLock(id string) *sync.Mutex {
 func (s *Store) lockKey(key storage.Key) func() {
 	ns := s.nsLock(key.Tenant, key.Namespace)
 	ns.RLock()
-	kl := s.keyLock(key)
+	h := s.keyHash(key)
+	kl := &s.keyLocks[h%uint64(len(s.keyLocks))]
 	kl.Lock()
 	return func() {
+		s.keyGenSlot(h).Add(1)
 		kl.Unlock()
 		ns.RUnlock()
 	}
