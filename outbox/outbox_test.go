@@ -523,8 +523,14 @@ func TestAbandonedBatchIsForgotten(t *testing.T) {
 	}
 	abandoned.Close()
 	f.commit(f.put("kept", "y"))
+	idle := &counter{}
+	f.o.onIdle = idle.inc
 	f.run()
-	testsupport.WaitFor(t, "the committed entry", 20*time.Second, func() bool { return len(f.sender.to("A")) == 1 })
+	// The delivery is recorded before the worker deletes the entry: wait for both.
+	testsupport.WaitFor(t, "the committed entry delivered and deleted", 20*time.Second, func() bool {
+		return len(f.sender.to("A")) == 1 && f.o.Depth("a") == 1
+	})
+	waitPasses(t, idle, "a", 2) // rounds that saw the hole and kept it
 	if d := f.o.Depth("a"); d != 1 {
 		t.Fatalf("depth = %d, want 1 until the hole expires", d)
 	}
