@@ -43,9 +43,12 @@ const (
 	// DefaultBatch: entries read per page. 256 entries of ~60 bytes keep a page far below a
 	// megabyte while amortising each Pebble scan and each range deletion.
 	DefaultBatch = 256
-	// DefaultInFlight: concurrent pushes per peer. A few hide the round-trip latency across
-	// regions without letting one peer monopolise the node's disk reads.
-	DefaultInFlight = 4
+	// DefaultInFlight: concurrent pushes per peer. Each push of a small object waits mostly on
+	// the receiver's durable commit (an fdatasync), so pushes in flight are what lets the
+	// receiver's group commit share one sync among many of them: 4 replicated ~1,000 1 KiB
+	// objects/s, 16 several times that. Still bounded, so one peer cannot monopolise the
+	// node's disk reads or the receiver's handlers.
+	DefaultInFlight = 16
 	// DefaultMinBackoff, DefaultMaxBackoff bound the retry delay of a failing peer: quick
 	// enough to ride out a restart, slow enough not to spin against a peer that is down.
 	DefaultMinBackoff = 100 * time.Millisecond
