@@ -119,6 +119,12 @@ func newReplPair(b *testing.B, mod func(*Config)) *replPair {
 // writeA stores n objects of size bytes on A from writers goroutines and returns their keys
 // and when each write was acknowledged.
 func (p *replPair) writeA(b *testing.B, prefix string, n, size, writers int) ([]storage.Key, []time.Time) {
+	return p.writeAPaced(b, prefix, n, size, writers, 0)
+}
+
+// writeAPaced is writeA with each writer starting a write at most every every (0: no pacing),
+// so that the lag is measured under a load the pair sustains rather than with a backlog.
+func (p *replPair) writeAPaced(b *testing.B, prefix string, n, size, writers int, every time.Duration) ([]storage.Key, []time.Time) {
 	b.Helper()
 	keys := make([]storage.Key, n)
 	acked := make([]time.Time, n)
@@ -129,7 +135,16 @@ func (p *replPair) writeA(b *testing.B, prefix string, n, size, writers int) ([]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var tick <-chan time.Time
+			if every > 0 {
+				t := time.NewTicker(every)
+				defer t.Stop()
+				tick = t.C
+			}
 			for {
+				if tick != nil {
+					<-tick
+				}
 				i := int(next.Add(1) - 1)
 				if i >= n {
 					return
@@ -188,16 +203,19 @@ func BenchmarkReplicationDrain(b *testing.B) {
 	}
 }
 
-// BenchmarkReplicationLag writes on A as fast as writers allow while the outbox runs, and
-// reports the lag from A's acknowledgement to B's commit (p50, p99) and the replicated rate.
+// BenchmarkReplicationLag writes on A as fast as writers allow (or paced at 1,000/s) while the
+// outbox runs, and reports the lag from A's acknowledgement to B's commit (p50, p99) and the replicated rate.
 func BenchmarkReplicationLag(b *testing.B) {
 	for _, c := range []struct {
 		name    string
 		size    int
 		writers int
+		every   time.Duration
 	}{
-		{"1KiB", 1 << 10, 16},
-		{"64MiB", 64 << 20, 2},
+		{"1KiB", 1 << 10, 16, 0},
+		{"1KiB-1000/s", 1 << 10, 16, 16 * time.Millisecond},
+		{"1KiB-200/s", 1 << 10, 16, 80 * time.Millisecond},
+		{"64MiB", 64 << 20, 2, 0},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			p := newReplPair(b, nil)
@@ -207,7 +225,7 @@ func BenchmarkReplicationLag(b *testing.B) {
 			b.SetBytes(int64(c.size))
 			b.ResetTimer()
 			start, cpu := time.Now(), processCPU()
-			keys, acked := p.writeA(b, "lag", b.N, c.size, c.writers)
+			keys, acked := p.writeAPaced(b, "lag", b.N, c.size, c.writers, c.every)
 			p.drain(b)
 			elapsed := time.Since(start)
 			b.StopTimer()
