@@ -43,9 +43,16 @@ const (
 	// DefaultBatch: entries read per page. 256 entries of ~60 bytes keep a page far below a
 	// megabyte while amortising each Pebble scan and each range deletion.
 	DefaultBatch = 256
-	// DefaultInFlight: concurrent pushes per peer. A few hide the round-trip latency across
-	// regions without letting one peer monopolise the node's disk reads.
-	DefaultInFlight = 4
+	// DefaultInFlight: concurrent pushes per peer. Each push of a small object waits mostly on
+	// the receiver's durable commit (an fdatasync), so pushes in flight are what lets the
+	// receiver's group commit share one sync among many of them: 4 replicated ~1,000 1 KiB
+	// objects/s, 16 several times that. Still bounded, so one peer cannot monopolise the
+	// node's disk reads or the receiver's handlers.
+	DefaultInFlight = 16
+	// DefaultLargeInFlight: of those, how many may carry a large object (above
+	// largeObjectBytes). Large pushes are bound by bandwidth and the receiver's disk, not by
+	// round trips: 4 at once drained 64 MiB blobs at 264–341 MB/s where 16 made 226–240.
+	DefaultLargeInFlight = 4
 	// DefaultMinBackoff, DefaultMaxBackoff bound the retry delay of a failing peer: quick
 	// enough to ride out a restart, slow enough not to spin against a peer that is down.
 	DefaultMinBackoff = 100 * time.Millisecond
@@ -76,6 +83,9 @@ type Config struct {
 	Batch int
 	// InFlight is the number of concurrent pushes per peer (default DefaultInFlight).
 	InFlight int
+	// LargeInFlight caps how many of them carry an object larger than largeObjectBytes
+	// (default DefaultLargeInFlight, at most InFlight).
+	LargeInFlight int
 	// MinBackoff and MaxBackoff bound a failing peer's retry delay, which doubles per failed
 	// attempt with full jitter (defaults DefaultMinBackoff, DefaultMaxBackoff).
 	MinBackoff, MaxBackoff time.Duration
@@ -149,7 +159,7 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 		return nil, errors.New("new outbox: no sender")
 	}
 	for name, v := range map[string]int64{
-		"batch": int64(cfg.Batch), "in-flight": int64(cfg.InFlight), "min backoff": int64(cfg.MinBackoff),
+		"batch": int64(cfg.Batch), "in-flight": int64(cfg.InFlight), "large in-flight": int64(cfg.LargeInFlight), "min backoff": int64(cfg.MinBackoff),
 		"max backoff": int64(cfg.MaxBackoff), "drop delay": int64(cfg.DropAfter), "push timeout": int64(cfg.PushTimeout),
 	} {
 		if v < 0 {
@@ -162,6 +172,10 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 	if cfg.InFlight == 0 {
 		cfg.InFlight = DefaultInFlight
 	}
+	if cfg.LargeInFlight <= 0 {
+		cfg.LargeInFlight = DefaultLargeInFlight
+	}
+	cfg.LargeInFlight = min(cfg.LargeInFlight, cfg.InFlight)
 	if cfg.MinBackoff == 0 {
 		cfg.MinBackoff = DefaultMinBackoff
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -843,5 +844,77 @@ func TestFlushWaitsForPresentQueues(t *testing.T) {
 	f.commit(f.put("after", "v"))
 	if err := f.o.Flush(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A worker keeps exactly InFlight pushes going to its peer: the pipelining that lets a
+// receiver's group commit share its syncs, and the bound that keeps one peer from taking more.
+func TestInFlightPushesAreBounded(t *testing.T) {
+	const inFlight = 5
+	var cur, peak atomic.Int32
+	release := make(chan struct{})
+	sender := &fakeSender{behave: func(ctx context.Context, addr string, d delivery) (bool, error) {
+		n := cur.Add(1)
+		defer cur.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		select {
+		case <-release:
+			return true, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}}
+	f := newFixture(t, fixtureOpts{sender: sender, mod: func(c *Config) { c.InFlight = inFlight }})
+	f.o.SetTargets([]Target{{Name: "a", Addr: "A"}})
+	for i := range 40 {
+		f.commit(f.put(fmt.Sprintf("k%d", i), "v"))
+	}
+	f.run()
+	testsupport.WaitFor(t, "InFlight pushes in flight", 20*time.Second, func() bool { return cur.Load() == inFlight })
+	close(release)
+	testsupport.WaitFor(t, "every entry delivered", 20*time.Second, func() bool { return len(sender.to("A")) == 40 && f.o.Depth("a") == 0 })
+	if p := peak.Load(); p != inFlight {
+		t.Fatalf("at most %d pushes were in flight, want exactly InFlight = %d", p, inFlight)
+	}
+}
+
+// Large objects take a LargeInFlight slot as well: bandwidth, not round trips, bounds them.
+func TestLargePushesInFlightAreBounded(t *testing.T) {
+	const inFlight, large = 6, 2
+	var cur, peak atomic.Int32
+	release := make(chan struct{})
+	sender := &fakeSender{behave: func(ctx context.Context, addr string, d delivery) (bool, error) {
+		n := cur.Add(1)
+		defer cur.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		select {
+		case <-release:
+			return true, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}}
+	f := newFixture(t, fixtureOpts{sender: sender, mod: func(c *Config) { c.InFlight, c.LargeInFlight = inFlight, large }})
+	f.o.SetTargets([]Target{{Name: "a", Addr: "A"}})
+	body := strings.Repeat("x", largeObjectBytes+1)
+	for i := range 10 {
+		f.commit(f.put(fmt.Sprintf("big%d", i), body))
+	}
+	f.run()
+	testsupport.WaitFor(t, "LargeInFlight pushes in flight", 20*time.Second, func() bool { return cur.Load() == large })
+	close(release)
+	testsupport.WaitFor(t, "every entry delivered", 20*time.Second, func() bool { return len(sender.to("A")) == 10 && f.o.Depth("a") == 0 })
+	if p := peak.Load(); p != large {
+		t.Fatalf("at most %d large pushes were in flight, want exactly LargeInFlight = %d", p, large)
 	}
 }

@@ -110,6 +110,8 @@ func NewClient(cfg ClientConfig) *Client {
 		// Pings find a peer that vanished without closing its connections (a partition, a
 		// killed VM) in ~40 s instead of the kernel's TCP timeout.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithInitialWindowSize(streamWindowBytes),
+		grpc.WithInitialConnWindowSize(connWindowBytes),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes), grpc.MaxCallSendMsgSize(MaxChunkBytes+maxHeaderBytes)),
 		grpc.WithChainUnaryInterceptor(unary...),
 		grpc.WithChainStreamInterceptor(streams...),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -194,23 +195,19 @@ func (s *Store) rebuildDigests(ctx context.Context) error {
 	d.mu.Unlock()
 	d.gate.Unlock()
 
-	fresh := new(meta.DigestTable)
-	corrupt := 0
-	for it.Next() {
-		k, m, err := it.Entry()
-		if err != nil {
-			// Not counted: the record is dropped when it is next read, and a peer's copy
-			// then differs from nothing here, so anti-entropy restores it.
-			corrupt++
-			continue
-		}
-		e := digestOf(it.EncodedKey(), k.Kind, &m)
-		fresh.Add(e.bucket, &e.hash)
-		if exists != nil {
-			exists.add(it.EncodedKey(), &m)
+	// The walk's workers feed the existence index build through one lock: the build is a
+	// plain map set, cheap next to decoding and hashing a manifest.
+	var add func(ek []byte, m *meta.Manifest)
+	if exists != nil {
+		var mu sync.Mutex
+		add = func(ek []byte, m *meta.Manifest) {
+			mu.Lock()
+			exists.add(ek, m)
+			mu.Unlock()
 		}
 	}
-	err = errors.Join(it.Err(), it.Close())
+	fresh, corrupt, err := walkDigests(it, add)
+	err = errors.Join(err, it.Close())
 	if exists != nil {
 		exists.finish(err == nil)
 	}
@@ -236,6 +233,99 @@ func (s *Store) rebuildDigests(ctx context.Context) error {
 	}
 	s.log.Info("anti-entropy digests built", "objects", objects, "duration", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// digestWalkBatch is how many manifests the walk hands a decoding worker at once: large enough
+// that the channel hand-off is noise, small enough that a batch's copies stay in cache.
+const digestWalkBatch = 512
+
+// rawManifests is one batch of the walk: copies of encoded keys and stored values, end
+// offsets into buf.
+type rawManifests struct {
+	buf  []byte
+	ends []int // key end, value end, key end, value end, …
+}
+
+// walkDigests sums the digests of every manifest it yields. The iterator stays on this
+// goroutine (Pebble iterators are not safe for concurrent use) and only copies raw keys and
+// values; decoding and the two SHA-256 per manifest, three quarters of the walk's CPU, run on
+// one worker per core, each into its own table, merged at the end (XOR and counts commute).
+// At 1,000,000 objects that is what the restart of a cluster node waits for before its first
+// anti-entropy round, and so before it is ready. add, when set, is called from the workers
+// (concurrently) with every decodable manifest; neither argument outlives the call.
+func walkDigests(it *meta.ManifestIterator, add func(ek []byte, m *meta.Manifest)) (*meta.DigestTable, int, error) {
+	workers := max(1, min(runtime.GOMAXPROCS(0), 8))
+	work := make(chan *rawManifests, workers)
+	free := make(chan *rawManifests, 2*workers+1)
+	for range cap(free) {
+		free <- &rawManifests{}
+	}
+	tables := make([]*meta.DigestTable, workers)
+	corrupt := make([]int, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		tables[w] = new(meta.DigestTable)
+		wg.Go(func() {
+			for b := range work {
+				start := 0
+				for i := 0; i < len(b.ends); i += 2 {
+					k, v := b.buf[start:b.ends[i]], b.buf[b.ends[i]:b.ends[i+1]]
+					start = b.ends[i+1]
+					key, err := meta.DecodeManifestKey(k)
+					var m meta.Manifest
+					if err == nil {
+						m, err = meta.DecodeManifestView(v)
+					}
+					if err != nil {
+						// Not counted: the record is dropped when it is next read, and a
+						// peer's copy then differs from nothing here, so anti-entropy
+						// restores it.
+						corrupt[w]++
+						continue
+					}
+					e := digestOf(k, key.Kind, &m)
+					tables[w].Add(e.bucket, &e.hash)
+					if add != nil {
+						add(k, &m)
+					}
+				}
+				free <- b
+			}
+		})
+	}
+	b := <-free
+	b.buf, b.ends = b.buf[:0], b.ends[:0]
+	unreadable := 0
+	for it.Next() {
+		v, err := it.RawValue()
+		if err != nil {
+			unreadable++ // counted with the undecodable ones, as a single-threaded walk did
+			continue
+		}
+		b.buf = append(b.buf, it.EncodedKey()...)
+		b.ends = append(b.ends, len(b.buf))
+		b.buf = append(b.buf, v...)
+		b.ends = append(b.ends, len(b.buf))
+		if len(b.ends) == 2*digestWalkBatch {
+			work <- b
+			b = <-free
+			b.buf, b.ends = b.buf[:0], b.ends[:0]
+		}
+	}
+	if len(b.ends) > 0 {
+		work <- b
+	}
+	close(work)
+	wg.Wait()
+	fresh := tables[0]
+	for _, t := range tables[1:] {
+		fresh.Merge(t)
+	}
+	n := unreadable
+	for _, c := range corrupt {
+		n += c
+	}
+	return fresh, n, it.Err()
 }
 
 // waitDigests blocks until the first build completed.

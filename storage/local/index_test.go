@@ -518,3 +518,41 @@ func TestBucketDigestsAfterClose(t *testing.T) {
 		t.Fatalf("ListObjects after Close = %v, want ErrUnavailable", err)
 	}
 }
+
+// The rebuild spreads decoding over workers in batches of digestWalkBatch: a store spanning
+// several batches rebuilds to exactly the incremental digests.
+func TestDigestRebuildOverManyBatches(t *testing.T) {
+	s := openStore(t, testOpts(t))
+	n := 2*digestWalkBatch + 77
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range 32 {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				kind := []storage.Kind{storage.KindCAS, storage.KindKeyValue, storage.KindAC}[i%3]
+				key := storage.Key{Tenant: "acme", Namespace: fmt.Sprintf("ns%d", i%5), Kind: kind, Name: fmt.Sprint(i)}
+				if _, err := s.Put(ctx(t), key, strings.NewReader(fmt.Sprint(i)), storage.PutOptions{Size: storage.UnknownSize}); err != nil {
+					t.Errorf("put: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	incremental, count := bucketDigests(t, s)
+	if count != uint64(n) {
+		t.Fatalf("%d objects counted, want %d", count, n)
+	}
+	if err := s.rebuildDigests(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	rebuilt, count2 := bucketDigests(t, s)
+	if count2 != count || !bytes.Equal(incremental, rebuilt) {
+		t.Fatalf("rebuilt %d objects (incremental %d), %d buckets differ", count2, count, countDiff(incremental, rebuilt))
+	}
+	assertDigestsMatchListing(t, s)
+}

@@ -89,6 +89,14 @@ func (i *ManifestIterator) Entry() (storage.Key, Manifest, error) {
 	return k, m, nil
 }
 
+// RawValue is the current manifest's stored value, valid until Next: for walks that decode
+// elsewhere (DecodeManifestView), such as the digest rebuild spreading decoding over cores.
+func (i *ManifestIterator) RawValue() ([]byte, error) { return i.it.ValueAndErr() }
+
+// DecodeManifestView decodes a stored manifest value like DecodeManifest, except that an
+// inline body aliases v instead of being copied: for callers that only need the identity.
+func DecodeManifestView(v []byte) (Manifest, error) { return decodeManifest(v, false) }
+
 // Err is the error that ended the walk, if any.
 func (i *ManifestIterator) Err() error { return i.err }
 
