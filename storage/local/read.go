@@ -169,6 +169,16 @@ func (r *recordReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo implements io.WriterTo so that io.Copy reaches the segment reader's WriteTo (which
+// sends a verified record with sendfile) through this wrapper.
+func (r *recordReader) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.Copy(w, r.rc)
+	if err != nil && errors.Is(err, storage.ErrCorrupt) {
+		r.once.Do(func() { r.onCorrupt(err) })
+	}
+	return n, err
+}
+
 func (r *recordReader) Close() error       { return r.rc.Close() }
 func (r *recordReader) Info() storage.Info { return r.info }
 

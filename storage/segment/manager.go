@@ -81,6 +81,9 @@ type Options struct {
 	// the cache (every read opens and closes its own handle). It must stay below the pool's
 	// capacity so transient work always finds a descriptor.
 	HandleCacheSize int
+	// NoVerifiedSet makes every read check every block it serves, however recently the record
+	// was checked (no trusted reads, no sendfile); see verified.go for what the set trusts.
+	NoVerifiedSet bool
 	// ReserveBytes is free space every append, spill and copy leaves on the filesystems of Dir
 	// and TmpDir: a write that would eat into it fails with storage.ErrInsufficientStorage
 	// before anything is written. storage/local keeps it for the metadata store, which must
@@ -121,7 +124,12 @@ type Manager struct {
 	log     *slog.Logger
 	pool    *fdpool.Pool
 	handles *handleCache
-	dir     *fdpool.File // Options.Dir, kept open for directory fsyncs
+	// verified holds the records whose every block this process has checked (verified.go).
+	verified *verifiedSet
+	// trustedReads and sendfiles count stream reads served from the verified set and the
+	// part of them handed to sendfile (tests look at them).
+	trustedReads, sendfiles atomic.Uint64
+	dir                     *fdpool.File // Options.Dir, kept open for directory fsyncs
 
 	// roomPaths are the directories whose filesystems CheckRoom inspects: Dir, plus TmpDir
 	// when it lives on another filesystem.
@@ -217,6 +225,10 @@ func Open(opts Options) (*Manager, error) {
 		return nil, err
 	}
 	m.handles = newHandleCache(pool, cacheSize)
+	m.verified = newVerifiedSet(verifiedEntries, VerifiedTTL)
+	if opts.NoVerifiedSet {
+		m.verified = newVerifiedSet(0, 0)
+	}
 	m.log.Info("segments opened", "dir", opts.Dir, "segments", len(m.segs), "bytes", m.total.Load(),
 		"handle_cache_size", cacheSize)
 	return m, nil
@@ -447,6 +459,7 @@ func (m *Manager) Remove(id ID) error {
 	// The cached read handle goes too, so the space is freed once the last reader finishes
 	// rather than when the handle would have aged out of the cache.
 	m.handles.remove(id)
+	m.verified.forget(id)
 	m.log.Info("segment removed", "segment", id.String(), "size", e.size)
 	return syncDir(m.dir.File)
 }

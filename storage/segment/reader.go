@@ -70,7 +70,7 @@ func (m *Manager) OpenRecord(ctx context.Context, loc Location, name []byte, off
 		defer m.handles.release(h)
 		return readWholeRecord(h.f.File, path, loc, name, start, end)
 	}
-	r, err := openStreamReader(h.f.File, path, loc, name, start, end)
+	r, err := m.openStreamReader(h.f.File, path, loc, name, start, end)
 	if err != nil {
 		m.handles.release(h)
 		return nil, err
@@ -152,15 +152,23 @@ func readWholeRecord(f *os.File, path string, loc Location, name []byte, start, 
 }
 
 // streamReader serves a large record block by block, verifying each block before copying any
-// of it out.
+// of it out — unless the whole record was verified recently (see verifiedSet), in which case
+// it reads straight into the caller's buffer or, through WriteTo, sends the file to a socket.
 type streamReader struct {
+	m     *Manager
 	f     *os.File // h's descriptor, shared with other readers (pread only)
 	h     *handle
 	cache *handleCache
 	path  string
 	loc   Location
-	table []byte // CRC entries of blocks [firstBlock, ...)
+	table []byte // CRC entries of blocks [firstBlock, ...); nil when trusted
 	first int64  // first block of the range
+
+	// trusted: the record is in the verified set and the file is in state (checked at open).
+	trusted bool
+	state   fileState
+	// checked counts blocks verified by this reader; all of them means the record is marked.
+	checked int64
 
 	pos, end int64   // next body offset to return; end of the range
 	buf      *[]byte // pooled block buffer
@@ -170,7 +178,7 @@ type streamReader struct {
 	closed   bool
 }
 
-func openStreamReader(f *os.File, path string, loc Location, name []byte, start, end int64) (*streamReader, error) {
+func (m *Manager) openStreamReader(f *os.File, path string, loc Location, name []byte, start, end int64) (*streamReader, error) {
 	ftLen := footerLen(len(name))
 	footerBuf := make([]byte, ftLen)
 	if err := readAt(f, path, loc, footerBuf, loc.Offset+loc.RecordSize-ftLen); err != nil {
@@ -179,9 +187,16 @@ func openStreamReader(f *os.File, path string, loc Location, name []byte, start,
 	if err := checkFooter(loc, footerBuf, name); err != nil {
 		return nil, err
 	}
-	r := &streamReader{f: f, path: path, loc: loc, pos: start, end: end, block: -1}
+	r := &streamReader{m: m, f: f, path: path, loc: loc, pos: start, end: end, block: -1}
+	if st, ok := statFile(f); ok {
+		r.state = st
+		r.trusted = m.verified.trusted(loc, st)
+		if r.trusted {
+			m.trustedReads.Add(1)
+		}
+	}
 	first, last := blockRange(start, end)
-	if last > first {
+	if last > first && !r.trusted {
 		// The footer matched, so the record (and with it this table) lies within the file:
 		// the allocation is bounded by what is actually on disk.
 		r.table = make([]byte, (last-first)*crcEntryLen)
@@ -193,31 +208,140 @@ func openStreamReader(f *os.File, path string, loc Location, name []byte, start,
 	return r, nil
 }
 
+// ready reports whether there is something to read (nil) or why not.
+func (r *streamReader) ready() error {
+	switch {
+	case r.closed:
+		return os.ErrClosed
+	case r.err != nil:
+		return r.err
+	case r.pos >= r.end:
+		return io.EOF
+	}
+	return nil
+}
+
 func (r *streamReader) Read(p []byte) (int, error) {
-	if r.closed {
-		return 0, os.ErrClosed
-	}
-	if r.err != nil {
-		return 0, r.err
-	}
-	if r.pos >= r.end {
-		return 0, io.EOF
+	if err := r.ready(); err != nil {
+		return 0, err
 	}
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if r.trusted {
+		// Verified already: one pread into p, no block buffer, no CRC pass.
+		n := int(min(int64(len(p)), r.end-r.pos))
+		if err := readAt(r.f, r.path, r.loc, p[:n], r.loc.Offset+r.pos); err != nil {
+			r.err = err
+			return 0, err
+		}
+		r.pos += int64(n)
+		return n, nil
+	}
+	chunk, err := r.next()
+	if err != nil {
+		return 0, err
+	}
+	n := copy(p, chunk)
+	r.pos += int64(n)
+	return n, nil
+}
+
+// next returns the verified bytes from pos to the end of pos's block (or of the range),
+// loading the block first if needed. The caller advances pos.
+func (r *streamReader) next() ([]byte, error) {
 	b := r.pos / BlockSize
 	if b != r.block {
 		if err := r.load(b); err != nil {
 			r.err = err
-			return 0, err
+			return nil, err
 		}
 	}
 	inBlock := r.pos - b*BlockSize
 	avail := min(int64(r.blockLen)-inBlock, r.end-r.pos)
-	n := copy(p, (*r.buf)[inBlock:inBlock+avail])
-	r.pos += int64(n)
-	return n, nil
+	return (*r.buf)[inBlock : inBlock+avail], nil
+}
+
+// WriteTo implements io.WriterTo. A trusted record goes to w's ReadFrom as an
+// io.LimitedReader over a private descriptor of the segment file (net/http and net.TCPConn
+// turn that into sendfile: no copy through user space); otherwise block by block from the
+// verified buffer, straight into w.
+func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
+	if err := r.ready(); err != nil {
+		if errors.Is(err, io.EOF) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	var total int64
+	if rf, ok := w.(io.ReaderFrom); ok && r.trusted {
+		n, err, handled := r.sendFile(rf)
+		total += n
+		if handled || err != nil {
+			return total, err
+		}
+	}
+	for r.pos < r.end {
+		var chunk []byte
+		if r.trusted {
+			if r.buf == nil {
+				r.buf = blockPool.Get().(*[]byte)
+			}
+			chunk = (*r.buf)[:min(int64(len(*r.buf)), r.end-r.pos)]
+			if err := readAt(r.f, r.path, r.loc, chunk, r.loc.Offset+r.pos); err != nil {
+				r.err = err
+				return total, err
+			}
+		} else {
+			var err error
+			if chunk, err = r.next(); err != nil {
+				return total, err
+			}
+		}
+		n, err := w.Write(chunk)
+		r.pos += int64(n)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// sendFile hands the rest of the range to rf as an io.LimitedReader over a descriptor of its
+// own: sendfile reads from the descriptor's file offset, which the shared handle must not have.
+// The descriptor takes an FD pool slot only if one is free right now (otherwise, or if the
+// file was replaced or changed since the record was verified, handled is false and nothing
+// was sent). It is closed before returning; the shared handle keeps the file alive meanwhile.
+func (r *streamReader) sendFile(rf io.ReaderFrom) (n int64, err error, handled bool) {
+	pool := r.m.pool
+	if !pool.TryAcquire() {
+		return 0, nil, false
+	}
+	f, oerr := os.Open(r.path)
+	if oerr != nil {
+		pool.Release()
+		return 0, nil, false // removed meanwhile: the shared handle still reads it
+	}
+	pf := pool.Adopt(f)
+	defer func() { _ = pf.Close() }()
+	if st, ok := statFile(f); !ok || st != r.state {
+		return 0, nil, false
+	}
+	if _, serr := f.Seek(r.loc.Offset+r.pos, io.SeekStart); serr != nil {
+		return 0, nil, false
+	}
+	r.m.sendfiles.Add(1)
+	want := r.end - r.pos
+	n, err = rf.ReadFrom(&io.LimitedReader{R: f, N: want})
+	r.pos += n
+	if err == nil && n < want {
+		err = corruptError(r.loc, "segment file ends %d bytes early", want-n)
+	}
+	if err != nil {
+		r.err = err
+	}
+	return n, err, true
 }
 
 func (r *streamReader) load(b int64) error {
@@ -236,6 +360,15 @@ func (r *streamReader) load(b int64) error {
 		return err
 	}
 	r.block, r.blockLen = b, n
+	// Blocks are loaded in order, each once, so counting them tells when the reader has
+	// checked the whole record (a range read that skips blocks never gets there).
+	if r.checked++; r.first == 0 && r.checked == blockCount(r.loc.BodySize) {
+		// The file's state is taken after the last check: a write during the reads moves
+		// mtime, so the mark will not match (or is not taken at all, being too recent).
+		if st, ok := statFile(r.f); ok && st == r.state {
+			r.m.verified.mark(r.loc, st)
+		}
+	}
 	return nil
 }
 
