@@ -153,5 +153,7 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinClientT, PermitWithoutStream: true}),
+		// ByteStream Read encodes its chunks without copying them (readcodec.go).
+		codecOption(),
 	}
 }
