@@ -228,8 +228,9 @@ func (r *streamReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if r.trusted {
-		// Verified already: one pread into p, no block buffer, no CRC pass.
+	if r.trusted && len(p) >= BlockSize {
+		// Verified already and a large buffer: one pread into p, no block buffer, no CRC pass.
+		// (A small buffer goes through the block buffer, so it costs one pread per block.)
 		n := int(min(int64(len(p)), r.end-r.pos))
 		if err := readAt(r.f, r.path, r.loc, p[:n], r.loc.Offset+r.pos); err != nil {
 			r.err = err
@@ -282,21 +283,9 @@ func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	for r.pos < r.end {
-		var chunk []byte
-		if r.trusted {
-			if r.buf == nil {
-				r.buf = blockPool.Get().(*[]byte)
-			}
-			chunk = (*r.buf)[:min(int64(len(*r.buf)), r.end-r.pos)]
-			if err := readAt(r.f, r.path, r.loc, chunk, r.loc.Offset+r.pos); err != nil {
-				r.err = err
-				return total, err
-			}
-		} else {
-			var err error
-			if chunk, err = r.next(); err != nil {
-				return total, err
-			}
+		chunk, err := r.next()
+		if err != nil {
+			return total, err
 		}
 		n, err := w.Write(chunk)
 		r.pos += int64(n)
@@ -344,6 +333,7 @@ func (r *streamReader) sendFile(rf io.ReaderFrom) (n int64, err error, handled b
 	return n, err, true
 }
 
+// load reads block b into the block buffer and, unless the record is trusted, checks it.
 func (r *streamReader) load(b int64) error {
 	if r.buf == nil {
 		r.buf = blockPool.Get().(*[]byte)
@@ -354,6 +344,10 @@ func (r *streamReader) load(b int64) error {
 	r.block = -1
 	if err := readAt(r.f, r.path, r.loc, data, r.loc.Offset+lo); err != nil {
 		return err
+	}
+	if r.trusted {
+		r.block, r.blockLen = b, n
+		return nil
 	}
 	want := binary.LittleEndian.Uint32(r.table[(b-r.first)*crcEntryLen:])
 	if err := verifyBlock(r.loc, b, data, want); err != nil {
