@@ -259,9 +259,10 @@ func (sw *sendWriter) ReadFrom(src io.Reader) (int64, error) {
 		return io.CopyBuffer(writerOnly{sw}, src, sw.buf)
 	}
 	var total int64
+	chunk := &io.LimitedReader{R: lr.R}
 	for lr.N > 0 {
 		_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.idle))
-		chunk := &io.LimitedReader{R: lr.R, N: min(lr.N, sendChunkBytes)}
+		chunk.N = min(lr.N, sendChunkBytes)
 		n, err := sw.rf.ReadFrom(chunk)
 		lr.N -= n
 		total += n
