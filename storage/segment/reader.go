@@ -299,12 +299,15 @@ func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
 
 // sendFile hands the rest of the range to rf as an io.LimitedReader over a descriptor of its
 // own: sendfile reads from the descriptor's file offset, which the shared handle must not have.
-// The descriptor takes an FD pool slot only if one is free right now (otherwise, or if the
+// The descriptor takes an FD pool slot only if the pool has room to spare (otherwise, or if the
 // file was replaced or changed since the record was verified, handled is false and nothing
 // was sent). It is closed before returning; the shared handle keeps the file alive meanwhile.
 func (r *streamReader) sendFile(rf io.ReaderFrom) (n int64, err error, handled bool) {
 	pool := r.m.pool
-	if !pool.TryAcquire() {
+	// The descriptor is an extra slot on top of the reader's handle: take it only while a
+	// quarter of the pool stays free, so sendfile never makes a later request wait for a
+	// descriptor (under pressure the read falls back to preads through the handle).
+	if pool.InUse() >= pool.Capacity()-max(pool.Capacity()/4, 1) || !pool.TryAcquire() {
 		return 0, nil, false
 	}
 	f, oerr := os.Open(r.path)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/fdpool"
 )
 
 // backdate sets the segment file's modification time an hour back, as for a record written
@@ -191,5 +192,39 @@ func TestSendOfARemovedSegmentServesItsBytes(t *testing.T) {
 	})
 	if err != nil || !bytes.Equal(got, body) {
 		t.Fatalf("send after removal: %v (%d bytes)", err, len(got))
+	}
+}
+
+func TestSendfileLeavesHeadroomInTheFDPool(t *testing.T) {
+	pool, err := fdpool.New(8, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := openManager(t, Options{Pool: pool, HandleCacheSize: 1})
+	body := streamBody()
+	loc := commit(t, m, "hot", body)
+	backdate(t, m, loc)
+	mustRead(t, m, loc, "hot", body)
+	// Others hold slots until the pool (directory, active segment and read handles, those
+	// slots) has no quarter left to spare: the trusted read is sent with preads, intact.
+	held := 0
+	for pool.InUse() < pool.Capacity()-pool.Capacity()/4 {
+		if err := pool.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		held++
+	}
+	got, err := sendOverTCP(t, m, loc, "hot", 0, -1, nil)
+	for range held {
+		pool.Release()
+	}
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("send under pressure: %v (%d bytes)", err, len(got))
+	}
+	if n := m.sendfiles.Load(); n != 0 {
+		t.Fatalf("sendfile took a descriptor from a pool with no headroom (%d)", n)
+	}
+	if got, err := sendOverTCP(t, m, loc, "hot", 0, -1, nil); err != nil || !bytes.Equal(got, body) || m.sendfiles.Load() != 1 {
+		t.Fatalf("send with room: %v (%d bytes, %d sendfiles)", err, len(got), m.sendfiles.Load())
 	}
 }
