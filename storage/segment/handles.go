@@ -44,6 +44,10 @@ type handle struct {
 	cached     bool
 	prev, next *handle
 
+	// offsetMu is held by the one sender (streamReader.sendFile) that uses f's file offset;
+	// preads never touch it.
+	offsetMu sync.Mutex
+
 	ready chan struct{} // closed when the open finished
 	err   error         // the open's failure; set before ready is closed
 }

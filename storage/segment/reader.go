@@ -297,28 +297,33 @@ func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
 	return total, nil
 }
 
-// sendFile hands the rest of the range to rf as an io.LimitedReader over a descriptor of its
-// own: sendfile reads from the descriptor's file offset, which the shared handle must not have.
-// The descriptor takes an FD pool slot only if the pool has room to spare (otherwise, or if the
-// file was replaced or changed since the record was verified, handled is false and nothing
-// was sent). It is closed before returning; the shared handle keeps the file alive meanwhile.
+// sendFile hands the rest of the range to rf as an io.LimitedReader over a segment
+// descriptor positioned at the range: net.TCPConn turns that into sendfile, which reads from
+// the descriptor's file offset. The shared handle's offset is unused by preads, so one sender
+// at a time may own it (offsetMu) at no descriptor cost. A concurrent sender opens a private
+// descriptor, an extra FD pool slot, only while half of the pool is free and nobody waits for
+// a slot, so sendfile never makes another request wait for a descriptor; otherwise, or if
+// the file was removed by eviction (the handle keeps it readable) or replaced, handled is
+// false, nothing was sent, and the caller falls back to preads.
 func (r *streamReader) sendFile(rf io.ReaderFrom) (n int64, err error, handled bool) {
-	pool := r.m.pool
-	// The descriptor is an extra slot on top of the reader's handle: take it only while a
-	// quarter of the pool stays free, so sendfile never makes a later request wait for a
-	// descriptor (under pressure the read falls back to preads through the handle).
-	if pool.InUse() >= pool.Capacity()-max(pool.Capacity()/4, 1) || !pool.TryAcquire() {
-		return 0, nil, false
-	}
-	f, oerr := os.Open(r.path)
-	if oerr != nil {
-		pool.Release()
-		return 0, nil, false // removed meanwhile: the shared handle still reads it
-	}
-	pf := pool.Adopt(f)
-	defer func() { _ = pf.Close() }()
-	if st, ok := statFile(f); !ok || st != r.state {
-		return 0, nil, false
+	f := r.f
+	if r.h.offsetMu.TryLock() {
+		defer r.h.offsetMu.Unlock()
+	} else {
+		pool := r.m.pool
+		if pool.Waiters() > 0 || pool.InUse() >= pool.Capacity()/2 || !pool.TryAcquire() {
+			return 0, nil, false
+		}
+		pf, oerr := os.Open(r.path)
+		if oerr != nil {
+			pool.Release()
+			return 0, nil, false
+		}
+		defer func() { _ = pool.Adopt(pf).Close() }()
+		if st, ok := statFile(pf); !ok || st != r.state {
+			return 0, nil, false
+		}
+		f = pf
 	}
 	if _, serr := f.Seek(r.loc.Offset+r.pos, io.SeekStart); serr != nil {
 		return 0, nil, false

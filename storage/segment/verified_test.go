@@ -195,7 +195,10 @@ func TestSendOfARemovedSegmentServesItsBytes(t *testing.T) {
 	}
 }
 
-func TestSendfileLeavesHeadroomInTheFDPool(t *testing.T) {
+// TestSendfileDescriptors: one sender per segment uses the shared handle's offset (no extra
+// descriptor); a concurrent one opens a private descriptor only while half of the FD pool is
+// free, and otherwise sends with preads — intact either way.
+func TestSendfileDescriptors(t *testing.T) {
 	pool, err := fdpool.New(8, time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -205,26 +208,35 @@ func TestSendfileLeavesHeadroomInTheFDPool(t *testing.T) {
 	loc := commit(t, m, "hot", body)
 	backdate(t, m, loc)
 	mustRead(t, m, loc, "hot", body)
-	// Others hold slots until the pool (directory, active segment and read handles, those
-	// slots) has no quarter left to spare: the trusted read is sent with preads, intact.
+	send := func(what string, wantSendfiles uint64) {
+		t.Helper()
+		got, err := sendOverTCP(t, m, loc, "hot", 0, -1, nil)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("%s: %v (%d bytes)", what, err, len(got))
+		}
+		if n := m.sendfiles.Load(); n != wantSendfiles {
+			t.Fatalf("%s: %d sendfiles, want %d", what, n, wantSendfiles)
+		}
+	}
 	held := 0
-	for pool.InUse() < pool.Capacity()-pool.Capacity()/4 {
+	for pool.InUse() < pool.Capacity()/2 {
 		if err := pool.Acquire(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		held++
 	}
-	got, err := sendOverTCP(t, m, loc, "hot", 0, -1, nil)
+	send("under pressure, offset free", 1)
+	m.handles.mu.Lock()
+	h := m.handles.entries[loc.Segment]
+	m.handles.mu.Unlock()
+	if h == nil {
+		t.Fatal("the segment's handle is not cached")
+	}
+	h.offsetMu.Lock() // another sender owns the shared offset
+	send("under pressure, offset taken", 1)
 	for range held {
 		pool.Release()
 	}
-	if err != nil || !bytes.Equal(got, body) {
-		t.Fatalf("send under pressure: %v (%d bytes)", err, len(got))
-	}
-	if n := m.sendfiles.Load(); n != 0 {
-		t.Fatalf("sendfile took a descriptor from a pool with no headroom (%d)", n)
-	}
-	if got, err := sendOverTCP(t, m, loc, "hot", 0, -1, nil); err != nil || !bytes.Equal(got, body) || m.sendfiles.Load() != 1 {
-		t.Fatalf("send with room: %v (%d bytes, %d sendfiles)", err, len(got), m.sendfiles.Load())
-	}
+	send("with room, offset taken", 2)
+	h.offsetMu.Unlock()
 }
