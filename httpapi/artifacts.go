@@ -157,28 +157,41 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 	// With no server-wide WriteTimeout, a deadline left behind would hit the connection's next
 	// response.
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	sw := &sendWriter{w: w, rc: rc, idle: s.idle, buf: buf}
+	if rf, ok := w.Unwrap().(io.ReaderFrom); ok {
+		sw.rf = rf
+	}
 	var sent int64
-	for {
-		if n > 0 {
-			_ = rc.SetWriteDeadline(time.Now().Add(s.idle))
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				// The client went away or stalled past the idle timeout.
-				s.metrics.read(t, resultError, sent)
-				s.log.DebugContext(r.Context(), "send artifact", "key", t.key.String(), "sent", sent, "error", werr)
-				return nil
-			}
-			sent += int64(n)
-		}
-		if rerr != nil {
-			if errors.Is(rerr, io.EOF) {
-				break
-			}
+	if n > 0 {
+		if _, werr := sw.Write(buf[:n]); werr != nil {
 			s.metrics.read(t, resultError, sent)
-			s.log.ErrorContext(r.Context(), "artifact read failed mid-stream; aborting response", "key", t.key.String(),
-				"sent", sent, "size", info.Size, "error", rerr)
-			panic(http.ErrAbortHandler)
+			s.log.DebugContext(r.Context(), "send artifact", "key", t.key.String(), "sent", sent, "error", werr)
+			return nil
 		}
-		n, rerr = rd.Read(buf)
+		sent += int64(n)
+	}
+	if rerr == nil {
+		// The rest goes through io.Copy, so a segment reader can hand the socket a verified
+		// file section (sendfile) instead of copying it through buf.
+		m, cerr := io.Copy(sw, rd)
+		sent += m
+		rerr = cerr
+		if rerr == nil {
+			rerr = io.EOF
+		}
+	}
+	switch {
+	case errors.Is(rerr, io.EOF):
+	case sw.failed != nil:
+		// The client went away or stalled past the idle timeout.
+		s.metrics.read(t, resultError, sent)
+		s.log.DebugContext(r.Context(), "send artifact", "key", t.key.String(), "sent", sent, "error", sw.failed)
+		return nil
+	default:
+		s.metrics.read(t, resultError, sent)
+		s.log.ErrorContext(r.Context(), "artifact read failed mid-stream; aborting response", "key", t.key.String(),
+			"sent", sent, "size", info.Size, "error", rerr)
+		panic(http.ErrAbortHandler)
 	}
 	s.metrics.read(t, resultHit, sent)
 	s.recordTransfer(t, analytics.Download, sent)
@@ -212,6 +225,66 @@ func (s *Server) statObject(c echo.Context, t target, status int) error {
 	c.Response().WriteHeader(status)
 	return nil
 }
+
+// sendChunkBytes is the most one sendfile call may send under one write deadline: a client
+// must take at least this much per idle timeout (512 KiB per 2 min, about 4 KiB/s) to stay
+// connected, as with any other response chunk.
+const sendChunkBytes = 512 << 10
+
+// sendWriter writes a response body, pushing the write deadline forward before every chunk
+// (see Server.Serve) and remembering whether a failure was the client's. Its ReadFrom passes
+// an io.LimitedReader over a file on to net/http's ReadFrom (and so to sendfile), in chunks of
+// sendChunkBytes; anything else is copied through buf.
+type sendWriter struct {
+	w      *echo.Response
+	rf     io.ReaderFrom // the net/http response under w; nil: no ReadFrom
+	rc     *http.ResponseController
+	idle   time.Duration
+	buf    []byte
+	failed error // first write error
+}
+
+func (sw *sendWriter) Write(p []byte) (int, error) {
+	_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.idle))
+	n, err := sw.w.Write(p)
+	if err != nil && sw.failed == nil {
+		sw.failed = err
+	}
+	return n, err
+}
+
+func (sw *sendWriter) ReadFrom(src io.Reader) (int64, error) {
+	lr, ok := src.(*io.LimitedReader)
+	if !ok || sw.rf == nil {
+		return io.CopyBuffer(writerOnly{sw}, src, sw.buf)
+	}
+	var total int64
+	chunk := &io.LimitedReader{R: lr.R}
+	for lr.N > 0 {
+		_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.idle))
+		chunk.N = min(lr.N, sendChunkBytes)
+		n, err := sw.rf.ReadFrom(chunk)
+		lr.N -= n
+		total += n
+		// Written around echo's Response: keep its byte count (access log, tracing) right.
+		sw.w.Size += n
+		if err != nil {
+			// A failing sendfile cannot tell a socket error from a file error; either way
+			// the response is cut short, and what was sent is a prefix of verified bytes.
+			if sw.failed == nil {
+				sw.failed = err
+			}
+			return total, err
+		}
+		if n == 0 {
+			break // the source ended early; the caller sees the shortfall
+		}
+	}
+	return total, nil
+}
+
+// writerOnly hides sendWriter's ReadFrom from io.CopyBuffer.
+type writerOnly struct{ io.Writer }
 
 // readSome reads until it gets at least one byte, an error or EOF.
 func readSome(r io.Reader, p []byte) (int, error) {

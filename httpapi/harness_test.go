@@ -42,6 +42,9 @@ type harness struct {
 	addr   string
 	base   string
 	client *http.Client
+	// dataDir and storeReg are the disk store's directory and metrics (disk only).
+	dataDir  string
+	storeReg *prometheus.Registry
 }
 
 type harnessOpts struct {
@@ -77,12 +80,16 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		backing storage.Store
 		st      storage.Store
 		mp      storage.Multipart
+
+		dataDir  string
+		storeReg *prometheus.Registry
 	)
 	if o.disk {
 		if o.wrap != nil {
 			t.Fatal("harness: wrap works on the memory store only")
 		}
-		ds := openDiskStore(t)
+		dataDir, storeReg = t.TempDir(), prometheus.NewRegistry()
+		ds := openDiskStore(t, dataDir, storeReg)
 		backing, st, mp = ds, ds, ds
 	} else {
 		mem = storagetest.NewMemory()
@@ -118,7 +125,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	// through ephemeral ports (the default keeps 2 per host).
 	tr := &http.Transport{DisableCompression: true, MaxIdleConns: 256, MaxIdleConnsPerHost: 256}
 	h := &harness{t: t, srv: s, mem: mem, store: backing, reg: reg, addr: ln.Addr().String(),
-		base: "http://" + ln.Addr().String(), client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+		base: "http://" + ln.Addr().String(), client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, dataDir: dataDir, storeReg: storeReg}
 	t.Cleanup(func() {
 		tr.CloseIdleConnections()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -217,9 +224,9 @@ func expectEmpty404(t testing.TB, r response) {
 }
 
 // openDiskStore opens storage/local in a temporary directory and closes it at cleanup.
-func openDiskStore(t testing.TB) *local.Store {
+func openDiskStore(t testing.TB, dir string, reg prometheus.Registerer) *local.Store {
 	t.Helper()
-	ds, err := local.Open(local.Options{DataDir: t.TempDir(), Registerer: prometheus.NewRegistry()})
+	ds, err := local.Open(local.Options{DataDir: dir, Registerer: reg})
 	if err != nil {
 		t.Fatalf("open disk store: %v", err)
 	}

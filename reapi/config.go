@@ -167,5 +167,7 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 		// connection, received into buffers as fast as the handler consumes them.
 		grpc.InitialWindowSize(streamWindowBytes),
 		grpc.InitialConnWindowSize(connWindowBytes),
+		// ByteStream Read encodes its chunks without copying them (readcodec.go).
+		codecOption(),
 	}
 }

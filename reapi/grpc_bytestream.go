@@ -8,6 +8,7 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc/mem"
 
 	"github.com/kuracache/kura/storage"
 )
@@ -80,19 +81,23 @@ type eofReader struct{}
 
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
-// sendChunks sends exactly length bytes of body. Each message gets its own buffer: gRPC may
-// still hold a sent message (stats handlers, tracing), so buffers are never reused.
+// sendChunks sends exactly length bytes of body. Each chunk is read straight into a pooled
+// buffer whose reference goes to gRPC with the message (readcodec.go): the transport gives it
+// back to the pool once the bytes are on the connection, so no buffer is reused while gRPC
+// may still hold it.
 func sendChunks(stream bspb.ByteStream_ReadServer, body io.Reader, length int64) (int64, error) {
 	sent := int64(0)
 	for sent < length {
-		buf := make([]byte, min(length-sent, readChunkBytes))
-		if _, err := io.ReadFull(body, buf); err != nil {
+		n := int(min(length-sent, readChunkBytes))
+		b := chunkPool.Get(n)
+		if _, err := io.ReadFull(body, *b); err != nil {
+			chunkPool.Put(b)
 			return sent, fmt.Errorf("read from the store at byte %d: %w", sent, err)
 		}
-		if err := stream.Send(&bspb.ReadResponse{Data: buf}); err != nil {
+		if err := stream.SendMsg(&readChunk{data: mem.NewBuffer(b, chunkPool)}); err != nil {
 			return sent, fmt.Errorf("send: %w", err)
 		}
-		sent += int64(len(buf))
+		sent += int64(n)
 	}
 	return sent, nil
 }

@@ -257,23 +257,20 @@ func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobs
 	}
 	zstdOK := slices.Contains(req.GetAcceptableCompressors(), repb.Compressor_ZSTD)
 	resp := &repb.BatchReadBlobsResponse{Responses: make([]*repb.BatchReadBlobsResponse_Response, len(req.GetDigests()))}
-	var g errgroup.Group
-	g.SetLimit(batchParallelism)
-	for i, pd := range req.GetDigests() {
-		g.Go(func() error {
-			r := &repb.BatchReadBlobsResponse_Response{Digest: pd}
-			data, err := c.s.readItem(ctx, ns, pd)
-			if err == nil && zstdOK {
-				data = c.s.codecs.block.EncodeAll(data, nil)
-				r.Compressor = repb.Compressor_ZSTD
-			}
-			r.Data = data
-			r.Status = toStatusProto(err)
-			resp.Responses[i] = r
-			return nil
-		})
-	}
-	_ = g.Wait() // items report their errors in their own status
+	digests := req.GetDigests()
+	// Items report their errors in their own status.
+	runItems(len(digests), batchParallelism, func(i int) {
+		pd := digests[i]
+		r := &repb.BatchReadBlobsResponse_Response{Digest: pd}
+		data, err := c.s.readItem(ctx, ns, pd)
+		if err == nil && zstdOK {
+			data = c.s.codecs.block.EncodeAll(data, nil)
+			r.Compressor = repb.Compressor_ZSTD
+		}
+		r.Data = data
+		r.Status = toStatusProto(err)
+		resp.Responses[i] = r
+	})
 	return resp, nil
 }
 

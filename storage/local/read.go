@@ -175,7 +175,7 @@ func (s *Store) Open(ctx context.Context, key storage.Key, offset, length int64)
 		}
 		rc, err := s.segs.OpenRecord(ctx, toSegmentLocation(m.Location), name, offset, length)
 		if err == nil {
-			return &recordReader{rc: rc, info: info, onCorrupt: func(cause error) { s.dropCorrupt(key, &m, cause) }}, nil
+			return &recordReader{rc: rc, info: info, s: s, m: m}, nil
 		}
 		if !errors.Is(err, storage.ErrCorrupt) && !errors.Is(err, fs.ErrNotExist) {
 			return nil, classify("open "+key.String(), err)
@@ -213,16 +213,32 @@ func (r *inlineReader) Info() storage.Info { return r.info }
 // recordReader serves a segment record; the segment reader verifies each block before handing
 // out its bytes, and a failure drops the record so later reads see ErrNotFound.
 type recordReader struct {
-	rc        io.ReadCloser
-	info      storage.Info
-	onCorrupt func(error)
-	once      sync.Once
+	rc   io.ReadCloser
+	info storage.Info
+	// s and m: a failure drops m (the manifest that was read) from s.
+	s    *Store
+	m    meta.Manifest
+	once sync.Once
 }
 
 func (r *recordReader) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p)
 	if err != nil && errors.Is(err, storage.ErrCorrupt) {
-		r.once.Do(func() { r.onCorrupt(err) })
+		r.corrupt(err)
+	}
+	return n, err
+}
+
+func (r *recordReader) corrupt(cause error) {
+	r.once.Do(func() { r.s.dropCorrupt(r.info.Key, &r.m, cause) })
+}
+
+// WriteTo implements io.WriterTo so that io.Copy reaches the segment reader's WriteTo (which
+// sends a verified record with sendfile) through this wrapper.
+func (r *recordReader) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.Copy(w, r.rc)
+	if err != nil && errors.Is(err, storage.ErrCorrupt) {
+		r.corrupt(err)
 	}
 	return n, err
 }

@@ -44,6 +44,10 @@ type handle struct {
 	cached     bool
 	prev, next *handle
 
+	// offsetMu is held by the one sender (streamReader.sendFile) that uses f's file offset;
+	// preads never touch it.
+	offsetMu sync.Mutex
+
 	ready chan struct{} // closed when the open finished
 	err   error         // the open's failure; set before ready is closed
 }
@@ -247,6 +251,10 @@ type HandleStats struct {
 	Open int64
 	// Cached is the number of handles in the cache; Capacity its size.
 	Cached, Capacity int
+	// TrustedReads counts streamed record reads served without checking blocks again, the
+	// record having been checked recently (verified.go); Sendfiles those of them handed to a
+	// socket with sendfile.
+	TrustedReads, Sendfiles uint64
 }
 
 // HandleStats returns the read-handle cache's counters.
@@ -256,7 +264,8 @@ func (m *Manager) HandleStats() HandleStats {
 	cached := len(c.entries)
 	c.mu.Unlock()
 	return HandleStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(),
-		Open: c.open.Load(), Cached: cached, Capacity: c.size}
+		Open: c.open.Load(), Cached: cached, Capacity: c.size,
+		TrustedReads: m.trustedReads.Load(), Sendfiles: m.sendfiles.Load()}
 }
 
 // TrimHandles closes every idle cached read handle and returns how many it closed. The memory

@@ -70,7 +70,7 @@ func (m *Manager) OpenRecord(ctx context.Context, loc Location, name []byte, off
 		defer m.handles.release(h)
 		return readWholeRecord(h.f.File, path, loc, name, start, end)
 	}
-	r, err := openStreamReader(h.f.File, path, loc, name, start, end)
+	r, err := m.openStreamReader(h.f.File, path, loc, name, start, end)
 	if err != nil {
 		m.handles.release(h)
 		return nil, err
@@ -152,15 +152,23 @@ func readWholeRecord(f *os.File, path string, loc Location, name []byte, start, 
 }
 
 // streamReader serves a large record block by block, verifying each block before copying any
-// of it out.
+// of it out — unless the whole record was verified recently (see verifiedSet), in which case
+// it reads straight into the caller's buffer or, through WriteTo, sends the file to a socket.
 type streamReader struct {
+	m     *Manager
 	f     *os.File // h's descriptor, shared with other readers (pread only)
 	h     *handle
 	cache *handleCache
 	path  string
 	loc   Location
-	table []byte // CRC entries of blocks [firstBlock, ...)
+	table []byte // CRC entries of blocks [firstBlock, ...); nil when trusted
 	first int64  // first block of the range
+
+	// trusted: the record is in the verified set and the file is in state (checked at open).
+	trusted bool
+	state   fileState
+	// checked counts blocks verified by this reader; all of them means the record is marked.
+	checked int64
 
 	pos, end int64   // next body offset to return; end of the range
 	buf      *[]byte // pooled block buffer
@@ -170,7 +178,7 @@ type streamReader struct {
 	closed   bool
 }
 
-func openStreamReader(f *os.File, path string, loc Location, name []byte, start, end int64) (*streamReader, error) {
+func (m *Manager) openStreamReader(f *os.File, path string, loc Location, name []byte, start, end int64) (*streamReader, error) {
 	ftLen := footerLen(len(name))
 	footerBuf := make([]byte, ftLen)
 	if err := readAt(f, path, loc, footerBuf, loc.Offset+loc.RecordSize-ftLen); err != nil {
@@ -179,9 +187,16 @@ func openStreamReader(f *os.File, path string, loc Location, name []byte, start,
 	if err := checkFooter(loc, footerBuf, name); err != nil {
 		return nil, err
 	}
-	r := &streamReader{f: f, path: path, loc: loc, pos: start, end: end, block: -1}
+	r := &streamReader{m: m, f: f, path: path, loc: loc, pos: start, end: end, block: -1}
+	if st, ok := statFile(f); ok {
+		r.state = st
+		r.trusted = m.verified.trusted(loc, st)
+		if r.trusted {
+			m.trustedReads.Add(1)
+		}
+	}
 	first, last := blockRange(start, end)
-	if last > first {
+	if last > first && !r.trusted {
 		// The footer matched, so the record (and with it this table) lies within the file:
 		// the allocation is bounded by what is actually on disk.
 		r.table = make([]byte, (last-first)*crcEntryLen)
@@ -193,33 +208,140 @@ func openStreamReader(f *os.File, path string, loc Location, name []byte, start,
 	return r, nil
 }
 
+// ready reports whether there is something to read (nil) or why not.
+func (r *streamReader) ready() error {
+	switch {
+	case r.closed:
+		return os.ErrClosed
+	case r.err != nil:
+		return r.err
+	case r.pos >= r.end:
+		return io.EOF
+	}
+	return nil
+}
+
 func (r *streamReader) Read(p []byte) (int, error) {
-	if r.closed {
-		return 0, os.ErrClosed
-	}
-	if r.err != nil {
-		return 0, r.err
-	}
-	if r.pos >= r.end {
-		return 0, io.EOF
+	if err := r.ready(); err != nil {
+		return 0, err
 	}
 	if len(p) == 0 {
 		return 0, nil
 	}
-	b := r.pos / BlockSize
-	if b != r.block {
-		if err := r.load(b); err != nil {
+	if r.trusted && len(p) >= BlockSize {
+		// Verified already and a large buffer: one pread into p, no block buffer, no CRC pass.
+		// (A small buffer goes through the block buffer, so it costs one pread per block.)
+		n := int(min(int64(len(p)), r.end-r.pos))
+		if err := readAt(r.f, r.path, r.loc, p[:n], r.loc.Offset+r.pos); err != nil {
 			r.err = err
 			return 0, err
 		}
+		r.pos += int64(n)
+		return n, nil
 	}
-	inBlock := r.pos - b*BlockSize
-	avail := min(int64(r.blockLen)-inBlock, r.end-r.pos)
-	n := copy(p, (*r.buf)[inBlock:inBlock+avail])
+	chunk, err := r.next()
+	if err != nil {
+		return 0, err
+	}
+	n := copy(p, chunk)
 	r.pos += int64(n)
 	return n, nil
 }
 
+// next returns the verified bytes from pos to the end of pos's block (or of the range),
+// loading the block first if needed. The caller advances pos.
+func (r *streamReader) next() ([]byte, error) {
+	b := r.pos / BlockSize
+	if b != r.block {
+		if err := r.load(b); err != nil {
+			r.err = err
+			return nil, err
+		}
+	}
+	inBlock := r.pos - b*BlockSize
+	avail := min(int64(r.blockLen)-inBlock, r.end-r.pos)
+	return (*r.buf)[inBlock : inBlock+avail], nil
+}
+
+// WriteTo implements io.WriterTo. A trusted record goes to w's ReadFrom as an
+// io.LimitedReader over a private descriptor of the segment file (net/http and net.TCPConn
+// turn that into sendfile: no copy through user space); otherwise block by block from the
+// verified buffer, straight into w.
+func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
+	if err := r.ready(); err != nil {
+		if errors.Is(err, io.EOF) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	var total int64
+	if rf, ok := w.(io.ReaderFrom); ok && r.trusted {
+		n, err, handled := r.sendFile(rf)
+		total += n
+		if handled || err != nil {
+			return total, err
+		}
+	}
+	for r.pos < r.end {
+		chunk, err := r.next()
+		if err != nil {
+			return total, err
+		}
+		n, err := w.Write(chunk)
+		r.pos += int64(n)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// sendFile hands the rest of the range to rf as an io.LimitedReader over a segment
+// descriptor positioned at the range: net.TCPConn turns that into sendfile, which reads from
+// the descriptor's file offset. The shared handle's offset is unused by preads, so one sender
+// at a time may own it (offsetMu) at no descriptor cost. A concurrent sender opens a private
+// descriptor, an extra FD pool slot, only while half of the pool is free and nobody waits for
+// a slot, so sendfile never makes another request wait for a descriptor; otherwise, or if
+// the file was removed by eviction (the handle keeps it readable) or replaced, handled is
+// false, nothing was sent, and the caller falls back to preads.
+func (r *streamReader) sendFile(rf io.ReaderFrom) (n int64, err error, handled bool) {
+	f := r.f
+	if r.h.offsetMu.TryLock() {
+		defer r.h.offsetMu.Unlock()
+	} else {
+		pool := r.m.pool
+		if pool.Waiters() > 0 || pool.InUse() >= pool.Capacity()/2 || !pool.TryAcquire() {
+			return 0, nil, false
+		}
+		pf, oerr := os.Open(r.path)
+		if oerr != nil {
+			pool.Release()
+			return 0, nil, false
+		}
+		defer func() { _ = pool.Adopt(pf).Close() }()
+		if st, ok := statFile(pf); !ok || st != r.state {
+			return 0, nil, false
+		}
+		f = pf
+	}
+	if _, serr := f.Seek(r.loc.Offset+r.pos, io.SeekStart); serr != nil {
+		return 0, nil, false
+	}
+	r.m.sendfiles.Add(1)
+	want := r.end - r.pos
+	n, err = rf.ReadFrom(&io.LimitedReader{R: f, N: want})
+	r.pos += n
+	if err == nil && n < want {
+		err = corruptError(r.loc, "segment file ends %d bytes early", want-n)
+	}
+	if err != nil {
+		r.err = err
+	}
+	return n, err, true
+}
+
+// load reads block b into the block buffer and, unless the record is trusted, checks it.
 func (r *streamReader) load(b int64) error {
 	if r.buf == nil {
 		r.buf = blockPool.Get().(*[]byte)
@@ -231,11 +353,24 @@ func (r *streamReader) load(b int64) error {
 	if err := readAt(r.f, r.path, r.loc, data, r.loc.Offset+lo); err != nil {
 		return err
 	}
+	if r.trusted {
+		r.block, r.blockLen = b, n
+		return nil
+	}
 	want := binary.LittleEndian.Uint32(r.table[(b-r.first)*crcEntryLen:])
 	if err := verifyBlock(r.loc, b, data, want); err != nil {
 		return err
 	}
 	r.block, r.blockLen = b, n
+	// Blocks are loaded in order, each once, so counting them tells when the reader has
+	// checked the whole record (a range read that skips blocks never gets there).
+	if r.checked++; r.first == 0 && r.checked == blockCount(r.loc.BodySize) {
+		// The file's state is taken after the last check: a write during the reads moves
+		// mtime, so the mark will not match (or is not taken at all, being too recent).
+		if st, ok := statFile(r.f); ok && st == r.state {
+			r.m.verified.mark(r.loc, st)
+		}
+	}
 	return nil
 }
 
