@@ -236,19 +236,13 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 			tomb = tombstone{v, ok}
 			tombs[nk] = tomb
 		}
-		var prev *meta.Manifest
 		unchanged := p.absent && s.keyGenSlot(s.keyHash(key)).Load() == p.keyGen &&
 			s.nsGen[s.nsStripe(key.Tenant, key.Namespace)].Load() == p.nsGen
-		switch cur, err := s.getManifestUnless(unchanged, key); {
-		case err == nil:
-			prev = &cur
-		case errors.Is(err, storage.ErrCorrupt):
-			s.log.Error("replacing corrupt manifest", "key", key.String(), "error", err)
-			s.metrics.corrupt.Inc()
-			unknownPrev = true
-		case !errors.Is(err, storage.ErrNotFound):
-			return false, classify("put "+key.String(), err)
+		prev, corrupt, err := s.previousManifest(key, unchanged)
+		if err != nil {
+			return false, err
 		}
+		unknownPrev = unknownPrev || corrupt
 		// A client's write (version 0): ordered after everything seen for the key and the
 		// namespace, as in commitManifest.
 		if tomb.ok {
@@ -313,15 +307,6 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 	}
 	s.afterCommit()
 	return true, nil
-}
-
-// getManifestUnless is GetManifest, or its miss without asking Pebble when absent says the
-// first-writer check's miss still holds (nothing changed the key's stripes since).
-func (s *Store) getManifestUnless(absent bool, key storage.Key) (meta.Manifest, error) {
-	if absent {
-		return meta.Manifest{}, storage.ErrNotFound
-	}
-	return s.db.GetManifest(key)
 }
 
 // commitDigestedMany is commitDigested for a batch of puts.

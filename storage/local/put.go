@@ -177,6 +177,30 @@ func copyOf(m meta.Manifest) storage.Copy {
 	return storage.Copy{Version: m.Version, SHA256: m.SHA256, Evicted: m.Evicted}
 }
 
+// previousManifest reads the manifest a commit of key is about to replace (knownAbsent: the
+// caller proved none exists since it last looked, so nothing is read). A damaged one is
+// logged, counted and reported as corrupt with no manifest: the commit overwrites it (last
+// writer wins) or replaces it (first writer wins on a damaged entry is no win), so the damaged
+// value is gone after the batch, and the digests are rebuilt since its contribution cannot be
+// computed.
+func (s *Store) previousManifest(key storage.Key, knownAbsent bool) (prev *meta.Manifest, corrupt bool, err error) {
+	if knownAbsent {
+		return nil, false, nil
+	}
+	switch cur, err := s.db.GetManifest(key); {
+	case err == nil:
+		return &cur, false, nil
+	case errors.Is(err, storage.ErrCorrupt):
+		s.log.Error("replacing corrupt manifest", "key", key.String(), "error", err)
+		s.metrics.corrupt.Inc()
+		return nil, true, nil
+	case errors.Is(err, storage.ErrNotFound):
+		return nil, false, nil
+	default:
+		return nil, false, classify("put "+key.String(), err)
+	}
+}
+
 // commitManifest is the final check-and-commit, under the namespace (shared) and key locks:
 // tombstone, the conflict rule (storage.Replaces), then one synced batch with the manifest,
 // its segment-index entry and OnCommit's additions, and the digest update.
@@ -203,20 +227,9 @@ func (s *Store) commitManifest(ctx context.Context, key storage.Key, m meta.Mani
 	if err != nil {
 		return storage.PutResult{}, classify("put "+key.String(), err)
 	}
-	var prev *meta.Manifest
-	unknownPrev := false
-	switch cur, err := s.db.GetManifest(key); {
-	case err == nil:
-		prev = &cur
-	case errors.Is(err, storage.ErrCorrupt):
-		// Overwritten below (last writer wins) or replaced (first writer wins on a damaged
-		// entry is no win): either way the damaged value is gone after this batch, and the
-		// digests are rebuilt since its contribution cannot be computed.
-		s.log.Error("replacing corrupt manifest", "key", key.String(), "error", err)
-		s.metrics.corrupt.Inc()
-		unknownPrev = true
-	case !errors.Is(err, storage.ErrNotFound):
-		return storage.PutResult{}, classify("put "+key.String(), err)
+	prev, unknownPrev, err := s.previousManifest(key, false)
+	if err != nil {
+		return storage.PutResult{}, err
 	}
 	version := requested
 	if version == 0 {
