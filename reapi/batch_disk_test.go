@@ -49,7 +49,7 @@ func TestBatchUpdateBlobsOnDisk(t *testing.T) {
 	}
 	for _, b := range [][]byte{good, other, compressed} {
 		d, _ := parseDigest(digestOf(b))
-		got, err := h.read(casKey(testTenant, "main", d))
+		got, err := h.stored(casKey(testTenant, "main", d))
 		if err != nil || !bytes.Equal(got, b) {
 			t.Errorf("blob %s reads %d bytes, %v", d, len(got), err)
 		}
@@ -62,7 +62,8 @@ func TestBatchUpdateBlobsOnDisk(t *testing.T) {
 	}
 }
 
-func (h *diskHarness) read(key storage.Key) ([]byte, error) {
+// stored reads what the store holds under key, around the server.
+func (h *harness) stored(key storage.Key) ([]byte, error) {
 	r, err := h.store.Open(context.Background(), key, 0, -1)
 	if err != nil {
 		return nil, err

@@ -26,6 +26,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kuracache/kura/storage"
+	"github.com/kuracache/kura/storage/local"
+	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/storagetest"
 )
 
@@ -53,6 +55,28 @@ type harness struct {
 func newHarness(t testing.TB, cfg Config, wrap func(storage.Store) storage.Store) *harness {
 	t.Helper()
 	return newGuardedHarness(t, cfg, wrap, nil)
+}
+
+// newDiskHarness is newHarness over a real disk store (Pebble and segment files in a
+// temporary directory, fsync on), for the benchmarks of the write and read paths.
+func newDiskHarness(t testing.TB) *harness {
+	t.Helper()
+	return newHarness(t, Config{}, func(storage.Store) storage.Store {
+		st, err := local.Open(local.Options{
+			DataDir:    t.TempDir(),
+			Registerer: prometheus.NewRegistry(),
+			Metadata:   meta.Options{BlockCacheBytes: 8 << 20, MemTableBytes: 64 << 20},
+		})
+		if err != nil {
+			t.Fatalf("open store: %v", err)
+		}
+		t.Cleanup(func() {
+			if err := st.Close(); err != nil {
+				t.Errorf("close store: %v", err)
+			}
+		})
+		return st
+	})
 }
 
 // newGuardedHarness is newHarness with an access policy on every call.

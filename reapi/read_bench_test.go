@@ -7,11 +7,7 @@ import (
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
-
-	"github.com/kuracache/kura/storage"
-	"github.com/kuracache/kura/storage/local"
 )
 
 // Read-path benchmarks over loopback gRPC on the real disk store (storage/local): ByteStream
@@ -20,22 +16,10 @@ import (
 //
 //	go test -run '^$' -bench 'Read' -benchmem ./reapi/
 
-func harnessOnDisk(b *testing.B) *harness {
-	b.Helper()
-	return newHarness(b, Config{}, func(storage.Store) storage.Store {
-		ds, err := local.Open(local.Options{DataDir: b.TempDir(), Registerer: prometheus.NewRegistry()})
-		if err != nil {
-			b.Fatalf("open disk store: %v", err)
-		}
-		b.Cleanup(func() { _ = ds.Close() })
-		return ds
-	})
-}
-
 func BenchmarkByteStreamRead64MiB(b *testing.B) {
 	for _, parallel := range []bool{false, true} {
 		b.Run(map[bool]string{false: "sequential", true: "parallel"}[parallel], func(b *testing.B) {
-			h := harnessOnDisk(b)
+			h := newDiskHarness(b)
 			const size, objects = 64 << 20, 2
 			names := make([]string, objects)
 			for i := range names {
@@ -98,7 +82,7 @@ func BenchmarkByteStreamRead64MiB(b *testing.B) {
 func BenchmarkBatchRead1KiB(b *testing.B) {
 	for _, parallel := range []bool{false, true} {
 		b.Run(map[bool]string{false: "sequential", true: "parallel"}[parallel], func(b *testing.B) {
-			h := harnessOnDisk(b)
+			h := newDiskHarness(b)
 			const objects = 256
 			digests := make([]*repb.Digest, objects)
 			for i := range digests {

@@ -4,20 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"runtime"
 	"sync/atomic"
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/kuracache/kura/storage/local"
-	"github.com/kuracache/kura/storage/meta"
 )
 
 // Benchmarks of the REAPI write path against the real disk store (Pebble and segment files
@@ -28,55 +21,6 @@ import (
 //
 // Profile the server side with -cpuprofile: client and server share the process, so the
 // profile holds both; the client's share is the proto marshalling and the transport.
-
-// diskHarness is a gRPC server over a local.Store on disk and a connected client.
-type diskHarness struct {
-	store *local.Store
-	conn  *grpc.ClientConn
-	cas   repb.ContentAddressableStorageClient
-	bs    bspb.ByteStreamClient
-}
-
-func newDiskHarness(b testing.TB) *diskHarness {
-	b.Helper()
-	st, err := local.Open(local.Options{
-		DataDir:    b.TempDir(),
-		Registerer: prometheus.NewRegistry(),
-		Metadata:   meta.Options{BlockCacheBytes: 8 << 20, MemTableBytes: 64 << 20},
-	})
-	if err != nil {
-		b.Fatalf("open store: %v", err)
-	}
-	srv, err := New(Config{TenantID: testTenant}, Deps{Store: st, Local: st, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		b.Fatalf("New: %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatalf("listen: %v", err)
-	}
-	g := grpc.NewServer(srv.ServerOptions()...)
-	srv.Register(g)
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
-	if err != nil {
-		b.Fatalf("dial: %v", err)
-	}
-	b.Cleanup(func() {
-		_ = conn.Close()
-		g.Stop()
-		if err := <-served; err != nil {
-			b.Errorf("Serve: %v", err)
-		}
-		if err := st.Close(); err != nil {
-			b.Errorf("close store: %v", err)
-		}
-	})
-	return &diskHarness{store: st, conn: conn, cas: repb.NewContentAddressableStorageClient(conn), bs: bspb.NewByteStreamClient(conn)}
-}
 
 // BenchmarkBatchUpdateBlobs100x1KiB: one op is a BatchUpdateBlobs of 100 new 1 KiB blobs;
 // blobs/s is the figure to compare with the bench suite's batch-update-1k scenario.
