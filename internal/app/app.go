@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -335,6 +336,10 @@ func (a *App) closeOpened() {
 		if ln != nil {
 			_ = ln.Close()
 		}
+	}
+	if a.peerServer != nil {
+		// Never served, so nothing runs in it, but NewServer started its stream workers.
+		a.peerServer.Stop(context.Background())
 	}
 	if a.cluster != nil {
 		if err := a.cluster.Close(); err != nil {
