@@ -223,6 +223,7 @@ func (rt *ReadThrough) FindMissing(ctx context.Context, keys []storage.Key) ([]s
 	}
 	holders := rt.askPeers(ctx, orderPeers(peers, rt.region), missing)
 	if len(holders) == 0 {
+		rt.vouched.WithLabelValues("missing").Add(float64(len(missing)))
 		return missing, nil
 	}
 	still := missing[:0:0]

@@ -53,6 +53,13 @@ func TestReadThroughFindMissingAsksPeers(t *testing.T) {
 		if v := testutil.ToFloat64(rt.vouched.WithLabelValues("present")); v != 2 {
 			t.Fatalf("kura_read_through_find_total{present} = %v", v)
 		}
+		// A key no peer holds is counted missing, also when no peer holds anything asked.
+		if missing, err := rt.FindMissing(testCtx(t), []storage.Key{k4}); err != nil || !slices.Equal(missing, []storage.Key{k4}) {
+			t.Fatalf("FindMissing(k4) = %v, %v", missing, err)
+		}
+		if v := testutil.ToFloat64(rt.vouched.WithLabelValues("missing")); v != 2 {
+			t.Fatalf("kura_read_through_find_total{missing} = %v, want 2 (k4 twice)", v)
+		}
 
 		// All present locally now: no peer is asked.
 		src.mu.Lock()
