@@ -280,7 +280,13 @@ func TestFDPoolExhaustionOverHTTP(t *testing.T) {
 		t.Fatal("timeouts not counted")
 	}
 
-	// Recovery: the slow clients finish; from then on every read succeeds.
+	// Recovery: the slow clients finish; from then on every read succeeds. Each reader adds
+	// at most one descriptor (its segment's handle, or a private one for a sendfile on a
+	// handle another reader is sending from), the open segment holds one and idle cached
+	// handles give way to a checkout, so poolSize/2 readers never wait for a slot: whatever
+	// the machine's load, a 503 here means a slot is still held. (More readers may wait, and
+	// on a loaded machine a 1 MiB send can outlast the 100 ms acquire timeout: a 503 then is
+	// the pool working, not failing to recover.)
 	released := time.Now()
 	close(release)
 	slowWG.Wait()
@@ -291,7 +297,7 @@ func TestFDPoolExhaustionOverHTTP(t *testing.T) {
 	all := append(append([]string(nil), small...), big...)
 	var recovered time.Duration
 	for attempt := 1; ; attempt++ {
-		rs := concurrentGetsLimited(t, h, all, want, 16)
+		rs := concurrentGetsLimited(t, h, all, want, poolSize/2)
 		okN, busyN := tally(t, "recovery", rs)
 		if busyN == 0 {
 			recovered = time.Since(released)
@@ -302,12 +308,12 @@ func TestFDPoolExhaustionOverHTTP(t *testing.T) {
 			t.Fatalf("still %d × 503 30 s after the pressure ended", busyN)
 		}
 	}
+	// A burst again: every answer is a 200 or a well-formed 503 (tally checks), and the pool
+	// is back to its idle level: the open segment and the cached handles at most.
 	ok, busy = tally(t, "after recovery", concurrentGets(t, h.base, small[:50], want))
 	t.Logf("after recovery, 50 concurrent GETs: %d × 200, %d × 503; pool %d/%d in use, %d timeouts in all",
 		ok, busy, pool.InUse(), pool.Capacity(), pool.Timeouts())
-	if busy != 0 {
-		t.Fatalf("%d × 503 for 50 readers on a pool of %d with nothing held", busy, poolSize)
-	}
+	testsupport.WaitFor(t, "the pool to return to its idle level", 10*time.Second, func() bool { return pool.InUse() <= 3 })
 }
 
 // concurrentGetsLimited reads every name with at most limit requests in flight (keep-alive).
