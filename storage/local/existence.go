@@ -255,7 +255,6 @@ type existBuild struct {
 	sets    existSets
 	unknown []string // encoded keys of manifests the walk could not decode
 	lastNS  []byte
-	lastOp  existOp
 	lastSet map[existKey]struct{}
 }
 
