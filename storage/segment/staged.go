@@ -1,7 +1,6 @@
 package segment
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -16,10 +15,6 @@ import (
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/fdpool"
 )
-
-// spillBufferBytes is the write buffer in front of a staging file: large enough that a
-// caller copying in 32 KiB chunks costs one write syscall per 256 KiB.
-const spillBufferBytes = 256 << 10
 
 // roomCheckBytes: a spilling body re-checks the free space (CheckRoom) every time this many
 // more bytes have arrived, so a long upload stops before it eats the reserve rather than
@@ -49,7 +44,7 @@ type Staged struct {
 	buf []byte // the body while it fits in memory (reserved room for CRC table and footer)
 
 	f         *fdpool.File // the staging file once the body spilled (holds a pool slot)
-	w         *bufio.Writer
+	w         *stageWriter
 	nextCheck int64 // body size at which the spill re-checks the free space
 
 	state stagedState
@@ -146,8 +141,7 @@ func (s *Staged) spill() error {
 	}
 	s.f = f
 	s.nextCheck = s.size + roomCheckBytes
-	s.w = spillWriters.Get().(*bufio.Writer)
-	s.w.Reset(opsWriter{f: f.File, ops: &s.m.ops})
+	s.w = newStageWriter(f.File, &s.m.ops)
 	_, err = s.w.Write(s.buf)
 	if s.buf != nil {
 		putBuf(s.buf)
@@ -166,8 +160,7 @@ func (s *Staged) releaseBuffers() {
 		s.buf = nil
 	}
 	if s.w != nil {
-		s.w.Reset(nil)
-		spillWriters.Put(s.w)
+		s.w.release()
 		s.w = nil
 	}
 }
@@ -246,7 +239,7 @@ func (s *Staged) commitSpilled(ft footer) (Location, error) {
 	if _, err := s.w.Write(tail); err != nil {
 		return Location{}, ioError("write staging file", s.f.Name(), err)
 	}
-	if err := s.w.Flush(); err != nil {
+	if err := s.w.Finish(); err != nil {
 		return Location{}, ioError("write staging file", s.f.Name(), err)
 	}
 	if err := m.ops.datasync(s.f.File); err != nil {
@@ -313,7 +306,7 @@ func (s *Staged) copyInto(dst string) error {
 	if _, err := s.f.Seek(0, 0); err != nil {
 		return fail(ioError("rewind staging file", s.f.Name(), err))
 	}
-	buf := make([]byte, spillBufferBytes)
+	buf := make([]byte, stageBufferBytes)
 	// The struct hides (*os.File).WriteTo so the copy goes through buf and fileOps.
 	if _, err := io.CopyBuffer(opsWriter{f: out.File, ops: &m.ops}, struct{ io.Reader }{s.f.File}, buf); err != nil {
 		return fail(ioError("copy staged record to", partial, err))
