@@ -55,7 +55,8 @@ type readChunk struct {
 	data mem.Buffer
 }
 
-// readCodec is the server's codec: the standard proto codec, except for readChunk.
+// readCodec is the server's codec: the standard proto codec, except for readChunk (encoded
+// here) and writeChunk (decoded in writecodec.go).
 type readCodec struct {
 	encoding.CodecV2
 }
@@ -82,6 +83,14 @@ func (c readCodec) Marshal(v any) (mem.BufferSlice, error) {
 	out := mem.BufferSlice{mem.SliceBuffer(hdr), rc.data}
 	rc.data = nil
 	return out, nil
+}
+
+// Unmarshal decodes a writeChunk from gRPC's buffers without copying its data.
+func (c readCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if wc, ok := v.(*writeChunk); ok {
+		return wc.decode(data)
+	}
+	return c.CodecV2.Unmarshal(data, v)
 }
 
 // codecOption is the server option that installs readCodec; every server that registers the

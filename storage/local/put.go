@@ -308,13 +308,19 @@ func copyBody(ctx context.Context, dst io.Writer, body io.Reader, opts storage.P
 	if opts.Size >= 0 && (readCap < 0 || opts.Size+1 < readCap) {
 		readCap = opts.Size + 1
 	}
-	src := io.Reader(ctxReader{ctx: ctx, r: body})
-	if readCap >= 0 {
-		src = io.LimitReader(src, readCap)
+	var n int64
+	var err error
+	if chunks, ok := body.(storage.ChunkReader); ok {
+		n, err = copyChunks(ctx, dst, chunks, readCap)
+	} else {
+		src := io.Reader(ctxReader{ctx: ctx, r: body})
+		if readCap >= 0 {
+			src = io.LimitReader(src, readCap)
+		}
+		bufp := copyBuffers.Get().(*[]byte)
+		n, err = io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bufp)
+		copyBuffers.Put(bufp)
 	}
-	bufp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bufp)
-	n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bufp)
 	if err != nil {
 		var re readError
 		if errors.As(err, &re) {
@@ -330,6 +336,36 @@ func copyBody(ctx context.Context, dst io.Writer, body io.Reader, opts storage.P
 			return n, fmt.Errorf("%w: body is longer than the declared %d bytes", storage.ErrDigestMismatch, opts.Size)
 		}
 		return n, fmt.Errorf("%w: body has %d bytes, declared %d", storage.ErrDigestMismatch, n, opts.Size)
+	}
+	return n, nil
+}
+
+// copyChunks is copyBody's loop for a body that holds its bytes already: each chunk goes to
+// dst as it is (no copy through a buffer of ours), cut at readCap (< 0: none) like the
+// LimitReader of the other loop, so dst never sees a byte past it.
+func copyChunks(ctx context.Context, dst io.Writer, body storage.ChunkReader, readCap int64) (int64, error) {
+	var n int64
+	for readCap < 0 || n < readCap {
+		if err := ctx.Err(); err != nil {
+			return n, readError{context.Cause(ctx)}
+		}
+		chunk, err := body.NextChunk()
+		if readCap >= 0 && int64(len(chunk)) > readCap-n {
+			chunk = chunk[:readCap-n]
+		}
+		if len(chunk) > 0 {
+			w, werr := dst.Write(chunk)
+			n += int64(w)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, readError{err}
+		}
 	}
 	return n, nil
 }
