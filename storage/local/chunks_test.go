@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
+	"testing/iotest"
 
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -99,5 +101,55 @@ func TestPutChunkReader(t *testing.T) {
 		if after := s.segs.TotalBytes(); after != before {
 			t.Fatalf("%s: segment bytes grew from %d to %d", tc.name, before, after)
 		}
+	}
+}
+
+// TestPutReadsIntoMemory: bodies around the spill threshold, from readers that end with or
+// after their last bytes and that return short reads, are stored exactly whether they stay
+// in memory or spill; a reader failing mid-body stores nothing.
+func TestPutReadsIntoMemory(t *testing.T) {
+	opts := testOpts(t)
+	opts.SpillThreshold = 64 << 10
+	s := openStore(t, opts)
+	readers := map[string]func([]byte) io.Reader{
+		"plain":          func(b []byte) io.Reader { return bytes.NewReader(b) },
+		"eof with data":  func(b []byte) io.Reader { return iotest.DataErrReader(bytes.NewReader(b)) },
+		"half reads":     func(b []byte) io.Reader { return iotest.HalfReader(bytes.NewReader(b)) },
+		"one byte reads": func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) },
+	}
+	i := 0
+	for name, newReader := range readers {
+		for _, size := range []int{1, 64<<10 - 1, 64 << 10, 64<<10 + 1, 300 << 10} {
+			for _, declared := range []bool{true, false} {
+				i++
+				body := storagetest.Bytes(uint64(i), size)
+				key := cas(fmt.Sprintf("mem-%d", i))
+				o := storage.PutOptions{Size: storage.UnknownSize}
+				if declared {
+					o.Size = int64(size)
+				}
+				if _, err := s.Put(ctx(t), key, newReader(body), o); err != nil {
+					t.Fatalf("%s, %d bytes (declared %v): %v", name, size, declared, err)
+				}
+				if got, err := read(t, s, key); err != nil || !bytes.Equal(got, body) {
+					t.Fatalf("%s, %d bytes (declared %v): read back %v, equal %v", name, size, declared, err, bytes.Equal(got, body))
+				}
+			}
+		}
+	}
+	before := s.segs.TotalBytes()
+	for _, size := range []int{10 << 10, 200 << 10} {
+		key := cas(fmt.Sprintf("failing-%d", size))
+		r := io.MultiReader(bytes.NewReader(storagetest.Bytes(5, size)), iotest.ErrReader(errClientGone))
+		if _, err := s.Put(ctx(t), key, r, storage.PutOptions{Size: int64(size) + 1}); !errors.Is(err, errClientGone) {
+			t.Fatalf("%d bytes then a failure: Put = %v", size, err)
+		}
+		if err := statErr(t, s, key); !isNotFound(err) {
+			t.Fatalf("a failed body was stored: %v", err)
+		}
+	}
+	assertNoStaging(t, s)
+	if after := s.segs.TotalBytes(); after != before {
+		t.Fatalf("failed bodies left %d segment bytes", after-before)
 	}
 }

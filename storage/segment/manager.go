@@ -130,6 +130,10 @@ type Stats struct {
 // while no sync is running.
 type Manager struct {
 	opts    Options
+	// fullBufs recycles in-memory record buffers of the largest size (SpillThreshold and its
+	// tail), which is no power of two and so not in bufPools: a body at the threshold (a
+	// 1 MiB HTTP PUT) allocated and cleared one per Put.
+	fullBufs sync.Pool
 	ops     fileOps
 	log     *slog.Logger
 	pool    *fdpool.Pool
