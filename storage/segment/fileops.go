@@ -23,6 +23,8 @@ type fileOps struct {
 	write    func(f *os.File, p []byte) (int, error)
 	datasync func(f *os.File) error
 	rename   func(oldpath, newpath string) error
+	// freeBytes is the space an unprivileged writer may still use on path's filesystem.
+	freeBytes func(path string) (int64, error)
 }
 
 var osFileOps = fileOps{
@@ -30,6 +32,8 @@ var osFileOps = fileOps{
 	write:    (*os.File).Write,
 	datasync: fdatasync,
 	rename:   os.Rename,
+
+	freeBytes: freeBytes,
 }
 
 // fdatasync flushes a file's data and the metadata needed to read it back (its size), which

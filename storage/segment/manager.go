@@ -150,6 +150,8 @@ type Manager struct {
 	// roomPaths are the directories whose filesystems CheckRoom inspects: Dir, plus TmpDir
 	// when it lives on another filesystem.
 	roomPaths []string
+	// room is CheckRoom's last statfs reading (room.go).
+	room roomReading
 
 	closed   atomic.Bool
 	inflight sync.WaitGroup // Commits and Removes in progress; Close waits for them
@@ -219,6 +221,9 @@ func Open(opts Options) (*Manager, error) {
 	}
 	if opts.ops != nil {
 		m.ops = *opts.ops
+		if m.ops.freeBytes == nil {
+			m.ops.freeBytes = freeBytes
+		}
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
