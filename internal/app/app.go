@@ -337,9 +337,12 @@ func (a *App) closeOpened() {
 			_ = ln.Close()
 		}
 	}
+	// Never served, so nothing runs in them, but grpc.NewServer started their stream workers.
 	if a.peerServer != nil {
-		// Never served, so nothing runs in it, but NewServer started its stream workers.
 		a.peerServer.Stop(context.Background())
+	}
+	if a.grpc != nil {
+		a.grpc.Stop()
 	}
 	if a.cluster != nil {
 		if err := a.cluster.Close(); err != nil {
