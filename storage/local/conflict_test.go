@@ -152,7 +152,7 @@ func TestPutBatchReplicatedItemsFollowTheConflictRule(t *testing.T) {
 		item(cas("mine"), "the first writer", v-1000), // earlier elsewhere: replaces
 		item(cas("late"), "late", v+1),
 		item(ac, "an older result", storedAC.Info.Version-1), // older: loses
-		item(gone, "before the clean", tomb-1),             // under the tombstone: stale
+		item(gone, "before the clean", tomb-1),               // under the tombstone: stale
 	}
 	items = append(items, item(cas("late"), "another late body", v+2)) // same key twice: after the batch
 	res := s.PutBatch(ctx(t), items)
