@@ -38,7 +38,7 @@ type replPair struct {
 
 // timingSender records when each key's push returned (delivered to B and committed there).
 type timingSender struct {
-	Sender
+	BatchSender
 	mu   sync.Mutex
 	done map[storage.Key]time.Time
 }
@@ -55,12 +55,25 @@ func (s *timingSender) mark(k storage.Key) {
 }
 
 func (s *timingSender) PushObject(ctx context.Context, addr string, info storage.Info, body io.Reader) (bool, error) {
-	applied, err := s.Sender.PushObject(ctx, addr, info, body)
+	applied, err := s.BatchSender.PushObject(ctx, addr, info, body)
 	if err == nil {
 		s.mark(info.Key)
 	}
 	return applied, err
 }
+
+func (s *timingSender) PushBatch(ctx context.Context, addr string, objs []storage.PutItem) ([]storage.PutItemResult, error) {
+	res, err := s.BatchSender.PushBatch(ctx, addr, objs)
+	for i, r := range res {
+		if r.Err == nil {
+			s.mark(objs[i].Key)
+		}
+	}
+	return res, err
+}
+
+// perObject hides a sender's batched lane: the outbox then pushes every object alone.
+type perObject struct{ Sender }
 
 func newReplPair(b *testing.B, mod func(*Config)) *replPair {
 	b.Helper()
@@ -87,12 +100,15 @@ func newReplPair(b *testing.B, mod func(*Config)) *replPair {
 	// Node A: outbox over its data directory, then the store observed by it.
 	client := peerplane.NewClient(peerplane.ClientConfig{Registerer: prometheus.NewRegistry()})
 	b.Cleanup(func() { _ = client.Close() })
-	sender := &timingSender{Sender: client}
+	sender := &timingSender{BatchSender: client}
 	dir, err := local.OpenDataDir(b.TempDir(), metaOpts)
 	if err != nil {
 		b.Fatal(err)
 	}
 	cfg := Config{DB: dir.DB(), Sender: sender, Registerer: prometheus.NewRegistry()}
+	if os.Getenv("KURA_BENCH_PER_OBJECT") != "" {
+		cfg.Sender = perObject{sender} // the lane before PushBatch, for comparison
+	}
 	if mod != nil {
 		mod(&cfg)
 	}
