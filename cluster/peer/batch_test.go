@@ -270,4 +270,3 @@ func TestPushBatchWithoutBatchPutter(t *testing.T) {
 		}
 	}
 }
-
