@@ -37,7 +37,7 @@ type options struct {
 	jsonPath       string
 	workdir        string
 	keep           bool
-	pprof          string // KURA_PPROF_ADDRESS of the benchmarked single node
+	pprof          string // KURA_PPROF_ADDRESS of the benchmarked single node, and of the replication pair's receiver
 	log            io.Writer
 }
 
@@ -55,7 +55,7 @@ func main() {
 	flag.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
 	flag.StringVar(&o.workdir, "workdir", "", "directory for data directories and logs (default: a fresh temporary directory, removed afterwards)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (data and server logs) afterwards")
-	flag.StringVar(&o.pprof, "pprof", "", "KURA_PPROF_ADDRESS for the benchmarked Kura node (e.g. 127.0.0.1:6060), to profile it under the load")
+	flag.StringVar(&o.pprof, "pprof", "", "KURA_PPROF_ADDRESS for the benchmarked Kura node, and for the receiving node (B) of the replication group (e.g. 127.0.0.1:6060), to profile it under the load")
 	flag.Parse()
 	o.duration = duration
 	o.groups = strings.Split(groups, ",")

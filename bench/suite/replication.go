@@ -29,7 +29,12 @@ func startPair(ctx context.Context, o options, dir string) (a, b *server, err er
 		return nil, nil, err
 	}
 	a = newKura("kura-a", o.kuraBin, filepath.Join(dir, "a"), pa, []string{loopback(pb[2])}, nil)
-	b = newKura("kura-b", o.kuraBin, filepath.Join(dir, "b"), pb, []string{loopback(pa[2])}, nil)
+	var extra map[string]string
+	if o.pprof != "" {
+		// The receiving node is the one profiled: it applies every replicated write.
+		extra = map[string]string{"KURA_PPROF_ADDRESS": o.pprof}
+	}
+	b = newKura("kura-b", o.kuraBin, filepath.Join(dir, "b"), pb, []string{loopback(pa[2])}, extra)
 	// Both start before either is waited for: a node with seeds stays joining until its first
 	// anti-entropy round against a peer.
 	errs := make(chan error, 2)
