@@ -360,12 +360,12 @@ func (o *Outbox) probeHoles(ctx context.Context, p *peer, now time.Time) error {
 // failure stops new launches; once the pushes in flight have ended, the worker persists what
 // was resolved, backs off (this peer only) and retries the unresolved entries.
 func (o *Outbox) deliver(ctx context.Context, p *peer) error {
+	us := o.newUnits()
+	defer us.close()
 	var (
-		done     = make(chan *unit, o.cfg.InFlight+o.cfg.BatchesInFlight)
-		running  = map[bool]int{} // units in flight by batch
-		failed   bool             // a unit failed transiently: launch nothing until they end
-		drained  bool             // the last read found nothing new
-		resolved int              // entries resolved since the last deletion commit
+		failed   bool // a unit failed transiently: launch nothing until they end
+		drained  bool // the last read found nothing new
+		resolved int  // entries resolved since the last deletion commit
 		fillErr  error
 	)
 	for {
@@ -377,9 +377,9 @@ func (o *Outbox) deliver(ctx context.Context, p *peer) error {
 					drained = len(p.work) == before
 				}
 			}
-			o.launch(ctx, p, done, running)
+			o.launch(ctx, p, us)
 		}
-		inFlight := running[false] + running[true]
+		inFlight := us.running[false] + us.running[true]
 		if inFlight == 0 {
 			switch {
 			case fillErr != nil:
@@ -409,8 +409,8 @@ func (o *Outbox) deliver(ctx context.Context, p *peer) error {
 			wake = p.wake // a commit while pushes are in flight: read it now, not after them
 		}
 		select {
-		case u := <-done:
-			running[u.batch]--
+		case u := <-us.done:
+			us.running[u.batch]--
 			n, f := o.settle(p, u)
 			resolved += n
 			if f {
