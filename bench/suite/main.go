@@ -50,7 +50,7 @@ func main() {
 	flag.DurationVar(&duration, "duration", 0, "how long each workload starts new requests (default 10s, 1s with -quick)")
 	flag.BoolVar(&o.quick, "quick", false, "smoke test: 1 s per workload, 2,000 objects for the restart, short limit probes")
 	flag.IntVar(&o.restartObjects, "restart-objects", 0, "objects stored before the restart workload (default 100000, 2000 with -quick; the target is 1000000)")
-	flag.IntVar(&o.batch, "batch", 1, "blobs per BatchUpdateBlobs/BatchReadBlobs request in the REAPI rows")
+	flag.IntVar(&o.batch, "batch", 1, "blobs per BatchUpdateBlobs/BatchReadBlobs request in the REAPI rows, and per write on A in the 1 KiB replication row")
 	flag.StringVar(&groups, "groups", strings.Join(allGroups, ","), "comma-separated workload groups: "+strings.Join(allGroups, ", "))
 	flag.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
 	flag.StringVar(&o.workdir, "workdir", "", "directory for data directories and logs (default: a fresh temporary directory, removed afterwards)")

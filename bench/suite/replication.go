@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -162,24 +163,33 @@ func replicate(ctx context.Context, o options, r *load.REAPI, plane peerpb.Repli
 			cas := repb.NewContentAddressableStorageClient(r.Conn(i))
 			bs := bsClient(r, i)
 			return func(ctx context.Context) (int64, int64, error) {
-				data, sum := g.Next()
-				d := load.Digest(sum, size)
 				if size > 1<<20 {
+					data, sum := g.Next()
+					d := load.Digest(sum, size)
 					if err := load.WriteBlob(ctx, bs, "bench", data, d, 1<<20); err != nil {
 						return 0, 0, err
 					}
-				} else {
-					resp, err := cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{InstanceName: "bench",
-						Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: d, Data: data}}})
-					if err != nil {
-						return 0, 0, err
-					}
-					if c := resp.GetResponses()[0].GetStatus().GetCode(); c != 0 {
+					acks <- ack{hash: d.GetHash(), size: int64(size), at: time.Now()}
+					return 1, int64(size), nil
+				}
+				// o.batch blobs per request (1 by default: a build's small uploads one by one).
+				req := &repb.BatchUpdateBlobsRequest{InstanceName: "bench"}
+				for range o.batch {
+					data, sum := g.Next() // valid until the next call: the request keeps a copy
+					req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: load.Digest(sum, size), Data: bytes.Clone(data)})
+				}
+				resp, err := cas.BatchUpdateBlobs(ctx, req)
+				if err != nil {
+					return 0, 0, err
+				}
+				now := time.Now()
+				for _, r := range resp.GetResponses() {
+					if c := r.GetStatus().GetCode(); c != 0 {
 						return 0, 0, fmt.Errorf("BatchUpdateBlobs: code %d", c)
 					}
+					acks <- ack{hash: r.GetDigest().GetHash(), size: int64(size), at: now}
 				}
-				acks <- ack{hash: d.GetHash(), size: int64(size), at: time.Now()}
-				return 1, int64(size), nil
+				return int64(len(req.Requests)), int64(size * len(req.Requests)), nil
 			}
 		})
 		close(acks)
