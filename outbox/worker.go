@@ -371,7 +371,7 @@ func (o *Outbox) deliver(ctx context.Context, p *peer) error {
 	for {
 		stopping := ctx.Err() != nil || o.paused.Load()
 		if !failed && !stopping && fillErr == nil {
-			if !drained && o.launchable(p) < maxBatchItems && len(p.work) < o.deliveryWindow() {
+			if !drained && o.launchable(p) < maxBatchItems && len(p.work) < o.deliveryWindow() && o.readyToRead(p) {
 				before := len(p.work)
 				if fillErr = o.fill(ctx, p); fillErr == nil {
 					drained = len(p.work) == before
@@ -431,6 +431,29 @@ func (o *Outbox) deliver(ctx context.Context, p *peer) error {
 			resolved = 0
 		}
 	}
+}
+
+// readyToRead reports whether the worker may read ahead now. A damaged entry found by a
+// scan stops the scan in front of it (the cursor stays before it) until the entry is
+// deleted, so the next scan waits for its deletion, committed here once it is resolved: a
+// scan that met it again would take it for one whose deletion did not take.
+func (o *Outbox) readyToRead(p *peer) bool {
+	damagedDone := false
+	for _, it := range p.work {
+		if it.bad != nil {
+			if !it.done {
+				return false
+			}
+			damagedDone = true
+		}
+	}
+	if damagedDone {
+		if err := o.commitDeletes(p); err != nil {
+			o.log.Error("delete delivered outbox entries", "peer", p.name, "error", err)
+			return false
+		}
+	}
+	return true
 }
 
 func (o *Outbox) nextBackoff(p *peer) time.Duration {
