@@ -371,7 +371,9 @@ func (o *Outbox) deliver(ctx context.Context, p *peer) error {
 	for {
 		stopping := ctx.Err() != nil || o.paused.Load()
 		if !failed && !stopping && fillErr == nil {
-			if !drained && o.launchable(p) < maxBatchItems && len(p.work) < o.deliveryWindow() && o.readyToRead(p) {
+			// Read pages until a full batch waits (a page is smaller than a batch), the window
+			// is full or nothing new is visible.
+			for !drained && fillErr == nil && o.launchable(p) < maxBatchItems && len(p.work) < o.deliveryWindow() && o.readyToRead(p) {
 				before := len(p.work)
 				if fillErr = o.fill(ctx, p); fillErr == nil {
 					drained = len(p.work) == before
