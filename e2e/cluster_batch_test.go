@@ -183,20 +183,28 @@ func TestClusterSmallWritesReplicateInBatches(t *testing.T) {
 	}
 }
 
+// batchesStreaming starts two nodes and 16 writers of small blobs on A, and returns once B
+// has applied a few batches from A's outbox; cancel stops the writers.
+func batchesStreaming(t *testing.T) (a, b *Node, k *clusterKit, w *smallWriters, cancel context.CancelFunc) {
+	a, b = batchNodes(t)
+	k = newClusterKit(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // the writers stop with the test whatever happens
+	w = startSmallWriters(ctx, k, a, 16, uint64(time.Now().UnixNano()))
+	PollUntil(t, 60*time.Second, "B applying batches", func() (bool, string) {
+		got := metric(t, b, "kura_peer_requests_total", map[string]string{"side": "server", "method": "PushBatch", "code": "OK"})
+		return got >= 5 && w.count.Load() >= 1000, fmt.Sprintf("%v batches, %d acknowledged", got, w.count.Load())
+	})
+	return a, b, k, w, cancel
+}
+
 // A receiver killed (SIGKILL) while batches stream to it loses nothing: after its restart A's
 // outbox retries what was not acknowledged, B ends up with every blob A acknowledged, whole,
 // and serves nothing torn.
 func TestCrashReplicationBatchesReceiver(t *testing.T) {
 	t.Parallel()
-	a, b := batchNodes(t)
-	k := newClusterKit(t, nil)
-	ctx, cancel := context.WithCancel(context.Background())
+	a, b, k, w, cancel := batchesStreaming(t)
 	defer cancel()
-	w := startSmallWriters(ctx, k, a, 16, uint64(time.Now().UnixNano()))
-	PollUntil(t, 60*time.Second, "B applying batches", func() (bool, string) {
-		got := metric(t, b, "kura_peer_requests_total", map[string]string{"side": "server", "method": "PushBatch", "code": "OK"})
-		return got >= 5 && w.count.Load() >= 1000, fmt.Sprintf("%v batches, %d acknowledged", got, w.count.Load())
-	})
 	b.Kill()
 	// A keeps acknowledging writes while B is down: they wait in its outbox.
 	atKill := w.count.Load()
@@ -223,15 +231,8 @@ func TestCrashReplicationBatchesReceiver(t *testing.T) {
 // acknowledged before the kill, by the outbox alone.
 func TestCrashReplicationBatchesSender(t *testing.T) {
 	t.Parallel()
-	a, b := batchNodes(t)
-	k := newClusterKit(t, nil)
-	ctx, cancel := context.WithCancel(context.Background())
+	a, b, k, w, cancel := batchesStreaming(t)
 	defer cancel()
-	w := startSmallWriters(ctx, k, a, 16, uint64(time.Now().UnixNano()))
-	PollUntil(t, 60*time.Second, "B applying batches", func() (bool, string) {
-		got := metric(t, b, "kura_peer_requests_total", map[string]string{"side": "server", "method": "PushBatch", "code": "OK"})
-		return got >= 5 && w.count.Load() >= 1000, fmt.Sprintf("%v batches, %d acknowledged", got, w.count.Load())
-	})
 	repairedBefore := metric(t, b, "kura_antientropy_objects_repaired_total", nil)
 	a.Kill()
 	cancel()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -14,10 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/grpc"
 
 	peerplane "github.com/kuracache/kura/cluster/peer"
-	"github.com/kuracache/kura/cluster/peer/peerpb"
 	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
@@ -250,20 +247,11 @@ func TestBatchedLanePartialFailure(t *testing.T) {
 // object through PushObject, and the outbox remembers it: one PushBatch attempt, one
 // fallback counted, nothing lost.
 func TestBatchedLaneFallsBackForAnOlderPeer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := grpc.NewServer()
-	peerpb.RegisterReplicationServer(old, peerpb.UnimplementedReplicationServer{})
-	served := make(chan error, 1)
-	go func() { served <- old.Serve(ln) }()
-	t.Cleanup(func() { old.Stop(); <-served })
-
+	older := testsupport.NewOlderPeer(t)
 	var rec *recordingSender
 	p := newReplPair(t, func(c *Config) {
 		rec = newRecordingSender(c.Sender.(BatchSender))
-		rec.batchAddr = ln.Addr().String()
+		rec.batchAddr = older
 		c.Sender = rec
 	})
 	keys, _ := p.writeA(t, "old", 300, 1<<10, 4)

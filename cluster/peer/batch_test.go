@@ -5,14 +5,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"net"
 	"testing"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/kuracache/kura/cluster/peer/peerpb"
+	"github.com/kuracache/kura/internal/testsupport"
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/storagetest"
 )
@@ -232,17 +231,8 @@ func TestPushBatchClientBounds(t *testing.T) {
 // A node that predates PushBatch answers UNIMPLEMENTED, which the client reports as
 // errors.ErrUnsupported so the outbox can fall back to PushObject.
 func TestPushBatchToAnOlderNode(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := grpc.NewServer()
-	peerpb.RegisterReplicationServer(old, peerpb.UnimplementedReplicationServer{})
-	served := make(chan error, 1)
-	go func() { served <- old.Serve(ln) }()
-	t.Cleanup(func() { old.Stop(); <-served })
 	c := newTestClient(t, ClientConfig{})
-	_, err = c.PushBatch(testCtx(t), ln.Addr().String(), []storage.PutItem{replicatedItem(key(storage.KindGradle, "x"), []byte("x"), version(1))})
+	_, err := c.PushBatch(testCtx(t), testsupport.NewOlderPeer(t), []storage.PutItem{replicatedItem(key(storage.KindGradle, "x"), []byte("x"), version(1))})
 	if !errors.Is(err, errors.ErrUnsupported) || status.Code(err) != codes.Unimplemented {
 		t.Fatalf("PushBatch to an older node: %v, want UNIMPLEMENTED wrapping errors.ErrUnsupported", err)
 	}
