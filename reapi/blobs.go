@@ -10,8 +10,6 @@ import (
 	"io"
 	"sync"
 
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-
 	"github.com/kuracache/kura/storage"
 )
 
@@ -180,11 +178,11 @@ var findScratches = sync.Pool{New: func() any { return new(findScratch) }}
 const maxPooledKeys = 16384
 
 // missingMask sets missing[i] for every ds[i] the store does not hold. The empty blob is
-// always present. names, when not nil, holds each digest's wire message, whose hash string
-// (already validated: 64 lowercase hex digits, the canonical form) names the key without
+// always present. names, when not nil, holds each digest's hash string as received (already
+// validated: 64 lowercase hex digits, the canonical form), which names the key without
 // encoding the hash again. Store.FindMissing answers in the order given, so its answer is
 // matched back to positions in one walk.
-func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest, names []*repb.Digest, missing []bool) error {
+func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest, names []string, missing []bool) error {
 	sc := findScratches.Get().(*findScratch)
 	defer func() {
 		if cap(sc.keys) <= maxPooledKeys {
@@ -200,7 +198,7 @@ func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest,
 		}
 		name := ""
 		if names != nil {
-			name = names[i].GetHash()
+			name = names[i]
 		} else {
 			name = d.hex()
 		}

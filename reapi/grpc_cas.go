@@ -40,23 +40,50 @@ type casServer struct {
 	s *Server
 }
 
+// FindMissingBlobs serves in-process callers; over gRPC the request is decoded from the wire
+// (findMissingWire) and answered by the same findMissing.
 func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
-	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+	pds := req.GetBlobDigests()
+	hashes := make([]string, len(pds))
+	sizes := make([]int64, len(pds))
+	for i, pd := range pds {
+		if pd == nil {
+			return nil, toStatus(fmt.Errorf("blob_digests[%d]: %w: digest is missing", i, errInvalidArgument))
+		}
+		hashes[i], sizes[i] = pd.GetHash(), pd.GetSizeBytes()
+	}
+	missing, err := c.findMissing(ctx, req.GetInstanceName(), req.GetDigestFunction(), hashes, sizes)
+	if err != nil {
+		return nil, err
+	}
+	// The client's own digest messages are echoed back (they were validated, and nothing
+	// modifies a request): no new message or hex string per missing blob.
+	resp := &repb.FindMissingBlobsResponse{MissingBlobDigests: make([]*repb.Digest, 0, len(missing))}
+	for _, i := range missing {
+		resp.MissingBlobDigests = append(resp.MissingBlobDigests, pds[i])
+	}
+	return resp, nil
+}
+
+// findMissing validates the digests (hashes[i], sizes[i]) and returns the positions of those
+// the store does not hold, in request order; a digest listed twice is reported once.
+func (c *casServer) findMissing(ctx context.Context, instance string, fn repb.DigestFunction_Value, hashes []string, sizes []int64) ([]int, error) {
+	if err := checkDigestFunction(fn); err != nil {
 		return nil, toStatus(err)
 	}
-	ns, err := namespaceOf(req.GetInstanceName())
+	ns, err := namespaceOf(instance)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	pds := req.GetBlobDigests()
-	ds := make([]digest, len(pds))
-	for i, pd := range pds {
-		if ds[i], err = parseDigest(pd); err != nil {
+	ds := make([]digest, len(hashes))
+	for i, h := range hashes {
+		if ds[i], err = newDigest(h, sizes[i]); err != nil {
 			return nil, toStatus(fmt.Errorf("blob_digests[%d]: %w", i, err))
 		}
 	}
 	missing := make([]bool, len(ds))
-	if err := c.s.missingMask(ctx, ns, ds, pds, missing); err != nil {
+	// The hashes were validated: 64 lowercase hex digits, the canonical form that names keys.
+	if err := c.s.missingMask(ctx, ns, ds, hashes, missing); err != nil {
 		return nil, toStatus(err)
 	}
 	n := 0
@@ -65,10 +92,7 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 			n++
 		}
 	}
-	// The client's own digest messages are echoed back (they were validated, and nothing
-	// modifies a request): no new message or hex string per missing blob. A digest listed
-	// twice is reported once.
-	resp := &repb.FindMissingBlobsResponse{MissingBlobDigests: make([]*repb.Digest, 0, n)}
+	out := make([]int, 0, n)
 	var reported map[digest]struct{}
 	if n > 1 {
 		reported = reportedSets.Get().(map[digest]struct{})
@@ -89,9 +113,9 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 			}
 			reported[d] = struct{}{}
 		}
-		resp.MissingBlobDigests = append(resp.MissingBlobDigests, pds[i])
+		out = append(out, i)
 	}
-	return resp, nil
+	return out, nil
 }
 
 // reportedSets are FindMissingBlobs' reusable sets of digests already reported.

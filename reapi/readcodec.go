@@ -11,7 +11,7 @@ import (
 )
 
 // ByteStream Read sends its chunks without a copy of their data: the store reads each chunk
-// straight into a pooled buffer, and readCodec encodes the ReadResponse around it (a few
+// straight into a pooled buffer, and serverCodec encodes the ReadResponse around it (a few
 // bytes of field header, then the buffer itself) instead of marshalling a fresh copy. gRPC's
 // transport holds its own reference to the buffer until the bytes are written to the
 // connection, and the last reference returns it to chunkPool. The default proto codec would
@@ -49,25 +49,33 @@ func (p *fixedPool) Put(b *[]byte) {
 	}
 }
 
-// readChunk is a ReadResponse whose data is a pooled buffer; only readCodec can encode it.
+// readChunk is a ReadResponse whose data is a pooled buffer; only serverCodec can encode it.
 // Sending it hands the buffer's reference to gRPC.
 type readChunk struct {
 	data mem.Buffer
 }
 
-// readCodec is the server's codec: the standard proto codec, except for readChunk.
-type readCodec struct {
+// serverCodec is the server's codec: the standard proto codec, except for readChunk and the
+// wire-level FindMissingBlobs messages (findmissing_wire.go).
+type serverCodec struct {
 	encoding.CodecV2
 }
 
-func newReadCodec() readCodec { return readCodec{CodecV2: encoding.GetCodecV2(proto.Name)} }
+func newServerCodec() serverCodec { return serverCodec{CodecV2: encoding.GetCodecV2(proto.Name)} }
 
 // readResponseData is ReadResponse's one field, `bytes data = 10` (google/bytestream).
 const readResponseData protowire.Number = 10
 
 // Marshal encodes a readChunk as the ReadResponse wire format (field 10, bytes): a tag and
-// length header and the data buffer, which the returned slice now owns.
-func (c readCodec) Marshal(v any) (mem.BufferSlice, error) {
+// length header and the data buffer, which the returned slice now owns. A findMissingResponse
+// is already encoded.
+func (c serverCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if fm, ok := v.(*findMissingResponse); ok {
+		if len(fm.wire) == 0 {
+			return nil, nil
+		}
+		return mem.BufferSlice{mem.SliceBuffer(fm.wire)}, nil
+	}
 	rc, ok := v.(*readChunk)
 	if !ok {
 		return c.CodecV2.Marshal(v)
@@ -84,6 +92,17 @@ func (c readCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return out, nil
 }
 
-// codecOption is the server option that installs readCodec; every server that registers the
-// ByteStream service must have it (ServerOptions includes it).
-func codecOption() grpc.ServerOption { return grpc.ForceServerCodecV2(newReadCodec()) }
+// Unmarshal decodes a findMissingRequest from the wire; everything else goes to proto.
+func (c serverCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if fm, ok := v.(*findMissingRequest); ok {
+		if len(data) == 1 {
+			return fm.decode(data[0].ReadOnlyData()) // decode copies it
+		}
+		return fm.decode(data.Materialize())
+	}
+	return c.CodecV2.Unmarshal(data, v)
+}
+
+// codecOption is the server option that installs serverCodec; every server that registers
+// the ByteStream or CAS service must have it (ServerOptions includes it).
+func codecOption() grpc.ServerOption { return grpc.ForceServerCodecV2(newServerCodec()) }

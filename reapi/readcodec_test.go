@@ -9,11 +9,11 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// TestReadCodecEncodesAChunkAsAReadResponse: what readCodec writes for a readChunk is exactly
+// TestReadCodecEncodesAChunkAsAReadResponse: what serverCodec writes for a readChunk is exactly
 // a ReadResponse to any proto decoder, and the chunk's buffer goes back to the pool once the
 // encoded slice is freed (as gRPC's transport does after writing it).
 func TestReadCodecEncodesAChunkAsAReadResponse(t *testing.T) {
-	c := newReadCodec()
+	c := newServerCodec()
 	for _, n := range []int{1, 127, 128, 5000, readChunkBytes} {
 		data := randomBlob(n, uint64(n))
 		b := chunkPool.Get(n)

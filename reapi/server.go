@@ -95,7 +95,7 @@ var servedServices = []string{
 // crashed process and record the kura_grpc_* metrics.
 func (s *Server) Register(g *grpc.Server) {
 	repb.RegisterCapabilitiesServer(g, &capabilitiesServer{s: s})
-	repb.RegisterContentAddressableStorageServer(g, &casServer{s: s})
+	g.RegisterService(casServiceDesc(), &casServer{s: s})
 	repb.RegisterActionCacheServer(g, &acServer{s: s})
 	bspb.RegisterByteStreamServer(g, &byteStreamServer{s: s})
 	healthpb.RegisterHealthServer(g, s.health)

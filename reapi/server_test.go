@@ -301,7 +301,7 @@ func TestConfig(t *testing.T) {
 	if cfg.maxRecvMsgSize() <= int(cfg.MaxBatchTotalSizeBytes) || cfg.TenantID != DefaultTenantID || cfg.MaxDecompressedBytes < cfg.MaxBatchTotalSizeBytes {
 		t.Errorf("defaults %+v", cfg)
 	}
-	if n := len(ServerOptions(Config{})); n != 7 {
+	if n := len(ServerOptions(Config{})); n != 8 {
 		t.Errorf("%d server options", n)
 	}
 }

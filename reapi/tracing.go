@@ -17,11 +17,11 @@ import (
 // first interceptors, attach it, so the admission and policy interceptors, the handler and
 // the final log line of the call all see it.
 func requestID(ctx context.Context, setHeader func(metadata.MD) error) context.Context {
+	// ValueFromIncomingContext reads the one key; FromIncomingContext would copy all of the
+	// call's metadata (Bazel sends a dozen keys) on every call.
 	var sent string
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(telemetry.RequestIDMetadata); len(v) > 0 {
-			sent = v[0]
-		}
+	if v := metadata.ValueFromIncomingContext(ctx, telemetry.RequestIDMetadata); len(v) > 0 {
+		sent = v[0]
 	}
 	id := telemetry.AcceptRequestID(sent)
 	_ = setHeader(metadata.Pairs(telemetry.RequestIDMetadata, id)) // fails only once headers went out

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -117,40 +116,59 @@ func (s *Store) PutBatch(ctx context.Context, items []storage.PutItem) []storage
 // judgeBatchItem applies Put's checks to an in-memory body: done (with res) when an immutable
 // object is already stored, an error when the item is refused, else the body's digest in p.
 func (s *Store) judgeBatchItem(it *storage.PutItem, p *batchedPut) (res storage.PutResult, done bool, err error) {
-	key, opts := it.Key, it.Opts
-	var sum [sha256.Size]byte
+	key := it.Key
+	indexAbsent := false
 	if !key.Kind.LastWriterWins() {
 		keyGen, nsGen := s.keyGenSlot(s.keyHash(key)).Load(), s.nsGen[s.nsStripe(key.Tenant, key.Namespace)].Load()
-		m, err := s.lookupManifest(key, p.ek)
-		switch {
-		case err == nil && (m.Evicted || replicatedMayReplace(key.Kind, opts, m)):
-		case err == nil:
-			return storage.PutResult{Info: m.Info(key)}, true, nil
-		case errors.Is(err, storage.ErrCorrupt):
-			s.dropCorrupt(key, nil, err)
-		case errors.Is(err, storage.ErrNotFound):
+		// The existence index's definite "no manifest" spares the Pebble get, most of the
+		// item's remaining CPU: a commit it has not learned yet has not bumped the change
+		// counts yet either, so commitBatch reads Pebble for the key under its lock.
+		indexAbsent = s.exists.absent(p.ek)
+		notFound := indexAbsent
+		if !indexAbsent {
+			if res, done, notFound, err = s.storedAnswer(key, p.ek, it.Opts); done || err != nil {
+				return res, done, err
+			}
+		}
+		if notFound {
 			p.absent, p.keyGen, p.nsGen = true, keyGen, nsGen
-		default:
-			return res, false, classify("put "+key.String(), err)
 		}
 	}
-	n := int64(len(it.Body))
-	switch {
-	case opts.Limit > 0 && opts.Size > opts.Limit:
-		return res, false, fmt.Errorf("put %s: declared size %d exceeds the limit %d: %w", key, opts.Size, opts.Limit, storage.ErrTooLarge)
-	case opts.Limit > 0 && n > opts.Limit:
-		return res, false, fmt.Errorf("put %s: %w: body exceeds %d bytes", key, storage.ErrTooLarge, opts.Limit)
-	case opts.Size >= 0 && n > opts.Size:
-		return res, false, fmt.Errorf("put %s: %w: body is longer than the declared %d bytes", key, storage.ErrDigestMismatch, opts.Size)
-	case opts.Size >= 0 && n != opts.Size:
-		return res, false, fmt.Errorf("put %s: %w: body has %d bytes, declared %d", key, storage.ErrDigestMismatch, n, opts.Size)
+	sum, err := checkBatchBody(it)
+	if err != nil && indexAbsent {
+		// An object stored a moment ago, which the index has not learned yet, is still the
+		// answer a refused body gets, as when the lookup came first.
+		if stored, done, _, lerr := s.storedAnswer(key, p.ek, it.Opts); done && lerr == nil {
+			return stored, true, nil
+		}
 	}
-	sum = sha256.Sum256(it.Body)
-	if opts.ExpectedSHA256 != nil && sum != *opts.ExpectedSHA256 {
-		return res, false, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
+	if err != nil {
+		return res, false, err
 	}
 	p.sum = sum
 	return res, false, nil
+}
+
+// checkBatchBody applies Put's limit, size and digest checks to an in-memory body and returns
+// its SHA-256.
+func checkBatchBody(it *storage.PutItem) ([sha256.Size]byte, error) {
+	key, opts := it.Key, it.Opts
+	n := int64(len(it.Body))
+	switch {
+	case opts.Limit > 0 && opts.Size > opts.Limit:
+		return [sha256.Size]byte{}, fmt.Errorf("put %s: declared size %d exceeds the limit %d: %w", key, opts.Size, opts.Limit, storage.ErrTooLarge)
+	case opts.Limit > 0 && n > opts.Limit:
+		return [sha256.Size]byte{}, fmt.Errorf("put %s: %w: body exceeds %d bytes", key, storage.ErrTooLarge, opts.Limit)
+	case opts.Size >= 0 && n > opts.Size:
+		return [sha256.Size]byte{}, fmt.Errorf("put %s: %w: body is longer than the declared %d bytes", key, storage.ErrDigestMismatch, opts.Size)
+	case opts.Size >= 0 && n != opts.Size:
+		return [sha256.Size]byte{}, fmt.Errorf("put %s: %w: body has %d bytes, declared %d", key, storage.ErrDigestMismatch, n, opts.Size)
+	}
+	sum := sha256.Sum256(it.Body)
+	if opts.ExpectedSHA256 != nil && sum != *opts.ExpectedSHA256 {
+		return sum, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
+	}
+	return sum, nil
 }
 
 // putBatchPart appends one part's records with one shared sync and commits their manifests
@@ -240,7 +258,7 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 		}
 		unchanged := p.absent && s.keyGenSlot(s.keyHash(key)).Load() == p.keyGen &&
 			s.nsGen[s.nsStripe(key.Tenant, key.Namespace)].Load() == p.nsGen
-		prev, corrupt, err := s.previousManifest(key, unchanged)
+		prev, corrupt, err := s.previousManifest(key, p.ek, unchanged)
 		if err != nil {
 			return false, err
 		}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -144,8 +145,43 @@ func TestCrashChild(t *testing.T) {
 			}
 		}()
 	}
+	// A namespace deleter (worker 300): one object, the namespace's deletion, then a
+	// replicated copy older than the tombstone, refused as stale from the in-memory
+	// tombstones; the parent checks that the tombstone survived the kill the same way.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for seq := 0; time.Now().Before(deadline); seq++ {
+			key := crashGoneKey(seq)
+			if _, err := s.Put(context.Background(), key, strings.NewReader("gone"), storage.PutOptions{Size: 4}); err != nil {
+				ack("ERR %v\n", err)
+				return
+			}
+			if err := s.DeleteNamespace(context.Background(), key.Tenant, key.Namespace, 0); err != nil {
+				ack("ERR %v\n", err)
+				return
+			}
+			if err := putOlderThanTombstone(s, key); !errors.Is(err, storage.ErrStale) {
+				ack("ERR a copy older than the tombstone of %v: %v, want ErrStale\n", key, err)
+				return
+			}
+			ack("ACK del 300 %d\n", seq)
+		}
+	}()
 	wg.Wait()
 	_ = s.Close()
+}
+
+// crashGoneKey is the object of the namespace the deleter removes in its round seq.
+func crashGoneKey(seq int) storage.Key {
+	return storage.Key{Tenant: "acme", Namespace: fmt.Sprintf("gone-%d", seq), Kind: storage.KindCAS, Name: "x"}
+}
+
+// putOlderThanTombstone writes a replicated copy of key stamped long before any deletion.
+func putOlderThanTombstone(s *Store, key storage.Key) error {
+	_, err := s.Put(context.Background(), key, strings.NewReader("old!"),
+		storage.PutOptions{Size: 4, Version: storage.MakeVersion(1_600_000_000_000, 0)})
+	return err
 }
 
 // TestCrashRecovery SIGKILLs a process in the middle of many concurrent puts and checks that
@@ -171,6 +207,7 @@ func TestCrashRecovery(t *testing.T) {
 	acked := map[int]int{}    // worker → highest acknowledged cas seq (acks arrive in order per worker)
 	ackedKV := map[int]int{}  // worker → highest acknowledged keyvalue seq
 	ackedImm := map[int]int{} // worker → highest acknowledged replicated replacement seq
+	ackedDel := -1            // highest acknowledged namespace deletion
 	casAcks, kvAcks := 0, 0
 	var childErr string
 	readDone := make(chan struct{})
@@ -194,6 +231,8 @@ func TestCrashRecovery(t *testing.T) {
 					casAcks++
 				case "imm":
 					ackedImm[w] = seq
+				case "del":
+					ackedDel = seq
 				default:
 					ackedKV[w] = seq
 					kvAcks++
@@ -295,6 +334,20 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	if _, ok := acked[100]; !ok {
 		t.Fatal("no batched write was acknowledged before the kill")
+	}
+	// Every acknowledged deletion's tombstone survived: the object is gone and a copy older
+	// than the tombstone is still refused.
+	if ackedDel < 0 {
+		t.Fatal("no namespace deletion was acknowledged before the kill")
+	}
+	for seq := 0; seq <= ackedDel; seq++ {
+		key := crashGoneKey(seq)
+		if _, err := s.Stat(ctx(t), key); !isNotFound(err) {
+			t.Fatalf("object of the deleted namespace %s: %v, want not found", key.Namespace, err)
+		}
+		if err := putOlderThanTombstone(s, key); !errors.Is(err, storage.ErrStale) {
+			t.Fatalf("copy older than the tombstone of %s after kill -9: %v, want ErrStale", key.Namespace, err)
+		}
 	}
 	// Every stored object, acknowledged or not, verifies end to end.
 	var startKey []byte

@@ -40,15 +40,34 @@ import (
 type existenceIndex struct {
 	seeds [2]maphash.Seed
 
-	mu         sync.RWMutex
-	ready      bool
-	namespaces map[string]map[existKey]struct{} // "tenant\0namespace" → objects' hashes
-	unknown    map[string]struct{}              // encoded keys whose state is unknown
-	objects    int
+	mu      sync.RWMutex
+	ready   bool
+	sets    existSets
+	unknown map[string]struct{} // encoded keys whose state is unknown
 
 	recording bool
 	changes   []existChange // while the first build walks
 	gen       uint64        // bumped by reset: a build begun before it is discarded
+}
+
+// existSets is what the index knows per namespace ("tenant\0namespace"): the stored objects
+// (FindMissing's answer) and, for the writers' first-writer check (absent), the evicted stubs,
+// so that a name in neither has no manifest at all. stubs is nil once more than
+// maxExistStubs were seen: the writers then ask Pebble, as they did before the index.
+type existSets struct {
+	live    map[string]map[existKey]struct{}
+	stubs   map[string]map[existKey]struct{}
+	objects int
+	nStubs  int
+}
+
+// maxExistStubs bounds the evicted stubs the index remembers (16 bytes a slot, some 30 MiB at
+// the bound): stubs accumulate with everything ever evicted, and only spare the writers a
+// Pebble get, so past the bound the index stops answering "no manifest" instead of growing.
+const maxExistStubs = 1 << 20
+
+func newExistSets() existSets {
+	return existSets{live: make(map[string]map[existKey]struct{}), stubs: make(map[string]map[existKey]struct{})}
 }
 
 // existKey is the 128-bit hash of an object's "kind\0name" within its namespace.
@@ -64,14 +83,15 @@ type existChange struct {
 type existOp uint8
 
 const (
-	existAbsent existOp = iota
-	existPresent
-	existUnknown
+	existAbsent  existOp = iota // no manifest
+	existPresent                // a stored object
+	existStub                   // an evicted stub
+	existUnknown                // a change of unknown outcome
 )
 
 func (x *existenceIndex) init() {
 	x.seeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
-	x.namespaces = make(map[string]map[existKey]struct{})
+	x.sets = newExistSets()
 	x.unknown = make(map[string]struct{})
 }
 
@@ -97,11 +117,11 @@ func (x *existenceIndex) hash(rest []byte) existKey {
 	return existKey{maphash.Bytes(x.seeds[0], rest), maphash.Bytes(x.seeds[1], rest)}
 }
 
-// set records that the key encoded as ek is now stored (present) or not.
-func (x *existenceIndex) set(ek []byte, present bool) {
-	op := existAbsent
-	if present {
-		op = existPresent
+// update records the manifest the key encoded as ek now has (after its commit).
+func (x *existenceIndex) update(ek []byte, m *meta.Manifest) {
+	op := existPresent
+	if m.Evicted {
+		op = existStub
 	}
 	x.change(ek, op)
 }
@@ -121,36 +141,68 @@ func (x *existenceIndex) change(ek []byte, op existOp) {
 		x.changes = append(x.changes, existChange{ns: string(ns), ek: string(ek), op: op, hash: h})
 	}
 	if x.ready {
-		x.applyLocked(x.namespaces, &x.objects, string(ek), string(ns), op, h)
+		x.applyLocked(&x.sets, string(ek), string(ns), op, h)
 	}
 }
 
-// applyLocked applies one change to namespaces (counting objects in n).
-func (x *existenceIndex) applyLocked(namespaces map[string]map[existKey]struct{}, n *int, ek, ns string, op existOp, h existKey) {
+// applyLocked applies one change to sets (the index's or a build's).
+func (x *existenceIndex) applyLocked(sets *existSets, ek, ns string, op existOp, h existKey) {
 	if op == existUnknown {
 		x.unknown[ek] = struct{}{}
-	} else if len(x.unknown) > 0 {
+	} else if len(x.unknown) > 0 && ek != "" {
 		delete(x.unknown, ek)
 	}
-	set := namespaces[ns]
-	if op != existPresent {
-		if _, ok := set[h]; ok {
-			delete(set, h)
-			*n--
-			if len(set) == 0 {
-				delete(namespaces, ns)
-			}
-		}
+	sets.apply(ns, op, h)
+}
+
+// apply makes h, in namespace ns, the object, the stub or the nothing op says.
+func (sets *existSets) apply(ns string, op existOp, h existKey) {
+	if op == existPresent {
+		sets.objects += addExist(sets.live, ns, h)
+	} else {
+		sets.objects -= removeExist(sets.live, ns, h)
+	}
+	if sets.stubs == nil {
 		return
 	}
+	if op == existStub {
+		sets.nStubs += addExist(sets.stubs, ns, h)
+		if sets.nStubs > maxExistStubs {
+			sets.stubs, sets.nStubs = nil, 0
+		}
+	} else {
+		sets.nStubs -= removeExist(sets.stubs, ns, h)
+	}
+}
+
+// addExist adds h to namespace ns of m and returns how many entries it added (0 or 1).
+func addExist(m map[string]map[existKey]struct{}, ns string, h existKey) int {
+	set := m[ns]
 	if set == nil {
 		set = make(map[existKey]struct{})
-		namespaces[ns] = set
+		m[ns] = set
+	}
+	if _, ok := set[h]; ok {
+		return 0
+	}
+	set[h] = struct{}{}
+	return 1
+}
+
+// removeExist removes h from namespace ns of m and returns how many entries it removed.
+func removeExist(m map[string]map[existKey]struct{}, ns string, h existKey) int {
+	set, ok := m[ns]
+	if !ok {
+		return 0
 	}
 	if _, ok := set[h]; !ok {
-		set[h] = struct{}{}
-		*n++
+		return 0
 	}
+	delete(set, h)
+	if len(set) == 0 {
+		delete(m, ns)
+	}
+	return 1
 }
 
 // nsHash is the hash an object of a namespace is indexed under (ek its encoded key).
@@ -173,7 +225,7 @@ func (x *existenceIndex) removed(tenant, namespace string, hashes []existKey) {
 			x.changes = append(x.changes, existChange{ns: ns, op: existAbsent, hash: h})
 		}
 		if x.ready {
-			x.applyLocked(x.namespaces, &x.objects, "", ns, existAbsent, h)
+			x.applyLocked(&x.sets, "", ns, existAbsent, h)
 		}
 	}
 }
@@ -185,9 +237,8 @@ func (x *existenceIndex) reset() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.ready, x.gen = false, x.gen+1
-	x.namespaces = make(map[string]map[existKey]struct{})
+	x.sets = newExistSets()
 	x.unknown = make(map[string]struct{})
-	x.objects = 0
 }
 
 // isReady reports whether the first build completed.
@@ -199,12 +250,12 @@ func (x *existenceIndex) isReady() bool {
 
 // existBuild is a fresh index filled by a walk over the manifests.
 type existBuild struct {
-	x          *existenceIndex
-	gen        uint64
-	namespaces map[string]map[existKey]struct{}
-	objects    int
-	lastNS     []byte
-	lastSet    map[existKey]struct{}
+	x       *existenceIndex
+	gen     uint64
+	sets    existSets
+	unknown []string // encoded keys of manifests the walk could not decode
+	lastNS  []byte
+	lastSet map[existKey]struct{}
 }
 
 // begin starts recording changes for a build; call it before the walk's iterator is opened.
@@ -213,31 +264,42 @@ func (x *existenceIndex) begin() *existBuild {
 	defer x.mu.Unlock()
 	x.recording = true
 	x.changes = nil
-	return &existBuild{x: x, gen: x.gen, namespaces: make(map[string]map[existKey]struct{})}
+	return &existBuild{x: x, gen: x.gen, sets: newExistSets()}
 }
 
-// add records one walked manifest (ek its encoded key).
+// add records one walked manifest (ek its encoded key); m is nil for one that could not be
+// decoded, whose state is then unknown.
 func (b *existBuild) add(ek []byte, m *meta.Manifest) {
-	if m.Evicted {
+	if m == nil {
+		b.unknown = append(b.unknown, string(ek))
 		return
 	}
 	ns, rest, ok := splitEncoded(ek)
 	if !ok {
 		return
 	}
-	// The walk is in key order, so a namespace's objects come together.
+	op := existPresent
+	if m.Evicted {
+		op = existStub
+	}
+	h := b.x.hash(rest)
+	if op == existStub {
+		b.sets.apply(string(ns), op, h)
+		return
+	}
+	// The walk is in key order, so a namespace's objects come together: the set is looked up
+	// once per run instead of once per object.
 	if b.lastSet == nil || !bytes.Equal(ns, b.lastNS) {
-		b.lastSet = b.namespaces[string(ns)]
+		b.lastSet = b.sets.live[string(ns)]
 		if b.lastSet == nil {
 			b.lastSet = make(map[existKey]struct{})
-			b.namespaces[string(ns)] = b.lastSet
+			b.sets.live[string(ns)] = b.lastSet
 		}
 		b.lastNS = append(b.lastNS[:0], ns...)
 	}
-	h := b.x.hash(rest)
 	if _, ok := b.lastSet[h]; !ok {
 		b.lastSet[h] = struct{}{}
-		b.objects++
+		b.sets.objects++
 	}
 }
 
@@ -252,17 +314,49 @@ func (b *existBuild) finish(ok bool) {
 	if !ok || b.gen != x.gen {
 		return
 	}
-	for _, c := range changes {
-		x.applyLocked(b.namespaces, &b.objects, c.ek, c.ns, c.op, c.hash)
+	for _, ek := range b.unknown {
+		x.unknown[ek] = struct{}{}
 	}
-	x.namespaces, x.objects, x.ready = b.namespaces, b.objects, true
+	for _, c := range changes {
+		x.applyLocked(&b.sets, c.ek, c.ns, c.op, c.hash)
+	}
+	x.sets, x.ready = b.sets, true
 }
 
 // stats returns the number of objects indexed and whether the index is ready.
 func (x *existenceIndex) stats() (int, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return x.objects, x.ready
+	return x.sets.objects, x.ready
+}
+
+// absent reports whether the index knows that no manifest at all (neither an object nor an
+// evicted stub) exists for the key encoded as ek: ready, the key's state known, the stubs
+// tracked, and the name in neither set. false means "ask Pebble". It is exact while the
+// caller holds the key's lock (every change reaches the index before its lock is released);
+// without the lock it is as exact as a Pebble read at that moment, which is what the
+// first-writer check's change counts (Store.keyGen) need.
+func (x *existenceIndex) absent(ek []byte) bool {
+	ns, rest, ok := splitEncoded(ek)
+	if !ok {
+		return false
+	}
+	h := x.hash(rest)
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if !x.ready || x.sets.stubs == nil {
+		return false
+	}
+	if len(x.unknown) > 0 {
+		if _, ok := x.unknown[string(ek)]; ok {
+			return false
+		}
+	}
+	if _, ok := x.sets.live[string(ns)][h]; ok {
+		return false
+	}
+	_, stub := x.sets.stubs[string(ns)][h]
+	return !stub
 }
 
 // existLookupChunk bounds the keys looked up under one read lock, so a FindMissing of 10,000
@@ -289,7 +383,7 @@ func (x *existenceIndex) findMissing(keys []storage.Key, missing []storage.Key) 
 		for i, k := range chunk {
 			if !haveSet || k.Tenant != lastTenant || k.Namespace != lastNamespace {
 				ns := append(append(append(buf[:0], k.Tenant...), 0), k.Namespace...)
-				set, haveSet = x.namespaces[string(ns)], true
+				set, haveSet = x.sets.live[string(ns)], true
 				lastTenant, lastNamespace = k.Tenant, k.Namespace
 			}
 			rest := append(append(append(buf[:0], k.Kind...), 0), k.Name...)

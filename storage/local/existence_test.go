@@ -3,6 +3,7 @@ package local
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -43,6 +44,28 @@ func assertIndexAgrees(t testing.TB, s *Store, keys []storage.Key, step string) 
 	if !slices.Equal(got, want) {
 		t.Fatalf("%s: the existence index answers %d missing, the manifests %d\nindex: %v\nmanifests: %v",
 			step, len(got), len(want), got, want)
+	}
+	assertAbsentAgrees(t, s, keys, step)
+}
+
+// assertAbsentAgrees checks the writers' use of the index: it says "no manifest" (absent)
+// exactly for the keys Pebble holds no manifest of (stubs and damaged ones count as
+// manifests), except keys whose state it does not know, and never for a key Pebble holds.
+func assertAbsentAgrees(t testing.TB, s *Store, keys []storage.Key, step string) {
+	t.Helper()
+	for _, k := range keys {
+		ek := meta.ManifestKey(k)
+		_, err := s.db.GetManifest(k)
+		none := errors.Is(err, storage.ErrNotFound)
+		s.exists.mu.RLock()
+		_, unknown := s.exists.unknown[string(ek)]
+		s.exists.mu.RUnlock()
+		switch absent := s.exists.absent(ek); {
+		case absent && !none:
+			t.Fatalf("%s: the index says %v has no manifest, Pebble answers %v", step, k, err)
+		case !absent && none && !unknown:
+			t.Fatalf("%s: the index does not know that %v has no manifest", step, k)
+		}
 	}
 }
 

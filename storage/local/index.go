@@ -252,7 +252,8 @@ type rawManifests struct {
 // one worker per core, each into its own table, merged at the end (XOR and counts commute).
 // At 1,000,000 objects that is what the restart of a cluster node waits for before its first
 // anti-entropy round, and so before it is ready. add, when set, is called from the workers
-// (concurrently) with every decodable manifest; neither argument outlives the call.
+// (concurrently) with every manifest, nil for one that cannot be decoded; neither argument
+// outlives the call.
 func walkDigests(it *meta.ManifestIterator, add func(ek []byte, m *meta.Manifest)) (*meta.DigestTable, int, error) {
 	workers := max(1, min(runtime.GOMAXPROCS(0), 8))
 	work := make(chan *rawManifests, workers)
@@ -281,6 +282,9 @@ func walkDigests(it *meta.ManifestIterator, add func(ek []byte, m *meta.Manifest
 						// peer's copy then differs from nothing here, so anti-entropy
 						// restores it.
 						corrupt[w]++
+						if add != nil {
+							add(k, nil)
+						}
 						continue
 					}
 					e := digestOf(k, key.Kind, &m)
@@ -300,6 +304,9 @@ func walkDigests(it *meta.ManifestIterator, add func(ek []byte, m *meta.Manifest
 		v, err := it.RawValue()
 		if err != nil {
 			unreadable++ // counted with the undecodable ones, as a single-threaded walk did
+			if add != nil {
+				add(it.EncodedKey(), nil)
+			}
 			continue
 		}
 		b.buf = append(b.buf, it.EncodedKey()...)

@@ -198,7 +198,7 @@ func (c *manifestCache) admit(key storage.Key, ek []byte, m meta.Manifest, tok c
 // entries out, the first read admits it.
 func (c *manifestCache) update(ek []byte, m meta.Manifest) {
 	if c.exists != nil {
-		c.exists.set(ek, !m.Evicted)
+		c.exists.update(ek, &m)
 	}
 	if !c.enabled() {
 		return

@@ -56,7 +56,7 @@ func (s *Store) deleteNamespace(ctx context.Context, tenant, namespace string, v
 	// The scan that decides the deletion also XORs every deleted entry out of the digests;
 	// the exclusive namespace lock keeps the namespace's manifests still until the commit.
 	delta := new(meta.DigestTable)
-	var removed []existKey // for the existence index: 16 bytes a deleted object
+	var removed []existKey // for the existence index: 16 bytes a deleted object or stub
 	unknown := 0
 	effective, err := b.DeleteNamespaceFunc(ctx, tenant, namespace, version, func(k storage.Key, m meta.Manifest, err error) {
 		if err != nil {
@@ -66,7 +66,7 @@ func (s *Store) deleteNamespace(ctx context.Context, tenant, namespace string, v
 		ek := meta.ManifestKey(k)
 		e := digestOf(ek, k.Kind, &m)
 		delta.Remove(e.bucket, &e.hash)
-		if h, ok := s.exists.nsHash(ek); ok && !m.Evicted {
+		if h, ok := s.exists.nsHash(ek); ok { // stubs too: the index also tracks them
 			removed = append(removed, h)
 		}
 	})

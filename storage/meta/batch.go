@@ -18,6 +18,8 @@ import (
 type Batch struct {
 	db *DB
 	b  *pebble.Batch
+	// tombs are the tombstones the batch records, published to the DB's mirror on commit.
+	tombs []storage.Tombstone
 }
 
 // NewBatch starts an empty batch.
@@ -28,17 +30,22 @@ func (db *DB) NewBatch() *Batch {
 // Commit applies the batch durably: it returns after the WAL is synced. Pebble groups
 // concurrent synced commits into one WAL sync, so callers commit concurrently.
 func (b *Batch) Commit() error {
-	if err := b.b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("commit metadata batch: %w", err)
-	}
-	return nil
+	return b.commit(pebble.Sync)
 }
 
 // CommitNoSync applies the batch without waiting for the WAL sync. It becomes durable with the
 // next synced commit (the WAL is ordered), which is what eviction relies on: many unsynced
 // manifest changes, then one synced commit before a segment file is removed.
 func (b *Batch) CommitNoSync() error {
-	if err := b.b.Commit(pebble.NoSync); err != nil {
+	return b.commit(pebble.NoSync)
+}
+
+func (b *Batch) commit(opts *pebble.WriteOptions) error {
+	err := b.b.Commit(opts)
+	if len(b.tombs) > 0 {
+		b.db.tombstones.committed(b.tombs, err)
+	}
+	if err != nil {
 		return fmt.Errorf("commit metadata batch: %w", err)
 	}
 	return nil
@@ -171,6 +178,7 @@ func (b *Batch) DeleteNamespaceFunc(ctx context.Context, tenant, namespace strin
 	if err := b.b.Set(tombstoneKey(tenant, namespace), encodeVersion(version), nil); err != nil {
 		return 0, fmt.Errorf("delete namespace %s/%s: %w", tenant, namespace, err)
 	}
+	b.tombs = append(b.tombs, storage.Tombstone{Tenant: tenant, Namespace: namespace, Version: version})
 	return version, nil
 }
 

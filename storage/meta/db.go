@@ -37,9 +37,10 @@ type Options struct {
 
 // DB is the metadata store. It is safe for concurrent use.
 type DB struct {
-	pdb    *pebble.DB
-	opts   pebble.Options
-	closed atomic.Bool
+	pdb        *pebble.DB
+	opts       pebble.Options
+	closed     atomic.Bool
+	tombstones tombstoneMirror
 }
 
 // Metrics is the subset of Pebble's metrics that Kura exports as gauges.
@@ -90,7 +91,12 @@ func Open(opts Options) (*DB, error) {
 		return nil, fmt.Errorf("open metadata store %s: %w", opts.Dir, err)
 	}
 	// Pebble filled in its defaults; keep them to report capacities.
-	return &DB{pdb: pdb, opts: po}, nil
+	db := &DB{pdb: pdb, opts: po}
+	if err := db.tombstones.load(context.Background(), db); err != nil {
+		_ = pdb.Close()
+		return nil, fmt.Errorf("open metadata store %s: %w", opts.Dir, err)
+	}
+	return db, nil
 }
 
 // Close flushes nothing extra (every acknowledged write was synced) and closes Pebble. Further
@@ -177,7 +183,11 @@ func (e *manifestNotFound) Error() string {
 func (e *manifestNotFound) Unwrap() error { return storage.ErrNotFound }
 
 // GetTombstone returns the namespace's tombstone version, or ok=false when it has none.
+// It answers from memory (tombstoneMirror) unless the namespace's tombstone is in doubt.
 func (db *DB) GetTombstone(tenant, namespace string) (v storage.Version, ok bool, err error) {
+	if v, ok, fromPebble := db.tombstones.get(tenant, namespace); !fromPebble {
+		return v, ok, nil
+	}
 	raw, ok, err := db.get(tombstoneKey(tenant, namespace))
 	if err != nil || !ok {
 		if err != nil {
