@@ -306,27 +306,9 @@ func writeREAPIBlob(k *clusterKit, n *Node, instance string, body []byte) error 
 		}
 		return nil
 	}
-	stream, err := bspb.NewByteStreamClient(k.reapiConn(n)).Write(ctx)
-	if err != nil {
-		return fmt.Errorf("ByteStream.Write on %s: %w", n.Name, err)
-	}
 	resource := fmt.Sprintf("%s/uploads/%s/blobs/%s/%d", instance, uuid.NewString(), d.Hash, d.SizeBytes)
-	for off := 0; off < len(body); off += bytestreamChunk {
-		end := min(off+bytestreamChunk, len(body))
-		req := &bspb.WriteRequest{WriteOffset: int64(off), Data: body[off:end], FinishWrite: end == len(body)}
-		if off == 0 {
-			req.ResourceName = resource
-		}
-		if err := stream.Send(req); err != nil {
-			break // the server ended the stream; CloseAndRecv reports why
-		}
-	}
-	resp, err := stream.CloseAndRecv()
-	if err != nil {
+	if err := byteStreamUpload(ctx, bspb.NewByteStreamClient(k.reapiConn(n)), resource, body, bytestreamChunk); err != nil {
 		return fmt.Errorf("ByteStream.Write %s on %s: %w", resource, n.Name, err)
-	}
-	if resp.GetCommittedSize() != d.SizeBytes {
-		return fmt.Errorf("ByteStream.Write %s on %s: committed %d bytes, want %d", resource, n.Name, resp.GetCommittedSize(), d.SizeBytes)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 
 	"github.com/kuracache/kura/storage"
@@ -16,10 +17,6 @@ import (
 // readChunkBytes is the most data one ReadResponse carries (1 MiB, well under the 4 MiB
 // message limit clients apply by default).
 const readChunkBytes = 1 << 20
-
-// errPutReturned closes an upload pipe's read side once Put has returned, so the receiving
-// loop stops writing into a pipe nobody reads any more.
-var errPutReturned = errors.New("store finished with the upload")
 
 // byteStreamServer implements google.bytestream.ByteStream over the CAS.
 type byteStreamServer struct {
@@ -163,18 +160,21 @@ func (w *chunkWriter) flush() error {
 }
 
 // Write receives a blob and streams it into Store.Put, which hashes while it stores and
-// commits only if size and SHA-256 match. The receiving loop and Put are joined through a
-// pipe, so memory use does not depend on the blob's size.
+// commits only if size and SHA-256 match. Put reads the stream itself (uploadBody), in the
+// handler's goroutine, so memory use does not depend on the blob's size and the data goes
+// from gRPC's receive buffers to the store without a copy of ours.
 func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error) {
 	ctx := stream.Context()
-	first, err := stream.Recv()
+	first := &writeChunk{}
+	defer first.free()
+	err = stream.RecvMsg(first)
 	if errors.Is(err, io.EOF) {
 		return toStatus(fmt.Errorf("%w: the write stream carried no request", errInvalidArgument))
 	}
 	if err != nil {
 		return toStatus(fmt.Errorf("receive the first write request: %w", err))
 	}
-	rn, err := parseWriteResourceName(first.GetResourceName())
+	rn, err := parseWriteResourceName(first.resourceName)
 	if err != nil {
 		b.s.metrics.write(storage.KindCAS, resultRejected, 0)
 		return toStatus(err)
@@ -188,9 +188,9 @@ func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error)
 		}
 		b.s.metrics.write(storage.KindCAS, writeResult(err, created), stored)
 	}()
-	if first.GetWriteOffset() != 0 {
+	if first.writeOffset != 0 {
 		return toStatus(fmt.Errorf("%w: write_offset %d: uploads are not resumable on this server, start at 0 (QueryWriteStatus reports NOT_FOUND for partial uploads)",
-			errInvalidArgument, first.GetWriteOffset()))
+			errInvalidArgument, first.writeOffset))
 	}
 	if limit := b.s.cfg.MaxCASBlobSizeBytes; limit > 0 && d.size > limit {
 		return toStatus(fmt.Errorf("%w: blob %s is larger than max_cas_blob_size_bytes (%d)", errInvalidArgument, d, limit))
@@ -234,16 +234,17 @@ func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error)
 	return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: d.size})
 }
 
-// receive pumps the stream's data into Store.Put and returns the number of bytes received
-// (compressed bytes for compressed uploads) and the Put's result.
-func (b *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_WriteServer, first *bspb.WriteRequest,
+// receive stores the stream's data with Store.Put and returns the number of bytes received
+// (compressed bytes for compressed uploads) and the Put's result. first is the stream's
+// first request, already received; the next ones are decoded into it.
+func (b *byteStreamServer) receive(ctx context.Context, stream grpc.ServerStream, first *writeChunk,
 	rn resourceName, key storage.Key) (int64, storage.PutResult, error) {
 	d, compressed := rn.digest, rn.compressor != repb.Compressor_IDENTITY
-	pr, pw := io.Pipe()
-	var body io.Reader = pr
+	upload := newUploadBody(stream, first, d, compressed)
+	var body io.Reader = upload
 	var tracked *trackingReader
 	if compressed {
-		dec, err := b.s.codecs.decoder(pr)
+		dec, err := b.s.codecs.decoder(upload)
 		if err != nil {
 			return 0, storage.PutResult{}, err
 		}
@@ -251,72 +252,112 @@ func (b *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_W
 		tracked = &trackingReader{r: &boundedReader{r: dec, left: d.size}}
 		body = tracked
 	}
-	type outcome struct {
-		res storage.PutResult
-		err error
-	}
-	putDone := make(chan outcome, 1)
-	go func() {
-		res, err := putResult(b.s.local.Put(ctx, key, body, b.s.putOptions(d)))
-		pr.CloseWithError(errPutReturned) // unblocks the receiving loop if Put stopped early
-		putDone <- outcome{res, err}
-	}()
-
-	received, recvErr := receiveInto(stream, first, pw, d, compressed)
-	if recvErr != nil {
-		pw.CloseWithError(recvErr)
-	} else {
-		pw.Close()
-	}
-	out := <-putDone // always joined: the goroutine never outlives the request
+	res, err := putResult(b.s.local.Put(ctx, key, body, b.s.putOptions(d)))
 	switch {
-	case recvErr != nil && !errors.Is(recvErr, errPutReturned):
-		return received, storage.PutResult{}, recvErr
-	case out.err != nil && tracked != nil && tracked.err != nil:
-		return received, storage.PutResult{}, fmt.Errorf("blob %s: %w", d, dataError(tracked.err))
-	case out.err != nil:
-		return received, storage.PutResult{}, fmt.Errorf("store blob %s: %w", d, out.err)
+	case upload.err != nil:
+		// The stream failed or broke the protocol: that, not what Put made of it, is the answer.
+		return upload.received, storage.PutResult{}, upload.err
+	case err != nil && tracked != nil && tracked.err != nil:
+		return upload.received, storage.PutResult{}, fmt.Errorf("blob %s: %w", d, dataError(tracked.err))
+	case err != nil:
+		return upload.received, storage.PutResult{}, fmt.Errorf("store blob %s: %w", d, err)
 	}
-	return received, out.res, nil
+	return upload.received, res, nil
 }
 
-// receiveInto copies the data of the write requests into w, checking offsets, the resource
-// name and the declared size as it goes. It returns at finish_write or at the end of the
-// stream; errPutReturned means the store stopped reading (it already has the blob, or failed).
-func receiveInto(stream bspb.ByteStream_WriteServer, first *bspb.WriteRequest, w io.Writer, d digest, compressed bool) (int64, error) {
-	offset := int64(0)
-	for req := first; ; {
-		if req.GetResourceName() != "" && req.GetResourceName() != first.GetResourceName() {
-			return offset, fmt.Errorf("%w: resource_name changed within the write stream (from %q to %q)",
-				errInvalidArgument, truncate(first.GetResourceName()), truncate(req.GetResourceName()))
+// uploadBody is a ByteStream Write's data as Store.Put reads it: the requests are received
+// as the store asks for more, checked as they arrive (offsets, the resource name, the
+// declared size), and their data handed over in gRPC's own buffers (storage.ChunkReader).
+// The data ends at finish_write or at the end of the stream; a stream closed early is
+// judged by the store's size and hash checks.
+type uploadBody struct {
+	stream     grpc.ServerStream
+	req        *writeChunk // the request whose data is being read
+	name       string      // the first request's resource name
+	d          digest
+	compressed bool
+
+	pending  [][]byte // data of req not yet handed out
+	received int64    // data bytes received so far
+	last     bool     // req was the last request (finish_write or end of stream)
+	err      error    // the stream's failure or a broken rule; sticky
+}
+
+var _ storage.ChunkReader = (*uploadBody)(nil)
+
+func newUploadBody(stream grpc.ServerStream, first *writeChunk, d digest, compressed bool) *uploadBody {
+	u := &uploadBody{stream: stream, req: first, name: first.resourceName, d: d, compressed: compressed}
+	u.err = u.accept()
+	return u
+}
+
+// NextChunk implements storage.ChunkReader.
+func (u *uploadBody) NextChunk() ([]byte, error) {
+	for len(u.pending) == 0 {
+		if err := u.fill(); err != nil {
+			return nil, err
 		}
-		if req.GetWriteOffset() != offset {
-			return offset, fmt.Errorf("%w: write_offset %d does not continue the stream at %d", errInvalidArgument, req.GetWriteOffset(), offset)
-		}
-		data := req.GetData()
-		if !compressed && offset+int64(len(data)) > d.size {
-			return offset, fmt.Errorf("%w: blob %s: more data than its size (%d bytes received)", errInvalidArgument, d, offset+int64(len(data)))
-		}
-		if len(data) > 0 {
-			if _, err := w.Write(data); err != nil {
-				return offset, err
-			}
-			offset += int64(len(data))
-		}
-		if req.GetFinishWrite() {
-			return offset, nil
-		}
-		next, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			// Closed without finish_write: the data ends here and the store's size and hash
-			// checks decide whether it is complete.
-			return offset, nil
-		}
-		if err != nil {
-			return offset, fmt.Errorf("receive write request: %w", err)
-		}
-		req = next
 	}
+	p := u.pending[0]
+	u.pending = u.pending[1:]
+	return p, nil
+}
+
+func (u *uploadBody) Read(p []byte) (int, error) {
+	for len(u.pending) == 0 {
+		if err := u.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, u.pending[0])
+	if u.pending[0] = u.pending[0][n:]; len(u.pending[0]) == 0 {
+		u.pending = u.pending[1:]
+	}
+	return n, nil
+}
+
+// fill receives the next request (which frees the buffers of the previous one).
+func (u *uploadBody) fill() error {
+	if u.err != nil {
+		return u.err
+	}
+	if u.last {
+		return io.EOF
+	}
+	err := u.stream.RecvMsg(u.req)
+	if errors.Is(err, io.EOF) {
+		u.last = true
+		return io.EOF
+	}
+	if err != nil {
+		u.err = fmt.Errorf("receive write request: %w", err)
+		return u.err
+	}
+	if err := u.accept(); err != nil {
+		u.err = err
+		return err
+	}
+	return nil
+}
+
+// accept checks the request just received and queues its data.
+func (u *uploadBody) accept() error {
+	req := u.req
+	if req.resourceName != "" && req.resourceName != u.name {
+		return fmt.Errorf("%w: resource_name changed within the write stream (from %q to %q)",
+			errInvalidArgument, truncate(u.name), truncate(req.resourceName))
+	}
+	if req.writeOffset != u.received {
+		return fmt.Errorf("%w: write_offset %d does not continue the stream at %d", errInvalidArgument, req.writeOffset, u.received)
+	}
+	n := req.dataLen()
+	if !u.compressed && u.received+n > u.d.size {
+		return fmt.Errorf("%w: blob %s: more data than its size (%d bytes received)", errInvalidArgument, u.d, u.received+n)
+	}
+	u.pending = req.data
+	u.received += n
+	u.last = req.finishWrite
+	return nil
 }
 
 // QueryWriteStatus reports a complete blob as committed. Partial uploads are never kept (see

@@ -91,8 +91,8 @@ func (s *Server) policyRequest(ctx context.Context, fullMethod, op string, msg a
 	switch m := msg.(type) {
 	case *bspb.ReadRequest:
 		err = fromResource(r, m.GetResourceName(), parseReadResourceName)
-	case *bspb.WriteRequest:
-		err = fromResource(r, m.GetResourceName(), parseWriteResourceName)
+	case *writeChunk: // ByteStream Write (writecodec.go)
+		err = fromResource(r, m.resourceName, parseWriteResourceName)
 	case *bspb.QueryWriteStatusRequest:
 		err = fromResource(r, m.GetResourceName(), parseWriteResourceName)
 	case actionCacheRequest: // GetActionResult, UpdateActionResult

@@ -55,8 +55,9 @@ type readChunk struct {
 	data mem.Buffer
 }
 
-// serverCodec is the server's codec: the standard proto codec, except for readChunk and the
-// wire-level FindMissingBlobs messages (findmissing_wire.go).
+// serverCodec is the server's codec: the standard proto codec, except for readChunk (encoded
+// here), writeChunk (decoded in writecodec.go) and the wire-level FindMissingBlobs messages
+// (findmissing_wire.go).
 type serverCodec struct {
 	encoding.CodecV2
 }
@@ -92,8 +93,12 @@ func (c serverCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return out, nil
 }
 
-// Unmarshal decodes a findMissingRequest from the wire; everything else goes to proto.
+// Unmarshal decodes a writeChunk from gRPC's buffers without copying its data, and a
+// findMissingRequest from the wire; everything else goes to proto.
 func (c serverCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if wc, ok := v.(*writeChunk); ok {
+		return wc.decode(data)
+	}
 	if fm, ok := v.(*findMissingRequest); ok {
 		if len(data) == 1 {
 			return fm.decode(data[0].ReadOnlyData()) // decode copies it

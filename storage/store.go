@@ -86,6 +86,18 @@ type Store interface {
 	DeleteNamespace(ctx context.Context, tenant, namespace string, version Version) error
 }
 
+// ChunkReader is a body that already holds its bytes in memory, in pieces (the data of a
+// gRPC stream's messages, still in the buffers gRPC received them into). A store that gets
+// one as a Put body takes its chunks and writes them where they go instead of copying them
+// through a buffer of its own; it still enforces every limit while streaming and never
+// writes a byte past them.
+type ChunkReader interface {
+	io.Reader
+	// NextChunk returns the next piece of the body, which stays valid until the next call of
+	// NextChunk or Read, or io.EOF at the end. A piece may be empty.
+	NextChunk() ([]byte, error)
+}
+
 // Multipart assembles an object from separately uploaded parts (the module cache protocol).
 // Parts are staged on disk; state survives restarts; abandoned uploads expire.
 type Multipart interface {

@@ -1,7 +1,6 @@
 package segment
 
 import (
-	"bufio"
 	"math/bits"
 	"sync"
 )
@@ -51,5 +50,3 @@ func bufCap(need, limit int) int {
 	}
 	return c
 }
-
-var spillWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, spillBufferBytes) }}

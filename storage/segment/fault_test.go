@@ -150,7 +150,7 @@ func TestSpillENOSPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	arm(&faults.writeErr, syscall.ENOSPC)
-	_, err = s.Write(testBody(1, spillBufferBytes+10_000))
+	_, err = s.Write(testBody(1, stageBufferBytes+10_000))
 	if !errors.Is(err, storage.ErrInsufficientStorage) {
 		t.Fatalf("Write on a full disk = %v", err)
 	}
@@ -281,4 +281,37 @@ func TestRealDiskFull(t *testing.T) {
 		mustRead(t, m, r.loc, r.name, testBody(r.seed, r.size))
 	}
 	t.Logf("%d records fitted before ENOSPC; the %d outside the freed segment read back intact", full, len(acked))
+}
+
+// TestStagedDirectWrites covers the staging writer's edges: bodies whose ends fall on and
+// around the aligned buffer's boundaries (the unaligned tail goes out after O_DIRECT is
+// switched off), and a filesystem that takes the O_DIRECT flag but refuses a direct write
+// with EINVAL (the write is repeated buffered and the record is intact).
+func TestStagedDirectWrites(t *testing.T) {
+	var faults faultyOps
+	m := openManager(t, Options{SpillThreshold: 4096, ops: faults.ops()})
+	sizes := []int{4097, directAlign * 3, stageBufferBytes - 1, stageBufferBytes, stageBufferBytes + 1, 3*stageBufferBytes + directAlign + 7}
+	for i, n := range sizes {
+		name := fmt.Sprintf("direct-%d", n)
+		body := testBody(uint64(100+i), n)
+		loc := commit(t, m, name, body)
+		mustRead(t, m, loc, name, body)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "direct")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if setDirect(f, true) != nil {
+		t.Skip("the test directory's filesystem has no O_DIRECT; the EINVAL fallback cannot be reached")
+	}
+	arm(&faults.writeErr, syscall.EINVAL)
+	body := testBody(7, 2*stageBufferBytes+123)
+	loc := commit(t, m, "refused-direct", body)
+	mustRead(t, m, loc, "refused-direct", body)
+	if faults.writeErr.Load() != nil {
+		t.Fatal("the armed EINVAL never fired: no staging write happened")
+	}
+	checkAccounting(t, m)
+	assertNoStaging(t, m)
 }

@@ -129,11 +129,15 @@ type Stats struct {
 // goroutines. It starts no goroutines: group commit is led by whichever committer arrives
 // while no sync is running.
 type Manager struct {
-	opts    Options
-	ops     fileOps
-	log     *slog.Logger
-	pool    *fdpool.Pool
-	handles *handleCache
+	opts Options
+	// fullBufs recycles in-memory record buffers of the largest size (SpillThreshold and its
+	// tail), which is no power of two and so not in bufPools: a body at the threshold (a
+	// 1 MiB HTTP PUT) allocated and cleared one per Put.
+	fullBufs sync.Pool
+	ops      fileOps
+	log      *slog.Logger
+	pool     *fdpool.Pool
+	handles  *handleCache
 	// verified holds the records whose every block this process has checked (verified.go).
 	verified *verifiedSet
 	// trustedReads and sendfiles count stream reads served from the verified set and the

@@ -1,7 +1,6 @@
 package segment
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -16,10 +15,6 @@ import (
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/fdpool"
 )
-
-// spillBufferBytes is the write buffer in front of a staging file: large enough that a
-// caller copying in 32 KiB chunks costs one write syscall per 256 KiB.
-const spillBufferBytes = 256 << 10
 
 // roomCheckBytes: a spilling body re-checks the free space (CheckRoom) every time this many
 // more bytes have arrived, so a long upload stops before it eats the reserve rather than
@@ -49,7 +44,7 @@ type Staged struct {
 	buf []byte // the body while it fits in memory (reserved room for CRC table and footer)
 
 	f         *fdpool.File // the staging file once the body spilled (holds a pool slot)
-	w         *bufio.Writer
+	w         *stageWriter
 	nextCheck int64 // body size at which the spill re-checks the free space
 
 	state stagedState
@@ -116,6 +111,46 @@ func (s *Staged) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// inMemoryReadBytes is the most ReadInMemory asks of one Read, so a body of unknown size
+// grows its buffer in steps rather than to the spill threshold at once.
+const inMemoryReadBytes = 256 << 10
+
+// ReadInMemory reads the body from r straight into the record's memory buffer for as long as
+// it fits in memory (SpillThreshold), sparing the caller's copy through a buffer of its
+// own. sizeHint (the declared size, or < 0) sizes the buffer once. It returns the bytes
+// read and whether r ended; if it did not (the body reached the threshold, or the record
+// already spilled) the caller goes on with Write. A read error is returned as it is.
+func (s *Staged) ReadInMemory(r io.Reader, sizeHint int64) (int64, bool, error) {
+	limit := s.m.opts.SpillThreshold
+	if s.state != stagedOpen || s.err != nil || s.f != nil {
+		return 0, false, nil
+	}
+	if sizeHint > s.size {
+		s.grow(min(sizeHint, limit))
+	}
+	var n int64
+	for s.size < limit {
+		want := min(limit-s.size, inMemoryReadBytes)
+		s.grow(s.size + want)
+		p := s.buf[len(s.buf) : len(s.buf)+int(want)]
+		got, err := r.Read(p)
+		if got > 0 {
+			s.sha.Write(p[:got])
+			s.crcs.write(p[:got])
+			s.buf = s.buf[:len(s.buf)+got]
+			s.size += int64(got)
+			n += int64(got)
+		}
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, err
+		}
+	}
+	return n, false, nil
+}
+
 // grow makes room for a body of newSize bytes plus the record tail, doubling like append but
 // never past what the spill threshold allows, so an in-memory record costs at most
 // SpillThreshold plus its tail.
@@ -124,12 +159,41 @@ func (s *Staged) grow(newSize int64) {
 	if need <= cap(s.buf) {
 		return
 	}
-	limit := int(s.m.opts.SpillThreshold) + s.tailReserve(s.m.opts.SpillThreshold)
-	nb := append(getBuf(bufCap(max(need, 2*cap(s.buf)), limit)), s.buf...)
-	if s.buf != nil {
+	limit := s.fullBufCap()
+	var nb []byte
+	if c := bufCap(max(need, 2*cap(s.buf)), limit); c == limit {
+		nb = append(s.m.getFullBuf(limit), s.buf...)
+	} else {
+		nb = append(getBuf(c), s.buf...)
+	}
+	s.putBuf()
+	s.buf = nb
+}
+
+// fullBufCap is the largest in-memory record: SpillThreshold bytes of body and their tail.
+func (s *Staged) fullBufCap() int {
+	return int(s.m.opts.SpillThreshold) + s.tailReserve(s.m.opts.SpillThreshold)
+}
+
+// putBuf recycles the in-memory buffer, if any.
+func (s *Staged) putBuf() {
+	switch {
+	case s.buf == nil:
+	case cap(s.buf) == s.fullBufCap():
+		b := s.buf[:0]
+		s.m.fullBufs.Put(&b)
+	default:
 		putBuf(s.buf)
 	}
-	s.buf = nb
+	s.buf = nil
+}
+
+// getFullBuf returns an empty buffer of capacity c, the full in-memory record size.
+func (m *Manager) getFullBuf(c int) []byte {
+	if b, ok := m.fullBufs.Get().(*[]byte); ok && cap(*b) == c {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, c)
 }
 
 // spill moves the in-memory body to a new staging file; from here on the body streams to disk.
@@ -146,13 +210,9 @@ func (s *Staged) spill() error {
 	}
 	s.f = f
 	s.nextCheck = s.size + roomCheckBytes
-	s.w = spillWriters.Get().(*bufio.Writer)
-	s.w.Reset(opsWriter{f: f.File, ops: &s.m.ops})
+	s.w = newStageWriter(f.File, &s.m.ops)
 	_, err = s.w.Write(s.buf)
-	if s.buf != nil {
-		putBuf(s.buf)
-		s.buf = nil
-	}
+	s.putBuf()
 	if err != nil {
 		return ioError("write staging file", f.Name(), err)
 	}
@@ -161,13 +221,9 @@ func (s *Staged) spill() error {
 
 // releaseBuffers returns the staging buffers to their pools once the record is done with them.
 func (s *Staged) releaseBuffers() {
-	if s.buf != nil {
-		putBuf(s.buf)
-		s.buf = nil
-	}
+	s.putBuf()
 	if s.w != nil {
-		s.w.Reset(nil)
-		spillWriters.Put(s.w)
+		s.w.release()
 		s.w = nil
 	}
 }
@@ -246,7 +302,7 @@ func (s *Staged) commitSpilled(ft footer) (Location, error) {
 	if _, err := s.w.Write(tail); err != nil {
 		return Location{}, ioError("write staging file", s.f.Name(), err)
 	}
-	if err := s.w.Flush(); err != nil {
+	if err := s.w.Finish(); err != nil {
 		return Location{}, ioError("write staging file", s.f.Name(), err)
 	}
 	if err := m.ops.datasync(s.f.File); err != nil {
@@ -313,7 +369,7 @@ func (s *Staged) copyInto(dst string) error {
 	if _, err := s.f.Seek(0, 0); err != nil {
 		return fail(ioError("rewind staging file", s.f.Name(), err))
 	}
-	buf := make([]byte, spillBufferBytes)
+	buf := make([]byte, stageBufferBytes)
 	// The struct hides (*os.File).WriteTo so the copy goes through buf and fileOps.
 	if _, err := io.CopyBuffer(opsWriter{f: out.File, ops: &m.ops}, struct{ io.Reader }{s.f.File}, buf); err != nil {
 		return fail(ioError("copy staged record to", partial, err))
