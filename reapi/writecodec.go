@@ -67,14 +67,10 @@ func (w *writeChunk) decode(msg mem.BufferSlice) error {
 	c := bufferCursor{bufs: msg}
 	total := uint64(msg.Len())
 	for c.more() {
-		tag, err := c.varint()
+		num, typ, err := c.tag()
 		if err != nil {
 			return err
 		}
-		if tag>>3 < uint64(protowire.MinValidNumber) || tag>>3 > uint64(protowire.MaxValidNumber) {
-			return fmt.Errorf("%w: field number %d", errMalformedWriteRequest, tag>>3)
-		}
-		num, typ := protowire.DecodeTag(tag)
 		switch typ {
 		case protowire.VarintType:
 			v, err := c.varint()
@@ -155,6 +151,19 @@ func (c *bufferCursor) more() bool {
 	return true
 }
 
+// tag reads a field's tag, refusing field numbers proto refuses.
+func (c *bufferCursor) tag() (protowire.Number, protowire.Type, error) {
+	tag, err := c.varint()
+	if err != nil {
+		return 0, 0, err
+	}
+	if tag>>3 < uint64(protowire.MinValidNumber) || tag>>3 > uint64(protowire.MaxValidNumber) {
+		return 0, 0, fmt.Errorf("%w: field number %d", errMalformedWriteRequest, tag>>3)
+	}
+	num, typ := protowire.DecodeTag(tag)
+	return num, typ, nil
+}
+
 func (c *bufferCursor) varint() (uint64, error) {
 	if !c.more() {
 		return 0, io.ErrUnexpectedEOF
@@ -187,14 +196,10 @@ const maxGroupDepth = 10_000
 func (c *bufferCursor) skipGroup(num protowire.Number) error {
 	open := []protowire.Number{num}
 	for len(open) > 0 {
-		tag, err := c.varint()
+		n, typ, err := c.tag()
 		if err != nil {
 			return err
 		}
-		if tag>>3 < uint64(protowire.MinValidNumber) || tag>>3 > uint64(protowire.MaxValidNumber) {
-			return fmt.Errorf("%w: field number %d", errMalformedWriteRequest, tag>>3)
-		}
-		n, typ := protowire.DecodeTag(tag)
 		switch typ {
 		case protowire.VarintType:
 			_, err = c.varint()
