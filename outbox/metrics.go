@@ -22,12 +22,15 @@ const (
 )
 
 type metrics struct {
-	pushes       *prometheus.CounterVec
-	duration     *prometheus.HistogramVec
-	lag          *prometheus.HistogramVec
-	paused       prometheus.Gauge
-	peersDropped prometheus.Counter
-	queues       *queueCollector
+	pushes     *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	lag        *prometheus.HistogramVec
+	batchItems *prometheus.HistogramVec
+	// batchUnsupported counts the times a peer answered UNIMPLEMENTED to PushBatch.
+	batchUnsupported *prometheus.CounterVec
+	paused           prometheus.Gauge
+	peersDropped     prometheus.Counter
+	queues           *queueCollector
 }
 
 func newMetrics(reg prometheus.Registerer, o *Outbox) (*metrics, error) {
@@ -48,6 +51,16 @@ func newMetrics(reg prometheus.Registerer, o *Outbox) (*metrics, error) {
 			// From a LAN push right after the write to a backlog drained after a peer's outage.
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
 		}, []string{"peer"}),
+		batchItems: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kura_replication_batch_items",
+			Help: "Objects per PushBatch call that the peer answered (each also counts in kura_replication_pushes_total).",
+			// From a trickle of writes (one per batch) to a backlog's full batches (512).
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+		}, []string{"peer"}),
+		batchUnsupported: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_replication_batch_fallbacks_total",
+			Help: "Times a peer answered UNIMPLEMENTED to PushBatch (an older version) and got per-object pushes for a while.",
+		}, []string{"peer"}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kura_outbox_dispatch_paused",
 			Help: "1 while dispatch is paused by the hard memory watermark (entries keep queueing).",
@@ -58,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, o *Outbox) (*metrics, error) {
 		}),
 		queues: &queueCollector{o: o},
 	}
-	if err := telemetry.RegisterAll(reg, m.pushes, m.duration, m.lag, m.paused, m.peersDropped, m.queues); err != nil {
+	if err := telemetry.RegisterAll(reg, m.pushes, m.duration, m.lag, m.batchItems, m.batchUnsupported, m.paused, m.peersDropped, m.queues); err != nil {
 		return nil, fmt.Errorf("register outbox metrics: %w", err)
 	}
 	return m, nil

@@ -76,13 +76,17 @@ type Config struct {
 	// DB holds the queues: the local store's metadata database (local.DataDir.DB), opened
 	// before the store so that the outbox can be the store's commit observer. Required.
 	DB *meta.DB
-	// Sender delivers to peers. Required.
+	// Sender delivers to peers. Required. When it is also a BatchSender, small objects go in
+	// batches (batch.go).
 	Sender Sender
 	// Batch is the number of entries read per page (default DefaultBatch). A backlog is never
 	// loaded whole: a worker holds at most one page.
 	Batch int
 	// InFlight is the number of concurrent pushes per peer (default DefaultInFlight).
 	InFlight int
+	// BatchesInFlight is the number of concurrent PushBatch calls per peer when Sender is a
+	// BatchSender (default DefaultBatchesInFlight); they are in addition to InFlight.
+	BatchesInFlight int
 	// LargeInFlight caps how many of them carry an object larger than largeObjectBytes
 	// (default DefaultLargeInFlight, at most InFlight).
 	LargeInFlight int
@@ -125,6 +129,7 @@ type Outbox struct {
 	now     func() time.Time
 	rnd     *lockedRand
 	metrics *metrics
+	batcher BatchSender // cfg.Sender when it has the batched lane, else nil
 
 	// local is the store Run pushes from (object entries are resolved against it at dispatch
 	// time); written by Run before it starts any worker.
@@ -159,7 +164,7 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 		return nil, errors.New("new outbox: no sender")
 	}
 	for name, v := range map[string]int64{
-		"batch": int64(cfg.Batch), "in-flight": int64(cfg.InFlight), "large in-flight": int64(cfg.LargeInFlight), "min backoff": int64(cfg.MinBackoff),
+		"batch": int64(cfg.Batch), "in-flight": int64(cfg.InFlight), "large in-flight": int64(cfg.LargeInFlight), "batches in flight": int64(cfg.BatchesInFlight), "min backoff": int64(cfg.MinBackoff),
 		"max backoff": int64(cfg.MaxBackoff), "drop delay": int64(cfg.DropAfter), "push timeout": int64(cfg.PushTimeout),
 	} {
 		if v < 0 {
@@ -171,6 +176,9 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 	}
 	if cfg.InFlight == 0 {
 		cfg.InFlight = DefaultInFlight
+	}
+	if cfg.BatchesInFlight == 0 {
+		cfg.BatchesInFlight = DefaultBatchesInFlight
 	}
 	if cfg.LargeInFlight <= 0 {
 		cfg.LargeInFlight = DefaultLargeInFlight
@@ -217,6 +225,7 @@ func newOutbox(cfg Config, db queueStore) (*Outbox, error) {
 		changed: make(chan struct{}, 1),
 		peers:   map[string]*peer{},
 	}
+	o.batcher, _ = cfg.Sender.(BatchSender)
 	damaged, err := o.restore(context.Background())
 	if err != nil {
 		return nil, err

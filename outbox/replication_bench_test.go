@@ -30,15 +30,18 @@ import (
 // outbox (the commit observer) pushing through a real internal-plane client to node B's
 // internal-plane server over loopback, which applies into B's disk store.
 type replPair struct {
-	a, b   *local.Store
-	ob     *Outbox
-	sender *timingSender
-	client *peerplane.Client
+	a, b      *local.Store
+	ob        *Outbox
+	sender    *timingSender
+	client    *peerplane.Client
+	addr      string               // B's internal plane
+	serverReg *prometheus.Registry // B's kura_peer_* metrics
+	obReg     *prometheus.Registry // A's outbox metrics
 }
 
 // timingSender records when each key's push returned (delivered to B and committed there).
 type timingSender struct {
-	Sender
+	BatchSender
 	mu   sync.Mutex
 	done map[storage.Key]time.Time
 }
@@ -55,14 +58,29 @@ func (s *timingSender) mark(k storage.Key) {
 }
 
 func (s *timingSender) PushObject(ctx context.Context, addr string, info storage.Info, body io.Reader) (bool, error) {
-	applied, err := s.Sender.PushObject(ctx, addr, info, body)
+	applied, err := s.BatchSender.PushObject(ctx, addr, info, body)
 	if err == nil {
 		s.mark(info.Key)
 	}
 	return applied, err
 }
 
-func newReplPair(b *testing.B, mod func(*Config)) *replPair {
+func (s *timingSender) PushBatch(ctx context.Context, addr string, objs []storage.PutItem) ([]storage.PutItemResult, error) {
+	res, err := s.BatchSender.PushBatch(ctx, addr, objs)
+	for i, r := range res {
+		if r.Err == nil {
+			s.mark(objs[i].Key)
+		}
+	}
+	return res, err
+}
+
+// perObject hides a sender's batched lane: the outbox then pushes every object alone.
+type perObject struct{ Sender }
+
+// newReplPair builds the pair; mod may change the outbox's configuration (its Sender
+// included) before it is built.
+func newReplPair(b testing.TB, mod func(*Config)) *replPair {
 	b.Helper()
 	metaOpts := meta.Options{BlockCacheBytes: 32 << 20, MemTableBytes: 16 << 20}
 	// Node B: its store behind a real internal-plane server.
@@ -75,7 +93,8 @@ func newReplPair(b *testing.B, mod func(*Config)) *replPair {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := peerplane.NewServer(peerplane.ServerConfig{Registerer: prometheus.NewRegistry()}, bStore)
+	serverReg := prometheus.NewRegistry()
+	srv := peerplane.NewServer(peerplane.ServerConfig{Registerer: serverReg}, bStore)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	b.Cleanup(func() {
@@ -87,12 +106,16 @@ func newReplPair(b *testing.B, mod func(*Config)) *replPair {
 	// Node A: outbox over its data directory, then the store observed by it.
 	client := peerplane.NewClient(peerplane.ClientConfig{Registerer: prometheus.NewRegistry()})
 	b.Cleanup(func() { _ = client.Close() })
-	sender := &timingSender{Sender: client}
+	sender := &timingSender{BatchSender: client}
 	dir, err := local.OpenDataDir(b.TempDir(), metaOpts)
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg := Config{DB: dir.DB(), Sender: sender, Registerer: prometheus.NewRegistry()}
+	obReg := prometheus.NewRegistry()
+	cfg := Config{DB: dir.DB(), Sender: sender, Registerer: obReg}
+	if os.Getenv("KURA_BENCH_PER_OBJECT") != "" {
+		cfg.Sender = perObject{sender} // the lane before PushBatch, for comparison
+	}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -113,18 +136,18 @@ func newReplPair(b *testing.B, mod func(*Config)) *replPair {
 	done := make(chan error, 1)
 	go func() { done <- ob.Run(ctx, aStore) }()
 	b.Cleanup(func() { cancel(); <-done })
-	return &replPair{a: aStore, b: bStore, ob: ob, sender: sender, client: client}
+	return &replPair{a: aStore, b: bStore, ob: ob, sender: sender, client: client, addr: ln.Addr().String(), serverReg: serverReg, obReg: obReg}
 }
 
 // writeA stores n objects of size bytes on A from writers goroutines and returns their keys
 // and when each write was acknowledged.
-func (p *replPair) writeA(b *testing.B, prefix string, n, size, writers int) ([]storage.Key, []time.Time) {
+func (p *replPair) writeA(b testing.TB, prefix string, n, size, writers int) ([]storage.Key, []time.Time) {
 	return p.writeAPaced(b, prefix, n, size, writers, 0)
 }
 
 // writeAPaced is writeA with each writer starting a write at most every every (0: no pacing),
 // so that the lag is measured under a load the pair sustains rather than with a backlog.
-func (p *replPair) writeAPaced(b *testing.B, prefix string, n, size, writers int, every time.Duration) ([]storage.Key, []time.Time) {
+func (p *replPair) writeAPaced(b testing.TB, prefix string, n, size, writers int, every time.Duration) ([]storage.Key, []time.Time) {
 	b.Helper()
 	keys := make([]storage.Key, n)
 	acked := make([]time.Time, n)
@@ -166,7 +189,7 @@ func (p *replPair) writeAPaced(b *testing.B, prefix string, n, size, writers int
 	return keys, acked
 }
 
-func (p *replPair) drain(b *testing.B) {
+func (p *replPair) drain(b testing.TB) {
 	b.Helper()
 	testsupport.WaitFor(b, "outbox drained", 10*time.Minute, func() bool { return p.ob.Depth("b") == 0 })
 }
@@ -260,7 +283,7 @@ func processCPU() time.Duration {
 }
 
 // checkOnB makes sure every key is readable on B (a benchmark that measured nothing is wrong).
-func (p *replPair) checkOnB(b *testing.B, keys []storage.Key) {
+func (p *replPair) checkOnB(b testing.TB, keys []storage.Key) {
 	b.Helper()
 	for _, k := range keys {
 		if _, err := p.b.Stat(context.Background(), k); err != nil {

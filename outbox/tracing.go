@@ -37,7 +37,7 @@ const (
 //
 // Its kind is internal, not client: the RPC's client span is the peer client's, one level
 // below, and a second client span would count every push twice in service graphs.
-func (o *Outbox) startPush(ctx context.Context, p *peer, it *item) (context.Context, trace.Span) {
+func (o *Outbox) startPush(ctx context.Context, p *peer, it *item, attempt int) (context.Context, trace.Span) {
 	if it.entry.Trace.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, it.entry.Trace)
 	}
@@ -45,7 +45,7 @@ func (o *Outbox) startPush(ctx context.Context, p *peer, it *item) (context.Cont
 	if span.IsRecording() {
 		attrs := []attribute.KeyValue{
 			attrPeer.String(p.name), attrOp.String(it.entry.Op.String()),
-			attrSeq.Int64(int64(it.seq)), attrAttempt.Int(p.attempt + 1),
+			attrSeq.Int64(int64(it.seq)), attrAttempt.Int(attempt + 1),
 			attrQueued.Int64(o.now().Sub(it.entry.EnqueuedAt).Milliseconds()),
 		}
 		if it.entry.Op == OpObject {

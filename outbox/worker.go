@@ -8,9 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
@@ -70,6 +71,7 @@ type peer struct {
 	attempt       int              // consecutive failed attempts: the backoff exponent
 	holesFull     bool             // maxHoles was hit (logged once)
 	lastBad       uint64           // the damaged entry found last, to notice one that cannot be deleted
+	noBatchUntil  time.Time        // the peer answered UNIMPLEMENTED to PushBatch: push alone until then
 	// ahead holds damaged entries dropped before the cursor reached them, so the gap they
 	// leave is not taken for a hole.
 	ahead map[uint64]struct{}
@@ -98,7 +100,11 @@ type item struct {
 	seq   uint64
 	entry Entry
 	bad   error // the entry could not be decoded: dropped without a push
-	done  bool  // delivered or dropped; written by the pushing goroutine, read after Wait
+	// Owned by the worker goroutine (units report their outcomes to it; they never write
+	// these).
+	done     bool // delivered or dropped
+	inFlight bool // part of a unit being pushed
+	alone    bool // pushed with PushObject even on the batched lane (too large, or refused as part of a batch)
 }
 
 var errDamaged = errors.New("damaged outbox entry")
@@ -186,8 +192,10 @@ func (o *Outbox) round(ctx context.Context, p *peer) (busy bool, err error) {
 		}
 	}
 	if len(p.work) > 0 {
-		o.deliver(ctx, p)
 		busy = true
+		if err := o.deliver(ctx, p); err != nil {
+			return busy, errors.Join(err, o.commitDeletes(p))
+		}
 	}
 	return busy, o.commitDeletes(p)
 }
@@ -199,7 +207,7 @@ func (o *Outbox) fill(ctx context.Context, p *peer) error {
 	if err := o.probeHoles(ctx, p, now); err != nil {
 		return err
 	}
-	if room := o.cfg.Batch - len(p.work); room > 0 {
+	if room := min(o.cfg.Batch, o.deliveryWindow()-len(p.work)); room > 0 {
 		page, bad, err := o.scan(ctx, p.name, p.cursor, room)
 		if err != nil {
 			return fmt.Errorf("read queue of %s after %d: %w", p.name, p.cursor, err)
@@ -307,7 +315,7 @@ func (o *Outbox) probeHoles(ctx context.Context, p *peer, now time.Time) error {
 	}
 	slices.Sort(seqs)
 	for _, seq := range seqs {
-		if len(p.work) >= o.cfg.Batch {
+		if len(p.work) >= o.deliveryWindow() {
 			break
 		}
 		h := p.holes[seq]
@@ -346,36 +354,108 @@ func (o *Outbox) probeHoles(ctx context.Context, p *peer, now time.Time) error {
 	return nil
 }
 
-// deliver pushes the page until every entry is resolved, the worker stops or dispatch pauses.
-// A transient failure backs off this peer only and retries the unresolved entries in order.
-func (o *Outbox) deliver(ctx context.Context, p *peer) {
+// deliver pushes p.work until every entry is resolved and no more are visible, the worker
+// stops or dispatch pauses. While pushes are in flight it keeps reading pages (up to
+// deliveryWindow entries held), so the next batch is ready when a slot frees up. A transient
+// failure stops new launches; once the pushes in flight have ended, the worker persists what
+// was resolved, backs off (this peer only) and retries the unresolved entries.
+func (o *Outbox) deliver(ctx context.Context, p *peer) error {
+	us := o.newUnits()
+	defer us.close()
+	var (
+		failed   bool // a unit failed transiently: launch nothing until they end
+		drained  bool // the last read found nothing new
+		resolved int  // entries resolved since the last deletion commit
+		fillErr  error
+	)
 	for {
-		var pending []*item
-		for _, it := range p.work {
-			if !it.done {
-				pending = append(pending, it)
+		stopping := ctx.Err() != nil || o.paused.Load()
+		if !failed && !stopping && fillErr == nil {
+			// Read pages until a full batch waits (a page is smaller than a batch), the window
+			// is full or nothing new is visible.
+			for !drained && fillErr == nil && o.launchable(p) < maxBatchItems && len(p.work) < o.deliveryWindow() && o.readyToRead(p) {
+				before := len(p.work)
+				if fillErr = o.fill(ctx, p); fillErr == nil {
+					drained = len(p.work) == before
+				}
 			}
+			o.launch(ctx, p, us)
 		}
-		if len(pending) == 0 || ctx.Err() != nil || o.paused.Load() {
-			return
+		inFlight := us.running[false] + us.running[true]
+		if inFlight == 0 {
+			switch {
+			case fillErr != nil:
+				return fillErr
+			case failed && !stopping:
+				if resolved > 0 {
+					p.attempt = 0 // the peer answers: restart the backoff from its floor
+				}
+				// Persist the progress before waiting, so a restart during a long outage does
+				// not deliver again what already went through.
+				if err := o.commitDeletes(p); err != nil {
+					o.log.Error("delete delivered outbox entries", "peer", p.name, "error", err)
+				}
+				resolved = 0
+				if !sleep(ctx, o.nextBackoff(p)) {
+					return nil
+				}
+				failed, drained = false, false
+				continue
+			case o.launchable(p) > 0 && !stopping:
+				continue // entries a batch handed back (too large, or the peer lacks batches)
+			}
+			return nil
 		}
-		succeeded, failed := o.attempt(ctx, p, pending)
-		if !failed {
-			p.attempt = 0
-			continue
+		var wake <-chan struct{}
+		if drained && !failed {
+			wake = p.wake // a commit while pushes are in flight: read it now, not after them
 		}
-		if succeeded > 0 {
-			p.attempt = 0 // the peer answers: restart the backoff from its floor
-			// Persist the progress before waiting, so a restart during a long outage does not
-			// deliver again what already went through.
+		select {
+		case u := <-us.done:
+			us.running[u.batch]--
+			n, f := o.settle(p, u)
+			resolved += n
+			if f {
+				failed = true
+			} else if n > 0 && !failed {
+				p.attempt = 0
+			}
+			drained = false
+		case <-wake:
+			drained = false
+		}
+		if resolved >= o.cfg.Batch {
+			// Delete as the window moves, not once per window: a crash then repeats at most a
+			// page of deliveries.
 			if err := o.commitDeletes(p); err != nil {
 				o.log.Error("delete delivered outbox entries", "peer", p.name, "error", err)
 			}
-		}
-		if !sleep(ctx, o.nextBackoff(p)) {
-			return
+			resolved = 0
 		}
 	}
+}
+
+// readyToRead reports whether the worker may read ahead now. A damaged entry found by a
+// scan stops the scan in front of it (the cursor stays before it) until the entry is
+// deleted, so the next scan waits for its deletion, committed here once it is resolved: a
+// scan that met it again would take it for one whose deletion did not take.
+func (o *Outbox) readyToRead(p *peer) bool {
+	damagedDone := false
+	for _, it := range p.work {
+		if it.bad != nil {
+			if !it.done {
+				return false
+			}
+			damagedDone = true
+		}
+	}
+	if damagedDone {
+		if err := o.commitDeletes(p); err != nil {
+			o.log.Error("delete delivered outbox entries", "peer", p.name, "error", err)
+			return false
+		}
+	}
+	return true
 }
 
 func (o *Outbox) nextBackoff(p *peer) time.Duration {
@@ -387,73 +467,38 @@ func (o *Outbox) nextBackoff(p *peer) time.Duration {
 	return d
 }
 
-// attempt pushes pending in order, at most InFlight at a time, and stops launching at the first
-// transient failure (a peer that is down should cost one failed push per attempt, not a page).
-// InFlight goroutines take the entries in turn rather than one goroutine per entry: a push goes
-// deep into Pebble and gRPC, and a fresh goroutine grows its stack on every push (that copying
-// was 13% of a 1 KiB drain's CPU).
-func (o *Outbox) attempt(ctx context.Context, p *peer, pending []*item) (succeeded int64, failed bool) {
-	var (
-		fail atomic.Bool
-		ok   atomic.Int64
-		next atomic.Int64
-		wg   sync.WaitGroup
-	)
-	for range min(o.cfg.InFlight, len(pending)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				if fail.Load() || o.paused.Load() || ctx.Err() != nil {
-					return
-				}
-				i := next.Add(1) - 1
-				if i >= int64(len(pending)) {
-					return
-				}
-				it := pending[i]
-				if o.push(ctx, p, it) {
-					it.done = true
-					p.depth.Add(-1)
-					ok.Add(1)
-				} else {
-					fail.Store(true)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return ok.Load(), fail.Load()
-}
-
-// push delivers one entry and reports whether it is resolved (delivered or dropped for good).
-func (o *Outbox) push(ctx context.Context, p *peer, it *item) bool {
-	op := it.entry.Op.String()
+// push delivers one entry on its own: a tombstone, a damaged entry, an object too large for a
+// batch, or any entry for a peer without the batched lane. It reports whether the entry is
+// resolved (delivered or dropped for good) and whether it failed transiently.
+func (o *Outbox) push(ctx context.Context, p *peer, it *item, addr string, attempt int) (resolved, failed bool) {
 	if it.bad != nil {
 		o.log.Error("dropping a damaged outbox entry", "peer", p.name, "seq", it.seq, "error", it.bad)
 		o.count(p, "unknown", resultDropped)
-		return true
+		return true, false
 	}
-	o.mu.Lock()
-	addr := p.addr
-	o.mu.Unlock()
-	ctx, span := o.startPush(ctx, p, it)
+	ctx, span := o.startPush(ctx, p, it, attempt)
 	var (
 		result string
 		err    error
 	)
-	defer func() { endPush(span, result, err) }()
 	switch it.entry.Op {
 	case OpTombstone:
 		pctx, cancel := context.WithTimeout(ctx, o.cfg.PushTimeout)
-		defer cancel()
 		start := time.Now()
 		err = o.cfg.Sender.PushTombstone(pctx, addr, it.entry.Tombstone)
+		cancel()
 		o.metrics.duration.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
 		result = resultApplied
 	default:
 		result, err = o.pushObject(ctx, p, addr, it.entry)
 	}
+	return o.conclude(ctx, span, p, it, addr, attempt, result, err)
+}
+
+// conclude classifies one entry's push, counts it, ends its span and reports whether the entry
+// is resolved and whether it failed transiently (a failure of the peer, to back off from).
+func (o *Outbox) conclude(ctx context.Context, span trace.Span, p *peer, it *item, addr string, attempt int, result string, err error) (resolved, failed bool) {
+	defer func() { endPush(span, result, err) }()
 	switch {
 	case err == nil:
 	case errors.Is(err, storage.ErrStale):
@@ -467,24 +512,24 @@ func (o *Outbox) push(ctx context.Context, p *peer, it *item) bool {
 		result = resultDropped
 	case ctx.Err() != nil:
 		result = resultInterrupted
-		return false // the worker is stopping: neither a result nor a failure of the peer
+		return false, false // the worker is stopping: neither a result nor a failure of the peer
 	default:
 		result = resultError
 		level := slog.LevelWarn
-		if p.attempt > 0 {
+		if attempt > 0 {
 			level = slog.LevelDebug // the first failure of a run is enough at warn
 		}
 		o.log.Log(ctx, level, "replication push failed; backing off", "peer", p.name, "addr", addr,
-			"seq", it.seq, "entry", it.entry.describe(), "attempt", p.attempt+1, "error", err)
-		o.count(p, op, resultError)
-		return false
+			"seq", it.seq, "entry", it.entry.describe(), "attempt", attempt+1, "error", err)
+		o.count(p, it.entry.Op.String(), resultError)
+		return false, true
 	}
-	o.count(p, op, result)
+	o.count(p, it.entry.Op.String(), result)
 	if result == resultApplied || result == resultSkipped {
 		// The peer has the write now (or something newer): the lag is since its commit.
 		o.metrics.lag.WithLabelValues(p.name).Observe(o.now().Sub(it.entry.EnqueuedAt).Seconds())
 	}
-	return true
+	return true, false
 }
 
 func (o *Outbox) count(p *peer, op, result string) {
@@ -498,18 +543,12 @@ func (o *Outbox) count(p *peer, op, result string) {
 // cluster's first writer, storage.Replaces), which that write's origin pushes to everyone.
 // Anti-entropy covers evictions.
 func (o *Outbox) pushObject(ctx context.Context, p *peer, addr string, e Entry) (string, error) {
-	r, err := o.local.Open(ctx, e.Key, 0, -1)
-	switch {
-	case errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrCorrupt):
-		return resultDropped, nil
-	case err != nil:
-		return "", fmt.Errorf("open local %s: %w", e.Key, err)
+	r, err := o.openCurrent(ctx, e)
+	if r == nil || err != nil {
+		return resultDropped, err
 	}
 	defer func() { _ = r.Close() }()
 	info := r.Info()
-	if e.Key.Kind.LastWriterWins() && info.Version > e.Version || !e.Key.Kind.LastWriterWins() && info.Version != e.Version {
-		return resultDropped, nil
-	}
 	if info.Size > largeObjectBytes {
 		// Waiting for a slot is not part of the push: PushTimeout starts once it has one.
 		select {
@@ -538,6 +577,25 @@ func (o *Outbox) pushObject(ctx context.Context, p *peer, addr string, e Entry) 
 		return resultSkipped, nil
 	}
 	return resultApplied, nil
+}
+
+// openCurrent opens the local copy of an object entry. It returns no reader and no error
+// when the entry is to be dropped: the object is gone (deleted, evicted, cleaned, found
+// corrupt) or its stored copy is no longer the write the entry stands for (see pushObject).
+func (o *Outbox) openCurrent(ctx context.Context, e Entry) (storage.Reader, error) {
+	r, err := o.local.Open(ctx, e.Key, 0, -1)
+	switch {
+	case errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrCorrupt):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("open local %s: %w", e.Key, err)
+	}
+	info := r.Info()
+	if e.Key.Kind.LastWriterWins() && info.Version > e.Version || !e.Key.Kind.LastWriterWins() && info.Version != e.Version {
+		_ = r.Close()
+		return nil, nil
+	}
+	return r, nil
 }
 
 // trackingReader remembers the body's own read error, which a Sender may wrap or replace.

@@ -37,7 +37,7 @@ type options struct {
 	jsonPath       string
 	workdir        string
 	keep           bool
-	pprof          string // KURA_PPROF_ADDRESS of the benchmarked single node
+	pprof          string // KURA_PPROF_ADDRESS of the benchmarked single node, and of the replication pair's receiver
 	log            io.Writer
 }
 
@@ -50,12 +50,12 @@ func main() {
 	flag.DurationVar(&duration, "duration", 0, "how long each workload starts new requests (default 10s, 1s with -quick)")
 	flag.BoolVar(&o.quick, "quick", false, "smoke test: 1 s per workload, 2,000 objects for the restart, short limit probes")
 	flag.IntVar(&o.restartObjects, "restart-objects", 0, "objects stored before the restart workload (default 100000, 2000 with -quick; the target is 1000000)")
-	flag.IntVar(&o.batch, "batch", 1, "blobs per BatchUpdateBlobs/BatchReadBlobs request in the REAPI rows")
+	flag.IntVar(&o.batch, "batch", 1, "blobs per BatchUpdateBlobs/BatchReadBlobs request in the REAPI rows, and per write on A in the 1 KiB replication row")
 	flag.StringVar(&groups, "groups", strings.Join(allGroups, ","), "comma-separated workload groups: "+strings.Join(allGroups, ", "))
 	flag.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
 	flag.StringVar(&o.workdir, "workdir", "", "directory for data directories and logs (default: a fresh temporary directory, removed afterwards)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (data and server logs) afterwards")
-	flag.StringVar(&o.pprof, "pprof", "", "KURA_PPROF_ADDRESS for the benchmarked Kura node (e.g. 127.0.0.1:6060), to profile it under the load")
+	flag.StringVar(&o.pprof, "pprof", "", "KURA_PPROF_ADDRESS for the benchmarked Kura node, and for the receiving node (B) of the replication group (e.g. 127.0.0.1:6060), to profile it under the load")
 	flag.Parse()
 	o.duration = duration
 	o.groups = strings.Split(groups, ",")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,7 +30,12 @@ func startPair(ctx context.Context, o options, dir string) (a, b *server, err er
 		return nil, nil, err
 	}
 	a = newKura("kura-a", o.kuraBin, filepath.Join(dir, "a"), pa, []string{loopback(pb[2])}, nil)
-	b = newKura("kura-b", o.kuraBin, filepath.Join(dir, "b"), pb, []string{loopback(pa[2])}, nil)
+	var extra map[string]string
+	if o.pprof != "" {
+		// The receiving node is the one profiled: it applies every replicated write.
+		extra = map[string]string{"KURA_PPROF_ADDRESS": o.pprof}
+	}
+	b = newKura("kura-b", o.kuraBin, filepath.Join(dir, "b"), pb, []string{loopback(pa[2])}, extra)
 	// Both start before either is waited for: a node with seeds stays joining until its first
 	// anti-entropy round against a peer.
 	errs := make(chan error, 2)
@@ -157,24 +163,33 @@ func replicate(ctx context.Context, o options, r *load.REAPI, plane peerpb.Repli
 			cas := repb.NewContentAddressableStorageClient(r.Conn(i))
 			bs := bsClient(r, i)
 			return func(ctx context.Context) (int64, int64, error) {
-				data, sum := g.Next()
-				d := load.Digest(sum, size)
 				if size > 1<<20 {
+					data, sum := g.Next()
+					d := load.Digest(sum, size)
 					if err := load.WriteBlob(ctx, bs, "bench", data, d, 1<<20); err != nil {
 						return 0, 0, err
 					}
-				} else {
-					resp, err := cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{InstanceName: "bench",
-						Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: d, Data: data}}})
-					if err != nil {
-						return 0, 0, err
-					}
-					if c := resp.GetResponses()[0].GetStatus().GetCode(); c != 0 {
+					acks <- ack{hash: d.GetHash(), size: int64(size), at: time.Now()}
+					return 1, int64(size), nil
+				}
+				// o.batch blobs per request (1 by default: a build's small uploads one by one).
+				req := &repb.BatchUpdateBlobsRequest{InstanceName: "bench"}
+				for range o.batch {
+					data, sum := g.Next() // valid until the next call: the request keeps a copy
+					req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: load.Digest(sum, size), Data: bytes.Clone(data)})
+				}
+				resp, err := cas.BatchUpdateBlobs(ctx, req)
+				if err != nil {
+					return 0, 0, err
+				}
+				now := time.Now()
+				for _, r := range resp.GetResponses() {
+					if c := r.GetStatus().GetCode(); c != 0 {
 						return 0, 0, fmt.Errorf("BatchUpdateBlobs: code %d", c)
 					}
+					acks <- ack{hash: r.GetDigest().GetHash(), size: int64(size), at: now}
 				}
-				acks <- ack{hash: d.GetHash(), size: int64(size), at: time.Now()}
-				return 1, int64(size), nil
+				return int64(len(req.Requests)), int64(size * len(req.Requests)), nil
 			}
 		})
 		close(acks)

@@ -56,6 +56,15 @@ func exerciseAll(ctx context.Context, c *Client, addr, name string) error {
 	if err := c.PushTombstone(ctx, addr, storage.Tombstone{Tenant: "acme", Namespace: "gone-" + name, Version: version(2)}); err != nil {
 		return err
 	}
+	bk := key(storage.KindGradle, name+"-batch")
+	sum := sha256.Sum256(body)
+	res, err := c.PushBatch(ctx, addr, []storage.PutItem{{Key: bk, Body: body, Opts: storage.PutOptions{Size: int64(len(body)), ExpectedSHA256: &sum, Version: version(1)}}})
+	if err != nil {
+		return err
+	}
+	if res[0].Err != nil || !res[0].Created {
+		return fmt.Errorf("PushBatch of one new object: %+v", res[0])
+	}
 	if _, _, err := c.BucketDigests(ctx, addr, 4); err != nil {
 		return err
 	}
@@ -133,6 +142,14 @@ func TestCredentialMissingIsRefused(t *testing.T) {
 	}
 	expectRefused(t, "raw FetchObject", err, "missing credential")
 
+	batch, err := rc.PushBatch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = batch.Send(&peerpb.PushBatchPart{Items: []*peerpb.BatchItem{{Header: infoToHeader(info, false), Body: body}}})
+	_, err = batch.CloseAndRecv()
+	expectRefused(t, "raw PushBatch", err, "missing credential")
+
 	_, err = rc.PushTombstone(ctx, tombstoneToProto(storage.Tombstone{Tenant: "acme", Namespace: "gone-raw", Version: version(2)}))
 	expectRefused(t, "raw PushTombstone", err, "missing credential")
 	_, err = rc.ListObjects(ctx, &peerpb.ListObjectsRequest{BucketBits: 4})
@@ -148,8 +165,8 @@ func TestCredentialMissingIsRefused(t *testing.T) {
 
 	nothingStored(t, store, "raw")
 	nothingStored(t, store, "unkeyed")
-	if got := refusals(t, p, refusalMissing); got != 5 {
-		t.Errorf("refusals{reason=missing} = %v, want 5", got)
+	if got := refusals(t, p, refusalMissing); got != 6 {
+		t.Errorf("refusals{reason=missing} = %v, want 6", got)
 	}
 	if got := counterValue(t, p.serverReg, "kura_peer_requests_total", map[string]string{"side": "server", "method": "PushObject", "code": "Unauthenticated"}); got != 2 {
 		t.Errorf("kura_peer_requests_total{method=PushObject,code=Unauthenticated} = %v, want 2", got)

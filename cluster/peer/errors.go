@@ -93,6 +93,10 @@ func sentinelOf(st *status.Status) error {
 		return context.Canceled
 	case codes.DeadlineExceeded:
 		return context.DeadlineExceeded
+	case codes.Unimplemented:
+		// A peer running an older version that lacks the method (PushBatch): the caller
+		// falls back to what that version has.
+		return errors.ErrUnsupported
 	}
 	return nil
 }

@@ -125,6 +125,9 @@ type handlers struct {
 	backend Backend
 	chunk   int   // FetchObject chunk size
 	maxKV   int64 // keyvalue push limit
+	// batchSlots holds one token per PushBatch being received or applied
+	// (maxConcurrentBatches), bounding the bodies held in memory.
+	batchSlots chan struct{}
 }
 
 var _ peerpb.ReplicationServer = (*handlers)(nil)
@@ -143,7 +146,7 @@ func NewServer(cfg ServerConfig, backend Backend) *Server {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	h := &handlers{backend: backend, chunk: cfg.MaxChunkBytes, maxKV: cfg.MaxKeyValueBytes}
+	h := &handlers{backend: backend, chunk: cfg.MaxChunkBytes, maxKV: cfg.MaxKeyValueBytes, batchSlots: make(chan struct{}, maxConcurrentBatches)}
 	if h.chunk <= 0 || h.chunk > MaxChunkBytes {
 		h.chunk = MaxChunkBytes
 	}

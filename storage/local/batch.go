@@ -39,9 +39,11 @@ type batchedPut struct {
 // invalid item (bad key, too large, wrong size or digest) fails alone, an existing immutable
 // object is the answer without writing. The commit re-checks every item under its key lock
 // (tombstones, the conflict rule) exactly as commitManifest does. What the batch does not
-// take — keyvalue documents (inline in Pebble), replicated writes (versioned, with the
-// conflict rule's replacement cases), bodies above the spill threshold, and a second write of
-// a key already in the batch — is written with Put after the batch, in order.
+// take — keyvalue documents (inline in Pebble), bodies above the spill threshold, and a second
+// write of a key already in the batch — is written with Put after the batch, in order.
+// Replicated writes (Opts.Version set: a peer's PushBatch) are taken and judged as Put judges
+// them: committed at the origin's version, and an immutable object already stored is replaced
+// when the conflict rule (storage.Replaces) says the item is the cluster's first writer.
 //
 // An environmental failure of the shared append or commit (I/O, a full disk) fails every item
 // that was part of it; nothing of it is acknowledged, and bytes appended for it are garbage
@@ -69,7 +71,7 @@ func (s *Store) PutBatch(ctx context.Context, items []storage.PutItem) []storage
 			out[i].Err = fmt.Errorf("put: %w", err)
 			continue
 		}
-		if it.Key.Kind == storage.KindKeyValue || it.Opts.Version != 0 || int64(len(it.Body)) > limit {
+		if it.Key.Kind == storage.KindKeyValue || int64(len(it.Body)) > limit {
 			later = append(later, i)
 			continue
 		}
@@ -261,17 +263,23 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 			return false, err
 		}
 		unknownPrev = unknownPrev || corrupt
-		// A client's write (version 0): ordered after everything seen for the key and the
-		// namespace, as in commitManifest.
-		if tomb.ok {
-			s.clock.Observe(tomb.v)
-		}
-		if prev != nil {
-			s.clock.Observe(prev.Version)
-		}
-		version := s.clock.Now()
-		if prev != nil && prev.Evicted && !key.Kind.LastWriterWins() && prev.SHA256 == p.sum {
-			version = prev.Version
+		it := &items[p.i]
+		version := it.Opts.Version
+		if version == 0 {
+			// A client's write: ordered after everything seen for the key and the namespace,
+			// as in commitManifest.
+			if tomb.ok {
+				s.clock.Observe(tomb.v)
+			}
+			if prev != nil {
+				s.clock.Observe(prev.Version)
+			}
+			version = s.clock.Now()
+			if prev != nil && prev.Evicted && !key.Kind.LastWriterWins() && prev.SHA256 == p.sum {
+				version = prev.Version
+			}
+		} else {
+			s.clock.Observe(version)
 		}
 		if tomb.ok && version <= tomb.v {
 			out[p.i].Err = fmt.Errorf("put %s at version %v: tombstone %v: %w", key, version, tomb.v, storage.ErrStale)
@@ -281,7 +289,6 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 			out[p.i].PutResult = storage.PutResult{Info: prev.Info(key)}
 			continue
 		}
-		it := &items[p.i]
 		m := meta.Manifest{
 			Location:    toMetaLocation(p.loc),
 			Size:        int64(len(it.Body)),
@@ -297,7 +304,8 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 		info := m.Info(key)
 		commit[len(commit)-1].info = info
 		if s.opts.Observer != nil {
-			c := storage.Change{Op: storage.ChangePut, Info: info, Replaced: prev != nil && !prev.Evicted, Version: version, Trace: spanCtx}
+			c := storage.Change{Op: storage.ChangePut, Info: info, Replaced: prev != nil && !prev.Evicted, Version: version,
+				Replicated: it.Opts.Version != 0, Trace: spanCtx}
 			if err := s.opts.Observer.OnCommit(b, c); err != nil {
 				invalidate()
 				return false, fmt.Errorf("replication hook: %w", err)

@@ -3,6 +3,7 @@ package local
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"sync"
 	"testing"
 
@@ -111,4 +112,92 @@ func TestReplicatedFirstWriterReplacesImmutableBody(t *testing.T) {
 		t.Fatalf("after reopen: %d bytes, %v; want the first writer's body", len(got), err)
 	}
 	assertDigestsMatchListing(t, s)
+}
+
+// A batch of replicated writes (a peer's PushBatch) is judged per item exactly as replicated
+// Puts are: each committed item keeps its origin's version and is reported to the hook as
+// replicated, an immutable first writer replaces a stored body, a later copy of an immutable
+// key or an older last-writer-wins copy does not, and a copy older than its namespace's
+// tombstone is stale; the batch's winners commit together (one metadata batch) and survive a
+// reopen.
+func TestPutBatchReplicatedItemsFollowTheConflictRule(t *testing.T) {
+	opts := testOpts(t)
+	var mu sync.Mutex
+	replicated := map[string]bool{}
+	batchOf := map[string]*meta.Batch{}
+	opts.Observer = commitFunc(func(b *meta.Batch, c storage.Change) error {
+		mu.Lock()
+		defer mu.Unlock()
+		replicated[c.Info.Key.Name] = c.Replicated
+		batchOf[c.Info.Key.Name] = b
+		return nil
+	})
+	s := openStore(t, opts)
+	ac := storage.Key{Tenant: "acme", Namespace: "app", Kind: storage.KindAC, Name: "result"}
+	stored := put(t, s, cas("mine"), []byte("my local body"))
+	storedAC := put(t, s, ac, []byte("local result"))
+	gone := storage.Key{Tenant: "acme", Namespace: "cleaned", Kind: storage.KindCAS, Name: "old"}
+	tomb := stored.Info.Version + 10
+	if err := s.DeleteNamespace(ctx(t), "acme", "cleaned", tomb); err != nil {
+		t.Fatal(err)
+	}
+
+	item := func(key storage.Key, body string, v storage.Version) storage.PutItem {
+		sum := sha256.Sum256([]byte(body))
+		return storage.PutItem{Key: key, Body: []byte(body), Opts: storage.PutOptions{Size: int64(len(body)), Limit: int64(len(body)), ExpectedSHA256: &sum, Version: v}}
+	}
+	v := stored.Info.Version
+	items := []storage.PutItem{
+		item(cas("fresh"), "a fresh body", v+5),
+		item(cas("mine"), "the first writer", v-1000), // earlier elsewhere: replaces
+		item(cas("late"), "late", v+1),
+		item(ac, "an older result", storedAC.Info.Version-1), // older: loses
+		item(gone, "before the clean", tomb-1),               // under the tombstone: stale
+	}
+	items = append(items, item(cas("late"), "another late body", v+2)) // same key twice: after the batch
+	res := s.PutBatch(ctx(t), items)
+	want := []struct {
+		created bool
+		err     error
+		version storage.Version
+	}{
+		{true, nil, v + 5}, {true, nil, v - 1000}, {true, nil, v + 1},
+		{false, nil, storedAC.Info.Version}, {false, storage.ErrStale, 0},
+		{false, nil, v + 1}, // the immutable key keeps its earlier copy
+	}
+	for i, w := range want {
+		r := res[i]
+		if r.Created != w.created || (w.err == nil) != (r.Err == nil) || w.err != nil && !errors.Is(r.Err, w.err) || w.err == nil && r.Info.Version != w.version {
+			t.Errorf("item %d (%v): created %v at %v, err %v; want created %v at %v, err %v", i, items[i].Key, r.Created, r.Info.Version, r.Err, w.created, w.version, w.err)
+		}
+	}
+	mu.Lock()
+	for _, name := range []string{"fresh", "mine", "late"} {
+		if !replicated[name] {
+			t.Errorf("the hook saw %s as a local write; a replicated item must not be queued again", name)
+		}
+		if batchOf[name] != batchOf["fresh"] {
+			t.Errorf("%s committed apart from the batch's other winners", name)
+		}
+	}
+	mu.Unlock()
+	check := func(s *Store) {
+		t.Helper()
+		for key, body := range map[storage.Key]string{cas("fresh"): "a fresh body", cas("mine"): "the first writer", cas("late"): "late", ac: "local result"} {
+			if got, err := read(t, s, key); err != nil || string(got) != body {
+				t.Errorf("%v reads %q, %v; want %q", key, got, err, body)
+			}
+		}
+		if _, err := read(t, s, gone); !isNotFound(err) {
+			t.Errorf("the stale item is readable: %v", err)
+		}
+		assertDigestsMatchListing(t, s)
+	}
+	check(s)
+	checkCoherent(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts.Registerer = nil
+	check(openStore(t, opts))
 }

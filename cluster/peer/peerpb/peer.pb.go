@@ -311,6 +311,224 @@ func (x *PushObjectResponse) GetApplied() bool {
 	return false
 }
 
+// BatchItem is one small object of a PushBatch: its header and its whole body (at most
+// peer.MaxBatchItemBytes).
+type BatchItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ObjectHeader          `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Body          []byte                 `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchItem) Reset() {
+	*x = BatchItem{}
+	mi := &file_peer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchItem) ProtoMessage() {}
+
+func (x *BatchItem) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchItem.ProtoReflect.Descriptor instead.
+func (*BatchItem) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BatchItem) GetHeader() *ObjectHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *BatchItem) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+// A PushBatch stream carries its items in one or more parts, each below the receiver's
+// message limit; the receiver applies them together once the stream ends.
+type PushBatchPart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*BatchItem           `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBatchPart) Reset() {
+	*x = PushBatchPart{}
+	mi := &file_peer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBatchPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBatchPart) ProtoMessage() {}
+
+func (x *PushBatchPart) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBatchPart.ProtoReflect.Descriptor instead.
+func (*PushBatchPart) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PushBatchPart) GetItems() []*BatchItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// BatchItemResult is the outcome of one item of a PushBatch.
+type BatchItemResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is the item's google.rpc.Code: OK when it is durably applied or counts as
+	// delivered (applied false, as in PushObjectResponse), otherwise why it was not stored.
+	Code    uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Applied bool   `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	// reason is the ErrorInfo reason of a failed item (the same reasons as the call statuses),
+	// so the sender recovers the storage error exactly; message is for the log.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchItemResult) Reset() {
+	*x = BatchItemResult{}
+	mi := &file_peer_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchItemResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchItemResult) ProtoMessage() {}
+
+func (x *BatchItemResult) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchItemResult.ProtoReflect.Descriptor instead.
+func (*BatchItemResult) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BatchItemResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *BatchItemResult) GetApplied() bool {
+	if x != nil {
+		return x.Applied
+	}
+	return false
+}
+
+func (x *BatchItemResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BatchItemResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type PushBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// results holds one entry per item, in the order the items were sent.
+	Results       []*BatchItemResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBatchResponse) Reset() {
+	*x = PushBatchResponse{}
+	mi := &file_peer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBatchResponse) ProtoMessage() {}
+
+func (x *PushBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBatchResponse.ProtoReflect.Descriptor instead.
+func (*PushBatchResponse) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PushBatchResponse) GetResults() []*BatchItemResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type Tombstone struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -322,7 +540,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_peer_proto_msgTypes[4]
+	mi := &file_peer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +552,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[4]
+	mi := &file_peer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +565,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{4}
+	return file_peer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Tombstone) GetTenant() string {
@@ -379,7 +597,7 @@ type PushTombstoneResponse struct {
 
 func (x *PushTombstoneResponse) Reset() {
 	*x = PushTombstoneResponse{}
-	mi := &file_peer_proto_msgTypes[5]
+	mi := &file_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +609,7 @@ func (x *PushTombstoneResponse) String() string {
 func (*PushTombstoneResponse) ProtoMessage() {}
 
 func (x *PushTombstoneResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[5]
+	mi := &file_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +622,7 @@ func (x *PushTombstoneResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushTombstoneResponse.ProtoReflect.Descriptor instead.
 func (*PushTombstoneResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{5}
+	return file_peer_proto_rawDescGZIP(), []int{9}
 }
 
 type FetchObjectRequest struct {
@@ -416,7 +634,7 @@ type FetchObjectRequest struct {
 
 func (x *FetchObjectRequest) Reset() {
 	*x = FetchObjectRequest{}
-	mi := &file_peer_proto_msgTypes[6]
+	mi := &file_peer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +646,7 @@ func (x *FetchObjectRequest) String() string {
 func (*FetchObjectRequest) ProtoMessage() {}
 
 func (x *FetchObjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[6]
+	mi := &file_peer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +659,7 @@ func (x *FetchObjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchObjectRequest.ProtoReflect.Descriptor instead.
 func (*FetchObjectRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{6}
+	return file_peer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FetchObjectRequest) GetKey() *ObjectKey {
@@ -461,7 +679,7 @@ type BucketDigestsRequest struct {
 
 func (x *BucketDigestsRequest) Reset() {
 	*x = BucketDigestsRequest{}
-	mi := &file_peer_proto_msgTypes[7]
+	mi := &file_peer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +691,7 @@ func (x *BucketDigestsRequest) String() string {
 func (*BucketDigestsRequest) ProtoMessage() {}
 
 func (x *BucketDigestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[7]
+	mi := &file_peer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +704,7 @@ func (x *BucketDigestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketDigestsRequest.ProtoReflect.Descriptor instead.
 func (*BucketDigestsRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{7}
+	return file_peer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BucketDigestsRequest) GetBucketBits() uint32 {
@@ -508,7 +726,7 @@ type BucketDigestsResponse struct {
 
 func (x *BucketDigestsResponse) Reset() {
 	*x = BucketDigestsResponse{}
-	mi := &file_peer_proto_msgTypes[8]
+	mi := &file_peer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +738,7 @@ func (x *BucketDigestsResponse) String() string {
 func (*BucketDigestsResponse) ProtoMessage() {}
 
 func (x *BucketDigestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[8]
+	mi := &file_peer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +751,7 @@ func (x *BucketDigestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketDigestsResponse.ProtoReflect.Descriptor instead.
 func (*BucketDigestsResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{8}
+	return file_peer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BucketDigestsResponse) GetBucketBits() uint32 {
@@ -569,7 +787,7 @@ type ListObjectsRequest struct {
 
 func (x *ListObjectsRequest) Reset() {
 	*x = ListObjectsRequest{}
-	mi := &file_peer_proto_msgTypes[9]
+	mi := &file_peer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +799,7 @@ func (x *ListObjectsRequest) String() string {
 func (*ListObjectsRequest) ProtoMessage() {}
 
 func (x *ListObjectsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[9]
+	mi := &file_peer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +812,7 @@ func (x *ListObjectsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListObjectsRequest.ProtoReflect.Descriptor instead.
 func (*ListObjectsRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{9}
+	return file_peer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListObjectsRequest) GetBucketBits() uint32 {
@@ -635,7 +853,7 @@ type ListObjectsResponse struct {
 
 func (x *ListObjectsResponse) Reset() {
 	*x = ListObjectsResponse{}
-	mi := &file_peer_proto_msgTypes[10]
+	mi := &file_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +865,7 @@ func (x *ListObjectsResponse) String() string {
 func (*ListObjectsResponse) ProtoMessage() {}
 
 func (x *ListObjectsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[10]
+	mi := &file_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +878,7 @@ func (x *ListObjectsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListObjectsResponse.ProtoReflect.Descriptor instead.
 func (*ListObjectsResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{10}
+	return file_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListObjectsResponse) GetObjects() []*ObjectHeader {
@@ -685,7 +903,7 @@ type ListTombstonesRequest struct {
 
 func (x *ListTombstonesRequest) Reset() {
 	*x = ListTombstonesRequest{}
-	mi := &file_peer_proto_msgTypes[11]
+	mi := &file_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +915,7 @@ func (x *ListTombstonesRequest) String() string {
 func (*ListTombstonesRequest) ProtoMessage() {}
 
 func (x *ListTombstonesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[11]
+	mi := &file_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +928,7 @@ func (x *ListTombstonesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTombstonesRequest.ProtoReflect.Descriptor instead.
 func (*ListTombstonesRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{11}
+	return file_peer_proto_rawDescGZIP(), []int{15}
 }
 
 type FindObjectsRequest struct {
@@ -723,7 +941,7 @@ type FindObjectsRequest struct {
 
 func (x *FindObjectsRequest) Reset() {
 	*x = FindObjectsRequest{}
-	mi := &file_peer_proto_msgTypes[12]
+	mi := &file_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +953,7 @@ func (x *FindObjectsRequest) String() string {
 func (*FindObjectsRequest) ProtoMessage() {}
 
 func (x *FindObjectsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[12]
+	mi := &file_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +966,7 @@ func (x *FindObjectsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindObjectsRequest.ProtoReflect.Descriptor instead.
 func (*FindObjectsRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{12}
+	return file_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FindObjectsRequest) GetKeys() []*ObjectKey {
@@ -769,7 +987,7 @@ type FindObjectsResponse struct {
 
 func (x *FindObjectsResponse) Reset() {
 	*x = FindObjectsResponse{}
-	mi := &file_peer_proto_msgTypes[13]
+	mi := &file_peer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +999,7 @@ func (x *FindObjectsResponse) String() string {
 func (*FindObjectsResponse) ProtoMessage() {}
 
 func (x *FindObjectsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[13]
+	mi := &file_peer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +1012,7 @@ func (x *FindObjectsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindObjectsResponse.ProtoReflect.Descriptor instead.
 func (*FindObjectsResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{13}
+	return file_peer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FindObjectsResponse) GetPresent() []*ObjectHeader {
@@ -813,7 +1031,7 @@ type ListTombstonesResponse struct {
 
 func (x *ListTombstonesResponse) Reset() {
 	*x = ListTombstonesResponse{}
-	mi := &file_peer_proto_msgTypes[14]
+	mi := &file_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1043,7 @@ func (x *ListTombstonesResponse) String() string {
 func (*ListTombstonesResponse) ProtoMessage() {}
 
 func (x *ListTombstonesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[14]
+	mi := &file_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1056,7 @@ func (x *ListTombstonesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTombstonesResponse.ProtoReflect.Descriptor instead.
 func (*ListTombstonesResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{14}
+	return file_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListTombstonesResponse) GetTombstones() []*Tombstone {
@@ -872,7 +1090,19 @@ const file_peer_proto_rawDesc = "" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
 	"\x04part\".\n" +
 	"\x12PushObjectResponse\x12\x18\n" +
-	"\aapplied\x18\x01 \x01(\bR\aapplied\"[\n" +
+	"\aapplied\x18\x01 \x01(\bR\aapplied\"W\n" +
+	"\tBatchItem\x126\n" +
+	"\x06header\x18\x01 \x01(\v2\x1e.kura.internal.v1.ObjectHeaderR\x06header\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body\"B\n" +
+	"\rPushBatchPart\x121\n" +
+	"\x05items\x18\x01 \x03(\v2\x1b.kura.internal.v1.BatchItemR\x05items\"q\n" +
+	"\x0fBatchItemResult\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\aapplied\x18\x02 \x01(\bR\aapplied\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"P\n" +
+	"\x11PushBatchResponse\x12;\n" +
+	"\aresults\x18\x01 \x03(\v2!.kura.internal.v1.BatchItemResultR\aresults\"[\n" +
 	"\tTombstone\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x18\n" +
@@ -906,10 +1136,11 @@ const file_peer_proto_rawDesc = "" +
 	"\x16ListTombstonesResponse\x12;\n" +
 	"\n" +
 	"tombstones\x18\x01 \x03(\v2\x1b.kura.internal.v1.TombstoneR\n" +
-	"tombstones2\x8c\x05\n" +
+	"tombstones2\xe1\x05\n" +
 	"\vReplication\x12R\n" +
 	"\n" +
-	"PushObject\x12\x1c.kura.internal.v1.ObjectPart\x1a$.kura.internal.v1.PushObjectResponse(\x01\x12U\n" +
+	"PushObject\x12\x1c.kura.internal.v1.ObjectPart\x1a$.kura.internal.v1.PushObjectResponse(\x01\x12S\n" +
+	"\tPushBatch\x12\x1f.kura.internal.v1.PushBatchPart\x1a#.kura.internal.v1.PushBatchResponse(\x01\x12U\n" +
 	"\rPushTombstone\x12\x1b.kura.internal.v1.Tombstone\x1a'.kura.internal.v1.PushTombstoneResponse\x12S\n" +
 	"\vFetchObject\x12$.kura.internal.v1.FetchObjectRequest\x1a\x1c.kura.internal.v1.ObjectPart0\x01\x12`\n" +
 	"\rBucketDigests\x12&.kura.internal.v1.BucketDigestsRequest\x1a'.kura.internal.v1.BucketDigestsResponse\x12Z\n" +
@@ -929,51 +1160,60 @@ func file_peer_proto_rawDescGZIP() []byte {
 	return file_peer_proto_rawDescData
 }
 
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_peer_proto_goTypes = []any{
 	(*ObjectKey)(nil),              // 0: kura.internal.v1.ObjectKey
 	(*ObjectHeader)(nil),           // 1: kura.internal.v1.ObjectHeader
 	(*ObjectPart)(nil),             // 2: kura.internal.v1.ObjectPart
 	(*PushObjectResponse)(nil),     // 3: kura.internal.v1.PushObjectResponse
-	(*Tombstone)(nil),              // 4: kura.internal.v1.Tombstone
-	(*PushTombstoneResponse)(nil),  // 5: kura.internal.v1.PushTombstoneResponse
-	(*FetchObjectRequest)(nil),     // 6: kura.internal.v1.FetchObjectRequest
-	(*BucketDigestsRequest)(nil),   // 7: kura.internal.v1.BucketDigestsRequest
-	(*BucketDigestsResponse)(nil),  // 8: kura.internal.v1.BucketDigestsResponse
-	(*ListObjectsRequest)(nil),     // 9: kura.internal.v1.ListObjectsRequest
-	(*ListObjectsResponse)(nil),    // 10: kura.internal.v1.ListObjectsResponse
-	(*ListTombstonesRequest)(nil),  // 11: kura.internal.v1.ListTombstonesRequest
-	(*FindObjectsRequest)(nil),     // 12: kura.internal.v1.FindObjectsRequest
-	(*FindObjectsResponse)(nil),    // 13: kura.internal.v1.FindObjectsResponse
-	(*ListTombstonesResponse)(nil), // 14: kura.internal.v1.ListTombstonesResponse
+	(*BatchItem)(nil),              // 4: kura.internal.v1.BatchItem
+	(*PushBatchPart)(nil),          // 5: kura.internal.v1.PushBatchPart
+	(*BatchItemResult)(nil),        // 6: kura.internal.v1.BatchItemResult
+	(*PushBatchResponse)(nil),      // 7: kura.internal.v1.PushBatchResponse
+	(*Tombstone)(nil),              // 8: kura.internal.v1.Tombstone
+	(*PushTombstoneResponse)(nil),  // 9: kura.internal.v1.PushTombstoneResponse
+	(*FetchObjectRequest)(nil),     // 10: kura.internal.v1.FetchObjectRequest
+	(*BucketDigestsRequest)(nil),   // 11: kura.internal.v1.BucketDigestsRequest
+	(*BucketDigestsResponse)(nil),  // 12: kura.internal.v1.BucketDigestsResponse
+	(*ListObjectsRequest)(nil),     // 13: kura.internal.v1.ListObjectsRequest
+	(*ListObjectsResponse)(nil),    // 14: kura.internal.v1.ListObjectsResponse
+	(*ListTombstonesRequest)(nil),  // 15: kura.internal.v1.ListTombstonesRequest
+	(*FindObjectsRequest)(nil),     // 16: kura.internal.v1.FindObjectsRequest
+	(*FindObjectsResponse)(nil),    // 17: kura.internal.v1.FindObjectsResponse
+	(*ListTombstonesResponse)(nil), // 18: kura.internal.v1.ListTombstonesResponse
 }
 var file_peer_proto_depIdxs = []int32{
 	0,  // 0: kura.internal.v1.ObjectHeader.key:type_name -> kura.internal.v1.ObjectKey
 	1,  // 1: kura.internal.v1.ObjectPart.header:type_name -> kura.internal.v1.ObjectHeader
-	0,  // 2: kura.internal.v1.FetchObjectRequest.key:type_name -> kura.internal.v1.ObjectKey
-	1,  // 3: kura.internal.v1.ListObjectsResponse.objects:type_name -> kura.internal.v1.ObjectHeader
-	0,  // 4: kura.internal.v1.FindObjectsRequest.keys:type_name -> kura.internal.v1.ObjectKey
-	1,  // 5: kura.internal.v1.FindObjectsResponse.present:type_name -> kura.internal.v1.ObjectHeader
-	4,  // 6: kura.internal.v1.ListTombstonesResponse.tombstones:type_name -> kura.internal.v1.Tombstone
-	2,  // 7: kura.internal.v1.Replication.PushObject:input_type -> kura.internal.v1.ObjectPart
-	4,  // 8: kura.internal.v1.Replication.PushTombstone:input_type -> kura.internal.v1.Tombstone
-	6,  // 9: kura.internal.v1.Replication.FetchObject:input_type -> kura.internal.v1.FetchObjectRequest
-	7,  // 10: kura.internal.v1.Replication.BucketDigests:input_type -> kura.internal.v1.BucketDigestsRequest
-	9,  // 11: kura.internal.v1.Replication.ListObjects:input_type -> kura.internal.v1.ListObjectsRequest
-	11, // 12: kura.internal.v1.Replication.ListTombstones:input_type -> kura.internal.v1.ListTombstonesRequest
-	12, // 13: kura.internal.v1.Replication.FindObjects:input_type -> kura.internal.v1.FindObjectsRequest
-	3,  // 14: kura.internal.v1.Replication.PushObject:output_type -> kura.internal.v1.PushObjectResponse
-	5,  // 15: kura.internal.v1.Replication.PushTombstone:output_type -> kura.internal.v1.PushTombstoneResponse
-	2,  // 16: kura.internal.v1.Replication.FetchObject:output_type -> kura.internal.v1.ObjectPart
-	8,  // 17: kura.internal.v1.Replication.BucketDigests:output_type -> kura.internal.v1.BucketDigestsResponse
-	10, // 18: kura.internal.v1.Replication.ListObjects:output_type -> kura.internal.v1.ListObjectsResponse
-	14, // 19: kura.internal.v1.Replication.ListTombstones:output_type -> kura.internal.v1.ListTombstonesResponse
-	13, // 20: kura.internal.v1.Replication.FindObjects:output_type -> kura.internal.v1.FindObjectsResponse
-	14, // [14:21] is the sub-list for method output_type
-	7,  // [7:14] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	1,  // 2: kura.internal.v1.BatchItem.header:type_name -> kura.internal.v1.ObjectHeader
+	4,  // 3: kura.internal.v1.PushBatchPart.items:type_name -> kura.internal.v1.BatchItem
+	6,  // 4: kura.internal.v1.PushBatchResponse.results:type_name -> kura.internal.v1.BatchItemResult
+	0,  // 5: kura.internal.v1.FetchObjectRequest.key:type_name -> kura.internal.v1.ObjectKey
+	1,  // 6: kura.internal.v1.ListObjectsResponse.objects:type_name -> kura.internal.v1.ObjectHeader
+	0,  // 7: kura.internal.v1.FindObjectsRequest.keys:type_name -> kura.internal.v1.ObjectKey
+	1,  // 8: kura.internal.v1.FindObjectsResponse.present:type_name -> kura.internal.v1.ObjectHeader
+	8,  // 9: kura.internal.v1.ListTombstonesResponse.tombstones:type_name -> kura.internal.v1.Tombstone
+	2,  // 10: kura.internal.v1.Replication.PushObject:input_type -> kura.internal.v1.ObjectPart
+	5,  // 11: kura.internal.v1.Replication.PushBatch:input_type -> kura.internal.v1.PushBatchPart
+	8,  // 12: kura.internal.v1.Replication.PushTombstone:input_type -> kura.internal.v1.Tombstone
+	10, // 13: kura.internal.v1.Replication.FetchObject:input_type -> kura.internal.v1.FetchObjectRequest
+	11, // 14: kura.internal.v1.Replication.BucketDigests:input_type -> kura.internal.v1.BucketDigestsRequest
+	13, // 15: kura.internal.v1.Replication.ListObjects:input_type -> kura.internal.v1.ListObjectsRequest
+	15, // 16: kura.internal.v1.Replication.ListTombstones:input_type -> kura.internal.v1.ListTombstonesRequest
+	16, // 17: kura.internal.v1.Replication.FindObjects:input_type -> kura.internal.v1.FindObjectsRequest
+	3,  // 18: kura.internal.v1.Replication.PushObject:output_type -> kura.internal.v1.PushObjectResponse
+	7,  // 19: kura.internal.v1.Replication.PushBatch:output_type -> kura.internal.v1.PushBatchResponse
+	9,  // 20: kura.internal.v1.Replication.PushTombstone:output_type -> kura.internal.v1.PushTombstoneResponse
+	2,  // 21: kura.internal.v1.Replication.FetchObject:output_type -> kura.internal.v1.ObjectPart
+	12, // 22: kura.internal.v1.Replication.BucketDigests:output_type -> kura.internal.v1.BucketDigestsResponse
+	14, // 23: kura.internal.v1.Replication.ListObjects:output_type -> kura.internal.v1.ListObjectsResponse
+	18, // 24: kura.internal.v1.Replication.ListTombstones:output_type -> kura.internal.v1.ListTombstonesResponse
+	17, // 25: kura.internal.v1.Replication.FindObjects:output_type -> kura.internal.v1.FindObjectsResponse
+	18, // [18:26] is the sub-list for method output_type
+	10, // [10:18] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -991,7 +1231,7 @@ func file_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

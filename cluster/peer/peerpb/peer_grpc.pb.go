@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Replication_PushObject_FullMethodName     = "/kura.internal.v1.Replication/PushObject"
+	Replication_PushBatch_FullMethodName      = "/kura.internal.v1.Replication/PushBatch"
 	Replication_PushTombstone_FullMethodName  = "/kura.internal.v1.Replication/PushTombstone"
 	Replication_FetchObject_FullMethodName    = "/kura.internal.v1.Replication/FetchObject"
 	Replication_BucketDigests_FullMethodName  = "/kura.internal.v1.Replication/BucketDigests"
@@ -38,6 +39,11 @@ const (
 type ReplicationClient interface {
 	// PushObject delivers one write from its origin: a header, then the body in chunks.
 	PushObject(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ObjectPart, PushObjectResponse], error)
+	// PushBatch delivers many small writes from their origin in one call, applied in one
+	// durable commit and answered per item (bounds: peer.MaxBatchItems items,
+	// peer.MaxBatchBytes of bodies, peer.MaxBatchItemBytes per body). Nodes that predate it
+	// answer UNIMPLEMENTED, and senders fall back to PushObject.
+	PushBatch(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PushBatchPart, PushBatchResponse], error)
 	// PushTombstone delivers a namespace clean.
 	PushTombstone(ctx context.Context, in *Tombstone, opts ...grpc.CallOption) (*PushTombstoneResponse, error)
 	// FetchObject streams one object (header, then chunks); NOT_FOUND when absent.
@@ -75,6 +81,19 @@ func (c *replicationClient) PushObject(ctx context.Context, opts ...grpc.CallOpt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Replication_PushObjectClient = grpc.ClientStreamingClient[ObjectPart, PushObjectResponse]
 
+func (c *replicationClient) PushBatch(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PushBatchPart, PushBatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Replication_ServiceDesc.Streams[1], Replication_PushBatch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PushBatchPart, PushBatchResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Replication_PushBatchClient = grpc.ClientStreamingClient[PushBatchPart, PushBatchResponse]
+
 func (c *replicationClient) PushTombstone(ctx context.Context, in *Tombstone, opts ...grpc.CallOption) (*PushTombstoneResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PushTombstoneResponse)
@@ -87,7 +106,7 @@ func (c *replicationClient) PushTombstone(ctx context.Context, in *Tombstone, op
 
 func (c *replicationClient) FetchObject(ctx context.Context, in *FetchObjectRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ObjectPart], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Replication_ServiceDesc.Streams[1], Replication_FetchObject_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Replication_ServiceDesc.Streams[2], Replication_FetchObject_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -150,6 +169,11 @@ func (c *replicationClient) FindObjects(ctx context.Context, in *FindObjectsRequ
 type ReplicationServer interface {
 	// PushObject delivers one write from its origin: a header, then the body in chunks.
 	PushObject(grpc.ClientStreamingServer[ObjectPart, PushObjectResponse]) error
+	// PushBatch delivers many small writes from their origin in one call, applied in one
+	// durable commit and answered per item (bounds: peer.MaxBatchItems items,
+	// peer.MaxBatchBytes of bodies, peer.MaxBatchItemBytes per body). Nodes that predate it
+	// answer UNIMPLEMENTED, and senders fall back to PushObject.
+	PushBatch(grpc.ClientStreamingServer[PushBatchPart, PushBatchResponse]) error
 	// PushTombstone delivers a namespace clean.
 	PushTombstone(context.Context, *Tombstone) (*PushTombstoneResponse, error)
 	// FetchObject streams one object (header, then chunks); NOT_FOUND when absent.
@@ -176,6 +200,9 @@ type UnimplementedReplicationServer struct{}
 
 func (UnimplementedReplicationServer) PushObject(grpc.ClientStreamingServer[ObjectPart, PushObjectResponse]) error {
 	return status.Error(codes.Unimplemented, "method PushObject not implemented")
+}
+func (UnimplementedReplicationServer) PushBatch(grpc.ClientStreamingServer[PushBatchPart, PushBatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method PushBatch not implemented")
 }
 func (UnimplementedReplicationServer) PushTombstone(context.Context, *Tombstone) (*PushTombstoneResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PushTombstone not implemented")
@@ -222,6 +249,13 @@ func _Replication_PushObject_Handler(srv interface{}, stream grpc.ServerStream) 
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Replication_PushObjectServer = grpc.ClientStreamingServer[ObjectPart, PushObjectResponse]
+
+func _Replication_PushBatch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ReplicationServer).PushBatch(&grpc.GenericServerStream[PushBatchPart, PushBatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Replication_PushBatchServer = grpc.ClientStreamingServer[PushBatchPart, PushBatchResponse]
 
 func _Replication_PushTombstone_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(Tombstone)
@@ -356,6 +390,11 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "PushObject",
 			Handler:       _Replication_PushObject_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "PushBatch",
+			Handler:       _Replication_PushBatch_Handler,
 			ClientStreams: true,
 		},
 		{
