@@ -44,8 +44,8 @@ func randomHex(t testing.TB, n int) string {
 // client's write on node A, carrying its traceparent, and the write's apply on node B are one
 // trace: A's HTTP server span under the client's span, A's commit under it, the outbox push
 // under the commit (made later, by the dispatcher, from the entry's stored trace context),
-// the internal-plane client span under the push, then on B the internal-plane server span
-// and B's commit. The node's request log line names the same trace.
+// the batched lane's call span under the push, the internal-plane client span under it, then
+// on B the internal-plane server span and B's commit. The node's request log line names the same trace.
 func TestTracingAcrossTheCluster(t *testing.T) {
 	t.Parallel()
 	rcv := testsupport.NewOTLPReceiver()
@@ -68,7 +68,9 @@ func TestTracingAcrossTheCluster(t *testing.T) {
 
 	const (
 		httpName = "PUT /api/cache/gradle/{cache_key}"
-		pushRPC  = "kura.internal.v1.Replication/PushObject"
+		// A small object travels on the batched lane: the call's span hangs under the push
+		// span of its first entry (this write, alone in its batch).
+		pushRPC = "kura.internal.v1.Replication/PushBatch"
 	)
 	var spans []testsupport.ReceivedSpan
 	find := func(node, name string, kind tracepb.Span_SpanKind, parent string) (testsupport.ReceivedSpan, bool) {
@@ -86,6 +88,7 @@ func TestTracingAcrossTheCluster(t *testing.T) {
 		{a.Name, httpName, tracepb.Span_SPAN_KIND_SERVER},
 		{a.Name, "storage.commit", tracepb.Span_SPAN_KIND_INTERNAL},
 		{a.Name, "outbox.push", tracepb.Span_SPAN_KIND_INTERNAL},
+		{a.Name, "outbox.push_batch", tracepb.Span_SPAN_KIND_INTERNAL},
 		{a.Name, pushRPC, tracepb.Span_SPAN_KIND_CLIENT},
 		{b.Name, pushRPC, tracepb.Span_SPAN_KIND_SERVER},
 		{b.Name, "storage.commit", tracepb.Span_SPAN_KIND_INTERNAL},
@@ -106,7 +109,7 @@ func TestTracingAcrossTheCluster(t *testing.T) {
 		}
 		return true, ""
 	})
-	httpSpan, commitA, push, commitB := found[0], found[1], found[2], found[5]
+	httpSpan, commitA, push, commitB := found[0], found[1], found[2], found[6]
 	for k, v := range map[string]string{"http.route": "/api/cache/gradle/{cache_key}", "http.response.status_code": "201", "kura.request_id": requestID} {
 		if httpSpan.Attributes[k] != v {
 			t.Errorf("A's HTTP span: %s = %q, want %q", k, httpSpan.Attributes[k], v)

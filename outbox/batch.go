@@ -212,6 +212,8 @@ func (o *Outbox) pushBatch(ctx context.Context, p *peer, addr string, u *unit, a
 		objs  = make([]storage.PutItem, 0, len(u.items))
 		of    = make([]int, 0, len(u.items)) // objs[j] is u.items[of[j]]
 		spans = make([]trace.Span, 0, len(u.items))
+		links = make([]trace.Link, 0, len(u.items))
+		first context.Context // the first carried item's push span: the batch span's parent
 		total int64
 	)
 	for i, it := range u.items {
@@ -235,8 +237,12 @@ func (o *Outbox) pushBatch(ctx context.Context, p *peer, addr string, u *unit, a
 			continue
 		}
 		total += info.Size
-		_, span := o.startPush(ctx, p, it, attempt)
+		ictx, span := o.startPush(ctx, p, it, attempt)
+		if first == nil {
+			first = ictx
+		}
 		spans = append(spans, span)
+		links = append(links, trace.Link{SpanContext: span.SpanContext()})
 		of = append(of, i)
 		objs = append(objs, storage.PutItem{Key: info.Key, Body: body, Opts: storage.PutOptions{
 			ContentType: info.ContentType, Size: info.Size, Limit: info.Size, ExpectedSHA256: &info.SHA256, Version: info.Version,
@@ -251,10 +257,12 @@ func (o *Outbox) pushBatch(ctx context.Context, p *peer, addr string, u *unit, a
 			endPush(span, result, err)
 		}
 	}
-	pctx, cancel := context.WithTimeout(ctx, o.cfg.PushTimeout)
+	bctx, batchSpan := o.startBatch(first, p, links)
+	pctx, cancel := context.WithTimeout(bctx, o.cfg.PushTimeout)
 	start := time.Now()
 	results, err := o.batcher.PushBatch(pctx, addr, objs)
 	cancel()
+	endBatch(batchSpan, err)
 	o.metrics.duration.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
 	switch {
 	case err == nil:

@@ -14,6 +14,9 @@ const tracerName = "github.com/kuracache/kura/outbox"
 // pushSpanName names the span of one delivery attempt of one entry to one peer.
 const pushSpanName = "outbox.push"
 
+// batchSpanName names the span of one PushBatch call, which carries many entries' pushes.
+const batchSpanName = "outbox.push_batch"
+
 // resultInterrupted is the push span's result when the worker stopped mid-push (no metric
 // counts it: it is neither a delivery nor a failure of the peer).
 const resultInterrupted = "interrupted"
@@ -27,6 +30,7 @@ const (
 	attrKind    = attribute.Key("kura.storage.kind")
 	attrResult  = attribute.Key("kura.outbox.result")
 	attrQueued  = attribute.Key("kura.outbox.queued_ms") // from the commit to this attempt
+	attrItems   = attribute.Key("kura.outbox.batch_items")
 )
 
 // startPush opens the span of one push. The entry's trace context (the commit's span, stored
@@ -70,5 +74,25 @@ func endPush(span trace.Span, result string, err error) {
 	if err != nil && result != resultSkipped {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "push failed")
+	}
+}
+
+// startBatch opens the span of one PushBatch call. Its parent is the push span of the batch's
+// first entry (ctx), so a write that travels alone — the usual case on a quiet cluster — is
+// still one tree from the client to the peer's commit; every entry's push span, the first
+// included, is also a link, so each entry's trace can be followed to the call that carried it
+// and the call to all of them. The peer client's span and the peer's spans hang below it.
+func (o *Outbox) startBatch(ctx context.Context, p *peer, links []trace.Link) (context.Context, trace.Span) {
+	return o.tracer.Start(ctx, batchSpanName, trace.WithLinks(links...),
+		trace.WithAttributes(attrPeer.String(p.name), attrItems.Int(len(links))))
+}
+
+// endBatch ends a batch span; a call that failed as a whole is the span's error (each entry's
+// own outcome is on its push span).
+func endBatch(span trace.Span, err error) {
+	defer span.End()
+	if err != nil && span.IsRecording() {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "batch failed")
 	}
 }

@@ -162,3 +162,107 @@ func TestPushContinuesTheCommitTrace(t *testing.T) {
 		t.Fatalf("the sender was called under %v, want the push span %s", sender.ctx, push.SpanContext.SpanID())
 	}
 }
+
+// spanBatchSender acknowledges every batched object and records the span each call was made
+// under.
+type spanBatchSender struct {
+	spanSender
+	batchCtx []trace.SpanContext
+	items    []int
+}
+
+func (s *spanBatchSender) PushBatch(ctx context.Context, addr string, objs []storage.PutItem) ([]storage.PutItemResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.batchCtx = append(s.batchCtx, trace.SpanContextFromContext(ctx))
+	s.items = append(s.items, len(objs))
+	return make([]storage.PutItemResult, len(objs)), nil
+}
+
+// TestBatchSpanJoinsThePushes: writes queued while dispatch is paused travel in one PushBatch.
+// Each keeps its own push span under its own commit; the call's span is a child of the first
+// write's push span (a lone write stays one tree) and links every push it carried, and the
+// sender is called under the call's span.
+func TestBatchSpanJoinsThePushes(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	dir := openDataDir(t)
+	sender := &spanBatchSender{}
+	ob, err := New(Config{DB: dir.DB(), Sender: sender, Registerer: prometheus.NewRegistry(), TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := openLocalStore(t, local.Options{Dir: dir, Registerer: prometheus.NewRegistry(), TracerProvider: tp, Observer: ob})
+	ob.SetTargets([]Target{{Name: "b", Addr: "B"}})
+	ob.SetPaused(true)
+	const writes = 3
+	for i := range writes {
+		reqCtx, req := tp.Tracer("test").Start(context.Background(), "PUT")
+		if _, err := st.Put(reqCtx, casKey(string(rune('a'+i))), bytes.NewReader([]byte("body")), storage.PutOptions{Size: 4}); err != nil {
+			t.Fatal(err)
+		}
+		req.End()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ob.Run(ctx, st) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	ob.SetPaused(false)
+	testsupport.WaitFor(t, "the batch span", 20*time.Second, func() bool {
+		for _, s := range exp.GetSpans() {
+			if s.Name == batchSpanName {
+				return true
+			}
+		}
+		return false
+	})
+	var (
+		batch  tracetest.SpanStub
+		pushes = map[trace.SpanID]tracetest.SpanStub{}
+		commit = map[trace.SpanID]tracetest.SpanStub{}
+	)
+	for _, s := range exp.GetSpans() {
+		switch s.Name {
+		case batchSpanName:
+			batch = s
+		case pushSpanName:
+			pushes[s.SpanContext.SpanID()] = s
+		case "storage.commit":
+			commit[s.SpanContext.SpanID()] = s
+		}
+	}
+	if len(pushes) != writes || len(batch.Links) != writes {
+		t.Fatalf("%d push spans, batch span links %d; want %d of each", len(pushes), len(batch.Links), writes)
+	}
+	for _, l := range batch.Links {
+		push, ok := pushes[l.SpanContext.SpanID()]
+		if !ok {
+			t.Fatalf("batch span links %s, not a push span", l.SpanContext.SpanID())
+		}
+		if _, ok := commit[push.Parent.SpanID()]; !ok {
+			t.Errorf("push span %s is not under a commit span", push.SpanContext.SpanID())
+		}
+	}
+	if parent, ok := pushes[batch.Parent.SpanID()]; !ok || parent.SpanContext.TraceID() != batch.SpanContext.TraceID() {
+		t.Errorf("batch span's parent %s is not one of the push spans", batch.Parent.SpanID())
+	}
+	sender.mu.Lock()
+	defer sender.mu.Unlock()
+	if len(sender.batchCtx) != 1 || sender.batchCtx[0].SpanID() != batch.SpanContext.SpanID() || sender.items[0] != writes {
+		t.Fatalf("PushBatch calls under %v carrying %v objects; want one call of %d under the batch span %s",
+			sender.batchCtx, sender.items, writes, batch.SpanContext.SpanID())
+	}
+	attrs := map[string]string{}
+	for _, kv := range batch.Attributes {
+		attrs[string(kv.Key)] = kv.Value.Emit()
+	}
+	if attrs["kura.peer.name"] != "b" || attrs["kura.outbox.batch_items"] != "3" {
+		t.Errorf("batch span attributes %v", attrs)
+	}
+}

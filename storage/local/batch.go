@@ -185,7 +185,13 @@ func (s *Store) putBatchPart(ctx context.Context, items []storage.PutItem, part 
 	}
 	ctx, span := s.tracer.Start(ctx, commitSpanName)
 	if span.IsRecording() {
-		span.SetAttributes(attrOp.String("put_batch"), attrSize.Int64(need))
+		// A batch is either a client's (BatchUpdateBlobs) or a peer's (PushBatch), whose items
+		// all carry their origin's version.
+		replicated := true
+		for _, p := range part {
+			replicated = replicated && items[p.i].Opts.Version != 0
+		}
+		span.SetAttributes(attrOp.String("put_batch"), attrSize.Int64(need), attrReplicated.Bool(replicated))
 	}
 	ticket := s.commits.begin()
 	defer s.commits.end(ticket)
