@@ -260,7 +260,7 @@ func TestBatchSpanJoinsThePushes(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, kv := range batch.Attributes {
-		attrs[string(kv.Key)] = kv.Value.Emit()
+		attrs[string(kv.Key)] = kv.Value.String()
 	}
 	if attrs["kura.peer.name"] != "b" || attrs["kura.outbox.batch_items"] != "3" {
 		t.Errorf("batch span attributes %v", attrs)
