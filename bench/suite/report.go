@@ -234,7 +234,10 @@ func (rep *Report) markdown(w io.Writer) {
 			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %.0f MiB | %s | %s |\n",
 				r.Workload, clients, ops, mib, p50, p99, cpuOp, cpuMiB, r.PeakRSSMiB, ofLimit, errs)
 		}
-		fmt.Fprintf(w, "\npeak RSS over the REAPI and HTTP workloads: %.0f MiB\n\n", s.PeakRSSMiB)
+		if s.PeakRSSMiB > 0 { // none when only the restart or replication groups ran
+			fmt.Fprintf(w, "\npeak RSS over the REAPI and HTTP workloads: %.0f MiB\n", s.PeakRSSMiB)
+		}
+		fmt.Fprintln(w)
 	}
 
 	if len(rep.Comparisons) == 0 {
