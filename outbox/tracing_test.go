@@ -94,16 +94,14 @@ func (s *spanSender) PushObject(ctx context.Context, addr string, info storage.I
 	return s.fakeSender.PushObject(ctx, addr, info, body)
 }
 
-// TestPushContinuesTheCommitTrace wires storage/local and the outbox as internal/app does: the
-// push of a traced write is a child of the write's commit span, and the Sender is called
-// under the push span (so the peer client's span and the peer's server span follow).
-func TestPushContinuesTheCommitTrace(t *testing.T) {
+// tracedOutbox wires storage/local and the outbox as internal/app does, both tracing to an
+// in-memory exporter, with one target "b" served by sender, and runs the outbox until the
+// test ends.
+func tracedOutbox(t *testing.T, sender Sender) (*Outbox, *local.Store, *tracetest.InMemoryExporter, *sdktrace.TracerProvider) {
+	t.Helper()
 	exp := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	defer func() { _ = tp.Shutdown(context.Background()) }()
 	dir := openDataDir(t)
-	sender := &spanSender{}
-	sender.behave = func(context.Context, string, delivery) (bool, error) { return true, nil }
 	ob, err := New(Config{DB: dir.DB(), Sender: sender, Registerer: prometheus.NewRegistry(), TracerProvider: tp})
 	if err != nil {
 		t.Fatal(err)
@@ -113,26 +111,43 @@ func TestPushContinuesTheCommitTrace(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ob.Run(ctx, st) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-	}()
+		_ = tp.Shutdown(context.Background())
+	})
+	return ob, st, exp, tp
+}
+
+// waitForSpan waits until exp holds a span called name.
+func waitForSpan(t *testing.T, exp *tracetest.InMemoryExporter, name string) {
+	t.Helper()
+	testsupport.WaitFor(t, "the "+name+" span", 20*time.Second, func() bool {
+		for _, s := range exp.GetSpans() {
+			if s.Name == name {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestPushContinuesTheCommitTrace wires storage/local and the outbox as internal/app does: the
+// push of a traced write is a child of the write's commit span, and the Sender is called
+// under the push span (so the peer client's span and the peer's server span follow).
+func TestPushContinuesTheCommitTrace(t *testing.T) {
+	sender := &spanSender{}
+	sender.behave = func(context.Context, string, delivery) (bool, error) { return true, nil }
+	_, st, exp, tp := tracedOutbox(t, sender)
 
 	reqCtx, req := tp.Tracer("test").Start(context.Background(), "PUT /api/cache/gradle/{cache_key}")
 	if _, err := st.Put(reqCtx, casKey("traced"), bytes.NewReader([]byte("body")), storage.PutOptions{Size: 4}); err != nil {
 		t.Fatal(err)
 	}
 	req.End()
-	testsupport.WaitFor(t, "the push span", 20*time.Second, func() bool {
-		for _, s := range exp.GetSpans() {
-			if s.Name == pushSpanName {
-				return true
-			}
-		}
-		return false
-	})
+	waitForSpan(t, exp, pushSpanName)
 	var commit, push tracetest.SpanStub
 	for _, s := range exp.GetSpans() {
 		switch s.Name {
@@ -184,17 +199,8 @@ func (s *spanBatchSender) PushBatch(ctx context.Context, addr string, objs []sto
 // write's push span (a lone write stays one tree) and links every push it carried, and the
 // sender is called under the call's span.
 func TestBatchSpanJoinsThePushes(t *testing.T) {
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	defer func() { _ = tp.Shutdown(context.Background()) }()
-	dir := openDataDir(t)
 	sender := &spanBatchSender{}
-	ob, err := New(Config{DB: dir.DB(), Sender: sender, Registerer: prometheus.NewRegistry(), TracerProvider: tp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := openLocalStore(t, local.Options{Dir: dir, Registerer: prometheus.NewRegistry(), TracerProvider: tp, Observer: ob})
-	ob.SetTargets([]Target{{Name: "b", Addr: "B"}})
+	ob, st, exp, tp := tracedOutbox(t, sender)
 	ob.SetPaused(true)
 	const writes = 3
 	for i := range writes {
@@ -204,24 +210,8 @@ func TestBatchSpanJoinsThePushes(t *testing.T) {
 		}
 		req.End()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ob.Run(ctx, st) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
 	ob.SetPaused(false)
-	testsupport.WaitFor(t, "the batch span", 20*time.Second, func() bool {
-		for _, s := range exp.GetSpans() {
-			if s.Name == batchSpanName {
-				return true
-			}
-		}
-		return false
-	})
+	waitForSpan(t, exp, batchSpanName)
 	var (
 		batch  tracetest.SpanStub
 		pushes = map[trace.SpanID]tracetest.SpanStub{}
