@@ -175,8 +175,14 @@ func TestFailingPeerBacksOffWithJitterOnlyForItself(t *testing.T) {
 		t.Fatalf("backoff is not jittered: %v", decisions)
 	}
 	t.Logf("backoff decisions: %v", decisions)
-	// One failed push per attempt, not one per entry of the page.
-	if errs, attempts := f.pushes("a", "object", resultError), float64(len(decisions)); errs < attempts || errs > 2*attempts+2 {
+	// One failed push per attempt, not one per entry of the page. The peer keeps failing while
+	// this runs, so the failures and the decisions are read together under mu: the sender
+	// records its decision under mu before it pushes again, so while mu is held at most the
+	// attempt now waiting to record its decision has failed pushes that are not yet counted.
+	mu.Lock()
+	errs, attempts := f.pushes("a", "object", resultError), float64(len(got))
+	mu.Unlock()
+	if errs < attempts || errs > 2*attempts+2 {
 		t.Fatalf("%v failed pushes for %v attempts", errs, attempts)
 	}
 	if d := f.o.Depth("a"); d != 2 {
