@@ -131,6 +131,7 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 	// write path's existence checks get the raw store as Local: they never ask peers.
 	a.readThrough, err = antientropy.NewReadThrough(a.store, a.peerClient, peersView{a.cluster}, cfg.Region, antientropy.ReadThroughOptions{
 		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
+		FindTimeout:      cfg.ReadThroughFindTimeout,
 		Logger:           logger,
 		Registerer:       a.registry,
 	})

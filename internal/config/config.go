@@ -65,6 +65,10 @@ type Config struct {
 	RejoinInterval      time.Duration // KURA_GOSSIP_REJOIN_INTERVAL_MS: re-resolve seeds and re-join
 	AntiEntropyInterval time.Duration // KURA_ANTI_ENTROPY_INTERVAL_MS: between anti-entropy sweeps
 	OutboxDropAfter     time.Duration // KURA_OUTBOX_DROP_AFTER_MS: a departed peer's queue is dropped after this
+	// ReadThroughFindTimeout bounds the peers' answer when an existence question
+	// (FindMissingBlobs, an action result's completeness check) finds keys missing here
+	// (KURA_READ_THROUGH_FIND_TIMEOUT_MS).
+	ReadThroughFindTimeout time.Duration
 
 	// Budgets holds the runtime budgets (docs/contract.md §6), derived from Host unless set. It is
 	// embedded so callers write cfg.FileDescriptorPoolSize as well as cfg.Budgets.
@@ -323,6 +327,7 @@ func (p *parser) cluster(c *Config) {
 	c.RejoinInterval = p.duration(EnvRejoinIntervalMS, DefaultRejoinInterval, time.Millisecond, 100)
 	c.AntiEntropyInterval = p.duration(EnvAntiEntropyIntervalMS, DefaultAntiEntropyInterval, time.Millisecond, 100)
 	c.OutboxDropAfter = p.duration(EnvOutboxDropAfterMS, DefaultOutboxDropAfter, time.Millisecond, 1000)
+	c.ReadThroughFindTimeout = p.duration(EnvReadThroughFindTimeoutMS, DefaultReadThroughFindTimeout, time.Millisecond, 1)
 	if v, ok := p.get(EnvGossipKey); ok {
 		key, err := base64.StdEncoding.DecodeString(v)
 		switch {

@@ -89,12 +89,12 @@ func TestDefaults(t *testing.T) {
 		DiskBudgetBytes: 50 * GiB, MaxKeyValueBytes: 1048576, MaxXcodeBytes: 256 * MiB,
 		DrainTimeout: DefaultDrainTimeout, BootstrapTimeout: DefaultBootstrapTimeout,
 		RejoinInterval: DefaultRejoinInterval, AntiEntropyInterval: DefaultAntiEntropyInterval,
-		OutboxDropAfter: DefaultOutboxDropAfter,
-		Budgets:         DeriveBudgets(h),
-		Host:            h,
-		OTel:            OTelConfig{ServiceName: "kura"},
-		LogLevel:        slog.LevelInfo,
-		LogFormat:       LogFormatJSON,
+		OutboxDropAfter: DefaultOutboxDropAfter, ReadThroughFindTimeout: DefaultReadThroughFindTimeout,
+		Budgets:   DeriveBudgets(h),
+		Host:      h,
+		OTel:      OTelConfig{ServiceName: "kura"},
+		LogLevel:  slog.LevelInfo,
+		LogFormat: LogFormatJSON,
 		Extension: ExtensionConfig{
 			HookTimeout: 25 * time.Millisecond, AuthCacheAllowTTL: 600 * time.Second, AuthCacheDenyTTL: 3 * time.Second,
 			FailClosedAuthenticate: true, FailClosedAuthorize: true, FailOpenResponseHeaders: true,
@@ -171,7 +171,7 @@ func TestEveryVariableSet(t *testing.T) {
 		"KURA_ANALYTICS_SERVER_URL=https://tuist.dev", "KURA_ANALYTICS_SIGNING_KEY=s3cret",
 		"KURA_ANALYTICS_BATCH_SIZE=50", "KURA_ANALYTICS_BATCH_TIMEOUT_MS=1000", "KURA_ANALYTICS_QUEUE_CAPACITY=500",
 		"KURA_ANALYTICS_REQUEST_TIMEOUT_MS=2000", "KURA_ANALYTICS_CIRCUIT_BREAKER_FAILURE_THRESHOLD=3",
-		"KURA_ANALYTICS_CIRCUIT_BREAKER_OPEN_MS=10000",
+		"KURA_ANALYTICS_CIRCUIT_BREAKER_OPEN_MS=10000", "KURA_READ_THROUGH_FIND_TIMEOUT_MS=1500",
 	}
 	c := mustLoad(t, environ)
 	wantEnv := map[string]string{}
@@ -187,6 +187,7 @@ func TestEveryVariableSet(t *testing.T) {
 		}
 	}
 	check("bind", c.BindAddress, "127.0.0.1")
+	check("read-through find timeout", c.ReadThroughFindTimeout, 1500*time.Millisecond)
 	check("ports", []int{c.Port, c.GRPCPort, c.GossipPort, c.InternalPort}, []int{14000, 15051, 17946, 17443})
 	check("HTTPAddr", c.HTTPAddr(), "127.0.0.1:14000")
 	check("identity", []string{c.TenantID, c.Region, c.NodeName, c.NodeURL}, []string{"acme", "eu-central", "kura-1", "https://cache-1.internal:4000"})
