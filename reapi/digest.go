@@ -151,9 +151,6 @@ func (f digestFunction) parse(d *repb.Digest) (digest, error) {
 	return f.newDigest(d.GetHash(), d.GetSizeBytes())
 }
 
-// newDigest and parseDigest are the SHA-256 forms (resource names without a digest function).
-func newDigest(hash string, size int64) (digest, error) { return fnSHA256.newDigest(hash, size) }
-
 // checkDigestFunction maps a request's digest_function onto the functions served. UNKNOWN
 // (unset) is SHA-256: the REAPI lets the server infer the function from the hash length, both
 // functions have 64-digit hashes, and every client that predates the field (Bazel 4.2) means
