@@ -44,6 +44,13 @@ func (b *byteStreamServer) writeResumable(ctx context.Context, stream grpc.Serve
 			b.s.log.WarnContext(ctx, "close a resumable upload", "blob", d.String(), "err", cerr)
 		}
 	}()
+	// Another Write of the same name may have completed it while this one waited for the hold.
+	if info, err := b.s.local.Stat(ctx, key); err == nil && checkExisting(storage.PutResult{Info: info}, d) == nil {
+		if err := w.Discard(ctx); err != nil {
+			b.s.log.WarnContext(ctx, "discard the upload of a stored blob", "blob", d.String(), "err", err)
+		}
+		return &bspb.WriteResponse{CommittedSize: d.size}, false, nil
+	}
 	switch off := first.writeOffset; {
 	case off == 0 && w.Offset() > 0:
 		if err := w.Restart(ctx); err != nil {
