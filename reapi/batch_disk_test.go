@@ -48,14 +48,14 @@ func TestBatchUpdateBlobsOnDisk(t *testing.T) {
 		}
 	}
 	for _, b := range [][]byte{good, other, compressed} {
-		d, _ := parseDigest(digestOf(b))
+		d, _ := fnSHA256.parse(digestOf(b))
 		got, err := h.stored(casKey(testTenant, "main", d))
 		if err != nil || !bytes.Equal(got, b) {
 			t.Errorf("blob %s reads %d bytes, %v", d, len(got), err)
 		}
 	}
 	for _, pd := range []*repb.Digest{wrongDigest, shortDigest} {
-		d, _ := parseDigest(pd)
+		d, _ := fnSHA256.parse(pd)
 		if _, err := h.store.Stat(context.Background(), casKey(testTenant, "main", d)); err == nil {
 			t.Errorf("refused blob %s was stored", d)
 		}

@@ -3,7 +3,6 @@ package reapi
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
@@ -78,7 +77,7 @@ func (s *Server) putIdentity(ctx context.Context, namespace string, d digest, da
 	if int64(len(data)) != d.size {
 		return false, fmt.Errorf("%w: blob %s: data has %d bytes, the digest says %d", errInvalidArgument, d, len(data), d.size)
 	}
-	if sum := sha256.Sum256(data); sum != d.hash {
+	if sum := d.fn.sum(data); sum != d.hash {
 		return false, fmt.Errorf("%w: blob %s: data hashes to %x", errInvalidArgument, d, sum)
 	}
 	if d.isEmpty() {
@@ -103,10 +102,10 @@ func (s *Server) putZstd(ctx context.Context, namespace string, d digest, compre
 		return false, err
 	}
 	defer s.codecs.putDecoder(dec)
-	body := &hashingReader{r: &trackingReader{r: &boundedReader{r: dec, left: d.size}}, h: sha256.New()}
+	body := &hashingReader{r: &trackingReader{r: &boundedReader{r: dec, left: d.size}}, h: d.fn.newHash()}
 	var res storage.PutResult
 	if !d.isEmpty() {
-		res, err = putResult(s.local.Put(ctx, casKey(s.tenant(), namespace, d), body, s.putOptions(d)))
+		res, err = putResult(s.local.Put(ctx, casKey(s.tenant(), namespace, d), verifyBody(d, body), s.putOptions(d)))
 		if err != nil {
 			if derr := dataError(body.tracked().err); derr != nil {
 				return false, fmt.Errorf("blob %s: %w", d, derr)
@@ -126,10 +125,72 @@ func (s *Server) putZstd(ctx context.Context, namespace string, d digest, compre
 	return false, checkExisting(res, d)
 }
 
-// putOptions makes the store verify size and hash before it commits.
+// putOptions makes the store verify size and hash before it commits. The store knows only
+// SHA-256: a body of another digest function must come through verifyBody.
 func (s *Server) putOptions(d digest) storage.PutOptions {
-	h := d.hash
-	return storage.PutOptions{ContentType: contentType, Size: d.size, ExpectedSHA256: &h}
+	opts := storage.PutOptions{ContentType: contentType, Size: d.size}
+	if d.fn == fnSHA256 {
+		h := d.hash
+		opts.ExpectedSHA256 = &h
+	}
+	return opts
+}
+
+// verifyBody returns body as the store should read it for digest d. A SHA-256 body is
+// returned as it is (the store verifies it, putOptions); any other is hashed on its way in
+// and its end reported as an error wrapping errInvalidArgument instead of io.EOF when its
+// hash or size is not d's, so the store fails the Put and keeps nothing. A ChunkReader stays
+// one, its chunks passed on without a copy.
+func verifyBody(d digest, body io.Reader) io.Reader {
+	if d.fn == fnSHA256 {
+		return body
+	}
+	v := &verifiedBody{r: body, d: d, h: d.fn.newHash()}
+	if c, ok := body.(storage.ChunkReader); ok {
+		return &verifiedChunks{verifiedBody: v, chunks: c}
+	}
+	return v
+}
+
+// verifiedBody is verifyBody's reader.
+type verifiedBody struct {
+	r io.Reader
+	d digest
+	h hash.Hash
+	n int64
+}
+
+func (v *verifiedBody) Read(p []byte) (int, error) {
+	n, err := v.r.Read(p)
+	return n, v.saw(p[:n], err)
+}
+
+// saw hashes data and judges the end of the body.
+func (v *verifiedBody) saw(data []byte, err error) error {
+	v.h.Write(data)
+	v.n += int64(len(data))
+	if err != io.EOF {
+		return err
+	}
+	var sum [hashSize]byte
+	v.h.Sum(sum[:0])
+	if v.n != v.d.size || sum != v.d.hash {
+		return fmt.Errorf("%w: blob %s: the data has %d bytes and its %s is %x", errInvalidArgument, v.d, v.n, v.d.fn, sum)
+	}
+	return io.EOF
+}
+
+// verifiedChunks is verifyBody's reader for a storage.ChunkReader.
+type verifiedChunks struct {
+	*verifiedBody
+	chunks storage.ChunkReader
+}
+
+var _ storage.ChunkReader = (*verifiedChunks)(nil)
+
+func (v *verifiedChunks) NextChunk() ([]byte, error) {
+	p, err := v.chunks.NextChunk()
+	return p, v.saw(p, err)
 }
 
 // hashingReader hashes and counts what passes through it.
@@ -150,12 +211,12 @@ func (h *hashingReader) tracked() *trackingReader { return h.r.(*trackingReader)
 
 // findMissing returns the hashes among ds that the store does not hold (the ActionCache's
 // completeness check; FindMissingBlobs uses missingMask directly).
-func (s *Server) findMissing(ctx context.Context, namespace string, ds []digest) (map[[sha256.Size]byte]bool, error) {
+func (s *Server) findMissing(ctx context.Context, namespace string, ds []digest) (map[[hashSize]byte]bool, error) {
 	mask := make([]bool, len(ds))
 	if err := s.missingMask(ctx, namespace, ds, nil, mask); err != nil {
 		return nil, err
 	}
-	missing := map[[sha256.Size]byte]bool{}
+	missing := map[[hashSize]byte]bool{}
 	for i, d := range ds {
 		if mask[i] {
 			missing[d.hash] = true
@@ -178,9 +239,9 @@ var findScratches = sync.Pool{New: func() any { return new(findScratch) }}
 const maxPooledKeys = 16384
 
 // missingMask sets missing[i] for every ds[i] the store does not hold. The empty blob is
-// always present. names, when not nil, holds each digest's hash string as received (already
-// validated: 64 lowercase hex digits, the canonical form), which names the key without
-// encoding the hash again. Store.FindMissing answers in the order given, so its answer is
+// always present. names, when not nil, holds each digest's storage name (for SHA-256, the hash
+// string as received, already validated: 64 lowercase hex digits, the canonical form), which
+// names the key without encoding the hash again. Store.FindMissing answers in the order given, so its answer is
 // matched back to positions in one walk.
 func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest, names []string, missing []bool) error {
 	sc := findScratches.Get().(*findScratch)
@@ -200,7 +261,7 @@ func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest,
 		if names != nil {
 			name = names[i]
 		} else {
-			name = d.hex()
+			name = d.storageName()
 		}
 		sc.keys = append(sc.keys, storage.Key{Tenant: tenant, Namespace: namespace, Kind: storage.KindCAS, Name: name})
 		sc.pos = append(sc.pos, i)

@@ -276,7 +276,7 @@ func TestByteStreamMalformedResourceNames(t *testing.T) {
 		"blobs/" + strings.ToUpper(hash) + "/1", "blobs/" + hash[:63] + "/1", "blobs/" + hash + "/1/extra",
 		"/blobs/" + hash + "/1", "a//blobs/" + hash + "/1", "uploads/blobs/" + hash + "/1",
 		"compressed-blobs/gzip/" + hash + "/1", "compressed-blobs/identity/" + hash + "/1", "compressed-blobs/deflate/" + hash + "/1",
-		"blobs/sha1/" + hash + "/1", "blobs/blake3/" + hash + "/1", "blobs/" + hash + "/99999999999999999999",
+		"blobs/sha1/" + hash + "/1", "blobs/murmur3/" + hash + "/1", "blobs/" + hash + "/99999999999999999999",
 		"actions/blobs/" + hash + "/1", "inst/blobs/" + hash,
 	} {
 		t.Run("read "+name, func(t *testing.T) {

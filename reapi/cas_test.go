@@ -21,7 +21,7 @@ func TestGetCapabilities(t *testing.T) {
 		t.Fatal(err)
 	}
 	cc := caps.GetCacheCapabilities()
-	if got := cc.GetDigestFunctions(); len(got) != 1 || got[0] != repb.DigestFunction_SHA256 {
+	if got := cc.GetDigestFunctions(); len(got) != 2 || got[0] != repb.DigestFunction_SHA256 || got[1] != repb.DigestFunction_BLAKE3 {
 		t.Errorf("digest functions %v", got)
 	}
 	if !cc.GetActionCacheUpdateCapabilities().GetUpdateEnabled() {
@@ -112,7 +112,7 @@ func TestFindMissingBlobs(t *testing.T) {
 	good := digestOf(present)
 	for name, req := range map[string]*repb.FindMissingBlobsRequest{
 		"sha1 digest function": {DigestFunction: repb.DigestFunction_SHA1, BlobDigests: []*repb.Digest{good}},
-		"blake3":               {DigestFunction: repb.DigestFunction_BLAKE3, BlobDigests: []*repb.Digest{good}},
+		"md5":                  {DigestFunction: repb.DigestFunction_MD5, BlobDigests: []*repb.Digest{good}},
 		"upper-case hash":      {BlobDigests: []*repb.Digest{{Hash: strings.ToUpper(good.Hash), SizeBytes: 100}}},
 		"short hash":           {BlobDigests: []*repb.Digest{{Hash: good.Hash[:40], SizeBytes: 100}}},
 		"non-hex hash":         {BlobDigests: []*repb.Digest{{Hash: "z" + good.Hash[1:], SizeBytes: 100}}},

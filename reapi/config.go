@@ -33,6 +33,11 @@ const (
 	DefaultMaxDecompressedBytes = 64 << 20
 	// DefaultMaxProtoBytes bounds an ActionResult, Directory or Tree read into memory.
 	DefaultMaxProtoBytes = 64 << 20
+	// DefaultResumableMinBytes: ByteStream uploads of blobs this large or larger are staged so
+	// that a broken stream can resume (docs/reapi.md). Staging writes the blob twice (the
+	// staged file, then the segment); below 8 MiB sending it again costs a client less than
+	// that costs the server.
+	DefaultResumableMinBytes = 8 << 20
 	// messageHeadroom is added to the batch limit to get the gRPC receive limit: it covers
 	// the digests and framing around the blob bytes of a full batch (about 85 bytes per item,
 	// so a full batch of items of 350 bytes or more fits).
@@ -60,6 +65,10 @@ type Config struct {
 	// MaxProtoBytes bounds an ActionResult, Directory or Tree that the server reads into
 	// memory (GetActionResult's completeness check, GetTree).
 	MaxProtoBytes int64
+	// ResumableMinBytes is the smallest blob whose uncompressed ByteStream upload is staged
+	// to be resumable (when the local store keeps resumable writes, storage.ResumableWrites).
+	// 0: DefaultResumableMinBytes; negative: no upload is resumable.
+	ResumableMinBytes int64
 }
 
 // withDefaults fills zero limits with their defaults.
@@ -75,6 +84,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxProtoBytes == 0 {
 		c.MaxProtoBytes = DefaultMaxProtoBytes
+	}
+	if c.ResumableMinBytes == 0 {
+		c.ResumableMinBytes = DefaultResumableMinBytes
 	}
 	return c
 }

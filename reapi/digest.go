@@ -4,37 +4,103 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"strconv"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"lukechampine.com/blake3"
 
 	"github.com/kuracache/kura/storage"
 )
 
-// digest is a validated SHA-256 digest. Handlers work on it, never on the wire strings.
+// hashSize is the length of every accepted hash: SHA-256 and BLAKE3 (its default output)
+// both have 32 bytes.
+const hashSize = sha256.Size
+
+// digestFunction is one of the digest functions this server accepts. The REAPI's
+// DigestFunction values are mapped onto it once, at the edge (checkDigestFunction, resource
+// names), so handlers never see UNKNOWN or an unsupported value.
+type digestFunction uint8
+
+const (
+	fnSHA256 digestFunction = iota
+	fnBLAKE3
+)
+
+// supportedDigestFunctions are advertised in the capabilities, in order of preference.
+var supportedDigestFunctions = []repb.DigestFunction_Value{repb.DigestFunction_SHA256, repb.DigestFunction_BLAKE3}
+
+// emptyHashes are the hashes of zero bytes, by digest function: the empty blob is always
+// present and never stored.
+var emptyHashes = [...][hashSize]byte{fnSHA256: sha256.Sum256(nil), fnBLAKE3: blake3.Sum256(nil)}
+
+func (f digestFunction) String() string {
+	if f == fnBLAKE3 {
+		return "blake3"
+	}
+	return "sha256"
+}
+
+// newHash returns a hasher of the function.
+func (f digestFunction) newHash() hash.Hash {
+	if f == fnBLAKE3 {
+		return blake3.New(hashSize, nil)
+	}
+	return sha256.New()
+}
+
+// sum hashes data in memory.
+func (f digestFunction) sum(data []byte) [hashSize]byte {
+	if f == fnBLAKE3 {
+		return blake3.Sum256(data)
+	}
+	return sha256.Sum256(data)
+}
+
+// namePrefix is what a blob's or action result's storage name starts with: nothing for
+// SHA-256 (the names the Bazel HTTP cache shares), "blake3/" for BLAKE3, so a BLAKE3 object
+// and a SHA-256 object with the same hex never collide. A '/' cannot occur in a hex hash, so
+// the two name spaces are disjoint.
+func (f digestFunction) namePrefix() string {
+	if f == fnBLAKE3 {
+		return "blake3/"
+	}
+	return ""
+}
+
+// digest is a validated digest of one of the supported functions. Handlers work on it, never
+// on the wire strings.
 type digest struct {
-	hash [sha256.Size]byte
+	fn   digestFunction
+	hash [hashSize]byte
 	size int64
 }
 
-// emptyDigest is the digest of zero bytes: always present, never stored.
-var emptyDigest = digest{hash: sha256.Sum256(nil)}
+// emptyDigest is the SHA-256 digest of zero bytes.
+var emptyDigest = digest{hash: emptyHashes[fnSHA256]}
 
 func (d digest) hex() string { return hex.EncodeToString(d.hash[:]) }
 
-func (d digest) String() string { return d.hex() + "/" + strconv.FormatInt(d.size, 10) }
+// String is the digest as error messages and logs show it: "{hash}/{size}", with the digest
+// function first when it is not SHA-256 (as in resource names).
+func (d digest) String() string {
+	return d.fn.namePrefix() + d.hex() + "/" + strconv.FormatInt(d.size, 10)
+}
 
-func (d digest) isEmpty() bool { return d == emptyDigest }
+func (d digest) isEmpty() bool { return d.size == 0 && d.hash == emptyHashes[d.fn] }
 
 func (d digest) proto() *repb.Digest { return &repb.Digest{Hash: d.hex(), SizeBytes: d.size} }
 
-// parseHash accepts exactly 64 lowercase hex digits, the REAPI's form of a SHA-256. Upper
-// case is refused rather than folded, so that the name we store under is the name the client
-// will ask for and the digests we echo back are the ones it sent.
-func parseHash(s string) ([sha256.Size]byte, error) {
-	var h [sha256.Size]byte
-	if len(s) != 2*sha256.Size {
-		return h, fmt.Errorf("%w: hash %q has %d characters; a SHA-256 hash has 64 (only SHA-256 is supported)",
+// storageName is the digest's object name in the store (see namePrefix).
+func (d digest) storageName() string { return d.fn.namePrefix() + d.hex() }
+
+// parseHash accepts exactly 64 lowercase hex digits, the REAPI's form of a SHA-256 or BLAKE3
+// hash. Upper case is refused rather than folded, so that the name we store under is the name
+// the client will ask for and the digests we echo back are the ones it sent.
+func parseHash(s string) ([hashSize]byte, error) {
+	var h [hashSize]byte
+	if len(s) != 2*hashSize {
+		return h, fmt.Errorf("%w: hash %q has %d characters; a SHA-256 or BLAKE3 hash has 64",
 			errInvalidArgument, truncate(s), len(s))
 	}
 	// One table lookup per character (FindMissingBlobs parses thousands per call); an invalid
@@ -65,8 +131,8 @@ var hexValue = func() (t [256]byte) {
 	return t
 }()
 
-// newDigest validates a hash string and a size.
-func newDigest(hash string, size int64) (digest, error) {
+// newDigest validates a hash string and a size of digest function f.
+func (f digestFunction) newDigest(hash string, size int64) (digest, error) {
 	h, err := parseHash(hash)
 	if err != nil {
 		return digest{}, err
@@ -74,34 +140,39 @@ func newDigest(hash string, size int64) (digest, error) {
 	if size < 0 {
 		return digest{}, fmt.Errorf("%w: digest %s has a negative size %d", errInvalidArgument, hash, size)
 	}
-	return digest{hash: h, size: size}, nil
+	return digest{fn: f, hash: h, size: size}, nil
 }
 
-// parseDigest validates a digest from a request.
-func parseDigest(d *repb.Digest) (digest, error) {
+// parse validates a digest of digest function f from a request.
+func (f digestFunction) parse(d *repb.Digest) (digest, error) {
 	if d == nil {
 		return digest{}, fmt.Errorf("%w: digest is missing", errInvalidArgument)
 	}
-	return newDigest(d.GetHash(), d.GetSizeBytes())
+	return f.newDigest(d.GetHash(), d.GetSizeBytes())
 }
 
-// checkDigestFunction accepts SHA256 and UNKNOWN (unset: the REAPI lets the server infer it
-// from the hash length, and only SHA-256 lengths are accepted anyway).
-func checkDigestFunction(f repb.DigestFunction_Value) error {
+// checkDigestFunction maps a request's digest_function onto the functions served. UNKNOWN
+// (unset) is SHA-256: the REAPI lets the server infer the function from the hash length, both
+// functions have 64-digit hashes, and every client that predates the field (Bazel 4.2) means
+// SHA-256.
+func checkDigestFunction(f repb.DigestFunction_Value) (digestFunction, error) {
 	switch f {
 	case repb.DigestFunction_UNKNOWN, repb.DigestFunction_SHA256:
-		return nil
+		return fnSHA256, nil
+	case repb.DigestFunction_BLAKE3:
+		return fnBLAKE3, nil
 	}
-	return fmt.Errorf("%w: digest function %s is not supported; this server uses SHA256", errInvalidArgument, f)
+	return 0, fmt.Errorf("%w: digest function %s is not supported; this server uses SHA256 and BLAKE3", errInvalidArgument, f)
 }
 
-// casKey and acKey are the storage identities shared with the Bazel HTTP cache.
+// casKey and acKey are the storage identities shared with the Bazel HTTP cache (for SHA-256;
+// BLAKE3 names carry their prefix, see namePrefix).
 func casKey(tenant, namespace string, d digest) storage.Key {
-	return storage.Key{Tenant: tenant, Namespace: namespace, Kind: storage.KindCAS, Name: d.hex()}
+	return storage.Key{Tenant: tenant, Namespace: namespace, Kind: storage.KindCAS, Name: d.storageName()}
 }
 
 func acKey(tenant, namespace string, d digest) storage.Key {
-	return storage.Key{Tenant: tenant, Namespace: namespace, Kind: storage.KindAC, Name: d.hex()}
+	return storage.Key{Tenant: tenant, Namespace: namespace, Kind: storage.KindAC, Name: d.storageName()}
 }
 
 // truncate keeps client-supplied strings short in error messages.

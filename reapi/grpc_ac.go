@@ -26,14 +26,15 @@ type acServer struct {
 }
 
 func (a *acServer) GetActionResult(ctx context.Context, req *repb.GetActionResultRequest) (*repb.ActionResult, error) {
-	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+	fn, err := checkDigestFunction(req.GetDigestFunction())
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	ns, err := namespaceOf(req.GetInstanceName())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	d, err := parseDigest(req.GetActionDigest())
+	d, err := fn.parse(req.GetActionDigest())
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("action_digest: %w", err))
 	}
@@ -45,7 +46,7 @@ func (a *acServer) GetActionResult(ctx context.Context, req *repb.GetActionResul
 		a.s.metrics.read(ns, storage.KindAC, readResult(err), 0)
 		return nil, toStatus(err)
 	}
-	a.s.inline(ctx, ns, ar, req)
+	a.s.inline(ctx, ns, fn, ar, req)
 	a.s.metrics.read(ns, storage.KindAC, resultHit, int64(proto.Size(ar)))
 	return ar, nil
 }
@@ -79,14 +80,15 @@ func (s *Server) readActionResult(ctx context.Context, namespace string, d diges
 // checkComplete makes sure every blob the result references is in the CAS: output files,
 // stdout and stderr, each output directory's Tree and every file inside those Trees. An
 // incomplete result is answered NOT_FOUND, so the client runs the action instead of getting a
-// hit it cannot download.
+// hit it cannot download. Every digest is of the action digest's function.
 func (s *Server) checkComplete(ctx context.Context, namespace string, action digest, ar *repb.ActionResult) error {
 	incomplete := func(format string, args ...any) error {
 		return fmt.Errorf("action result %s is incomplete: %s: %w", action.hex(), fmt.Sprintf(format, args...), storage.ErrNotFound)
 	}
 	var ds []digest
+	fn := action.fn
 	add := func(what string, pd *repb.Digest) error {
-		d, err := parseDigest(pd)
+		d, err := fn.parse(pd)
 		if err != nil {
 			return incomplete("%s: %v", what, err)
 		}
@@ -109,7 +111,7 @@ func (s *Server) checkComplete(ctx context.Context, namespace string, action dig
 		}
 	}
 	for _, od := range ar.GetOutputDirectories() {
-		td, err := parseDigest(od.GetTreeDigest())
+		td, err := fn.parse(od.GetTreeDigest())
 		if err != nil {
 			return incomplete("output directory %s: tree digest: %v", od.GetPath(), err)
 		}
@@ -157,10 +159,10 @@ func (s *Server) readTree(ctx context.Context, namespace string, d digest) (*rep
 // them, within maxInlineBytes; inlining is a hint, so what does not fit or cannot be read is
 // simply left out. Contents the client did not ask for are removed when a digest lets it
 // fetch them (REAPI: the server SHOULD NOT inline unless requested).
-func (s *Server) inline(ctx context.Context, namespace string, ar *repb.ActionResult, req *repb.GetActionResultRequest) {
+func (s *Server) inline(ctx context.Context, namespace string, fn digestFunction, ar *repb.ActionResult, req *repb.GetActionResultRequest) {
 	budget := int64(maxInlineBytes)
 	fetch := func(pd *repb.Digest) []byte {
-		d, err := parseDigest(pd)
+		d, err := fn.parse(pd)
 		if err != nil || d.size > budget {
 			return nil
 		}
@@ -199,14 +201,15 @@ func (s *Server) inline(ctx context.Context, namespace string, ar *repb.ActionRe
 }
 
 func (a *acServer) UpdateActionResult(ctx context.Context, req *repb.UpdateActionResultRequest) (*repb.ActionResult, error) {
-	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+	fn, err := checkDigestFunction(req.GetDigestFunction())
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	ns, err := namespaceOf(req.GetInstanceName())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	d, err := parseDigest(req.GetActionDigest())
+	d, err := fn.parse(req.GetActionDigest())
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("action_digest: %w", err))
 	}
@@ -215,7 +218,7 @@ func (a *acServer) UpdateActionResult(ctx context.Context, req *repb.UpdateActio
 		a.s.metrics.write(storage.KindAC, resultRejected, 0)
 		return nil, toStatus(fmt.Errorf("%w: action_result is missing", errInvalidArgument))
 	}
-	if err := validateActionResult(ar); err != nil {
+	if err := validateActionResult(fn, ar); err != nil {
 		a.s.metrics.write(storage.KindAC, resultRejected, 0)
 		return nil, toStatus(fmt.Errorf("action_result: %w", err))
 	}
@@ -241,13 +244,14 @@ func (a *acServer) UpdateActionResult(ctx context.Context, req *repb.UpdateActio
 	return ar, nil
 }
 
-// validateActionResult checks every digest and path inside a result before it is stored.
-func validateActionResult(ar *repb.ActionResult) error {
+// validateActionResult checks every digest (of digest function fn) and path inside a result
+// before it is stored.
+func validateActionResult(fn digestFunction, ar *repb.ActionResult) error {
 	for i, f := range ar.GetOutputFiles() {
 		if err := validateOutputPath(f.GetPath(), false); err != nil {
 			return fmt.Errorf("output_files[%d]: %w", i, err)
 		}
-		if _, err := parseDigest(f.GetDigest()); err != nil {
+		if _, err := fn.parse(f.GetDigest()); err != nil {
 			return fmt.Errorf("output_files[%d] (%s): %w", i, f.GetPath(), err)
 		}
 	}
@@ -255,11 +259,11 @@ func validateActionResult(ar *repb.ActionResult) error {
 		if err := validateOutputPath(od.GetPath(), true); err != nil {
 			return fmt.Errorf("output_directories[%d]: %w", i, err)
 		}
-		if _, err := parseDigest(od.GetTreeDigest()); err != nil {
+		if _, err := fn.parse(od.GetTreeDigest()); err != nil {
 			return fmt.Errorf("output_directories[%d] (%s) tree_digest: %w", i, od.GetPath(), err)
 		}
 		if od.GetRootDirectoryDigest() != nil {
-			if _, err := parseDigest(od.GetRootDirectoryDigest()); err != nil {
+			if _, err := fn.parse(od.GetRootDirectoryDigest()); err != nil {
 				return fmt.Errorf("output_directories[%d] (%s) root_directory_digest: %w", i, od.GetPath(), err)
 			}
 		}
@@ -274,12 +278,12 @@ func validateActionResult(ar *repb.ActionResult) error {
 		}
 	}
 	if ar.GetStdoutDigest() != nil {
-		if _, err := parseDigest(ar.GetStdoutDigest()); err != nil {
+		if _, err := fn.parse(ar.GetStdoutDigest()); err != nil {
 			return fmt.Errorf("stdout_digest: %w", err)
 		}
 	}
 	if ar.GetStderrDigest() != nil {
-		if _, err := parseDigest(ar.GetStderrDigest()); err != nil {
+		if _, err := fn.parse(ar.GetStderrDigest()); err != nil {
 			return fmt.Errorf("stderr_digest: %w", err)
 		}
 	}

@@ -188,10 +188,6 @@ func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error)
 		}
 		b.s.metrics.write(storage.KindCAS, writeResult(err, created), stored)
 	}()
-	if first.writeOffset != 0 {
-		return toStatus(fmt.Errorf("%w: write_offset %d: uploads are not resumable on this server, start at 0 (QueryWriteStatus reports NOT_FOUND for partial uploads)",
-			errInvalidArgument, first.writeOffset))
-	}
 	if limit := b.s.cfg.MaxCASBlobSizeBytes; limit > 0 && d.size > limit {
 		return toStatus(fmt.Errorf("%w: blob %s is larger than max_cas_blob_size_bytes (%d)", errInvalidArgument, d, limit))
 	}
@@ -215,6 +211,18 @@ func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error)
 		return toStatus(fmt.Errorf("look up blob %s: %w", d, err))
 	}
 
+	if rws, ok := b.s.resumable(rn); ok {
+		resp, stored, err := b.writeResumable(ctx, stream, first, rn, key, rws)
+		if err != nil {
+			return toStatus(err)
+		}
+		created = stored
+		return stream.SendAndClose(resp)
+	}
+	if first.writeOffset != 0 {
+		return toStatus(fmt.Errorf("%w: write_offset %d: only uncompressed uploads of blobs of at least %d bytes are resumable here; start this one at 0 (QueryWriteStatus reports NOT_FOUND for it)",
+			errInvalidArgument, first.writeOffset, max(b.s.cfg.ResumableMinBytes, 0)))
+	}
 	received, res, err := b.receive(ctx, stream, first, rn, key)
 	if err != nil {
 		return toStatus(err)
@@ -240,7 +248,7 @@ func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) (err error)
 func (b *byteStreamServer) receive(ctx context.Context, stream grpc.ServerStream, first *writeChunk,
 	rn resourceName, key storage.Key) (int64, storage.PutResult, error) {
 	d, compressed := rn.digest, rn.compressor != repb.Compressor_IDENTITY
-	upload := newUploadBody(stream, first, d, compressed)
+	upload := newUploadBody(stream, first, d, compressed, 0)
 	var body io.Reader = upload
 	var tracked *trackingReader
 	if compressed {
@@ -252,7 +260,7 @@ func (b *byteStreamServer) receive(ctx context.Context, stream grpc.ServerStream
 		tracked = &trackingReader{r: &boundedReader{r: dec, left: d.size}}
 		body = tracked
 	}
-	res, err := putResult(b.s.local.Put(ctx, key, body, b.s.putOptions(d)))
+	res, err := putResult(b.s.local.Put(ctx, key, verifyBody(d, body), b.s.putOptions(d)))
 	switch {
 	case upload.err != nil:
 		// The stream failed or broke the protocol: that, not what Put made of it, is the answer.
@@ -278,15 +286,17 @@ type uploadBody struct {
 	compressed bool
 
 	pending  [][]byte // data of req not yet handed out
-	received int64    // data bytes received so far
+	received int64    // offset of the data received so far (first write_offset + data bytes)
 	last     bool     // req was the last request (finish_write or end of stream)
+	finished bool     // the client sent finish_write
 	err      error    // the stream's failure or a broken rule; sticky
 }
 
 var _ storage.ChunkReader = (*uploadBody)(nil)
 
-func newUploadBody(stream grpc.ServerStream, first *writeChunk, d digest, compressed bool) *uploadBody {
-	u := &uploadBody{stream: stream, req: first, name: first.resourceName, d: d, compressed: compressed}
+// newUploadBody starts at offset start: 0, or where a resumed upload continues.
+func newUploadBody(stream grpc.ServerStream, first *writeChunk, d digest, compressed bool, start int64) *uploadBody {
+	u := &uploadBody{stream: stream, req: first, name: first.resourceName, d: d, compressed: compressed, received: start}
 	u.err = u.accept()
 	return u
 }
@@ -357,11 +367,13 @@ func (u *uploadBody) accept() error {
 	u.pending = req.data
 	u.received += n
 	u.last = req.finishWrite
+	u.finished = u.finished || req.finishWrite
 	return nil
 }
 
-// QueryWriteStatus reports a complete blob as committed. Partial uploads are never kept (see
-// Write), so anything else is NOT_FOUND and the client restarts at offset 0.
+// QueryWriteStatus reports a complete blob as committed, and an unfinished resumable upload
+// (writeResumable) by its durable size. Anything else is NOT_FOUND: the client restarts at
+// offset 0.
 func (b *byteStreamServer) QueryWriteStatus(ctx context.Context, req *bspb.QueryWriteStatusRequest) (*bspb.QueryWriteStatusResponse, error) {
 	rn, err := parseWriteResourceName(req.GetResourceName())
 	if err != nil {
@@ -375,12 +387,22 @@ func (b *byteStreamServer) QueryWriteStatus(ctx context.Context, req *bspb.Query
 	if d.isEmpty() {
 		return &bspb.QueryWriteStatusResponse{CommittedSize: committed, Complete: true}, nil
 	}
-	info, err := b.s.local.Stat(ctx, casKey(b.s.tenant(), rn.namespace(), d))
+	key := casKey(b.s.tenant(), rn.namespace(), d)
+	info, err := b.s.local.Stat(ctx, key)
 	if err == nil {
 		err = checkStoredSize(info, d)
 	}
-	if err != nil {
-		return nil, toStatus(fmt.Errorf("write status of blob %s: %w (partial uploads are not kept; write from offset 0)", d, err))
+	if err == nil {
+		return &bspb.QueryWriteStatusResponse{CommittedSize: committed, Complete: true}, nil
 	}
-	return &bspb.QueryWriteStatusResponse{CommittedSize: committed, Complete: true}, nil
+	if rws, ok := b.s.resumable(rn); ok && errors.Is(err, storage.ErrNotFound) {
+		n, serr := rws.WriteStatus(ctx, key, rn.uploadID, d.size)
+		if serr == nil {
+			return &bspb.QueryWriteStatusResponse{CommittedSize: n}, nil
+		}
+		if !errors.Is(serr, storage.ErrUploadNotFound) {
+			return nil, toStatus(fmt.Errorf("write status of blob %s: %w", d, serr))
+		}
+	}
+	return nil, toStatus(fmt.Errorf("write status of blob %s: %w (no unfinished upload of it is kept; write from offset 0)", d, err))
 }

@@ -21,7 +21,7 @@ func (c *capabilitiesServer) GetCapabilities(_ context.Context, req *repb.GetCap
 	cfg := c.s.cfg
 	return &repb.ServerCapabilities{
 		CacheCapabilities: &repb.CacheCapabilities{
-			DigestFunctions:               []repb.DigestFunction_Value{repb.DigestFunction_SHA256},
+			DigestFunctions:               supportedDigestFunctions,
 			ActionCacheUpdateCapabilities: &repb.ActionCacheUpdateCapabilities{UpdateEnabled: true},
 			MaxBatchTotalSizeBytes:        cfg.MaxBatchTotalSizeBytes,
 			// Outputs are stored, never materialized on this server, so absolute targets are

@@ -2,7 +2,6 @@ package reapi
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -67,8 +66,9 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 
 // findMissing validates the digests (hashes[i], sizes[i]) and returns the positions of those
 // the store does not hold, in request order; a digest listed twice is reported once.
-func (c *casServer) findMissing(ctx context.Context, instance string, fn repb.DigestFunction_Value, hashes []string, sizes []int64) ([]int, error) {
-	if err := checkDigestFunction(fn); err != nil {
+func (c *casServer) findMissing(ctx context.Context, instance string, function repb.DigestFunction_Value, hashes []string, sizes []int64) ([]int, error) {
+	fn, err := checkDigestFunction(function)
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	ns, err := namespaceOf(instance)
@@ -77,13 +77,18 @@ func (c *casServer) findMissing(ctx context.Context, instance string, fn repb.Di
 	}
 	ds := make([]digest, len(hashes))
 	for i, h := range hashes {
-		if ds[i], err = newDigest(h, sizes[i]); err != nil {
+		if ds[i], err = fn.newDigest(h, sizes[i]); err != nil {
 			return nil, toStatus(fmt.Errorf("blob_digests[%d]: %w", i, err))
 		}
 	}
 	missing := make([]bool, len(ds))
-	// The hashes were validated: 64 lowercase hex digits, the canonical form that names keys.
-	if err := c.s.missingMask(ctx, ns, ds, hashes, missing); err != nil {
+	// The hashes were validated: 64 lowercase hex digits, the canonical form that names
+	// SHA-256 keys (BLAKE3 names carry a prefix, so missingMask builds them).
+	names := hashes
+	if fn != fnSHA256 {
+		names = nil
+	}
+	if err := c.s.missingMask(ctx, ns, ds, names, missing); err != nil {
 		return nil, toStatus(err)
 	}
 	n := 0
@@ -123,7 +128,8 @@ var reportedSets = sync.Pool{New: func() any { return make(map[digest]struct{}) 
 
 func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
 	cfg := c.s.cfg
-	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+	fn, err := checkDigestFunction(req.GetDigestFunction())
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	ns, err := namespaceOf(req.GetInstanceName())
@@ -147,14 +153,14 @@ func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateB
 	}
 	resp := &repb.BatchUpdateBlobsResponse{Responses: make([]*repb.BatchUpdateBlobsResponse_Response, len(req.GetRequests()))}
 	if bp, ok := c.s.local.(storage.BatchPutter); ok {
-		c.s.updateBatch(ctx, ns, bp, req.GetRequests(), resp.Responses)
+		c.s.updateBatch(ctx, ns, fn, bp, req.GetRequests(), resp.Responses)
 		return resp, nil
 	}
 	var g errgroup.Group
 	g.SetLimit(batchParallelism)
 	for i, item := range req.GetRequests() {
 		g.Go(func() error {
-			err := c.s.updateItem(ctx, ns, item)
+			err := c.s.updateItem(ctx, ns, fn, item)
 			resp.Responses[i] = &repb.BatchUpdateBlobsResponse_Response{Digest: item.GetDigest(), Status: toStatusProto(err)}
 			return nil
 		})
@@ -168,7 +174,7 @@ func (c *casServer) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateB
 // segment append and sync, one Pebble commit), which checks each item's size and SHA-256
 // against its digest and fails a bad item alone. Compressed items are decoded while they
 // stream into the store, one by one, as before. Every item gets its own status in out.
-func (s *Server) updateBatch(ctx context.Context, namespace string, bp storage.BatchPutter, reqs []*repb.BatchUpdateBlobsRequest_Request, out []*repb.BatchUpdateBlobsResponse_Response) {
+func (s *Server) updateBatch(ctx context.Context, namespace string, fn digestFunction, bp storage.BatchPutter, reqs []*repb.BatchUpdateBlobsRequest_Request, out []*repb.BatchUpdateBlobsResponse_Response) {
 	items := make([]storage.PutItem, 0, len(reqs))
 	idx := make([]int, 0, len(reqs))     // out index of each item
 	digests := make([]digest, len(reqs)) // parsed digests, by out index
@@ -181,7 +187,7 @@ func (s *Server) updateBatch(ctx context.Context, namespace string, bp storage.B
 		out[i] = &repb.BatchUpdateBlobsResponse_Response{Digest: reqs[i].GetDigest(), Status: toStatusProto(err)}
 	}
 	for i, item := range reqs {
-		d, err := parseDigest(item.GetDigest())
+		d, err := fn.parse(item.GetDigest())
 		if err != nil {
 			s.metrics.write(storage.KindCAS, resultRejected, 0)
 			out[i] = &repb.BatchUpdateBlobsResponse_Response{Digest: item.GetDigest(), Status: toStatusProto(err)}
@@ -201,6 +207,13 @@ func (s *Server) updateBatch(ctx context.Context, namespace string, bp storage.B
 		if int64(len(data)) != d.size {
 			finish(i, fmt.Errorf("%w: blob %s: data has %d bytes, the digest says %d", errInvalidArgument, d, len(data), d.size), false)
 			continue
+		}
+		if d.fn != fnSHA256 {
+			// The store checks only SHA-256 (ExpectedSHA256): another function is checked here.
+			if sum := d.fn.sum(data); sum != d.hash {
+				finish(i, fmt.Errorf("%w: blob %s: data hashes to %x", errInvalidArgument, d, sum), false)
+				continue
+			}
 		}
 		if d.isEmpty() {
 			finish(i, nil, false)
@@ -229,8 +242,8 @@ func (s *Server) updateBatch(ctx context.Context, namespace string, bp storage.B
 }
 
 // updateItem stores one BatchUpdateBlobs item.
-func (s *Server) updateItem(ctx context.Context, namespace string, item *repb.BatchUpdateBlobsRequest_Request) error {
-	d, err := parseDigest(item.GetDigest())
+func (s *Server) updateItem(ctx context.Context, namespace string, fn digestFunction, item *repb.BatchUpdateBlobsRequest_Request) error {
+	d, err := fn.parse(item.GetDigest())
 	if err != nil {
 		s.metrics.write(storage.KindCAS, resultRejected, 0)
 		return err
@@ -262,7 +275,8 @@ func (s *Server) storeItem(ctx context.Context, namespace string, d digest, item
 
 func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsRequest) (*repb.BatchReadBlobsResponse, error) {
 	cfg := c.s.cfg
-	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+	fn, err := checkDigestFunction(req.GetDigestFunction())
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	ns, err := namespaceOf(req.GetInstanceName())
@@ -286,7 +300,7 @@ func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobs
 	runItems(len(digests), batchParallelism, func(i int) {
 		pd := digests[i]
 		r := &repb.BatchReadBlobsResponse_Response{Digest: pd}
-		data, err := c.s.readItem(ctx, ns, pd)
+		data, err := c.s.readItem(ctx, ns, fn, pd)
 		if err == nil && zstdOK {
 			data = c.s.codecs.block.EncodeAll(data, nil)
 			r.Compressor = repb.Compressor_ZSTD
@@ -299,8 +313,8 @@ func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobs
 }
 
 // readItem reads one BatchReadBlobs item.
-func (s *Server) readItem(ctx context.Context, namespace string, pd *repb.Digest) ([]byte, error) {
-	d, err := parseDigest(pd)
+func (s *Server) readItem(ctx context.Context, namespace string, fn digestFunction, pd *repb.Digest) ([]byte, error) {
+	d, err := fn.parse(pd)
 	if err != nil {
 		return nil, err
 	}
@@ -341,14 +355,15 @@ type treeRequest struct {
 }
 
 func parseTreeRequest(req *repb.GetTreeRequest) (treeRequest, error) {
-	if err := checkDigestFunction(req.GetDigestFunction()); err != nil {
+	fn, err := checkDigestFunction(req.GetDigestFunction())
+	if err != nil {
 		return treeRequest{}, err
 	}
 	ns, err := namespaceOf(req.GetInstanceName())
 	if err != nil {
 		return treeRequest{}, err
 	}
-	root, err := parseDigest(req.GetRootDigest())
+	root, err := fn.parse(req.GetRootDigest())
 	if err != nil {
 		return treeRequest{}, fmt.Errorf("root_digest: %w", err)
 	}
@@ -372,10 +387,10 @@ func parseTreeRequest(req *repb.GetTreeRequest) (treeRequest, error) {
 // only on the directories' contents, so a page token (the index of the next directory in
 // that order) stays valid across calls as long as the same sub-directories are present.
 // A root that cannot be read is an error; missing or unreadable parts below it are skipped,
-// as REAPI asks.
+// as REAPI asks. Every digest of the tree is of the root's digest function.
 func (s *Server) walkTree(ctx context.Context, ns string, root digest, visit func(*repb.Directory) error) error {
 	queue := []digest{root}
-	queued := map[[sha256.Size]byte]bool{root.hash: true}
+	queued := map[[hashSize]byte]bool{root.hash: true}
 	for i := 0; i < len(queue); i++ {
 		dir, err := s.readDirectory(ctx, ns, queue[i])
 		if err != nil {
@@ -388,7 +403,7 @@ func (s *Server) walkTree(ctx context.Context, ns string, root digest, visit fun
 			return err
 		}
 		for _, child := range dir.GetDirectories() {
-			cd, err := parseDigest(child.GetDigest())
+			cd, err := root.fn.parse(child.GetDigest())
 			if err != nil || queued[cd.hash] {
 				continue // an unusable child digest is as good as missing
 			}

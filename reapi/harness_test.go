@@ -49,6 +49,8 @@ type harness struct {
 	cas   repb.ContentAddressableStorageClient
 	ac    repb.ActionCacheClient
 	bs    bspb.ByteStreamClient
+	// staging counts the bytes staged for resumable uploads (newResumableHarness), else nil.
+	staging *stagingStore
 }
 
 // newHarness starts a server over an in-memory store; wrap, when set, decorates the store.
@@ -61,7 +63,14 @@ func newHarness(t testing.TB, cfg Config, wrap func(storage.Store) storage.Store
 // temporary directory, fsync on), for the benchmarks of the write and read paths.
 func newDiskHarness(t testing.TB) *harness {
 	t.Helper()
-	return newHarness(t, Config{}, func(storage.Store) storage.Store {
+	return newDiskHarnessWith(t, Config{})
+}
+
+// newDiskHarnessWith is newDiskHarness with a configuration; wrap, when set, decorates the
+// disk store.
+func newDiskHarnessWith(t testing.TB, cfg Config, wrap ...func(*local.Store) storage.Store) *harness {
+	t.Helper()
+	return newHarness(t, cfg, func(storage.Store) storage.Store {
 		st, err := local.Open(local.Options{
 			DataDir:    t.TempDir(),
 			Registerer: prometheus.NewRegistry(),
@@ -75,6 +84,9 @@ func newDiskHarness(t testing.TB) *harness {
 				t.Errorf("close store: %v", err)
 			}
 		})
+		if len(wrap) > 0 {
+			return wrap[0](st)
+		}
 		return st
 	})
 }

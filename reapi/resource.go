@@ -23,7 +23,8 @@ var reservedSegments = map[string]bool{
 }
 
 // digestFunctionSegments are the lowercase DigestFunction names a resource name may carry
-// before the hash. Only sha256 is accepted; the others get a precise error.
+// before the hash. blake3 selects BLAKE3; sha256 is accepted too although the REAPI says
+// clients omit it; the others get a precise error.
 var digestFunctionSegments = map[string]bool{
 	"sha256": true, "sha1": true, "md5": true, "vso": true, "sha384": true, "sha512": true,
 	"murmur3": true, "sha256tree": true, "blake3": true, "gitsha1": true,
@@ -37,7 +38,8 @@ type resourceName struct {
 	digest     digest
 }
 
-// String renders the canonical form (without optional metadata or a digest-function segment).
+// String renders the canonical form (without optional metadata; with the digest-function
+// segment only for BLAKE3, as the REAPI's grammar has it).
 func (r resourceName) String(write bool) string {
 	var b strings.Builder
 	if r.instance != "" {
@@ -56,6 +58,7 @@ func (r resourceName) String(write bool) string {
 		b.WriteString(strings.ToLower(r.compressor.String()))
 		b.WriteByte('/')
 	}
+	b.WriteString(r.digest.fn.namePrefix())
 	b.WriteString(r.digest.hex())
 	b.WriteByte('/')
 	b.WriteString(strconv.FormatInt(r.digest.size, 10))
@@ -136,9 +139,14 @@ func (r *resourceName) parseBlobPart(name string, segs []string) ([]string, erro
 		return nil, fmt.Errorf("%w: resource name %q: expected blobs/{hash}/{size} or compressed-blobs/zstd/{hash}/{size} after the instance name",
 			errInvalidArgument, truncate(name))
 	}
+	fn := fnSHA256
 	if len(segs) > 0 && digestFunctionSegments[segs[0]] {
-		if segs[0] != "sha256" {
-			return nil, fmt.Errorf("%w: resource name %q: digest function %s is not supported; this server uses sha256",
+		switch segs[0] {
+		case "sha256":
+		case "blake3":
+			fn = fnBLAKE3
+		default:
+			return nil, fmt.Errorf("%w: resource name %q: digest function %s is not supported; this server uses sha256 and blake3",
 				errInvalidArgument, truncate(name), segs[0])
 		}
 		segs = segs[1:]
@@ -150,7 +158,7 @@ func (r *resourceName) parseBlobPart(name string, segs []string) ([]string, erro
 	if err != nil {
 		return nil, fmt.Errorf("resource name %q: %w", truncate(name), err)
 	}
-	if r.digest, err = newDigest(segs[0], size); err != nil {
+	if r.digest, err = fn.newDigest(segs[0], size); err != nil {
 		return nil, fmt.Errorf("resource name %q: %w", truncate(name), err)
 	}
 	return segs[2:], nil

@@ -94,10 +94,10 @@ func TestNamespaceOf(t *testing.T) {
 }
 
 func TestParseDigest(t *testing.T) {
-	if _, err := parseDigest(nil); err == nil {
+	if _, err := fnSHA256.parse(nil); err == nil {
 		t.Error("nil digest accepted")
 	}
-	d, err := parseDigest(&repb.Digest{Hash: hashA, SizeBytes: 0})
+	d, err := fnSHA256.parse(&repb.Digest{Hash: hashA, SizeBytes: 0})
 	if err != nil || !d.isEmpty() || d.String() != hashA+"/0" {
 		t.Fatalf("empty digest: %v %v", d, err)
 	}
@@ -105,17 +105,19 @@ func TestParseDigest(t *testing.T) {
 		{Hash: hashA, SizeBytes: -1}, {Hash: hashA[:63], SizeBytes: 1}, {Hash: hashA + "0", SizeBytes: 1},
 		{Hash: strings.ToUpper(hashA), SizeBytes: 1}, {Hash: "g" + hashA[1:], SizeBytes: 1}, {Hash: "", SizeBytes: 0},
 	} {
-		if _, err := parseDigest(bad); err == nil {
+		if _, err := fnSHA256.parse(bad); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
 	}
-	for _, f := range []repb.DigestFunction_Value{repb.DigestFunction_UNKNOWN, repb.DigestFunction_SHA256} {
-		if err := checkDigestFunction(f); err != nil {
-			t.Errorf("%v refused", f)
+	for f, want := range map[repb.DigestFunction_Value]digestFunction{
+		repb.DigestFunction_UNKNOWN: fnSHA256, repb.DigestFunction_SHA256: fnSHA256, repb.DigestFunction_BLAKE3: fnBLAKE3,
+	} {
+		if got, err := checkDigestFunction(f); err != nil || got != want {
+			t.Errorf("%v: got %v, %v; want %v", f, got, err, want)
 		}
 	}
-	for _, f := range []repb.DigestFunction_Value{repb.DigestFunction_SHA1, repb.DigestFunction_SHA256TREE, repb.DigestFunction_BLAKE3, 99} {
-		if err := checkDigestFunction(f); err == nil {
+	for _, f := range []repb.DigestFunction_Value{repb.DigestFunction_SHA1, repb.DigestFunction_SHA256TREE, repb.DigestFunction_MD5, 99} {
+		if _, err := checkDigestFunction(f); err == nil {
 			t.Errorf("%v accepted", f)
 		}
 	}
@@ -175,10 +177,10 @@ func FuzzParseDigest(f *testing.F) {
 	f.Add("abc", int64(-1))
 	f.Add(hashA, int64(-9))
 	f.Fuzz(func(t *testing.T, hash string, size int64) {
-		d, err := parseDigest(&repb.Digest{Hash: hash, SizeBytes: size})
+		d, err := fnSHA256.parse(&repb.Digest{Hash: hash, SizeBytes: size})
 		valid := len(hash) == 64 && size >= 0 && strings.Trim(hash, "0123456789abcdef") == ""
 		if (err == nil) != valid {
-			t.Fatalf("parseDigest(%q, %d) error %v, valid %v", hash, size, err, valid)
+			t.Fatalf("fnSHA256.parse(%q, %d) error %v, valid %v", hash, size, err, valid)
 		}
 		if err == nil && (d.hex() != hash || d.size != size || d.proto().GetHash() != hash) {
 			t.Fatalf("round trip of %q/%d gave %s", hash, size, d)

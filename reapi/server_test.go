@@ -314,7 +314,7 @@ func TestDefaultTenantAndNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	blob := []byte("shared with the HTTP cache")
-	d, err := parseDigest(digestOf(blob))
+	d, err := fnSHA256.parse(digestOf(blob))
 	if err != nil {
 		t.Fatal(err)
 	}

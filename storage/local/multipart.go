@@ -316,13 +316,17 @@ func (s *Store) janitorLoop() {
 }
 
 // expireUploads removes uploads older than storage.UploadExpiry (and undecodable ones) with
-// their parts, and returns how many it removed.
+// their parts, multipart and resumable (resumable.go) alike, and returns how many it removed.
 func (s *Store) expireUploads(ctx context.Context) (int, error) {
 	now := s.now()
 	removed := 0
 	err := s.db.ScanUploads(ctx, func(id string, u meta.Upload, derr error) error {
 		if derr == nil && now.Sub(time.UnixMilli(u.CreatedMillis)) <= storage.UploadExpiry {
 			return nil
+		}
+		resumablePath, resumable := s.resumablePath(id)
+		if resumable && s.isHeld(id) {
+			return nil // a writer is on it: its next checkpoint renews it
 		}
 		lock := s.uploadLock(id)
 		lock.Lock()
@@ -350,6 +354,10 @@ func (s *Store) expireUploads(ctx context.Context) (int, error) {
 		if dir, err := s.uploadDir(id); err == nil {
 			if err := s.pool.Do(ctx, func() error { return os.RemoveAll(dir) }); err != nil {
 				s.log.Warn("remove expired upload's parts", "upload", id, "error", err)
+			}
+		} else if resumable {
+			if err := s.removeResumableFile(ctx, resumablePath); err != nil {
+				s.log.Warn("remove expired resumable upload's bytes", "upload", id, "error", err)
 			}
 		}
 		removed++

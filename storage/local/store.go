@@ -142,6 +142,7 @@ type Store struct {
 	keyGen      [1 << 16]atomic.Uint64
 	nsGen       [64]atomic.Uint64
 	uploadLocks [64]sync.Mutex
+	resumable   resumables // ByteStream uploads held by a writer (resumable.go)
 
 	recent  *recentSet
 	commits commitTracker
@@ -159,8 +160,9 @@ type Store struct {
 }
 
 var (
-	_ storage.Store     = (*Store)(nil)
-	_ storage.Multipart = (*Store)(nil)
+	_ storage.Store           = (*Store)(nil)
+	_ storage.Multipart       = (*Store)(nil)
+	_ storage.ResumableWrites = (*Store)(nil)
 )
 
 // Open locks opts.DataDir and opens Pebble (or takes over opts.Dir, already open), opens the
@@ -362,6 +364,9 @@ func (s *Store) openFiles() error {
 // multipart files of no upload.
 func (s *Store) recoverFromCrash(ctx context.Context) error {
 	if err := s.removeUnreferencedSegments(ctx); err != nil {
+		return err
+	}
+	if err := s.removeOrphanResumable(ctx); err != nil {
 		return err
 	}
 	return s.removeOrphanParts(ctx)
