@@ -56,9 +56,9 @@ func TestRangesOnEveryGETSurface(t *testing.T) {
 	etag := `"` + sum + `"`
 	cases := []struct {
 		name, rng, ifRange string
-		status            int
-		want              string // body, or "" for a 416
-		contentRange      string
+		status             int
+		want               string // body, or "" for a 416
+		contentRange       string
 	}{
 		{"closed", "bytes=2-5", "", 206, "2345", "bytes 2-5/36"},
 		{"open", "bytes=30-", "", 206, "uvwxyz", "bytes 30-35/36"},
