@@ -260,6 +260,10 @@ func (s *Server) openObject(r *http.Request, h http.Header, t target) (openedObj
 			rd.Close()
 			break
 		}
+		if etagMatches(r.Header.Get("If-None-Match"), info.ETag()) {
+			// If-None-Match is judged before Range (RFC 9110 §13.2.2): serveObject answers 304.
+			return openedObject{rd: rd}, nil
+		}
 		start, n, ok := rng.fit(info.Size)
 		if !ok {
 			rd.Close()

@@ -135,6 +135,12 @@ func TestRangesHEADAndEmpty(t *testing.T) {
 		t.Fatalf("empty blob range = %d %v", r.status, r.header)
 	}
 	expect(t, h.do("GET", "/cas/"+hex.EncodeToString(empty[:]), nil), http.StatusOK, "")
+	// If-None-Match comes before Range: a matching ETag is 304 even for a range past the end.
+	r = h.do("GET", "/cas/"+hexSum, nil, "Range", "bytes=10-", "If-None-Match", `"`+hexSum+`"`)
+	if r.status != http.StatusNotModified {
+		t.Fatalf("If-None-Match with an unsatisfiable range = %d, want 304", r.status)
+	}
+	expect(t, h.do("GET", "/cas/"+hexSum, nil, "Range", "bytes=1-", "If-None-Match", `"other"`), http.StatusPartialContent, "bc")
 	// A miss stays a plain 404 whatever the range.
 	expectEmpty404(t, h.do("GET", "/cas/"+strings.Repeat("0", 64), nil, "Range", "bytes=0-1"))
 }
