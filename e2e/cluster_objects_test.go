@@ -43,9 +43,10 @@ const (
 	kindBazelAC   = "bazel-ac"   // Bazel HTTP cache /{ns}/ac/{sha256}
 	kindREAPIBlob = "reapi-blob" // REAPI CAS blob (BatchUpdateBlobs, or ByteStream for big ones)
 	kindREAPIAC   = "reapi-ac"   // REAPI action result whose output file is a blob written with it
+	kindObjects   = "objects"    // plain HTTP objects /api/cache/objects/{tenant}/{ns}/{key…} (ccache)
 )
 
-var everyKind = []string{kindXcode, kindKeyValue, kindGradle, kindModule, kindNx, kindMetro, kindBazelCAS, kindBazelAC, kindREAPIBlob, kindREAPIAC}
+var everyKind = []string{kindXcode, kindKeyValue, kindGradle, kindModule, kindNx, kindMetro, kindBazelCAS, kindBazelAC, kindREAPIBlob, kindREAPIAC, kindObjects}
 
 // clusterObject is one artifact written through a public surface of one node and read back
 // through the same surface of any node.
@@ -96,6 +97,10 @@ func (g *objectGen) object(kind, namespace string, size int) *clusterObject {
 		o.body = g.bytes(size)
 	case kindMetro:
 		o.id = g.hexID(20) // Metro keys are hex
+		o.body = g.bytes(size)
+	case kindObjects:
+		id := g.hexID(20) // ccache's subdirs layout: two characters, a slash, the rest
+		o.id = id[:2] + "/" + id[2:]
 		o.body = g.bytes(size)
 	case kindModule:
 		o.id = g.hexID(16) // the hash; the artifact name is fixed
@@ -183,6 +188,8 @@ func (o *clusterObject) readURL(n *Node) string {
 		return base + "/" + o.namespace + "/cas/" + o.id
 	case kindBazelAC:
 		return base + "/" + o.namespace + "/ac/" + o.id
+	case kindObjects:
+		return base + "/api/cache/objects/" + clusterTenant + "/" + o.namespace + "/" + o.id
 	}
 	panic("no HTTP read URL for " + o.kind)
 }
@@ -206,7 +213,7 @@ func (o *clusterObject) write(k *clusterKit, n *Node) error {
 	switch o.kind {
 	case kindXcode:
 		return put(http.MethodPost, http.StatusNoContent)
-	case kindGradle:
+	case kindGradle, kindObjects:
 		return put(http.MethodPut, http.StatusCreated)
 	case kindNx:
 		return expect("PUT", request{Method: http.MethodPut, URL: o.readURL(n), Body: bytes.NewReader(o.body),

@@ -38,7 +38,7 @@ func TestClusterReplicatesEveryKind(t *testing.T) {
 		sizes := map[string]int{
 			kindXcode: 1 << 20, kindKeyValue: 4 << 10, kindGradle: 300 << 10, kindModule: 2*modulePart + 1234,
 			kindNx: 64 << 10, kindMetro: 32 << 10, kindBazelCAS: 2 << 20, kindBazelAC: 300,
-			kindREAPIBlob: 3<<20 + 7, kindREAPIAC: 5 << 10,
+			kindREAPIBlob: 3<<20 + 7, kindREAPIAC: 5 << 10, kindObjects: 200 << 10,
 		}
 		var objs []*clusterObject
 		for _, kind := range everyKind {

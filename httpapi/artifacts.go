@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -124,20 +125,27 @@ const copyBufSize = 64 << 10
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// serveObject streams t's body. The first chunk is read before any header is written so that a
-// missing or corrupt record becomes a clean 404 or 503; a failure after that aborts the
-// connection (the client sees a truncated transfer, never wrong bytes under a 200).
+// serveObject streams t's body, or the byte range the request asks for (ranges.go). The first
+// chunk is read before any header is written so that a missing or corrupt record becomes a
+// clean 404 or 503; a failure after that aborts the connection (the client sees a truncated
+// transfer, never wrong bytes under a 200 or 206).
 func (s *Server) serveObject(c echo.Context, t target) error {
 	r := c.Request()
-	rd, err := s.store.Open(r.Context(), t.key, 0, -1)
+	w := c.Response()
+	h := w.Header()
+	o, err := s.openObject(r, h, t)
 	if err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			s.metrics.read(t, resultRejected, 0)
+			return ae
+		}
 		return s.readFailed(r.Context(), t, err)
 	}
+	rd := o.rd
 	defer rd.Close()
 	info := rd.Info()
 	etag := info.ETag()
-	w := c.Response()
-	h := w.Header()
 	if etagMatches(r.Header.Get("If-None-Match"), etag) {
 		h.Set("ETag", etag)
 		s.metrics.read(t, resultHit, 0)
@@ -151,7 +159,13 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 		return s.readFailed(r.Context(), t, rerr)
 	}
 	setObjectHeaders(h, info)
-	w.WriteHeader(http.StatusOK)
+	if o.partial {
+		setLength(h, o.length)
+		h.Set("Content-Range", contentRange(o.start, o.length, info.Size))
+		w.WriteHeader(http.StatusPartialContent)
+	} else {
+		w.WriteHeader(http.StatusOK)
+	}
 
 	rc := http.NewResponseController(w)
 	// With no server-wide WriteTimeout, a deadline left behind would hit the connection's next
@@ -198,6 +212,81 @@ func (s *Server) serveObject(c echo.Context, t target) error {
 	return nil
 }
 
+// openedObject is a reader over what a GET answers: the whole body, or (partial) the
+// length bytes from start.
+type openedObject struct {
+	rd            storage.Reader
+	partial       bool
+	start, length int64
+}
+
+// maxRangeOpens bounds how often a range read is re-opened because the object changed
+// between finding its size and opening it (mutable kinds); after that the whole body is sent.
+const maxRangeOpens = 3
+
+// openObject opens t for a GET. A delete marker is ErrNotFound; an unsatisfiable range is an
+// *apiError (416). Only the requested range is read from the store, so resuming the second
+// half of a large download never reads the first.
+func (s *Server) openObject(r *http.Request, h http.Header, t target) (openedObject, error) {
+	ctx := r.Context()
+	rng, ranged := byteRange{}, false
+	if r.Method == http.MethodGet {
+		rng, ranged = parseRange(r.Header.Get("Range"))
+	}
+	size := int64(-1)
+	if ranged && rng.start < 0 {
+		// A suffix range needs the size before the open.
+		info, err := s.store.Stat(ctx, t.key)
+		if err != nil {
+			return openedObject{}, err
+		}
+		if hiddenObject(info) {
+			return openedObject{}, fmt.Errorf("open %s: %w (deleted)", t.key, storage.ErrNotFound)
+		}
+		size = info.Size
+	}
+	for attempt := 0; ranged && attempt < maxRangeOpens; attempt++ {
+		offset, length := rng.openAt(size)
+		rd, err := s.store.Open(ctx, t.key, offset, length)
+		if err != nil {
+			return openedObject{}, err
+		}
+		info := rd.Info()
+		if hiddenObject(info) {
+			rd.Close()
+			return openedObject{}, fmt.Errorf("open %s: %w (deleted)", t.key, storage.ErrNotFound)
+		}
+		if !ifRangeHolds(r.Header.Get("If-Range"), info.ETag()) {
+			rd.Close()
+			break
+		}
+		if etagMatches(r.Header.Get("If-None-Match"), info.ETag()) {
+			// If-None-Match is judged before Range (RFC 9110 §13.2.2): serveObject answers 304.
+			return openedObject{rd: rd}, nil
+		}
+		start, n, ok := rng.fit(info.Size)
+		if !ok {
+			rd.Close()
+			return openedObject{}, rangeNotSatisfiable(h, info.Size)
+		}
+		if start == offset {
+			return openedObject{rd: rd, partial: true, start: start, length: n}, nil
+		}
+		// The body was replaced by one of another size since the Stat: place the suffix again.
+		rd.Close()
+		size = info.Size
+	}
+	rd, err := s.store.Open(ctx, t.key, 0, -1)
+	if err != nil {
+		return openedObject{}, err
+	}
+	if hiddenObject(rd.Info()) {
+		rd.Close()
+		return openedObject{}, fmt.Errorf("open %s: %w (deleted)", t.key, storage.ErrNotFound)
+	}
+	return openedObject{rd: rd}, nil
+}
+
 // setObjectHeaders describes a stored body in a GET or HEAD answer.
 func setObjectHeaders(h http.Header, info storage.Info) {
 	ct := info.ContentType
@@ -207,6 +296,7 @@ func setObjectHeaders(h http.Header, info storage.Info) {
 	h.Set("Content-Type", ct)
 	setLength(h, info.Size)
 	h.Set("ETag", info.ETag())
+	h.Set("Accept-Ranges", "bytes")
 	// Stored content types come from clients; never let a browser sniff something else.
 	h.Set("X-Content-Type-Options", "nosniff")
 }
@@ -214,6 +304,9 @@ func setObjectHeaders(h http.Header, info storage.Info) {
 // statObject answers a HEAD: status with the object's headers, or 404.
 func (s *Server) statObject(c echo.Context, t target, status int) error {
 	info, err := s.store.Stat(c.Request().Context(), t.key)
+	if err == nil && hiddenObject(info) {
+		err = fmt.Errorf("stat %s: %w (deleted)", t.key, storage.ErrNotFound)
+	}
 	if err != nil {
 		return s.readFailed(c.Request().Context(), t, err)
 	}

@@ -95,6 +95,13 @@ func (s *Server) serveEmpty(c echo.Context, t target, head bool) error {
 		c.Response().Header().Set("ETag", info.ETag())
 		return c.NoContent(http.StatusNotModified)
 	}
+	if !head {
+		// Every range of an empty body is unsatisfiable (ranges.go).
+		r := c.Request()
+		if _, ranged := parseRange(r.Header.Get("Range")); ranged && ifRangeHolds(r.Header.Get("If-Range"), info.ETag()) {
+			return rangeNotSatisfiable(c.Response().Header(), 0)
+		}
+	}
 	setObjectHeaders(c.Response().Header(), info)
 	c.Response().WriteHeader(http.StatusOK)
 	return nil

@@ -23,6 +23,7 @@ const (
 	resultStored   = "stored"   // write created the object
 	resultExists   = "exists"   // write of an existing immutable object: nothing read or stored
 	resultRejected = "rejected" // refused because of the client: limit, digest, bad body, denied
+	resultDeleted  = "deleted"  // a plain object's DELETE stored its delete marker
 )
 
 type metrics struct {

@@ -21,10 +21,21 @@ const (
 	KindMetro    Kind = "metro"    // Metro HttpStore entries
 	KindCAS      Kind = "cas"      // Bazel content-addressable blobs (REAPI and HTTP /cas/)
 	KindAC       Kind = "ac"       // Bazel action-cache entries (REAPI and HTTP /ac/)
+	// KindObjects are plain HTTP objects (/api/cache/objects: ccache's flat and subdirs
+	// layouts, WebDAV-style clients). They are mutable, and a DELETE is recorded as a newer
+	// write of a delete marker (see ObjectDeletedContentType).
+	KindObjects Kind = "objects"
 )
 
+// ObjectDeletedContentType marks a KindObjects object as deleted. A delete in a leaderless
+// cache must replicate and must not be undone by an older copy arriving later, which is what
+// a last-writer-wins write already guarantees: the marker is an empty body stored with this
+// content type under the deleted key, replicated, compared and evicted like any other write,
+// and read as "not found". Clients cannot store it (the objects surface refuses it).
+const ObjectDeletedContentType = "application/vnd.kura.deleted"
+
 // Kinds lists every valid kind, in a fixed order (used by namespace clean and metrics).
-var Kinds = []Kind{KindXcode, KindKeyValue, KindGradle, KindModule, KindNx, KindMetro, KindCAS, KindAC}
+var Kinds = []Kind{KindXcode, KindKeyValue, KindGradle, KindModule, KindNx, KindMetro, KindCAS, KindAC, KindObjects}
 
 // Valid reports whether k is one of the kinds above.
 func (k Kind) Valid() bool {
@@ -37,10 +48,11 @@ func (k Kind) Valid() bool {
 }
 
 // LastWriterWins reports whether a newer write replaces an existing object of this kind.
-// Keyvalue documents and action-cache entries are mutable (last writer wins, by Version);
-// every other kind is immutable: the cluster keeps its first writer (the lowest version), and
-// a node's own later writes are no-ops. Replaces applies the rule.
-func (k Kind) LastWriterWins() bool { return k == KindKeyValue || k == KindAC }
+// Keyvalue documents, action-cache entries and plain objects are mutable (last writer wins,
+// by Version): ccache rewrites its manifests in place, and a plain object's DELETE is a newer
+// write. Every other kind is immutable: the cluster keeps its first writer (the lowest
+// version), and a node's own later writes are no-ops. Replaces applies the rule.
+func (k Kind) LastWriterWins() bool { return k == KindKeyValue || k == KindAC || k == KindObjects }
 
 // MaxIdentifierBytes bounds tenant ids, namespace ids and object names.
 const MaxIdentifierBytes = 1024
