@@ -21,10 +21,11 @@ const (
 	KindMetro    Kind = "metro"    // Metro HttpStore entries
 	KindCAS      Kind = "cas"      // Bazel content-addressable blobs (REAPI and HTTP /cas/)
 	KindAC       Kind = "ac"       // Bazel action-cache entries (REAPI and HTTP /ac/)
+	KindTurbo    Kind = "turbo"    // Turborepo remote cache artifacts (/v8/artifacts)
 )
 
 // Kinds lists every valid kind, in a fixed order (used by namespace clean and metrics).
-var Kinds = []Kind{KindXcode, KindKeyValue, KindGradle, KindModule, KindNx, KindMetro, KindCAS, KindAC}
+var Kinds = []Kind{KindXcode, KindKeyValue, KindGradle, KindModule, KindNx, KindMetro, KindCAS, KindAC, KindTurbo}
 
 // Valid reports whether k is one of the kinds above.
 func (k Kind) Valid() bool {
