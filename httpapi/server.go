@@ -252,6 +252,7 @@ func (s *Server) registerRoutes() {
 	s.registerNx()
 	s.registerBazel()
 	s.registerMetro()
+	s.registerTurbo()
 	s.route(http.MethodDelete, "/api/cache/clean", s.handleClean)
 }
 
