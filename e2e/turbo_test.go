@@ -21,6 +21,8 @@ type turboWorkspace struct {
 	turbo string
 	// signed turns remoteCache.signature on in turbo.json.
 	signed bool
+	// token is TURBO_TOKEN.
+	token string
 }
 
 func newTurboWorkspace(t *testing.T, signed bool) *turboWorkspace {
@@ -35,7 +37,7 @@ func newTurboWorkspace(t *testing.T, signed bool) *turboWorkspace {
 	// turbo hashes the files git sees; dist and .turbo are git-ignored so the task hashes
 	// stay the same from one run to the next.
 	runClient(t, dir, clientEnv(), git, "init", "-q", ".")
-	return &turboWorkspace{t: t, dir: dir, turbo: turbo, signed: signed}
+	return &turboWorkspace{t: t, dir: dir, turbo: turbo, signed: signed, token: "e2e-token"}
 }
 
 // turboRun is one `turbo run build --summarize` as its run summary reports it.
@@ -56,7 +58,7 @@ func (w *turboWorkspace) build(server, team, key string) turboRun {
 	w.t.Helper()
 	env := clientEnv(
 		"TURBO_API="+server,
-		"TURBO_TOKEN=e2e-token",
+		"TURBO_TOKEN="+w.token,
 		"TURBO_TEAM="+team,
 		"TURBO_TELEMETRY_DISABLED=1",
 		"DO_NOT_TRACK=1",
@@ -245,4 +247,40 @@ func TestTurboAcrossNodes(t *testing.T) {
 	}
 	figure(t, "turbo (signed) filled node A; B held a replica %s later; from a clean checkout against B %d/%d remote hits in %s",
 		converged, second.remoteHits, second.tasks, took)
+}
+
+// TestPolicyTurboTokens: turbo's bearer token reaches the policy (the static-tokens example).
+// A read-only token runs the tasks, its uploads are refused with 403 and the run still
+// succeeds; a read-write token uploads; the read-only token then restores every task; an
+// unknown token gets 401 everywhere and turbo builds without the cache.
+func TestPolicyTurboTokens(t *testing.T) {
+	t.Parallel()
+	ws := newTurboWorkspace(t, false)
+	node := startPolicyNode(t, examplePolicy("static-tokens.lua"), map[string]string{"KURA_POLICY_TOKENS": staticTokens})
+
+	before := ScrapeMetrics(t, node).Artifacts("turbo")
+	ws.token = "ci-ro"
+	if run := ws.build(node.URL(), "web", ""); run.remoteHits != 0 {
+		t.Fatalf("read-only run on an empty cache: %d remote hits:\n%s", run.remoteHits, run.output)
+	}
+	if d := ScrapeMetrics(t, node).Artifacts("turbo").Sub(before); d.Stored != 0 || d.Rejected < 1 {
+		t.Fatalf("the read-only token's upload was not refused: %+v", d)
+	}
+
+	ws.forget()
+	ws.token = "ci-rw"
+	first := ws.build(node.URL(), "web", "")
+	if d := ScrapeMetrics(t, node).Artifacts("turbo").Sub(before); d.Stored != 2 {
+		t.Fatalf("the read-write token's run did not upload both tasks: %+v", d)
+	}
+
+	ws.forget()
+	ws.token = "ci-ro"
+	expectRestored(t, first, ws.build(node.URL(), "web", ""))
+
+	ws.forget()
+	ws.token = "stolen"
+	if run := ws.build(node.URL(), "web", ""); run.remoteHits != 0 || !strings.Contains(run.output, "401") {
+		t.Fatalf("an unknown token: %d remote hits, want none and turbo's 401 warning:\n%s", run.remoteHits, run.output)
+	}
 }
