@@ -24,6 +24,19 @@ type putSpec struct {
 	exists int
 	// expected, when set, is the SHA-256 the body must hash to (Bazel CAS).
 	expected *[32]byte
+	// attributes are stored with the body (Turborepo's duration and tag).
+	attributes storage.Attributes
+	// answer writes a success or exists answer with its status; nil: no body. Turborepo
+	// expects a JSON document with a 202.
+	answer func(c echo.Context, status int) error
+}
+
+// reply writes a success or exists answer.
+func (spec putSpec) reply(c echo.Context, status int) error {
+	if spec.answer != nil {
+		return spec.answer(c, status)
+	}
+	return c.NoContent(status)
 }
 
 // putBlob streams the request body into the store under t. Immutable kinds are checked first
@@ -45,7 +58,7 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 		_, err := s.local.Stat(ctx, t.key)
 		if err == nil {
 			s.metrics.write(t.surface, resultExists, 0)
-			return c.NoContent(existsStatus)
+			return spec.reply(c, existsStatus)
 		}
 		if !errors.Is(err, storage.ErrNotFound) {
 			return s.writeFailed(t, "inspect artifact", tooLarge, err)
@@ -57,6 +70,7 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 		Size:           declaredSize(r),
 		Limit:          spec.limit,
 		ExpectedSHA256: spec.expected,
+		Attributes:     spec.attributes,
 	})
 	br.done()
 	switch {
@@ -65,7 +79,7 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 		// A namespace clean newer than this write already covers it; to the client the write
 		// succeeded and was deleted afterwards.
 		s.metrics.write(t.surface, resultExists, 0)
-		return c.NoContent(spec.success)
+		return spec.reply(c, spec.success)
 	case br.tooLarge:
 		s.metrics.write(t.surface, resultRejected, 0)
 		return &apiError{status: http.StatusRequestEntityTooLarge, message: tooLarge}
@@ -82,11 +96,11 @@ func (s *Server) putBlob(c echo.Context, t target, spec putSpec) error {
 		if br.complete {
 			s.recordTransfer(t, analytics.Upload, res.Info.Size)
 		}
-		return c.NoContent(existsStatus)
+		return spec.reply(c, existsStatus)
 	}
 	s.metrics.write(t.surface, resultStored, res.Info.Size)
 	s.recordTransfer(t, analytics.Upload, res.Info.Size)
-	return c.NoContent(spec.success)
+	return spec.reply(c, spec.success)
 }
 
 // writeFailed maps a store error of a write and counts it.
@@ -299,6 +313,9 @@ func setObjectHeaders(h http.Header, info storage.Info) {
 	h.Set("Accept-Ranges", "bytes")
 	// Stored content types come from clients; never let a browser sniff something else.
 	h.Set("X-Content-Type-Options", "nosniff")
+	if info.Key.Kind == storage.KindTurbo {
+		setTurboHeaders(h, info.Attributes)
+	}
 }
 
 // statObject answers a HEAD: status with the object's headers, or 404.

@@ -32,6 +32,8 @@ type apiError struct {
 	// expected marks a 5xx that is the node working as designed (a draining node refusing
 	// new requests): logged at debug, not as an error.
 	expected bool
+	// turbo adds Vercel's error object next to the message (see turboErrors).
+	turbo bool
 }
 
 func (e *apiError) Error() string {
@@ -162,6 +164,9 @@ func writeError(w http.ResponseWriter, ae *apiError) {
 		// 401, reports a misconfigured endpoint instead of the message.
 		h.Set("Content-Type", "text/plain")
 		body = []byte(ae.message + "\n")
+	} else if ae.turbo {
+		h.Set("Content-Type", "application/json")
+		body = turboErrorBody(ae.status, ae.message)
 	} else {
 		h.Set("Content-Type", "application/json")
 		// Marshalling a one-string struct cannot fail.

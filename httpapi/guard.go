@@ -16,6 +16,7 @@ const (
 	OpWrite           = policy.OpWrite
 	OpInspect         = policy.OpInspect // HEAD
 	OpNamespaceDelete = policy.OpNamespaceDelete
+	OpRequest         = policy.OpRequest // a call that touches no artifact (Turborepo's status, events)
 )
 
 // Guard is the access policy (the Lua hooks, *policy.Engine). Decide runs before any artifact
@@ -64,7 +65,7 @@ func (s *Server) authorize(c echo.Context, op string, t target, q url.Values, pl
 	if d.Allowed {
 		return nil
 	}
-	if t.client != "" {
+	if t.client != "" && op != OpRequest {
 		if op == OpWrite {
 			s.metrics.write(t.surface, resultRejected, 0)
 		} else {

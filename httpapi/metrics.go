@@ -34,6 +34,8 @@ type metrics struct {
 	readBytes  *prometheus.CounterVec
 	writeBytes *prometheus.CounterVec
 	lookups    *telemetry.NamespaceLookups
+	// turboEvents counts the cache usage events Turborepo reports (POST /v8/artifacts/events).
+	turboEvents *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -48,8 +50,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			// Long tail buckets because a 2 GiB upload legitimately takes minutes.
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
 		}, []string{"route", "method"}),
+		turboEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_turbo_cache_events_total",
+			Help: "Cache usage events reported by Turborepo clients, by source (local, remote) and event (hit, miss).",
+		}, []string{"source", "event"}),
 	}
-	if err := telemetry.RegisterAll(reg, m.requests, m.duration); err != nil {
+	if err := telemetry.RegisterAll(reg, m.requests, m.duration, m.turboEvents); err != nil {
 		return nil, fmt.Errorf("register http metrics: %w", err)
 	}
 	artifacts, err := telemetry.NewArtifactMetrics(reg)

@@ -12,7 +12,7 @@ import (
 // surface identifies a protocol family for storage, metrics and policy.
 type surface struct {
 	kind   storage.Kind
-	client string // nx, metro, gradle, xcode, bazel, module, keyvalue
+	client string // nx, metro, gradle, xcode, bazel, module, keyvalue, turborepo
 	class  string // blob or action_cache
 }
 
@@ -30,6 +30,7 @@ var (
 	sfMetro    = surface{storage.KindMetro, "metro", classBlob}
 	sfBazelCAS = surface{storage.KindCAS, "bazel", classBlob}
 	sfBazelAC  = surface{storage.KindAC, "bazel", classActionCache}
+	sfTurbo    = surface{storage.KindTurbo, "turborepo", classBlob}
 )
 
 // target is one request's object: its surface and full storage key.

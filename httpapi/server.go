@@ -253,6 +253,7 @@ func (s *Server) registerRoutes() {
 	s.registerBazel()
 	s.registerMetro()
 	s.registerObjects()
+	s.registerTurbo()
 	s.route(http.MethodDelete, "/api/cache/clean", s.handleClean)
 }
 

@@ -245,7 +245,8 @@ func (o *Outbox) pushBatch(ctx context.Context, p *peer, addr string, u *unit, a
 		links = append(links, trace.Link{SpanContext: span.SpanContext()})
 		of = append(of, i)
 		objs = append(objs, storage.PutItem{Key: info.Key, Body: body, Opts: storage.PutOptions{
-			ContentType: info.ContentType, Size: info.Size, Limit: info.Size, ExpectedSHA256: &info.SHA256, Version: info.Version,
+			ContentType: info.ContentType, Attributes: info.Attributes, Size: info.Size, Limit: info.Size, ExpectedSHA256: &info.SHA256,
+			Version: info.Version,
 		}})
 	}
 	if len(objs) == 0 {

@@ -21,6 +21,7 @@ const (
 	KindMetro    Kind = "metro"    // Metro HttpStore entries
 	KindCAS      Kind = "cas"      // Bazel content-addressable blobs (REAPI and HTTP /cas/)
 	KindAC       Kind = "ac"       // Bazel action-cache entries (REAPI and HTTP /ac/)
+	KindTurbo    Kind = "turbo"    // Turborepo remote cache artifacts (/v8/artifacts)
 	// KindObjects are plain HTTP objects (/api/cache/objects: ccache's flat and subdirs
 	// layouts, WebDAV-style clients). They are mutable, and a DELETE is recorded as a newer
 	// write of a delete marker (see ObjectDeletedContentType).
@@ -35,7 +36,7 @@ const (
 const ObjectDeletedContentType = "application/vnd.kura.deleted"
 
 // Kinds lists every valid kind, in a fixed order (used by namespace clean and metrics).
-var Kinds = []Kind{KindXcode, KindKeyValue, KindGradle, KindModule, KindNx, KindMetro, KindCAS, KindAC, KindObjects}
+var Kinds = []Kind{KindXcode, KindKeyValue, KindGradle, KindModule, KindNx, KindMetro, KindCAS, KindAC, KindObjects, KindTurbo}
 
 // Valid reports whether k is one of the kinds above.
 func (k Kind) Valid() bool {

@@ -16,6 +16,8 @@ type Info struct {
 	SHA256 [32]byte
 	// Version orders writes (last-writer-wins, tombstones). It is also the creation time.
 	Version Version
+	// Attributes are the client's metadata stored with the body (see Attributes).
+	Attributes Attributes
 }
 
 // ETag is the strong HTTP entity tag of the body.
@@ -31,6 +33,8 @@ const UnknownSize = -1
 type PutOptions struct {
 	// ContentType is stored and served back with the body.
 	ContentType string
+	// Attributes are stored and served back with the body. Replication passes the origin's.
+	Attributes Attributes
 	// Size is the body length when the client declared it, or UnknownSize. A body that ends
 	// early or runs past a declared Size fails with ErrDigestMismatch and nothing is stored.
 	Size int64

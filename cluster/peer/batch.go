@@ -118,7 +118,8 @@ func batchParts(objs []storage.PutItem) ([]*peerpb.PushBatchPart, error) {
 		if o.Opts.ExpectedSHA256 == nil {
 			return nil, fmt.Errorf("%w: %s: no digest", ErrMalformed, o.Key)
 		}
-		info := storage.Info{Key: o.Key, Size: o.Opts.Size, ContentType: o.Opts.ContentType, SHA256: *o.Opts.ExpectedSHA256, Version: o.Opts.Version}
+		info := storage.Info{Key: o.Key, Size: o.Opts.Size, ContentType: o.Opts.ContentType, SHA256: *o.Opts.ExpectedSHA256, Version: o.Opts.Version,
+			Attributes: o.Opts.Attributes}
 		switch n := int64(len(o.Body)); {
 		case info.Version == 0 || info.Size != n:
 			return nil, fmt.Errorf("%w: %s: version %s, size %d, body %d bytes", ErrMalformed, info.Key, info.Version, info.Size, n)
@@ -235,6 +236,7 @@ func (h *handlers) applyBatch(ctx context.Context, items []receivedItem) []*peer
 		}
 		puts = append(puts, storage.PutItem{Key: it.info.Key, Body: it.body, Opts: storage.PutOptions{
 			ContentType:    it.info.ContentType,
+			Attributes:     it.info.Attributes,
 			Size:           it.info.Size,
 			Limit:          it.info.Size,
 			ExpectedSHA256: &it.info.SHA256,

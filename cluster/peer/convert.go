@@ -39,6 +39,7 @@ func infoToHeader(info storage.Info, evicted bool) *peerpb.ObjectHeader {
 		Sha256:      sum[:],
 		Version:     uint64(info.Version),
 		Evicted:     evicted,
+		Attributes:  info.Attributes.Encoded(),
 	}
 }
 
@@ -64,6 +65,11 @@ func headerToInfo(h *peerpb.ObjectHeader) (storage.Info, error) {
 		// Zero would mean "now" to the receiving store and reorder the write.
 		return storage.Info{}, fmt.Errorf("%w: %s: version is zero", errBadHeader, key)
 	}
+	attrs, err := storage.ParseAttributes(h.GetAttributes())
+	if err != nil {
+		return storage.Info{}, fmt.Errorf("%w: %s: %v", errBadHeader, key, err)
+	}
+	info.Attributes = attrs
 	copy(info.SHA256[:], h.GetSha256())
 	return info, nil
 }

@@ -304,6 +304,7 @@ func (h *handlers) PushObject(stream peerpb.Replication_PushObjectServer) error 
 	}
 	opts := storage.PutOptions{
 		ContentType:    info.ContentType,
+		Attributes:     info.Attributes,
 		Size:           info.Size,
 		Limit:          info.Size,
 		ExpectedSHA256: &info.SHA256,

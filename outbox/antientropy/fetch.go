@@ -128,6 +128,7 @@ func storeFetched(ctx context.Context, local storage.Store, key storage.Key, r *
 	sum := info.SHA256
 	opts := storage.PutOptions{
 		ContentType:    info.ContentType,
+		Attributes:     info.Attributes,
 		Size:           info.Size,
 		ExpectedSHA256: &sum,
 		Version:        info.Version,

@@ -301,6 +301,7 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 			ContentType: it.Opts.ContentType,
 			SHA256:      p.sum,
 			Version:     version,
+			Attributes:  it.Opts.Attributes,
 		}
 		commit = append(commit, committing{p: p, m: m})
 		if err := b.PutManifest(key, m, prev); err != nil {

@@ -521,7 +521,8 @@ func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 		return classify("apply stub of "+key.String(), err)
 	}
 	s.clock.Observe(info.Version)
-	stub := meta.Manifest{Evicted: true, Size: info.Size, ContentType: info.ContentType, SHA256: info.SHA256, Version: info.Version}
+	stub := meta.Manifest{Evicted: true, Size: info.Size, ContentType: info.ContentType, SHA256: info.SHA256, Version: info.Version,
+		Attributes: info.Attributes}
 	b := s.db.NewBatch()
 	defer b.Close()
 	if err := b.PutManifest(key, stub, prev); err != nil {

@@ -142,7 +142,7 @@ func (c *manifestCache) token(key storage.Key, ek []byte) cacheToken {
 }
 
 func entrySize(ek []byte, m *meta.Manifest) int64 {
-	return manifestEntryOverhead + int64(len(ek)+len(m.ContentType)+len(m.Body))
+	return manifestEntryOverhead + int64(len(ek)+len(m.ContentType)+len(m.Body)+m.Attributes.Size())
 }
 
 // admit offers a manifest just read from Pebble. It is refused when admission is off, when it

@@ -116,7 +116,7 @@ func (s *Store) putInline(ctx context.Context, key storage.Key, body io.Reader, 
 	if opts.ExpectedSHA256 != nil && sum != *opts.ExpectedSHA256 {
 		return storage.PutResult{}, fmt.Errorf("put %s: %w: body SHA-256 %x, expected %x", key, storage.ErrDigestMismatch, sum, *opts.ExpectedSHA256)
 	}
-	m := meta.Manifest{Inline: true, Body: buf.Bytes(), Size: n, ContentType: opts.ContentType, SHA256: sum}
+	m := meta.Manifest{Inline: true, Body: buf.Bytes(), Size: n, ContentType: opts.ContentType, SHA256: sum, Attributes: opts.Attributes}
 	ctx, span := s.startPutCommit(ctx, key, n, true, opts.Version != 0)
 	res, err := s.commitManifest(ctx, key, m, opts.Version)
 	endCommit(span, res.Created, err)
@@ -178,6 +178,7 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 		Size:        n,
 		ContentType: opts.ContentType,
 		SHA256:      sum,
+		Attributes:  opts.Attributes,
 	}
 	res, err := s.commitManifest(ctx, key, m, opts.Version)
 	endCommit(span, res.Created, err)

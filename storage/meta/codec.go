@@ -38,16 +38,20 @@ type Manifest struct {
 	ContentType string
 	SHA256      [32]byte
 	Version     storage.Version
+	// Attributes are the client's metadata of the write (storage.Attributes). Stubs keep
+	// them: they are part of what the object is, and a stub read through again must still
+	// answer them.
+	Attributes storage.Attributes
 }
 
 // Info turns the manifest into the storage.Info of key.
 func (m Manifest) Info(key storage.Key) storage.Info {
-	return storage.Info{Key: key, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version}
+	return storage.Info{Key: key, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version, Attributes: m.Attributes}
 }
 
 // Stub returns the evicted stub of m: the same identity without any bytes.
 func (m Manifest) Stub() Manifest {
-	return Manifest{Evicted: true, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version}
+	return Manifest{Evicted: true, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version, Attributes: m.Attributes}
 }
 
 // InSegment reports whether the manifest points at a segment record (neither inline nor a
@@ -198,6 +202,11 @@ func appendBytes(b, v []byte) []byte {
 const (
 	flagInline  = 1
 	flagEvicted = 2
+	// flagAttributes says the encoded storage.Attributes follow the variant part. Manifests
+	// without attributes are written exactly as before the flag existed, and manifests
+	// written before it decode unchanged, so old data directories stay readable and a node
+	// that never stores attributes writes what an older node reads.
+	flagAttributes = 4
 )
 
 // EncodeManifest returns the stored form of m.
@@ -222,7 +231,7 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 			return nil, fmt.Errorf("encode manifest: inconsistent location %+v for size %d", l, m.Size)
 		}
 	}
-	b := make([]byte, 0, 96+len(m.ContentType)+len(m.Body))
+	b := make([]byte, 0, 96+len(m.ContentType)+len(m.Body)+m.Attributes.Size())
 	b = append(b, formatV1)
 	var flags byte
 	if m.Inline {
@@ -230,6 +239,9 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 	}
 	if m.Evicted {
 		flags |= flagEvicted
+	}
+	if !m.Attributes.IsZero() {
+		flags |= flagAttributes
 	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(m.Version))
@@ -246,6 +258,9 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(m.Location.Offset))
 		b = binary.AppendUvarint(b, uint64(m.Location.BodySize))
 		b = binary.AppendUvarint(b, uint64(m.Location.RecordSize))
+	}
+	if !m.Attributes.IsZero() {
+		b = appendBytes(b, m.Attributes.Encoded())
 	}
 	return seal(b), nil
 }
@@ -267,7 +282,7 @@ func decodeManifest(v []byte, copyBody bool) (Manifest, error) {
 	var m Manifest
 	flags := d.byte()
 	switch {
-	case flags&^(flagInline|flagEvicted) != 0:
+	case flags&^(flagInline|flagEvicted|flagAttributes) != 0:
 		d.fail(fmt.Errorf("unknown flags %#x", flags))
 	case flags == flagInline|flagEvicted:
 		d.fail(errors.New("flags say both inline and evicted"))
@@ -296,6 +311,19 @@ func decodeManifest(v []byte, copyBody bool) (Manifest, error) {
 		m.Location.RecordSize = d.int64()
 		if d.err == nil && (m.Location.BodySize != m.Size || m.Location.RecordSize < m.Location.BodySize) {
 			d.fail(fmt.Errorf("inconsistent location %+v for size %d", m.Location, m.Size))
+		}
+	}
+	if flags&flagAttributes != 0 {
+		enc := d.bytes()
+		if d.err == nil {
+			a, err := storage.ParseAttributes(enc)
+			switch {
+			case err != nil:
+				d.fail(err)
+			case a.IsZero():
+				d.fail(errors.New("attributes flag set without attributes"))
+			}
+			m.Attributes = a
 		}
 	}
 	if err := d.finish("manifest"); err != nil {

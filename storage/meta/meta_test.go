@@ -439,6 +439,10 @@ func FuzzDecodeManifest(f *testing.F) {
 	f.Add(v)
 	v, _ = EncodeManifest(segManifest(1, 2, "abc", 3).Stub())
 	f.Add(v)
+	withAttrs := segManifest(1, 2, "abc", 3)
+	withAttrs.Attributes, _ = storage.NewAttributes(map[string]string{"turbo.tag": "t"})
+	v, _ = EncodeManifest(withAttrs)
+	f.Add(v)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := DecodeManifest(b)
 		if err != nil {

@@ -146,7 +146,8 @@ func (m *Memory) Put(ctx context.Context, key storage.Key, body io.Reader, opts 
 		storage.Copy{Version: existing.info.Version, SHA256: existing.info.SHA256, Evicted: existing.evicted}) {
 		return storage.PutResult{Info: existing.info}, nil
 	}
-	info := storage.Info{Key: key, Size: int64(len(data)), ContentType: opts.ContentType, SHA256: sha256.Sum256(data), Version: version}
+	info := storage.Info{Key: key, Size: int64(len(data)), ContentType: opts.ContentType, SHA256: sha256.Sum256(data), Version: version,
+		Attributes: opts.Attributes}
 	m.objects[key] = memObject{info: info, body: data}
 	return storage.PutResult{Info: info, Created: true}, nil
 }

@@ -40,6 +40,7 @@ func RunStoreSuite(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"DeleteNamespace", testDeleteNamespace},
 		{"DeleteNamespaceVersions", testDeleteNamespaceVersions},
 		{"Concurrency", testConcurrency},
+		{"Attributes", testAttributes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
@@ -656,4 +657,57 @@ func testConcurrency(t *testing.T, s storage.Store) {
 	}
 	maxV := base + storage.Version(workers*perWorker)
 	assertStored(t, s, k(storage.KindKeyValue, "hot"), []byte(fmt.Sprintf(`{"version":%d}`, maxV)))
+}
+
+// testAttributes: attributes are stored with the body and answered by Stat and Open; an
+// immutable object keeps its first writer's, and a replicated first writer brings its own.
+func testAttributes(t *testing.T, s storage.Store) {
+	attrs := func(tag string) storage.Attributes {
+		a, err := storage.NewAttributes(map[string]string{"turbo.duration-ms": "12", "turbo.tag": tag})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	for _, kind := range []storage.Kind{storage.KindTurbo, storage.KindKeyValue} {
+		key := k(kind, "attrs")
+		res := mustPut(t, s, key, []byte("body"), storage.PutOptions{Size: 4, Attributes: attrs("first")})
+		if !res.Created || res.Info.Attributes != attrs("first") {
+			t.Fatalf("%s: Put = %+v", kind, res)
+		}
+		info, err := s.Stat(ctxT(t), key)
+		if err != nil || info.Attributes != attrs("first") {
+			t.Fatalf("%s: Stat = %+v, %v", kind, info, err)
+		}
+		r, err := s.Open(ctxT(t), key, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = r.Close()
+		if r.Info().Attributes != attrs("first") {
+			t.Fatalf("%s: Open's Info lost the attributes: %+v", kind, r.Info())
+		}
+		if kind.LastWriterWins() {
+			// A newer document replaces the attributes too, including with none.
+			res = mustPut(t, s, key, []byte("doc2"), storage.PutOptions{Size: 4})
+			if !res.Created || !res.Info.Attributes.IsZero() {
+				t.Fatalf("%s: rewrite kept old attributes: %+v", kind, res)
+			}
+			continue
+		}
+		res = mustPut(t, s, key, []byte("other"), storage.PutOptions{Size: 5, Attributes: attrs("second")})
+		if res.Created || res.Info.Attributes != attrs("first") {
+			t.Fatalf("%s: a second local write changed the attributes: %+v", kind, res)
+		}
+		// A replicated write that is the cluster's first writer brings its own attributes.
+		body := []byte("older")
+		sum := sha256.Sum256(body)
+		res = mustPut(t, s, key, body, storage.PutOptions{Size: 5, ExpectedSHA256: &sum, Version: info.Version - 1000, Attributes: attrs("origin")})
+		if !res.Created || res.Info.Attributes != attrs("origin") {
+			t.Fatalf("%s: replicated first writer: %+v", kind, res)
+		}
+		if info, _ := s.Stat(ctxT(t), key); info.Attributes != attrs("origin") {
+			t.Fatalf("%s: Stat after replacement = %+v", kind, info)
+		}
+	}
 }

@@ -105,7 +105,11 @@ type ObjectHeader struct {
 	// evicted is set only in ListObjects: the lister dropped the body to stay within its disk
 	// budget and keeps a stub (storage.ObjectSummary.Evicted), so the receiver records a stub
 	// instead of fetching a body that is not there.
-	Evicted       bool `protobuf:"varint,6,opt,name=evicted,proto3" json:"evicted,omitempty"`
+	Evicted bool `protobuf:"varint,6,opt,name=evicted,proto3" json:"evicted,omitempty"`
+	// attributes is storage.Attributes in its canonical encoding (empty: none), at most
+	// storage.MaxAttributesBytes; the receiver parses and checks it like a stored manifest's.
+	// A sender that predates it sends nothing, which reads as no attributes.
+	Attributes    []byte `protobuf:"bytes,7,opt,name=attributes,proto3" json:"attributes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -180,6 +184,13 @@ func (x *ObjectHeader) GetEvicted() bool {
 		return x.Evicted
 	}
 	return false
+}
+
+func (x *ObjectHeader) GetAttributes() []byte {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
 }
 
 // A pushed or fetched object travels as one header message followed by body chunks.
@@ -1076,14 +1087,17 @@ const file_peer_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x12\n" +
-	"\x04name\x18\x04 \x01(\tR\x04name\"\xc0\x01\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\"\xe0\x01\n" +
 	"\fObjectHeader\x12-\n" +
 	"\x03key\x18\x01 \x01(\v2\x1b.kura.internal.v1.ObjectKeyR\x03key\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12!\n" +
 	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12\x16\n" +
 	"\x06sha256\x18\x04 \x01(\fR\x06sha256\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\x04R\aversion\x12\x18\n" +
-	"\aevicted\x18\x06 \x01(\bR\aevicted\"f\n" +
+	"\aevicted\x18\x06 \x01(\bR\aevicted\x12\x1e\n" +
+	"\n" +
+	"attributes\x18\a \x01(\fR\n" +
+	"attributes\"f\n" +
 	"\n" +
 	"ObjectPart\x128\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.kura.internal.v1.ObjectHeaderH\x00R\x06header\x12\x16\n" +
