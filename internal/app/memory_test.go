@@ -161,7 +161,12 @@ func TestHardWatermarkPausesAndResumesReplication(t *testing.T) {
 
 	// Over the hard watermark: A pauses its dispatcher and its sweeper.
 	usage.Store(cfgA.MemoryHardLimitBytes)
-	testsupport.WaitFor(t, "A in the hard band", 10*time.Second, func() bool { return a.memory.State() == memory.Hard })
+	// The state flips before its reactions run, and the trim (which returns memory to the OS)
+	// is the last of them: wait for it, so every reaction below has been counted.
+	testsupport.WaitFor(t, "A in the hard band, its reactions done", 10*time.Second, func() bool {
+		return a.memory.State() == memory.Hard &&
+			metricValue(t, a.registry, "kura_memory_actions_total", map[string]string{"action": "trim"}) >= 1
+	})
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
