@@ -28,10 +28,13 @@ type Location struct {
 // holds the bytes: Inline bodies (keyvalue documents) live in Pebble itself. An Evicted
 // manifest is a stub: the body was dropped to stay within the disk budget and neither
 // Location nor Body is set, but the identity (size, digest, version) is kept so the object
-// still counts in anti-entropy digests and is not pulled back from peers.
+// still counts in anti-entropy digests and is not pulled back from peers. An Expired stub is
+// an evicted one that the retention rule removed (its last use was older than the
+// namespace's maximum age): replication never fills it again, only a client's write does.
 type Manifest struct {
 	Inline      bool
 	Evicted     bool
+	Expired     bool // only with Evicted
 	Location    Location // when neither Inline nor Evicted
 	Body        []byte   // when Inline
 	Size        int64
@@ -48,6 +51,13 @@ func (m Manifest) Info(key storage.Key) storage.Info {
 // Stub returns the evicted stub of m: the same identity without any bytes.
 func (m Manifest) Stub() Manifest {
 	return Manifest{Evicted: true, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version}
+}
+
+// ExpiredStub returns the stub of m the retention rule leaves: Stub, marked Expired.
+func (m Manifest) ExpiredStub() Manifest {
+	st := m.Stub()
+	st.Expired = true
+	return st
 }
 
 // InSegment reports whether the manifest points at a segment record (neither inline nor a
@@ -198,6 +208,7 @@ func appendBytes(b, v []byte) []byte {
 const (
 	flagInline  = 1
 	flagEvicted = 2
+	flagExpired = 4 // always with flagEvicted
 )
 
 // EncodeManifest returns the stored form of m.
@@ -208,6 +219,8 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 	switch {
 	case m.Inline && m.Evicted:
 		return nil, errors.New("encode manifest: a manifest cannot be both inline and evicted")
+	case m.Expired && !m.Evicted:
+		return nil, errors.New("encode manifest: only an evicted stub can be expired")
 	case m.Evicted:
 		if len(m.Body) != 0 || m.Location != (Location{}) {
 			return nil, errors.New("encode manifest: an evicted stub holds no body and no location")
@@ -230,6 +243,9 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 	}
 	if m.Evicted {
 		flags |= flagEvicted
+	}
+	if m.Expired {
+		flags |= flagExpired
 	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(m.Version))
@@ -267,13 +283,16 @@ func decodeManifest(v []byte, copyBody bool) (Manifest, error) {
 	var m Manifest
 	flags := d.byte()
 	switch {
-	case flags&^(flagInline|flagEvicted) != 0:
+	case flags&^(flagInline|flagEvicted|flagExpired) != 0:
 		d.fail(fmt.Errorf("unknown flags %#x", flags))
-	case flags == flagInline|flagEvicted:
+	case flags&(flagInline|flagEvicted) == flagInline|flagEvicted:
 		d.fail(errors.New("flags say both inline and evicted"))
+	case flags&(flagExpired|flagEvicted) == flagExpired:
+		d.fail(errors.New("flags say expired but not evicted"))
 	}
 	m.Inline = flags&flagInline != 0
 	m.Evicted = flags&flagEvicted != 0
+	m.Expired = flags&flagExpired != 0
 	m.Version = storage.Version(d.uvarint())
 	m.Size = d.int64()
 	d.fixed(m.SHA256[:])
