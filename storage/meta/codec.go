@@ -34,7 +34,7 @@ type Location struct {
 type Manifest struct {
 	Inline      bool
 	Evicted     bool
-	Expired     bool // only with Evicted
+	Expired     bool     // only with Evicted
 	Location    Location // when neither Inline nor Evicted
 	Body        []byte   // when Inline
 	Size        int64
