@@ -22,7 +22,9 @@ func TestRefreshedBlobsSurviveEviction(t *testing.T) {
 	opts.TargetSegmentBytes = 64 << 10
 	opts.EvictInterval = 10 * time.Millisecond
 	s := openStore(t, opts)
-	body := func(name string) []byte { return storagetest.Bytes(uint64(len(name))*7919+uint64(name[len(name)-1]), 8<<10) }
+	body := func(name string) []byte {
+		return storagetest.Bytes(uint64(len(name))*7919+uint64(name[len(name)-1]), 8<<10)
+	}
 	var vouched, control []storage.Key
 	for i := range 16 {
 		v, c := cas(fmt.Sprint("vouched-", i)), cas(fmt.Sprint("control-", i))
