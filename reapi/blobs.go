@@ -238,10 +238,12 @@ var findScratches = sync.Pool{New: func() any { return new(findScratch) }}
 // its key list.
 const maxPooledKeys = 16384
 
-// missingMask sets missing[i] for every ds[i] the store does not hold. The empty blob is
-// always present. names, when not nil, holds each digest's storage name (for SHA-256, the hash
-// string as received, already validated: 64 lowercase hex digits, the canonical form), which
-// names the key without encoding the hash again. Store.FindMissing answers in the order given, so its answer is
+// missingMask sets missing[i] for every ds[i] the store does not hold, and refreshes the
+// others (storage.Refresher): FindMissingBlobs and the ActionCache's completeness check both
+// vouch for what they report present. The empty blob is always present. names, when not nil,
+// holds each digest's storage name (for SHA-256, the hash string as received, already
+// validated: 64 lowercase hex digits, the canonical form), which names the key without
+// encoding the hash again. Store.FindMissing answers in the order given, so its answer is
 // matched back to positions in one walk.
 func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest, names []string, missing []bool) error {
 	sc := findScratches.Get().(*findScratch)
@@ -267,21 +269,32 @@ func (s *Server) missingMask(ctx context.Context, namespace string, ds []digest,
 		sc.pos = append(sc.pos, i)
 	}
 	keys, pos := sc.keys, sc.pos
+	refresher, _ := s.store.(storage.Refresher)
 	for len(keys) > 0 {
 		n := min(len(keys), findMissingChunk)
 		absent, err := s.store.FindMissing(ctx, keys[:n])
 		if err != nil {
 			return fmt.Errorf("find missing blobs: %w", err)
 		}
-		j := 0
-		for i := 0; i < n && j < len(absent); i++ {
-			if keys[i].Name == absent[j].Name {
+		j, present := 0, 0
+		for i := 0; i < n; i++ {
+			if j < len(absent) && keys[i].Name == absent[j].Name {
 				missing[pos[i]] = true
 				j++
+				continue
 			}
+			// Compact the present keys in place (each moves down or stays): the chunk's
+			// keys are not needed after this walk.
+			keys[present] = keys[i]
+			present++
 		}
 		if j < len(absent) {
 			return fmt.Errorf("find missing blobs: store returned an unexpected key %s", absent[j])
+		}
+		if refresher != nil && present > 0 {
+			// The client is told these exist and may download them minutes later (builds
+			// without the bytes): eviction and retention must treat them as just read.
+			refresher.Refresh(keys[:present])
 		}
 		keys, pos = keys[n:], pos[n:]
 	}

@@ -40,3 +40,16 @@ var (
 	// ErrPartsMismatch: the completion list differs from the uploaded part numbers. HTTP 400.
 	ErrPartsMismatch = errors.New("parts mismatch or missing parts")
 )
+
+// ErrExpired: the object was removed by this node's retention rule (its last use was older
+// than its namespace's maximum age). Every error wrapping it also wraps ErrNotFound, so
+// clients see a plain miss; replication (read-through in particular) tests it to leave the
+// object gone instead of fetching a peer's copy.
+var ErrExpired error = expiredError{}
+
+type expiredError struct{}
+
+func (expiredError) Error() string { return "expired by the retention rule" }
+
+// Is makes errors.Is(ErrExpired, ErrNotFound) hold.
+func (expiredError) Is(target error) bool { return target == ErrNotFound }

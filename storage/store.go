@@ -143,6 +143,24 @@ type PutItemResult struct {
 	Err error
 }
 
+// Refresher is a Store that can be told which objects a client was just told exist
+// (FindMissingBlobs' present digests, a cache hit's outputs), so that eviction and retention
+// treat them as just read: a build that downloads them minutes later finds them. Refresh is
+// best-effort (it never fails) and cheap enough for the FindMissing path; keys that are not
+// stored are ignored. Decorators forward it to the store they wrap.
+type Refresher interface {
+	Refresh(keys []Key)
+}
+
+// ExpiryReporter is a Store that removes objects by age (retention) and can say which of
+// some keys it removed that way. Replication asks it before fetching a peer's copy of a
+// locally missing key, so an expired object is not brought back.
+type ExpiryReporter interface {
+	// Expired returns, for each key, whether this node expired it (in order). Without
+	// retention configured it answers all false without looking anything up.
+	Expired(keys []Key) []bool
+}
+
 // BatchPutter is a Store that commits many small writes as one: one append and one sync of
 // the bodies, one synced metadata commit. Each item still succeeds or fails on its own (an
 // invalid item fails alone, the others are stored), and each acknowledged item is as durable

@@ -262,11 +262,21 @@ func (a *App) openStore() error {
 		Registerer:                   a.registry,
 		TracerProvider:               a.tracing.Provider(),
 		Observer:                     a.outbox,
+		Retention:                    retentionOptions(cfg.Retention),
 	})
 	if err != nil {
 		return fmt.Errorf("open the store in %s: %w", cfg.DataDir, err)
 	}
 	return nil
+}
+
+// retentionOptions turns KURA_RETENTION_* into the store's retention, nil when no namespace
+// has a maximum age (the store then tracks no use at all).
+func retentionOptions(r config.RetentionConfig) *local.RetentionOptions {
+	if !r.Enabled() {
+		return nil
+	}
+	return &local.RetentionOptions{MaxAge: r.MaxAgeFor, SweepInterval: r.SweepInterval}
 }
 
 // buildAnalytics builds the webhook reporter from KURA_ANALYTICS_*.

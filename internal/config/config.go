@@ -53,6 +53,8 @@ type Config struct {
 	DiskBudgetBytes  int64  // KURA_DISK_BUDGET_BYTES (auto: half the data filesystem)
 	MaxKeyValueBytes int64  // KURA_MAX_KEYVALUE_BYTES
 	MaxXcodeBytes    int64  // KURA_MAX_XCODE_BYTES
+	// Retention removes objects by age of last use (KURA_RETENTION_*); zero = off.
+	Retention RetentionConfig
 
 	// Cluster.
 	Peers            []Peer   // KURA_PEERS, parsed; nil when unset
@@ -198,6 +200,7 @@ func load(environ []string, opts Options) (*Config, *parser) {
 	p.listeners(c)
 	p.identity(c, opts.Hostname)
 	p.storage(c, opts.FilesystemSize)
+	p.retention(c)
 	p.cluster(c)
 	p.runtime(c, opts)
 	p.observability(c)
@@ -589,7 +592,7 @@ func (p *parser) analytics() AnalyticsConfig {
 func (p *parser) unknownVariables() []string {
 	var w []string
 	for name := range p.env {
-		if !strings.HasPrefix(name, "KURA_") || knownVariable(name) {
+		if !strings.HasPrefix(name, "KURA_") || knownVariable(name) || strings.HasPrefix(name, EnvRetentionMaxAgePrefix) {
 			continue
 		}
 		family := false

@@ -132,6 +132,11 @@ var variables = []varGroup{
 		{name: EnvMaxKeyValueBytes, def: "1048576", meaning: "keyvalue payload limit (public and replication)"},
 		{name: EnvMaxXcodeBytes, def: "268435456 (256 MiB)", meaning: "Xcode CAS upload limit"},
 	}},
+	{"Retention by age (ages: a Go duration such as 90m or 72h, a number of days such as 30d, or 0 / off)", []varSpec{
+		{name: EnvRetentionMaxAge, def: "0 (off)", meaning: "objects not read nor written on this node for longer than this are removed by its retention sweep"},
+		{name: EnvRetentionMaxAgePrefix + "<NAMESPACE>", def: "KURA_RETENTION_MAX_AGE", meaning: "the age for one namespace, named by its env form: upper-cased, every character other than A-Z and 0-9 as _ (0 keeps it)", family: true},
+		{name: EnvRetentionFile, def: "empty", meaning: "file of \"namespace = age\" lines (exact namespace ids, # comments); wins over the variables above"},
+	}},
 	{"Cluster", []varSpec{
 		{name: EnvPeers, def: "empty", meaning: "seed peers, comma-separated host:port of their gossip listener, or URLs (gossip on $KURA_GOSSIP_PORT)"},
 		{name: EnvDiscoveryDNSName, def: "empty", meaning: "DNS name whose A/AAAA (or SRV) records are gossip seeds; re-resolved periodically"},

@@ -98,7 +98,10 @@ type flight struct {
 	urgent     chan struct{}
 }
 
-var _ storage.Store = (*ReadThrough)(nil)
+var (
+	_ storage.Store     = (*ReadThrough)(nil)
+	_ storage.Refresher = (*ReadThrough)(nil)
+)
 
 // NewReadThrough decorates local so that a read missing locally asks the live peers (same
 // region first, then the others, each given PeerTimeout of silence), stores the first copy
@@ -171,8 +174,8 @@ func (rt *ReadThrough) Close() error {
 // Stat implements storage.Store.
 func (rt *ReadThrough) Stat(ctx context.Context, key storage.Key) (storage.Info, error) {
 	info, err := rt.local.Stat(ctx, key)
-	if !errors.Is(err, storage.ErrNotFound) {
-		return info, err
+	if !errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrExpired) {
+		return info, err // found, failed, or expired here (retention): never fetched back
 	}
 	if ferr := rt.fetch(ctx, key); ferr != nil {
 		if ctx.Err() != nil {
@@ -186,8 +189,8 @@ func (rt *ReadThrough) Stat(ctx context.Context, key storage.Key) (storage.Info,
 // Open implements storage.Store.
 func (rt *ReadThrough) Open(ctx context.Context, key storage.Key, offset, length int64) (storage.Reader, error) {
 	r, err := rt.local.Open(ctx, key, offset, length)
-	if !errors.Is(err, storage.ErrNotFound) {
-		return r, err
+	if !errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrExpired) {
+		return r, err // found, failed, or expired here (retention): never fetched back
 	}
 	if ferr := rt.fetch(ctx, key); ferr != nil {
 		if ctx.Err() != nil {
@@ -221,7 +224,11 @@ func (rt *ReadThrough) FindMissing(ctx context.Context, keys []storage.Key) ([]s
 	if len(peers) == 0 {
 		return missing, nil
 	}
-	holders := rt.askPeers(ctx, orderPeers(peers, rt.region), missing)
+	ask := rt.notExpired(missing)
+	if len(ask) == 0 {
+		return missing, nil
+	}
+	holders := rt.askPeers(ctx, orderPeers(peers, rt.region), ask)
 	if len(holders) == 0 {
 		rt.vouched.WithLabelValues("missing").Add(float64(len(missing)))
 		return missing, nil
@@ -238,6 +245,33 @@ func (rt *ReadThrough) FindMissing(ctx context.Context, keys []storage.Key) ([]s
 	rt.vouched.WithLabelValues("present").Add(float64(len(missing) - len(still)))
 	rt.vouched.WithLabelValues("missing").Add(float64(len(still)))
 	return still, nil
+}
+
+// notExpired drops from missing the keys the local store expired by its retention rule: a
+// peer's copy must not bring them back (SPEC §5), so peers are not asked about them and
+// they stay missing. With a store without retention it is missing itself.
+func (rt *ReadThrough) notExpired(missing []storage.Key) []storage.Key {
+	er, ok := rt.local.(storage.ExpiryReporter)
+	if !ok {
+		return missing
+	}
+	expired := er.Expired(missing)
+	out := make([]storage.Key, 0, len(missing))
+	for i, e := range expired {
+		if !e {
+			out = append(out, missing[i])
+		}
+	}
+	return out
+}
+
+// Refresh implements storage.Refresher by passing the keys to the local store: the objects
+// the client was told exist are the local ones (those a peer vouched for are being pulled
+// and arrive as fresh writes).
+func (rt *ReadThrough) Refresh(keys []storage.Key) {
+	if r, ok := rt.local.(storage.Refresher); ok {
+		r.Refresh(keys)
+	}
 }
 
 // askPeers asks every peer in parallel which of keys it stores, within FindTimeout, and

@@ -110,6 +110,13 @@ func (s *Store) PutBatch(ctx context.Context, items []storage.PutItem) []storage
 		res, err := s.put(ctx, it.Key, bytes.NewReader(it.Body), it.Opts)
 		out[i] = storage.PutItemResult{PutResult: res, Err: err}
 	}
+	if s.uses != nil {
+		for i := range out {
+			if out[i].Err == nil {
+				s.touchWritten(items[i].Key)
+			}
+		}
+	}
 	return out
 }
 
@@ -291,7 +298,8 @@ func (s *Store) commitBatch(ctx context.Context, items []storage.PutItem, part [
 			out[p.i].Err = fmt.Errorf("put %s at version %v: tombstone %v: %w", key, version, tomb.v, storage.ErrStale)
 			continue
 		}
-		if prev != nil && !storage.Replaces(key.Kind, storage.Copy{Version: version, SHA256: p.sum}, copyOf(*prev)) {
+		if prev != nil && (s.refusesReplicated(key.Kind, prev, it.Opts.Version, p.sum) ||
+			!storage.Replaces(key.Kind, storage.Copy{Version: version, SHA256: p.sum}, copyOf(*prev))) {
 			out[p.i].PutResult = storage.PutResult{Info: prev.Info(key)}
 			continue
 		}

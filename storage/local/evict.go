@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"sync"
 	"time"
 
 	"github.com/kuracache/kura/storage"
@@ -21,49 +20,6 @@ const (
 	highWatermark = 0.95
 	lowWatermark  = 0.85
 )
-
-// recentSet remembers recently read records in two generations of bounded maps: a lookup hits
-// if the key is in either, and when the current generation fills up the older one is dropped.
-// Reads cost a map insert, never a Pebble write.
-type recentSet struct {
-	mu        sync.Mutex
-	cur, prev map[string]struct{}
-	genSize   int
-}
-
-func newRecentSet(capacity int) *recentSet {
-	g := max(capacity/2, 1)
-	return &recentSet{cur: make(map[string]struct{}), prev: make(map[string]struct{}), genSize: g}
-}
-
-func (r *recentSet) touch(name []byte) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, ok := r.cur[string(name)]; ok {
-		return
-	}
-	if len(r.cur) >= r.genSize {
-		r.prev, r.cur = r.cur, make(map[string]struct{}, r.genSize)
-	}
-	r.cur[string(name)] = struct{}{}
-}
-
-func (r *recentSet) contains(name []byte) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, ok := r.cur[string(name)]; ok {
-		return true
-	}
-	_, ok := r.prev[string(name)]
-	return ok
-}
-
-func (r *recentSet) forget(name []byte) {
-	r.mu.Lock()
-	delete(r.cur, string(name))
-	delete(r.prev, string(name))
-	r.mu.Unlock()
-}
 
 // kickEvictor wakes the background evictor when usage crossed the high watermark.
 func (s *Store) kickEvictor() {
@@ -229,9 +185,10 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 		return 0, 0, nil // gone, damaged (dropped on its next read), a stub or already elsewhere
 	}
 	name := meta.ManifestKey(key)
+	h := s.keyHash(key)
 	b := s.db.NewBatch()
 	defer b.Close()
-	if s.recent.contains(name) {
+	if s.recent.contains(h) {
 		loc, err := s.copyForward(ctx, m, name)
 		switch {
 		case err == nil:
@@ -247,7 +204,7 @@ func (s *Store) evictRecord(ctx context.Context, key storage.Key, id segment.ID)
 			s.mcache.update(name, next)
 			// Moved once per read: a record that is not read again is dropped next time,
 			// so eviction always makes progress.
-			s.recent.forget(name)
+			s.recent.forget(h)
 			s.metrics.moved.Inc()
 			return 1, 0, nil
 		case errors.Is(err, storage.ErrCorrupt):

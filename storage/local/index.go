@@ -523,6 +523,9 @@ func (s *Store) ApplyStub(_ context.Context, info storage.Info) error {
 	s.clock.Observe(info.Version)
 	stub := meta.Manifest{Evicted: true, Size: info.Size, ContentType: info.ContentType, SHA256: info.SHA256, Version: info.Version,
 		Attributes: info.Attributes}
+	// A peer's stub settling the version does not undo this node's expiry: the stub stays
+	// one replication does not fill.
+	stub.Expired = prev != nil && prev.Expired
 	b := s.db.NewBatch()
 	defer b.Close()
 	if err := b.PutManifest(key, stub, prev); err != nil {

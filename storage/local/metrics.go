@@ -5,6 +5,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kuracache/kura/internal/telemetry"
+	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/meta"
 	"github.com/kuracache/kura/storage/segment"
 )
@@ -19,6 +20,9 @@ type metrics struct {
 	retired prometheus.Counter
 	corrupt prometheus.Counter
 	expired prometheus.Counter
+
+	retentionExpired *prometheus.CounterVec
+	retentionSweeps  prometheus.Counter
 
 	digestBuilds prometheus.Counter
 }
@@ -44,13 +48,33 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 			Name: "kura_storage_multipart_uploads_expired_total",
 			Help: "Multipart uploads removed by the janitor after storage.UploadExpiry without completion.",
 		}),
+		retentionExpired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kura_storage_retention_expired_total",
+			Help: "Objects removed by retention by age (not used here for longer than their namespace's maximum age), by kind; each leaves an expired stub replication does not fill.",
+		}, []string{"kind"}),
+		retentionSweeps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kura_storage_retention_sweeps_total",
+			Help: "Completed retention sweeps (walks of every manifest that persist last uses and expire old objects).",
+		}),
 		digestBuilds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kura_storage_digest_builds_total",
 			Help: "Full builds of the anti-entropy bucket digests: one at startup, then only after a damaged manifest was removed.",
 		}),
 	}
+	for _, k := range storage.Kinds {
+		m.retentionExpired.WithLabelValues(string(k)) // every kind's series exists from the start
+	}
 	m.collectors = []prometheus.Collector{
-		evictions, m.retired, m.corrupt, m.expired, m.digestBuilds,
+		evictions, m.retired, m.corrupt, m.expired, m.digestBuilds, m.retentionExpired, m.retentionSweeps,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kura_storage_retention_pending_uses",
+			Help: "Object uses (reads, refreshes, writes) held in memory until the next retention sweep persists them; 0 with retention off.",
+		}, func() float64 {
+			if s.uses == nil {
+				return 0
+			}
+			return float64(s.uses.pending())
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kura_storage_index_objects",
 			Help: "Objects in the anti-entropy digests: stored objects plus evicted stubs.",

@@ -26,7 +26,11 @@ func (s *Store) Put(ctx context.Context, key storage.Key, body io.Reader, opts s
 		return storage.PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
 	defer s.ops.leave()
-	return s.put(ctx, key, body, opts)
+	res, err := s.put(ctx, key, body, opts)
+	if err == nil {
+		s.touchWritten(key)
+	}
+	return res, err
 }
 
 func (s *Store) put(ctx context.Context, key storage.Key, body io.Reader, opts storage.PutOptions) (storage.PutResult, error) {
@@ -60,6 +64,9 @@ func (s *Store) put(ctx context.Context, key storage.Key, body io.Reader, opts s
 func (s *Store) storedAnswer(key storage.Key, ek []byte, opts storage.PutOptions) (res storage.PutResult, done, notFound bool, err error) {
 	m, err := s.lookupManifest(key, ek)
 	switch {
+	case err == nil && m.Expired && s.refusesReplicated(key.Kind, &m, opts.Version, maxSHA):
+		// Expired here: a peer's copy does not bring it back (see refusesReplicated).
+		return storage.PutResult{Info: m.Info(key)}, true, false, nil
 	case err == nil && (m.Evicted || replicatedMayReplace(key.Kind, opts, m)):
 	case err == nil:
 		return storage.PutResult{Info: m.Info(key)}, true, false, nil
@@ -188,6 +195,11 @@ func (s *Store) putSegment(ctx context.Context, key storage.Key, body io.Reader,
 	return res, err
 }
 
+// maxSHA is the most favourable SHA-256 a last-writer-wins write can bring (ties settle on
+// the higher digest), for checks made before the body is read.
+var maxSHA = [32]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
 // replicatedMayReplace reports whether a write could replace the stored immutable object m:
 // only a replicated write (the origin's version) can, and only when storage.Replaces may say
 // so, judged by the expected digest when the sender declared it (peers always do) and
@@ -287,7 +299,8 @@ func (s *Store) commitManifest(ctx context.Context, key storage.Key, m meta.Mani
 	if hasTomb && version <= tomb {
 		return storage.PutResult{}, fmt.Errorf("put %s at version %v: tombstone %v: %w", key, version, tomb, storage.ErrStale)
 	}
-	if prev != nil && !storage.Replaces(key.Kind, storage.Copy{Version: version, SHA256: m.SHA256}, copyOf(*prev)) {
+	if prev != nil && (s.refusesReplicated(key.Kind, prev, requested, m.SHA256) ||
+		!storage.Replaces(key.Kind, storage.Copy{Version: version, SHA256: m.SHA256}, copyOf(*prev))) {
 		return storage.PutResult{Info: prev.Info(key)}, nil
 	}
 	m.Version = version

@@ -49,6 +49,9 @@ func (s *Store) lookupManifest(key storage.Key, ek []byte) (meta.Manifest, error
 func (s *Store) manifest(key storage.Key, ek []byte) (meta.Manifest, error) {
 	m, err := s.lookupManifest(key, ek)
 	switch {
+	case err == nil && m.Expired && s.uses != nil:
+		// The retention rule removed it: a miss, and one replication must not fill.
+		return meta.Manifest{}, fmt.Errorf("read manifest of %s: %w", key, storage.ErrExpired)
 	case err == nil && m.Evicted:
 		// A stub only remembers the object for anti-entropy; clients see nothing.
 		return meta.Manifest{}, fmt.Errorf("read manifest of %s: %w (evicted)", key, storage.ErrNotFound)
@@ -169,7 +172,7 @@ func (s *Store) Open(ctx context.Context, key storage.Key, offset, length int64)
 		if m.Inline {
 			return &inlineReader{Reader: bytes.NewReader(m.Body[offset : offset+length]), info: info}, nil
 		}
-		s.recent.touch(name)
+		s.touchRead(key)
 		if length == 0 {
 			return &inlineReader{Reader: bytes.NewReader(nil), info: info}, nil
 		}

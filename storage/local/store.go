@@ -32,9 +32,10 @@ const (
 	// DefaultJanitorInterval: expired multipart uploads are found within this delay; uploads
 	// live 24 h, so minutes of slack cost nothing.
 	DefaultJanitorInterval = 5 * time.Minute
-	// DefaultRecentReads bounds the in-memory set of recently read records that eviction
-	// moves forward (about 100 bytes each for typical keys).
-	DefaultRecentReads = 1 << 16
+	// DefaultRecentReads bounds the in-memory set of recently used records (read, or vouched
+	// for by Refresh) that eviction moves forward: 8-byte hashes, some 4–8 MiB at the bound,
+	// and room for the present digests of several large FindMissingBlobs calls.
+	DefaultRecentReads = 1 << 18
 	// DefaultMaxInlineBytes caps a keyvalue document kept inline in Pebble whatever the
 	// caller's limit: Pebble handles values of a few MiB well, not hundreds.
 	DefaultMaxInlineBytes = 16 << 20
@@ -79,6 +80,9 @@ type Options struct {
 	JanitorInterval time.Duration
 	// RecentReads caps the recently-read set used by eviction (zero: DefaultRecentReads).
 	RecentReads int
+	// Retention removes objects not used (read or written here) for longer than their
+	// namespace's maximum age (see retention.go); nil: objects are kept however old.
+	Retention *RetentionOptions
 	// MaxInlineBytes caps inline keyvalue documents (zero: DefaultMaxInlineBytes).
 	MaxInlineBytes int64
 	// MaxUploadBytes overrides storage.MaxUploadBytes (zero: the protocol's 2 GiB). Tests
@@ -128,6 +132,8 @@ type Store struct {
 	metrics *metrics
 	pool    *fdpool.Pool
 	mcache  *manifestCache
+	// uses records last uses for retention; nil when retention is off.
+	uses *useTracker
 
 	seed     maphash.Seed
 	keyLocks [1024]sync.Mutex
@@ -150,6 +156,8 @@ type Store struct {
 	exists  existenceIndex // FindMissing's answers; built by the first digest walk
 	evictMu sync.Mutex
 	kick    chan struct{}
+	// sweepKick asks for a retention sweep now (tests, a full use tracker).
+	sweepKick chan struct{}
 	// corrupted carries dropped corrupt keys to the anti-entropy sweeper (Corrupted).
 	corrupted chan storage.Key
 	bgCtx     context.Context // cancelled by Close: stops the evictor and the janitor
@@ -312,6 +320,8 @@ func newStore(opts Options, pool *fdpool.Pool) *Store {
 		partDir:   filepath.Join(opts.TmpDir, "multipart"),
 		seed:      maphash.MakeSeed(),
 		recent:    newRecentSet(opts.RecentReads),
+		uses:      opts.Retention.tracker(),
+		sweepKick: make(chan struct{}, 1),
 		kick:      make(chan struct{}, 1),
 		corrupted: make(chan storage.Key, DefaultCorruptQueue),
 		pool:      pool,
@@ -375,7 +385,8 @@ func (s *Store) recoverFromCrash(ctx context.Context) error {
 // startBackground starts the evictor, the upload janitor and the digest build; Close stops
 // them.
 func (s *Store) startBackground() {
-	s.bg.Add(3)
+	s.bg.Add(4)
+	go s.retentionLoop()
 	go s.evictLoop()
 	go s.janitorLoop()
 	go s.digestLoop()

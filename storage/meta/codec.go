@@ -28,10 +28,13 @@ type Location struct {
 // holds the bytes: Inline bodies (keyvalue documents) live in Pebble itself. An Evicted
 // manifest is a stub: the body was dropped to stay within the disk budget and neither
 // Location nor Body is set, but the identity (size, digest, version) is kept so the object
-// still counts in anti-entropy digests and is not pulled back from peers.
+// still counts in anti-entropy digests and is not pulled back from peers. An Expired stub is
+// an evicted one that the retention rule removed (its last use was older than the
+// namespace's maximum age): replication never fills it again, only a client's write does.
 type Manifest struct {
 	Inline      bool
 	Evicted     bool
+	Expired     bool     // only with Evicted
 	Location    Location // when neither Inline nor Evicted
 	Body        []byte   // when Inline
 	Size        int64
@@ -52,6 +55,13 @@ func (m Manifest) Info(key storage.Key) storage.Info {
 // Stub returns the evicted stub of m: the same identity without any bytes.
 func (m Manifest) Stub() Manifest {
 	return Manifest{Evicted: true, Size: m.Size, ContentType: m.ContentType, SHA256: m.SHA256, Version: m.Version, Attributes: m.Attributes}
+}
+
+// ExpiredStub returns the stub of m the retention rule leaves: Stub, marked Expired.
+func (m Manifest) ExpiredStub() Manifest {
+	st := m.Stub()
+	st.Expired = true
+	return st
 }
 
 // InSegment reports whether the manifest points at a segment record (neither inline nor a
@@ -207,6 +217,7 @@ const (
 	// written before it decode unchanged, so old data directories stay readable and a node
 	// that never stores attributes writes what an older node reads.
 	flagAttributes = 4
+	flagExpired    = 8 // always with flagEvicted
 )
 
 // EncodeManifest returns the stored form of m.
@@ -217,6 +228,8 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 	switch {
 	case m.Inline && m.Evicted:
 		return nil, errors.New("encode manifest: a manifest cannot be both inline and evicted")
+	case m.Expired && !m.Evicted:
+		return nil, errors.New("encode manifest: only an evicted stub can be expired")
 	case m.Evicted:
 		if len(m.Body) != 0 || m.Location != (Location{}) {
 			return nil, errors.New("encode manifest: an evicted stub holds no body and no location")
@@ -242,6 +255,9 @@ func EncodeManifest(m Manifest) ([]byte, error) {
 	}
 	if !m.Attributes.IsZero() {
 		flags |= flagAttributes
+	}
+	if m.Expired {
+		flags |= flagExpired
 	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(m.Version))
@@ -282,13 +298,16 @@ func decodeManifest(v []byte, copyBody bool) (Manifest, error) {
 	var m Manifest
 	flags := d.byte()
 	switch {
-	case flags&^(flagInline|flagEvicted|flagAttributes) != 0:
+	case flags&^(flagInline|flagEvicted|flagAttributes|flagExpired) != 0:
 		d.fail(fmt.Errorf("unknown flags %#x", flags))
-	case flags == flagInline|flagEvicted:
+	case flags&(flagInline|flagEvicted) == flagInline|flagEvicted:
 		d.fail(errors.New("flags say both inline and evicted"))
+	case flags&(flagExpired|flagEvicted) == flagExpired:
+		d.fail(errors.New("flags say expired but not evicted"))
 	}
 	m.Inline = flags&flagInline != 0
 	m.Evicted = flags&flagEvicted != 0
+	m.Expired = flags&flagExpired != 0
 	m.Version = storage.Version(d.uvarint())
 	m.Size = d.int64()
 	d.fixed(m.SHA256[:])

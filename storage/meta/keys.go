@@ -16,6 +16,7 @@ const (
 	prefixTombstone byte = 't' // 't' tenant 0 namespace → Version
 	prefixUpload    byte = 'u' // 'u' upload-id → Upload
 	prefixOutbox    byte = 'o' // 'o' peer 0 seq(8B BE) → opaque value
+	prefixLastUse   byte = 'a' // 'a' manifest-key → last use (Unix ms), for retention by age
 )
 
 // ManifestKey encodes key as its Pebble key. Identifiers never contain NUL (Key.Validate), so
