@@ -14,13 +14,49 @@ import (
 // created: writes committed later are not seen, so a caller that serialises its creation with
 // commits knows exactly which commits the walk includes. It holds Pebble resources until
 // Close and is not safe for concurrent use.
-type ManifestIterator struct {
+type ManifestIterator struct{ walk }
+
+// walk is the stepping both iterators share: a Pebble iterator moved one record at a time,
+// checking the context every 256 records, and remembering the error that ended it.
+type walk struct {
 	ctx     context.Context
 	it      *pebble.Iterator
+	what    string // what is walked, for errors ("manifests", "last use")
 	started bool
 	n       int
 	err     error
 }
+
+// Next moves to the next record and reports whether there is one. After false, Err says
+// whether the walk ended or failed.
+func (w *walk) Next() bool {
+	if w.err != nil {
+		return false
+	}
+	var valid bool
+	if !w.started {
+		w.started, valid = true, w.it.First()
+	} else {
+		valid = w.it.Next()
+	}
+	if !valid {
+		if err := w.it.Error(); err != nil {
+			w.err = fmt.Errorf("iterate %s: %w", w.what, err)
+		}
+		return false
+	}
+	w.n++
+	if w.n%256 == 0 {
+		if err := w.ctx.Err(); err != nil {
+			w.err = fmt.Errorf("iterate %s: %w", w.what, err)
+			return false
+		}
+	}
+	return true
+}
+
+// Err is the error that ended the walk, if any.
+func (w *walk) Err() error { return w.err }
 
 // NewManifestIterator starts a walk at the first manifest whose encoded key is >= start (nil:
 // the first manifest). A start outside the manifest key space is reported as an error
@@ -37,35 +73,7 @@ func (db *DB) NewManifestIterator(ctx context.Context, start []byte) (*ManifestI
 	if err != nil {
 		return nil, fmt.Errorf("iterate manifests: %w", err)
 	}
-	return &ManifestIterator{ctx: ctx, it: it}, nil
-}
-
-// Next moves to the next manifest and reports whether there is one. After false, Err says
-// whether the walk ended or failed.
-func (i *ManifestIterator) Next() bool {
-	if i.err != nil {
-		return false
-	}
-	var valid bool
-	if !i.started {
-		i.started, valid = true, i.it.First()
-	} else {
-		valid = i.it.Next()
-	}
-	if !valid {
-		if err := i.it.Error(); err != nil {
-			i.err = fmt.Errorf("iterate manifests: %w", err)
-		}
-		return false
-	}
-	i.n++
-	if i.n%256 == 0 {
-		if err := i.ctx.Err(); err != nil {
-			i.err = fmt.Errorf("iterate manifests: %w", err)
-			return false
-		}
-	}
-	return true
+	return &ManifestIterator{walk{ctx: ctx, it: it, what: "manifests"}}, nil
 }
 
 // EncodedKey is the current manifest's key (ManifestKey), valid until Next.
@@ -96,9 +104,6 @@ func (i *ManifestIterator) RawValue() ([]byte, error) { return i.it.ValueAndErr(
 // DecodeManifestView decodes a stored manifest value like DecodeManifest, except that an
 // inline body aliases v instead of being copied: for callers that only need the identity.
 func DecodeManifestView(v []byte) (Manifest, error) { return decodeManifest(v, false) }
-
-// Err is the error that ended the walk, if any.
-func (i *ManifestIterator) Err() error { return i.err }
 
 // Close releases the view.
 func (i *ManifestIterator) Close() error {

@@ -73,13 +73,7 @@ func (db *DB) GetLastUse(encodedKey []byte) (millis int64, ok bool, err error) {
 
 // LastUseIterator walks last-use records in the order of their manifest keys, so a walk of
 // the manifests can merge it in step. Not safe for concurrent use; Close releases it.
-type LastUseIterator struct {
-	ctx     context.Context
-	it      *pebble.Iterator
-	started bool
-	n       int
-	err     error
-}
+type LastUseIterator struct{ walk }
 
 // NewLastUseIterator starts a walk over every last-use record.
 func (db *DB) NewLastUseIterator(ctx context.Context) (*LastUseIterator, error) {
@@ -88,34 +82,7 @@ func (db *DB) NewLastUseIterator(ctx context.Context) (*LastUseIterator, error) 
 	if err != nil {
 		return nil, fmt.Errorf("iterate last use: %w", err)
 	}
-	return &LastUseIterator{ctx: ctx, it: it}, nil
-}
-
-// Next moves to the next record; after false, Err says whether the walk ended or failed.
-func (i *LastUseIterator) Next() bool {
-	if i.err != nil {
-		return false
-	}
-	var valid bool
-	if !i.started {
-		i.started, valid = true, i.it.First()
-	} else {
-		valid = i.it.Next()
-	}
-	if !valid {
-		if err := i.it.Error(); err != nil {
-			i.err = fmt.Errorf("iterate last use: %w", err)
-		}
-		return false
-	}
-	i.n++
-	if i.n%256 == 0 {
-		if err := i.ctx.Err(); err != nil {
-			i.err = fmt.Errorf("iterate last use: %w", err)
-			return false
-		}
-	}
-	return true
+	return &LastUseIterator{walk{ctx: ctx, it: it, what: "last use"}}, nil
 }
 
 // SeekGE moves to the first record whose manifest key is >= encodedKey and reports whether
@@ -145,9 +112,6 @@ func (i *LastUseIterator) Millis() (int64, error) {
 	}
 	return decodeLastUse(v)
 }
-
-// Err is the error that ended the walk, if any.
-func (i *LastUseIterator) Err() error { return i.err }
 
 // Close releases the view.
 func (i *LastUseIterator) Close() error {
