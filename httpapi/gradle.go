@@ -31,11 +31,7 @@ func (s *Server) gradlePathTarget(c echo.Context) (target, url.Values, error) {
 	if err != nil {
 		return target{}, nil, err
 	}
-	tenant, err := pathParam(c, paramTenant)
-	if err != nil {
-		return target{}, nil, err
-	}
-	namespace, err := pathParam(c, paramNamespace)
+	tenant, namespace, err := pathScope(c)
 	if err != nil {
 		return target{}, nil, err
 	}

@@ -40,11 +40,7 @@ func (s *Server) nxDefaultTarget(c echo.Context) (target, error) {
 }
 
 func nxScopedTarget(c echo.Context) (target, error) {
-	tenant, err := pathParam(c, paramTenant)
-	if err != nil {
-		return target{}, err
-	}
-	namespace, err := pathParam(c, paramNamespace)
+	tenant, namespace, err := pathScope(c)
 	if err != nil {
 		return target{}, err
 	}

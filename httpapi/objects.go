@@ -48,11 +48,7 @@ func objectsTarget(c echo.Context) (target, url.Values, error) {
 	if err != nil {
 		return target{}, nil, err
 	}
-	tenant, err := pathParam(c, paramTenant)
-	if err != nil {
-		return target{}, nil, err
-	}
-	namespace, err := pathParam(c, paramNamespace)
+	tenant, namespace, err := pathScope(c)
 	if err != nil {
 		return target{}, nil, err
 	}

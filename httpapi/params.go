@@ -242,3 +242,15 @@ func queryScoped(c echo.Context, sf surface, keyParam string) (target, url.Value
 	}
 	return sf.at(tenant, namespace, name), q, nil
 }
+
+// pathScope reads the tenant and namespace path parameters of the path-scoped surfaces (the
+// ones whose URL a client keeps as a prefix: Gradle, Nx, plain objects).
+func pathScope(c echo.Context) (tenant, namespace string, err error) {
+	if tenant, err = pathParam(c, paramTenant); err != nil {
+		return "", "", err
+	}
+	if namespace, err = pathParam(c, paramNamespace); err != nil {
+		return "", "", err
+	}
+	return tenant, namespace, nil
+}

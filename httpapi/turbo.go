@@ -294,18 +294,23 @@ func (s *Server) handleTurboQuery(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-func (s *Server) handleTurboEvents(c echo.Context) error {
+// authorizeTurboRequest asks the policy about a call that names no artifact (events,
+// status). turbo sends its team there too; another client of the API may not, and neither
+// call carries anything that needs a namespace, so the team is optional.
+func (s *Server) authorizeTurboRequest(c echo.Context) error {
 	q, err := parseQuery(c.Request().URL.RawQuery)
 	if err != nil {
 		return err
 	}
-	// turbo sends its team here too; another client of the API may not, and the events
-	// carry nothing that needs a namespace.
 	namespace, err := turboNamespace(q, false)
 	if err != nil {
 		return err
 	}
-	if err := s.authorize(c, OpRequest, sfTurbo.at(s.cfg.TenantID, namespace, ""), q, false, ""); err != nil {
+	return s.authorize(c, OpRequest, sfTurbo.at(s.cfg.TenantID, namespace, ""), q, false, "")
+}
+
+func (s *Server) handleTurboEvents(c echo.Context) error {
+	if err := s.authorizeTurboRequest(c); err != nil {
 		return err
 	}
 	body, err := s.readCapped(c, maxTurboJSONBytes)
@@ -337,15 +342,7 @@ func turboLabel(v string, allowed ...string) string {
 }
 
 func (s *Server) handleTurboStatus(c echo.Context) error {
-	q, err := parseQuery(c.Request().URL.RawQuery)
-	if err != nil {
-		return err
-	}
-	namespace, err := turboNamespace(q, false)
-	if err != nil {
-		return err
-	}
-	if err := s.authorize(c, OpRequest, sfTurbo.at(s.cfg.TenantID, namespace, ""), q, false, ""); err != nil {
+	if err := s.authorizeTurboRequest(c); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "enabled"})
