@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -37,7 +38,8 @@ type options struct {
 	jsonPath       string
 	workdir        string
 	keep           bool
-	pprof          string // KURA_PPROF_ADDRESS of the benchmarked single node, and of the replication pair's receiver
+	pprof          string            // KURA_PPROF_ADDRESS of the benchmarked single node, and of the replication pair's receiver
+	kuraEnv        map[string]string // -kura-env: settings of the benchmarked single node
 	log            io.Writer
 }
 
@@ -56,8 +58,21 @@ func main() {
 	flag.StringVar(&o.workdir, "workdir", "", "directory for data directories and logs (default: a fresh temporary directory, removed afterwards)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (data and server logs) afterwards")
 	flag.StringVar(&o.pprof, "pprof", "", "KURA_PPROF_ADDRESS for the benchmarked Kura node, and for the receiving node (B) of the replication group (e.g. 127.0.0.1:6060), to profile it under the load")
+	var kuraEnvFlag string
+	flag.StringVar(&kuraEnvFlag, "kura-env", "", "comma-separated KURA_*=value settings for the benchmarked Kura node (the shell's KURA_* variables are never passed), e.g. KURA_RESUMABLE_UPLOAD_MIN_BYTES=off")
 	flag.Parse()
 	o.duration = duration
+	if kuraEnvFlag != "" {
+		o.kuraEnv = map[string]string{}
+		for _, kv := range strings.Split(kuraEnvFlag, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || !strings.HasPrefix(k, "KURA_") {
+				fmt.Fprintf(os.Stderr, "bench suite: -kura-env: %q is not KURA_NAME=value\n", kv)
+				os.Exit(2)
+			}
+			o.kuraEnv[k] = v
+		}
+	}
 	o.groups = strings.Split(groups, ",")
 	o.kuraBin = os.Getenv("KURA_BIN")
 	o.bazelRemoteBin = os.Getenv("BAZEL_REMOTE_BIN")
@@ -175,7 +190,10 @@ func run(ctx context.Context, o options) (*Report, error) {
 			dir := filepath.Join(work, fmt.Sprintf("%d-%s", i, t.name))
 			var srv *server
 			if t.name == "kura" {
-				extra := map[string]string{}
+				extra := maps.Clone(o.kuraEnv)
+				if extra == nil {
+					extra = map[string]string{}
+				}
 				if o.pprof != "" {
 					extra["KURA_PPROF_ADDRESS"] = o.pprof
 				}

@@ -180,7 +180,7 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		return nil, fmt.Errorf("build the HTTP API: %w", err)
 	}
 
-	reapiCfg := reapi.Config{TenantID: cfg.TenantID}
+	reapiCfg := reapi.Config{TenantID: cfg.TenantID, ResumableMinBytes: cfg.ResumableUploadMinBytes}
 	a.reapi, err = reapi.New(reapiCfg, reapi.Deps{
 		Store:          a.readThrough,
 		Local:          a.store,

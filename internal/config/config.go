@@ -71,6 +71,9 @@ type Config struct {
 	// (FindMissingBlobs, an action result's completeness check) finds keys missing here
 	// (KURA_READ_THROUGH_FIND_TIMEOUT_MS).
 	ReadThroughFindTimeout time.Duration
+	// ResumableUploadMinBytes is the smallest blob whose ByteStream upload is staged so it can
+	// be resumed (KURA_RESUMABLE_UPLOAD_MIN_BYTES); -1 ("off"): no upload is staged.
+	ResumableUploadMinBytes int64
 
 	// Budgets holds the runtime budgets (docs/contract.md §6), derived from Host unless set. It is
 	// embedded so callers write cfg.FileDescriptorPoolSize as well as cfg.Budgets.
@@ -331,6 +334,14 @@ func (p *parser) cluster(c *Config) {
 	c.AntiEntropyInterval = p.duration(EnvAntiEntropyIntervalMS, DefaultAntiEntropyInterval, time.Millisecond, 100)
 	c.OutboxDropAfter = p.duration(EnvOutboxDropAfterMS, DefaultOutboxDropAfter, time.Millisecond, 1000)
 	c.ReadThroughFindTimeout = p.duration(EnvReadThroughFindTimeoutMS, DefaultReadThroughFindTimeout, time.Millisecond, 1)
+	c.ResumableUploadMinBytes = DefaultResumableUploadMinBytes
+	if v, ok := p.get(EnvResumableUploadMinBytes); ok {
+		if strings.EqualFold(v, "off") {
+			c.ResumableUploadMinBytes = -1
+		} else {
+			c.ResumableUploadMinBytes = p.parseSize(EnvResumableUploadMinBytes, v, DefaultResumableUploadMinBytes, 1)
+		}
+	}
 	if v, ok := p.get(EnvGossipKey); ok {
 		key, err := base64.StdEncoding.DecodeString(v)
 		switch {

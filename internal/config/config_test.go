@@ -89,7 +89,7 @@ func TestDefaults(t *testing.T) {
 		DiskBudgetBytes: 50 * GiB, MaxKeyValueBytes: 1048576, MaxXcodeBytes: 256 * MiB,
 		DrainTimeout: DefaultDrainTimeout, BootstrapTimeout: DefaultBootstrapTimeout,
 		RejoinInterval: DefaultRejoinInterval, AntiEntropyInterval: DefaultAntiEntropyInterval,
-		OutboxDropAfter: DefaultOutboxDropAfter, ReadThroughFindTimeout: DefaultReadThroughFindTimeout,
+		OutboxDropAfter: DefaultOutboxDropAfter, ReadThroughFindTimeout: DefaultReadThroughFindTimeout, ResumableUploadMinBytes: DefaultResumableUploadMinBytes,
 		Budgets:   DeriveBudgets(h),
 		Host:      h,
 		OTel:      OTelConfig{ServiceName: "kura"},
@@ -171,7 +171,7 @@ func TestEveryVariableSet(t *testing.T) {
 		"KURA_ANALYTICS_SERVER_URL=https://tuist.dev", "KURA_ANALYTICS_SIGNING_KEY=s3cret",
 		"KURA_ANALYTICS_BATCH_SIZE=50", "KURA_ANALYTICS_BATCH_TIMEOUT_MS=1000", "KURA_ANALYTICS_QUEUE_CAPACITY=500",
 		"KURA_ANALYTICS_REQUEST_TIMEOUT_MS=2000", "KURA_ANALYTICS_CIRCUIT_BREAKER_FAILURE_THRESHOLD=3",
-		"KURA_ANALYTICS_CIRCUIT_BREAKER_OPEN_MS=10000", "KURA_READ_THROUGH_FIND_TIMEOUT_MS=1500",
+		"KURA_ANALYTICS_CIRCUIT_BREAKER_OPEN_MS=10000", "KURA_READ_THROUGH_FIND_TIMEOUT_MS=1500", "KURA_RESUMABLE_UPLOAD_MIN_BYTES=64MiB",
 	}
 	c := mustLoad(t, environ)
 	wantEnv := map[string]string{}
@@ -188,6 +188,7 @@ func TestEveryVariableSet(t *testing.T) {
 	}
 	check("bind", c.BindAddress, "127.0.0.1")
 	check("read-through find timeout", c.ReadThroughFindTimeout, 1500*time.Millisecond)
+	check("resumable upload min", c.ResumableUploadMinBytes, int64(64*MiB))
 	check("ports", []int{c.Port, c.GRPCPort, c.GossipPort, c.InternalPort}, []int{14000, 15051, 17946, 17443})
 	check("HTTPAddr", c.HTTPAddr(), "127.0.0.1:14000")
 	check("identity", []string{c.TenantID, c.Region, c.NodeName, c.NodeURL}, []string{"acme", "eu-central", "kura-1", "https://cache-1.internal:4000"})
@@ -571,6 +572,23 @@ func TestUsageListsEveryVariableLoadReads(t *testing.T) {
 	for _, title := range []string{"Listeners and identity", "Storage", "Cluster", "Runtime budgets", "Observability", "Extensions and policy", "Runtime analytics"} {
 		if !strings.Contains(usage, "\n"+title) {
 			t.Errorf("Usage lacks group %q", title)
+		}
+	}
+}
+
+func TestResumableUploadMinBytes(t *testing.T) {
+	for _, c := range []struct {
+		value string
+		want  int64
+	}{{"off", -1}, {"OFF", -1}, {"1", 1}, {"16MiB", 16 * MiB}} {
+		if got := mustLoad(t, []string{"KURA_RESUMABLE_UPLOAD_MIN_BYTES=" + c.value}).ResumableUploadMinBytes; got != c.want {
+			t.Errorf("KURA_RESUMABLE_UPLOAD_MIN_BYTES=%s: %d, want %d", c.value, got, c.want)
+		}
+	}
+	for _, bad := range []string{"0", "-3", "lots"} {
+		if _, err := LoadWith([]string{"KURA_RESUMABLE_UPLOAD_MIN_BYTES=" + bad}, hermetic()); err == nil ||
+			!strings.Contains(err.Error(), "KURA_RESUMABLE_UPLOAD_MIN_BYTES") {
+			t.Errorf("KURA_RESUMABLE_UPLOAD_MIN_BYTES=%s: error %v, want one naming the variable", bad, err)
 		}
 	}
 }

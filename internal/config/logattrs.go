@@ -60,6 +60,7 @@ func (c *Config) LogAttrs() []slog.Attr {
 			slog.Duration("anti_entropy_interval", c.AntiEntropyInterval),
 			slog.Duration("outbox_drop_after", c.OutboxDropAfter),
 			slog.Duration("read_through_find_timeout", c.ReadThroughFindTimeout),
+			slog.Int64("resumable_upload_min_bytes", c.ResumableUploadMinBytes),
 			slog.String("gossip_key", secret(len(c.GossipKey) > 0)),
 			slog.Bool("internal_mtls", c.InternalTLS.Enabled()),
 			slog.String("internal_tls_ca_cert_path", c.InternalTLS.CACertPath),

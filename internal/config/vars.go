@@ -38,23 +38,25 @@ const (
 	EnvAntiEntropyIntervalMS = "KURA_ANTI_ENTROPY_INTERVAL_MS"
 	// EnvReadThroughFindTimeoutMS bounds how long an existence question waits for peers.
 	EnvReadThroughFindTimeoutMS = "KURA_READ_THROUGH_FIND_TIMEOUT_MS"
-	EnvOutboxDropAfterMS        = "KURA_OUTBOX_DROP_AFTER_MS"
-	EnvGossipKey                = "KURA_GOSSIP_KEY"
-	EnvInternalTLSCACert        = "KURA_INTERNAL_TLS_CA_CERT_PATH"
-	EnvInternalTLSCert          = "KURA_INTERNAL_TLS_CERT_PATH"
-	EnvInternalTLSKey           = "KURA_INTERNAL_TLS_KEY_PATH"
-	EnvFDPoolSize               = "KURA_FILE_DESCRIPTOR_POOL_SIZE"
-	EnvFDAcquireTimeoutMS       = "KURA_FILE_DESCRIPTOR_ACQUIRE_TIMEOUT_MS"
-	EnvSegmentHandleCache       = "KURA_SEGMENT_HANDLE_CACHE_SIZE"
-	EnvMemorySoftLimit          = "KURA_MEMORY_SOFT_LIMIT_BYTES"
-	EnvMemoryHardLimit          = "KURA_MEMORY_HARD_LIMIT_BYTES"
-	EnvManifestCacheMax         = "KURA_MANIFEST_CACHE_MAX_BYTES"
-	EnvMetaMaxOpenFiles         = "KURA_METADATA_STORE_MAX_OPEN_FILES"
-	EnvMetaMaxBGJobs            = "KURA_METADATA_STORE_MAX_BACKGROUND_JOBS"
-	EnvMetaReadCache            = "KURA_METADATA_STORE_READ_CACHE_BYTES"
-	EnvMetaWriteBufferPool      = "KURA_METADATA_STORE_WRITE_BUFFER_POOL_BYTES"
-	EnvMetaWriteBuffer          = "KURA_METADATA_STORE_WRITE_BUFFER_BYTES"
-	EnvMetaMaxWriteBuffers      = "KURA_METADATA_STORE_MAX_WRITE_BUFFERS"
+	// EnvResumableUploadMinBytes sets which ByteStream uploads are staged to be resumable.
+	EnvResumableUploadMinBytes = "KURA_RESUMABLE_UPLOAD_MIN_BYTES"
+	EnvOutboxDropAfterMS       = "KURA_OUTBOX_DROP_AFTER_MS"
+	EnvGossipKey               = "KURA_GOSSIP_KEY"
+	EnvInternalTLSCACert       = "KURA_INTERNAL_TLS_CA_CERT_PATH"
+	EnvInternalTLSCert         = "KURA_INTERNAL_TLS_CERT_PATH"
+	EnvInternalTLSKey          = "KURA_INTERNAL_TLS_KEY_PATH"
+	EnvFDPoolSize              = "KURA_FILE_DESCRIPTOR_POOL_SIZE"
+	EnvFDAcquireTimeoutMS      = "KURA_FILE_DESCRIPTOR_ACQUIRE_TIMEOUT_MS"
+	EnvSegmentHandleCache      = "KURA_SEGMENT_HANDLE_CACHE_SIZE"
+	EnvMemorySoftLimit         = "KURA_MEMORY_SOFT_LIMIT_BYTES"
+	EnvMemoryHardLimit         = "KURA_MEMORY_HARD_LIMIT_BYTES"
+	EnvManifestCacheMax        = "KURA_MANIFEST_CACHE_MAX_BYTES"
+	EnvMetaMaxOpenFiles        = "KURA_METADATA_STORE_MAX_OPEN_FILES"
+	EnvMetaMaxBGJobs           = "KURA_METADATA_STORE_MAX_BACKGROUND_JOBS"
+	EnvMetaReadCache           = "KURA_METADATA_STORE_READ_CACHE_BYTES"
+	EnvMetaWriteBufferPool     = "KURA_METADATA_STORE_WRITE_BUFFER_POOL_BYTES"
+	EnvMetaWriteBuffer         = "KURA_METADATA_STORE_WRITE_BUFFER_BYTES"
+	EnvMetaMaxWriteBuffers     = "KURA_METADATA_STORE_MAX_WRITE_BUFFERS"
 
 	EnvOTelEndpoint    = "KURA_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 	EnvOTelServiceName = "KURA_OTEL_SERVICE_NAME"
@@ -143,6 +145,7 @@ var variables = []varGroup{
 		{name: EnvDiscoveryDNSServer, def: "empty (system resolver)", meaning: "host:port of the DNS server asked for KURA_DISCOVERY_DNS_NAME"},
 		{name: EnvRejoinIntervalMS, def: "15000", meaning: "how often seeds are re-resolved and re-joined, so healed partitions and restarted peers rejoin"},
 		{name: EnvAntiEntropyIntervalMS, def: "30000", meaning: "pause between anti-entropy sweeps that compare digests with every peer and pull what is missing"},
+		{name: EnvResumableUploadMinBytes, def: "8388608 (8 MiB)", meaning: "smallest blob whose ByteStream upload is staged so a broken upload can resume (QueryWriteStatus); `off` streams every upload straight into the store (cheaper, not resumable)"},
 		{name: EnvReadThroughFindTimeoutMS, def: "300", meaning: "how long FindMissingBlobs and an action result's completeness check wait for peers about keys missing here; a peer slower than this counts as not having them"},
 		{name: EnvOutboxDropAfterMS, def: "3600000 (1 h)", meaning: "a peer gone this long loses its replication queue; anti-entropy repairs it when it returns"},
 		{name: EnvGossipKey, def: "empty", meaning: "base64 AES key (16, 24 or 32 bytes) encrypting gossip; nodes without it never join"},
@@ -265,4 +268,7 @@ const (
 	// milliseconds; 300 ms keeps a Bazel FindMissingBlobs quick when a peer is slow, while
 	// clusters spread over distant regions (or heavily loaded) may need more.
 	DefaultReadThroughFindTimeout = 300 * time.Millisecond
+	// DefaultResumableUploadMinBytes: below 8 MiB a broken upload costs little to send again,
+	// and staging costs a second pass over the bytes (docs/reapi.md).
+	DefaultResumableUploadMinBytes = 8 << 20
 )
