@@ -80,7 +80,7 @@ func (s *Store) liveUpload(id string) (meta.Upload, error) {
 		return meta.Upload{}, err
 	}
 	if age := s.now().Sub(time.UnixMilli(u.CreatedMillis)); age > storage.UploadExpiry {
-		return meta.Upload{}, fmt.Errorf("upload %s expired (started %s ago): %w", id, age.Round(time.Second), storage.ErrUploadNotFound)
+		return meta.Upload{}, fmt.Errorf("upload %s expired (last recorded %s ago): %w", id, age.Round(time.Second), storage.ErrUploadNotFound)
 	}
 	return u, nil
 }

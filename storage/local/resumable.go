@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/kuracache/kura/storage"
 	"github.com/kuracache/kura/storage/fdpool"
@@ -106,12 +105,9 @@ func (s *Store) isHeld(id string) bool {
 // liveResumable reads a resumable upload's record: ErrUploadNotFound when there is none or it
 // is past storage.UploadExpiry.
 func (s *Store) liveResumable(id string) (meta.Upload, error) {
-	u, err := s.db.GetUpload(id)
+	u, err := s.liveUpload(id)
 	if err != nil {
 		return meta.Upload{}, err
-	}
-	if age := s.now().Sub(time.UnixMilli(u.CreatedMillis)); age > storage.UploadExpiry {
-		return meta.Upload{}, fmt.Errorf("upload %s expired (last written %s ago): %w", id, age.Round(time.Second), storage.ErrUploadNotFound)
 	}
 	if p, ok := u.Parts[resumablePart]; !ok || p.File != id || len(u.Parts) != 1 {
 		return meta.Upload{}, fmt.Errorf("upload %s: %w: not a resumable upload record", id, storage.ErrCorrupt)
