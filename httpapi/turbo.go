@@ -69,27 +69,27 @@ func turboErrors(h echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// turboErrorCodes are the error codes of Vercel's API per status. Not "remote_caching_…" for
+// 403: turbo would read that as the team's caching status.
+var turboErrorCodes = map[int]string{
+	http.StatusBadRequest:            "bad_request",
+	http.StatusUnauthorized:          "not_authorized",
+	http.StatusForbidden:             "forbidden",
+	http.StatusNotFound:              "not_found",
+	http.StatusRequestEntityTooLarge: "payload_too_large",
+	http.StatusInsufficientStorage:   "insufficient_storage",
+	http.StatusServiceUnavailable:    "service_unavailable",
+}
+
 // turboErrorBody is the JSON of an error answer on the Turborepo surface.
 func turboErrorBody(status int, message string) []byte {
-	code := "internal_error"
+	code, ok := turboErrorCodes[status]
 	switch {
-	case status == http.StatusBadRequest:
-		code = "bad_request"
-	case status == http.StatusUnauthorized:
-		code = "not_authorized"
-	case status == http.StatusForbidden:
-		// Not "remote_caching_…": turbo would read that as the team's caching status.
-		code = "forbidden"
-	case status == http.StatusNotFound:
-		code = "not_found"
-	case status == http.StatusRequestEntityTooLarge:
-		code = "payload_too_large"
-	case status == http.StatusInsufficientStorage:
-		code = "insufficient_storage"
-	case status == http.StatusServiceUnavailable:
-		code = "service_unavailable"
+	case ok:
 	case status < 500:
 		code = "client_error"
+	default:
+		code = "internal_error"
 	}
 	type detail struct {
 		Code    string `json:"code"`
