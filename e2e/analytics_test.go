@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/e2e/harness"
 )
 
 const analyticsKey = "e2e-signing-key"
@@ -317,5 +319,5 @@ func TestAnalyticsHangingReceiverNeverSlowsUploads(t *testing.T) {
 	node.Stop()
 	// SIGTERM to exit: the drain, the analytics flush (cut off after min(request timeout, 2 s))
 	// and, in a -race build, the race runtime's one-second exit delay.
-	figure(t, "graceful stop with a hanging analytics server and a full queue took %s (race build: %v)", time.Since(start).Round(time.Millisecond), kuraRace)
+	figure(t, "graceful stop with a hanging analytics server and a full queue took %s (race build: %v)", time.Since(start).Round(time.Millisecond), harness.Race())
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/e2e/harness"
 )
 
 // bazelOutputs are the files of testdata/workspaces/bazel compared across builds. Each genrule
@@ -41,7 +43,7 @@ func newBazelWorkspace(t *testing.T) *bazelWorkspace {
 		bazel:          requireCommand(t, "bazel"),
 		dir:            copyWorkspace(t, "bazel", nil),
 		outputUserRoot: t.TempDir(),
-		stubs:          filepath.Join(moduleRoot, "e2e", "testdata", "bazel", "stubs"),
+		stubs:          filepath.Join(harness.ModuleRoot(), "e2e", "testdata", "bazel", "stubs"),
 	}
 	requireCommand(t, "gcc") // cc_binary uses the host's C toolchain
 	// Cleanups run last-registered first: shut the server down, then make Bazel's read-only

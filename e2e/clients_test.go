@@ -18,6 +18,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/kuracache/kura/e2e/harness"
 )
 
 // clientTimeout bounds one run of a client tool (a build). Cold runs take seconds; the bound
@@ -53,7 +55,7 @@ func requireCommand(t testing.TB, name string) string {
 // nodeClients is the npm install of the pinned Nx and Metro clients (e2e/clients/node).
 func nodeClients(t testing.TB) string {
 	t.Helper()
-	return filepath.Join(moduleRoot, "e2e", "clients", "node", "node_modules")
+	return filepath.Join(harness.ModuleRoot(), "e2e", "clients", "node", "node_modules")
 }
 
 // requireNodeClient returns the path of an executable from e2e/clients/node (e.g. "nx").
@@ -71,7 +73,7 @@ func requireNodeClient(t testing.TB, bin string) string {
 // each "@KEY@" placeholder in text files with replacements[KEY].
 func copyWorkspace(t testing.TB, name string, replacements map[string]string) string {
 	t.Helper()
-	src := filepath.Join(moduleRoot, "e2e", "testdata", "workspaces", name)
+	src := filepath.Join(harness.ModuleRoot(), "e2e", "testdata", "workspaces", name)
 	dst := t.TempDir()
 	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {

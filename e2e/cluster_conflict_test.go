@@ -437,7 +437,7 @@ func TestClusterImmutableConflictsSettledByAntiEntropy(t *testing.T) {
 
 	restarts.Add(1)
 	b.Stop()
-	b.opts.Peers = []string{a.GossipAddr()}
+	b.SetPeers([]string{a.GossipAddr()})
 	b.Restart()
 	restarts.Add(1)
 	met := waitMembership(t, membershipTimeout, a, b)

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -155,40 +154,6 @@ func waitDropped(t testing.TB, timeout time.Duration, gone *Node, observers ...*
 	return time.Since(start).Round(time.Millisecond)
 }
 
-// sendSignal delivers sig to the node's process without waiting for anything.
-func (n *Node) sendSignal(sig syscall.Signal) error {
-	n.mu.Lock()
-	cmd := n.cmd
-	running := cmd != nil && !n.exited()
-	n.mu.Unlock()
-	if !running {
-		return fmt.Errorf("%s is not running", n.Name)
-	}
-	if err := cmd.Process.Signal(sig); err != nil {
-		return fmt.Errorf("send %v to %s: %w", sig, n.Name, err)
-	}
-	return nil
-}
-
-// pause freezes the node with SIGSTOP: its sockets stay open but nothing answers, which is
-// what a partition or a long GC pause looks like to its peers. A cleanup resumes it so the
-// harness can stop it normally.
-func (n *Node) pause(t testing.TB) {
-	t.Helper()
-	if err := n.sendSignal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.sendSignal(syscall.SIGCONT) })
-}
-
-// resume continues a paused node.
-func (n *Node) resume(t testing.TB) {
-	t.Helper()
-	if err := n.sendSignal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // clusterKit holds a test's gRPC connections: REAPI (plaintext) and the internal plane
 // (plaintext, or mTLS when internalTLS is set). Connections are closed when the test ends.
 type clusterKit struct {
@@ -248,7 +213,7 @@ func (k *clusterKit) internal(n *Node) peerpb.ReplicationClient {
 	if k.internalTLS != nil {
 		creds = credentials.NewTLS(k.internalTLS)
 	}
-	encoded := n.opts.Env["KURA_GOSSIP_KEY"]
+	encoded := n.Options().Env["KURA_GOSSIP_KEY"]
 	if encoded == "" {
 		return peerpb.NewReplicationClient(k.conn(n.InternalAddr(), creds))
 	}

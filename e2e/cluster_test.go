@@ -5,13 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
-	"github.com/kuracache/kura/internal/testdns"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/internal/testdns"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
@@ -256,7 +257,7 @@ func measureReplicationLag(t *testing.T, k *clusterKit, gen *objectGen, origin *
 				}
 				req := &peerpb.FindObjectsRequest{}
 				for _, d := range pending {
-					req.Keys = append(req.Keys, &peerpb.ObjectKey{Tenant: n.opts.TenantID, Namespace: namespace, Kind: "cas", Name: d.GetHash()})
+					req.Keys = append(req.Keys, &peerpb.ObjectKey{Tenant: n.Options().TenantID, Namespace: namespace, Kind: "cas", Name: d.GetHash()})
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 				resp, err := plane.FindObjects(ctx, req)
@@ -548,14 +549,14 @@ func TestClusterIsolatedNodeRejoins(t *testing.T) {
 	writeObjects(t, k, append(before, doc), 4, a)
 	k.waitConverged(t, convergeTimeout(40), storedCount(before)+1, a, b, c)
 
-	c.pause(t)
+	pause(t, c)
 	dropped := waitDropped(t, 60*time.Second, c, a, b)
 	during := gen.mixed(100, "isolation")
 	newer := gen.keyValue("isolation", "overwritten", "written during the partition")
 	writeObjects(t, k, during, 8, a, b)
 	writeObjects(t, k, []*clusterObject{newer}, 1, b)
 
-	c.resume(t)
+	resume(t, c)
 	readThroughBefore := readThroughHits(t, c) // C served no read since it was frozen
 	rejoined := waitMembership(t, membershipTimeout, a, b, c)
 	converged := k.waitConverged(t, convergeTimeout(150), storedCount(before)+storedCount(during)+1, a, b, c)

@@ -80,7 +80,7 @@ func TestDrainWithStuckRequests(t *testing.T) {
 	})
 
 	start := time.Now()
-	if err := node.sendSignal(syscall.SIGTERM); err != nil {
+	if err := node.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	PollUntil(t, 5*time.Second, "/ready to turn 503 draining", func() (bool, string) {

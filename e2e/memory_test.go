@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"maps"
 	"os"
 	"strings"
 	"testing"
@@ -112,10 +111,7 @@ func TestHardMemoryWatermarkPausesReplication(t *testing.T) {
 
 	// The operator raises the limit: A restarts with derived watermarks.
 	a.Stop()
-	env := maps.Clone(a.opts.Env)
-	delete(env, "KURA_MEMORY_SOFT_LIMIT_BYTES")
-	delete(env, "KURA_MEMORY_HARD_LIMIT_BYTES")
-	a.opts.Env = env
+	a.UnsetEnv("KURA_MEMORY_SOFT_LIMIT_BYTES", "KURA_MEMORY_HARD_LIMIT_BYTES")
 	a.Restart()
 	start := time.Now()
 	PollUntil(t, wait, "A back in the normal band and the paused writes pushed to B", func() (bool, string) {

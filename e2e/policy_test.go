@@ -21,13 +21,15 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/kuracache/kura/e2e/harness"
 )
 
 // The access-control suite: the ready-made policies of examples/policies behind the real
 // binary, driven over HTTP and gRPC and by the real clients (Nx, Bazel, Gradle).
 
 func examplePolicy(name string) string {
-	return filepath.Join(moduleRoot, "examples", "policies", name)
+	return filepath.Join(harness.ModuleRoot(), "examples", "policies", name)
 }
 
 func writeTestFile(t *testing.T, name, content string) string {
@@ -584,7 +586,7 @@ func TestPolicyStartupErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			env := append(withoutKuraEnv(), "KURA_BIND_ADDRESS=127.0.0.1", "KURA_DATA_DIR="+t.TempDir(),
+			env := append(harness.WithoutKuraEnv(), "KURA_BIND_ADDRESS=127.0.0.1", "KURA_DATA_DIR="+t.TempDir(),
 				fmt.Sprintf("KURA_PORT=%d", ports[0]), fmt.Sprintf("KURA_GRPC_PORT=%d", ports[1]),
 				fmt.Sprintf("KURA_GOSSIP_PORT=%d", ports[2]), fmt.Sprintf("KURA_INTERNAL_PORT=%d", ports[3]),
 				"KURA_EXTENSION_SCRIPT_PATH="+script)

@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kuracache/kura/e2e/harness"
 )
 
 // runKuraExpectingExit runs the kura binary with the given node's environment plus overrides
@@ -19,7 +20,7 @@ func runKuraExpectingExit(t *testing.T, env []string, timeout time.Duration) (in
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, kuraBinary)
+	cmd := exec.CommandContext(ctx, harness.Binary())
 	cmd.Env = env
 	cmd.Dir = t.TempDir()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -45,7 +46,7 @@ func TestStartupRefusals(t *testing.T) {
 	requireKura(t)
 
 	t.Run("every invalid variable is reported at once", func(t *testing.T) {
-		env := withoutKuraEnv()
+		env := harness.WithoutKuraEnv()
 		env = append(env,
 			"KURA_BIND_ADDRESS=127.0.0.1",
 			"KURA_DATA_DIR="+t.TempDir(),
@@ -66,9 +67,8 @@ func TestStartupRefusals(t *testing.T) {
 
 	t.Run("a data directory in use by a running node", func(t *testing.T) {
 		first := StartNode(t, NodeOptions{Name: "owner"})
-		second := newNode(t, NodeOptions{Name: "intruder", DataDir: first.DataDir}, 1)
-		second.allocatePorts()
-		code, out := runKuraExpectingExit(t, second.env(), 30*time.Second)
+		second := harness.Prepare(t, NodeOptions{Name: "intruder", DataDir: first.DataDir}, 1)
+		code, out := runKuraExpectingExit(t, second.Environ(), 30*time.Second)
 		if code == 0 {
 			t.Fatalf("a second kura started on a locked data directory:\n%s", out)
 		}
@@ -96,11 +96,11 @@ func TestClusterHarness(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if up.Node != n.Name || up.NodeURL != n.URL() || up.Region != n.opts.Region {
-			t.Errorf("node %d /up = node %q url %q region %q; want %q %q %q", i, up.Node, up.NodeURL, up.Region, n.Name, n.URL(), n.opts.Region)
+		if up.Node != n.Name || up.NodeURL != n.URL() || up.Region != n.Options().Region {
+			t.Errorf("node %d /up = node %q url %q region %q; want %q %q %q", i, up.Node, up.NodeURL, up.Region, n.Name, n.URL(), n.Options().Region)
 		}
-		if len(n.opts.Peers) != 2 {
-			t.Errorf("node %d seeded with %v, want the 2 other gossip addresses", i, n.opts.Peers)
+		if len(n.Options().Peers) != 2 {
+			t.Errorf("node %d seeded with %v, want the 2 other gossip addresses", i, n.Options().Peers)
 		}
 		for _, addr := range []string{n.HTTPAddr(), n.GRPCAddr(), n.GossipAddr(), n.InternalAddr(), n.DataDir} {
 			if seen[addr] {
@@ -116,15 +116,4 @@ func TestClusterHarness(t *testing.T) {
 			t.Errorf("%s after restarting node-1: %v", n.Name, err)
 		}
 	}
-}
-
-// withoutKuraEnv is the test's environment minus KURA_* variables.
-func withoutKuraEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KURA_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }

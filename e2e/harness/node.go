@@ -115,6 +115,33 @@ func (n *Node) SetEnv(key, value string) {
 	n.opts.Env = env
 }
 
+// UnsetEnv removes KURA_* variables from the next Restart's settings.
+func (n *Node) UnsetEnv(keys ...string) {
+	env := make(map[string]string, len(n.opts.Env))
+	for k, v := range n.opts.Env {
+		env[k] = v
+	}
+	for _, k := range keys {
+		delete(env, k)
+	}
+	n.opts.Env = env
+}
+
+// SetPeers replaces the node's seed addresses (KURA_PEERS) for the next Restart.
+func (n *Node) SetPeers(peers []string) { n.opts.Peers = append([]string(nil), peers...) }
+
+// Prepare makes a node with its ports and data directory chosen but no process started: for
+// tests that run kura themselves with Environ (a second process on a locked directory).
+func Prepare(t testing.TB, opts NodeOptions, index int) *Node {
+	t.Helper()
+	n := newNode(t, opts, index)
+	n.allocatePorts()
+	return n
+}
+
+// Environ is the environment the node's process runs with.
+func (n *Node) Environ() []string { return n.env() }
+
 // Pid is the running process's id (0 when it is not running).
 func (n *Node) Pid() int {
 	n.mu.Lock()
