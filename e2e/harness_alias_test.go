@@ -12,16 +12,19 @@ import (
 // The node harness lives in e2e/harness, shared with e2e/reliability; these names keep the
 // suite's tests reading as before.
 type (
-	Node        = harness.Node
-	NodeOptions = harness.NodeOptions
-	UpStatus    = harness.UpStatus
+	Node           = harness.Node
+	NodeOptions    = harness.NodeOptions
+	UpStatus       = harness.UpStatus
+	Metrics        = harness.Metrics
+	ArtifactCounts = harness.ArtifactCounts
 )
 
 var (
-	StartNode    = harness.StartNode
-	StartCluster = harness.StartCluster
-	PollUntil    = harness.PollUntil
-	requireKura  = harness.RequireKura
+	StartNode     = harness.StartNode
+	StartCluster  = harness.StartCluster
+	PollUntil     = harness.PollUntil
+	ScrapeMetrics = harness.ScrapeMetrics
+	requireKura   = harness.RequireKura
 )
 
 func freePorts(k int) ([]int, error) { return harness.FreePorts("127.0.0.1", k) }

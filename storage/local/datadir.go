@@ -29,7 +29,8 @@ type DataDir struct {
 }
 
 // OpenDataDir creates path if needed, takes its exclusive lock (ErrDataDirLocked when another
-// process holds it) and opens the metadata database in path/meta with mo (Dir is filled in).
+// process holds it), checks its layout version (ErrDataFormat when this build cannot read it;
+// the marker is written when missing) and opens the metadata database in path/meta with mo (Dir is filled in).
 // Hand it to Open through Options.Dir, which then owns it; Close it yourself only if Open is
 // never called.
 func OpenDataDir(path string, mo meta.Options) (*DataDir, error) {
@@ -41,6 +42,12 @@ func OpenDataDir(path string, mo meta.Options) (*DataDir, error) {
 	}
 	lock, err := lockDataDir(path)
 	if err != nil {
+		return nil, err
+	}
+	// The layout version is checked before Pebble opens anything: a directory from a newer,
+	// incompatible build is refused by name instead of being half-read.
+	if err := checkDataFormat(path); err != nil {
+		_ = lock.Close()
 		return nil, err
 	}
 	mo.Dir = filepath.Join(path, "meta")
