@@ -15,13 +15,17 @@ type (
 	Node        = harness.Node
 	NodeOptions = harness.NodeOptions
 	UpStatus    = harness.UpStatus
+	// Metrics is one scrape of /metrics; ArtifactCounts its artifact counters of one kind.
+	Metrics        = harness.Metrics
+	ArtifactCounts = harness.ArtifactCounts
 )
 
 var (
-	StartNode    = harness.StartNode
-	StartCluster = harness.StartCluster
-	PollUntil    = harness.PollUntil
-	requireKura  = harness.RequireKura
+	StartNode     = harness.StartNode
+	StartCluster  = harness.StartCluster
+	PollUntil     = harness.PollUntil
+	ScrapeMetrics = harness.ScrapeMetrics
+	requireKura   = harness.RequireKura
 )
 
 func freePorts(k int) ([]int, error) { return harness.FreePorts("127.0.0.1", k) }
