@@ -248,7 +248,9 @@ func TestReliabilityHostileDigestMismatch(t *testing.T) {
 		return len(found.GetPresent()) == 1, fmt.Sprintf("%d present", len(found.GetPresent()))
 	})
 	// Two more anti-entropy sweeps on each node: a bad object held anywhere would be pulled.
-	sweeps := func(n *harness.Node) float64 { return harness.ScrapeMetrics(t, n).Sum("kura_antientropy_runs_total", nil) }
+	sweeps := func(n *harness.Node) float64 {
+		return harness.ScrapeMetrics(t, n).Sum("kura_antientropy_runs_total", nil)
+	}
 	startA, startB := sweeps(a), sweeps(b)
 	harness.PollUntil(t, 60*time.Second, "two anti-entropy sweeps on each node", func() (bool, string) {
 		ga, gb := sweeps(a), sweeps(b)
