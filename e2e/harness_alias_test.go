@@ -12,10 +12,9 @@ import (
 // The node harness lives in e2e/harness, shared with e2e/reliability; these names keep the
 // suite's tests reading as before.
 type (
-	Node        = harness.Node
-	NodeOptions = harness.NodeOptions
-	UpStatus    = harness.UpStatus
-	// Metrics is one scrape of /metrics; ArtifactCounts its artifact counters of one kind.
+	Node           = harness.Node
+	NodeOptions    = harness.NodeOptions
+	UpStatus       = harness.UpStatus
 	Metrics        = harness.Metrics
 	ArtifactCounts = harness.ArtifactCounts
 )
