@@ -44,8 +44,9 @@ const (
 	// drain, before the connection is dropped. See Serve for why this replaces a whole-request
 	// ReadTimeout/WriteTimeout.
 	DefaultBodyIdleTimeout = 2 * time.Minute
-	// readHeaderTimeout bounds how long a client may take to send request headers (slowloris).
-	readHeaderTimeout = 10 * time.Second
+	// DefaultReadHeaderTimeout bounds how long a client may take to send request headers
+	// (slowloris).
+	DefaultReadHeaderTimeout = 10 * time.Second
 	// idleTimeout closes keep-alive connections nobody uses; build clients reconnect cheaply.
 	idleTimeout = 2 * time.Minute
 	// maxHeaderBytes leaves room for large bearer tokens (JWTs) while refusing header floods.
@@ -64,6 +65,9 @@ type Config struct {
 	MaxXcodeBytes int64
 	// BodyIdleTimeout is how long a body transfer may make no progress (0: DefaultBodyIdleTimeout).
 	BodyIdleTimeout time.Duration
+	// ReadHeaderTimeout is how long a client may take to send its request headers (0:
+	// DefaultReadHeaderTimeout).
+	ReadHeaderTimeout time.Duration
 }
 
 // Member is one live node of the cluster as /up reports it.
@@ -148,7 +152,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Multipart == nil {
 		return nil, errors.New("httpapi: Deps.Multipart is required")
 	}
-	if cfg.MaxKeyValueBytes < 0 || cfg.MaxXcodeBytes < 0 || cfg.BodyIdleTimeout < 0 {
+	if cfg.MaxKeyValueBytes < 0 || cfg.MaxXcodeBytes < 0 || cfg.BodyIdleTimeout < 0 || cfg.ReadHeaderTimeout < 0 {
 		return nil, errors.New("httpapi config: limits and timeouts must not be negative")
 	}
 	if cfg.MaxKeyValueBytes == 0 {
@@ -156,6 +160,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	if cfg.MaxXcodeBytes == 0 {
 		cfg.MaxXcodeBytes = DefaultMaxXcodeBytes
+	}
+	if cfg.ReadHeaderTimeout == 0 {
+		cfg.ReadHeaderTimeout = DefaultReadHeaderTimeout
 	}
 	if cfg.BodyIdleTimeout == 0 {
 		cfg.BodyIdleTimeout = DefaultBodyIdleTimeout
@@ -224,7 +231,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.registerRoutes()
 	s.srv = &http.Server{
 		Handler:           e,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -286,7 +293,7 @@ func (s *Server) Handler() http.Handler { return s.echo }
 
 // Serve accepts connections on ln until Shutdown. It returns nil after a Shutdown.
 //
-// Timeouts: headers must arrive within 10 s (ReadHeaderTimeout) and idle keep-alive
+// Timeouts: headers must arrive within Config.ReadHeaderTimeout (10 s) and idle keep-alive
 // connections close after 2 min. There is deliberately no whole-request ReadTimeout or
 // WriteTimeout: a 2 GiB artifact over a slow link legitimately takes many minutes, and any
 // fixed bound would cut off honest clients. Instead every body transfer carries a progress

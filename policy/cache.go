@@ -32,10 +32,16 @@ type cachedDecision struct {
 func newDecisionCache(maxEntries int, evictions prometheus.Counter) *decisionCache {
 	n := min(cacheShards, maxEntries)
 	c := &decisionCache{shards: make([]cacheShard, n)}
-	per := (maxEntries + n - 1) / n
 	for i := range c.shards {
-		// NewLRU fails only for a size <= 0, which the arithmetic above rules out.
-		c.shards[i].lru, _ = simplelru.NewLRU[cacheKey, cachedDecision](per, func(cacheKey, cachedDecision) { evictions.Inc() })
+		// The shards' sizes add up to maxEntries exactly (the first maxEntries%n hold one
+		// more), so the cache never holds more than KURA_EXTENSION_CACHE_MAX_ENTRIES; rounding
+		// every shard up would let 1,000 become 1,008.
+		size := maxEntries / n
+		if i < maxEntries%n {
+			size++
+		}
+		// NewLRU fails only for a size <= 0, which n <= maxEntries rules out.
+		c.shards[i].lru, _ = simplelru.NewLRU[cacheKey, cachedDecision](size, func(cacheKey, cachedDecision) { evictions.Inc() })
 	}
 	return c
 }

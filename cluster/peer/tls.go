@@ -14,7 +14,9 @@ import (
 // certReloadInterval is how often a handshake looks at the three files for a rotated
 // certificate or CA (cert-manager rewrites the mounted Secret in place), so a long-running
 // node never outlives its certificate. Between checks the loaded material is used as is.
-const certReloadInterval = time.Minute
+// Five seconds, as on the public listeners: a rotation is in use within seconds, and the
+// internal plane's long-lived connections handshake rarely, so the three stats cost nothing.
+const certReloadInterval = 5 * time.Second
 
 // LoadTLS builds the internal plane's mutual-TLS configurations from the three
 // KURA_INTERNAL_TLS_* files: the node's certificate both serves (server) and is presented

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"debug/buildinfo"
 	"flag"
 	"fmt"
 	"os"
@@ -56,7 +57,8 @@ func Main(m *testing.M) int {
 			return 1
 		}
 		kuraBinary = abs
-		fmt.Fprintf(os.Stderr, "harness: testing the prebuilt binary %s\n", abs)
+		kuraRace = builtWithRace(abs)
+		fmt.Fprintf(os.Stderr, "harness: testing the prebuilt binary %s (race=%v)\n", abs, kuraRace)
 	} else {
 		race := raceEnabled
 		switch os.Getenv("KURA_E2E_RACE") {
@@ -75,6 +77,21 @@ func Main(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "harness: built %s (race=%v) in %s\n", bin, race, time.Since(start).Round(time.Millisecond))
 	}
 	return m.Run()
+}
+
+// builtWithRace reads the race flag from a Go binary's build information (false when it
+// cannot be read).
+func builtWithRace(path string) bool {
+	info, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
 }
 
 // Binary is the kura executable under test.

@@ -156,12 +156,14 @@ func newApp(cfg *config.Config, logger *slog.Logger, opts options) (_ *App, err 
 		events = a.analytics
 	}
 	a.http, err = httpapi.New(httpapi.Config{
-		TenantID:         cfg.TenantID,
-		Region:           cfg.Region,
-		NodeName:         cfg.NodeName,
-		NodeURL:          cfg.NodeURL,
-		MaxKeyValueBytes: cfg.MaxKeyValueBytes,
-		MaxXcodeBytes:    cfg.MaxXcodeBytes,
+		TenantID:          cfg.TenantID,
+		Region:            cfg.Region,
+		NodeName:          cfg.NodeName,
+		NodeURL:           cfg.NodeURL,
+		MaxKeyValueBytes:  cfg.MaxKeyValueBytes,
+		MaxXcodeBytes:     cfg.MaxXcodeBytes,
+		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
+		BodyIdleTimeout:   cfg.HTTPBodyIdleTimeout,
 	}, httpapi.Deps{
 		Store:          a.readThrough,
 		Local:          a.store,

@@ -41,6 +41,10 @@ type Config struct {
 
 	// PublicTLS serves HTTPS and gRPC over TLS (KURA_PUBLIC_TLS_*); zero = plaintext.
 	PublicTLS PublicTLS
+	// HTTPReadHeaderTimeout bounds how long a client may take to send its request headers
+	// (KURA_HTTP_READ_HEADER_TIMEOUT_MS); HTTPBodyIdleTimeout how long a body transfer may make
+	// no progress (KURA_HTTP_BODY_IDLE_TIMEOUT_MS).
+	HTTPReadHeaderTimeout, HTTPBodyIdleTimeout time.Duration
 	// DrainTimeout is the one deadline of a graceful shutdown (KURA_DRAIN_TIMEOUT_MS).
 	DrainTimeout time.Duration
 	// BootstrapTimeout bounds how long a node with seeds stays "joining" waiting for its first
@@ -126,6 +130,11 @@ const (
 	// DefaultBootstrapTimeout: an empty or small cluster bootstraps in a second; a node whose
 	// peers are all down must still become ready and serve what it has.
 	DefaultBootstrapTimeout = 30 * time.Second
+	// DefaultHTTPReadHeaderTimeout and DefaultHTTPBodyIdleTimeout: headers are a few KiB, so
+	// 10 s is generous even on a bad link; a body gets two minutes without progress because a
+	// build client may pause while it produces the next chunk.
+	DefaultHTTPReadHeaderTimeout = 10 * time.Second
+	DefaultHTTPBodyIdleTimeout   = 2 * time.Minute
 )
 
 // OTelConfig configures OTLP/HTTP trace export.
@@ -356,6 +365,8 @@ func (p *parser) cluster(c *Config) {
 	c.InternalTLS = p.tlsFiles()
 	c.PublicTLS = p.publicTLS()
 	c.DrainTimeout = p.duration(EnvDrainTimeoutMS, DefaultDrainTimeout, time.Millisecond, 100)
+	c.HTTPReadHeaderTimeout = p.duration(EnvHTTPReadHeaderTimeoutMS, DefaultHTTPReadHeaderTimeout, time.Millisecond, 100)
+	c.HTTPBodyIdleTimeout = p.duration(EnvHTTPBodyIdleTimeoutMS, DefaultHTTPBodyIdleTimeout, time.Millisecond, 100)
 	c.BootstrapTimeout = p.duration(EnvBootstrapTimeoutMS, DefaultBootstrapTimeout, time.Millisecond, 0)
 }
 

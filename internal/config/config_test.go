@@ -88,6 +88,7 @@ func TestDefaults(t *testing.T) {
 		DataDir: filepath.Join(cwd, "kura-data"), TmpDir: filepath.Join(cwd, "kura-data", "tmp"),
 		DiskBudgetBytes: 50 * GiB, MaxKeyValueBytes: 1048576, MaxXcodeBytes: 256 * MiB,
 		DrainTimeout: DefaultDrainTimeout, BootstrapTimeout: DefaultBootstrapTimeout,
+		HTTPReadHeaderTimeout: DefaultHTTPReadHeaderTimeout, HTTPBodyIdleTimeout: DefaultHTTPBodyIdleTimeout,
 		RejoinInterval: DefaultRejoinInterval, AntiEntropyInterval: DefaultAntiEntropyInterval,
 		OutboxDropAfter: DefaultOutboxDropAfter, ReadThroughFindTimeout: DefaultReadThroughFindTimeout, ResumableUploadMinBytes: DefaultResumableUploadMinBytes,
 		Budgets:   DeriveBudgets(h),
@@ -589,6 +590,21 @@ func TestResumableUploadMinBytes(t *testing.T) {
 		if _, err := LoadWith([]string{"KURA_RESUMABLE_UPLOAD_MIN_BYTES=" + bad}, hermetic()); err == nil ||
 			!strings.Contains(err.Error(), "KURA_RESUMABLE_UPLOAD_MIN_BYTES") {
 			t.Errorf("KURA_RESUMABLE_UPLOAD_MIN_BYTES=%s: error %v, want one naming the variable", bad, err)
+		}
+	}
+}
+
+// TestHTTPSlowClientTimeouts: the public listener's slow-client bounds are read in
+// milliseconds and refuse values too small to let any real client through.
+func TestHTTPSlowClientTimeouts(t *testing.T) {
+	c := mustLoad(t, env(t, "KURA_HTTP_READ_HEADER_TIMEOUT_MS=1500", "KURA_HTTP_BODY_IDLE_TIMEOUT_MS=2500"))
+	if c.HTTPReadHeaderTimeout != 1500*time.Millisecond || c.HTTPBodyIdleTimeout != 2500*time.Millisecond {
+		t.Fatalf("timeouts = %v, %v; want 1.5s, 2.5s", c.HTTPReadHeaderTimeout, c.HTTPBodyIdleTimeout)
+	}
+	for _, name := range []string{EnvHTTPReadHeaderTimeoutMS, EnvHTTPBodyIdleTimeoutMS} {
+		problems := loadProblems(t, env(t, name+"=10"))
+		if len(problems) != 1 || problems[0].Variable != name {
+			t.Fatalf("%s=10: problems %+v, want one naming it", name, problems)
 		}
 	}
 }

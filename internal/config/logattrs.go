@@ -31,6 +31,8 @@ func (c *Config) LogAttrs() []slog.Attr {
 		),
 		slog.Group("lifecycle",
 			slog.Duration("drain_timeout", c.DrainTimeout),
+			slog.Duration("http_read_header_timeout", c.HTTPReadHeaderTimeout),
+			slog.Duration("http_body_idle_timeout", c.HTTPBodyIdleTimeout),
 			slog.Duration("bootstrap_timeout", c.BootstrapTimeout),
 		),
 		slog.Group("node",

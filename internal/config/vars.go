@@ -24,6 +24,10 @@ const (
 	EnvPublicTLSCert      = "KURA_PUBLIC_TLS_CERT_PATH"
 	EnvPublicTLSKey       = "KURA_PUBLIC_TLS_KEY_PATH"
 	EnvPublicTLSClientCA  = "KURA_PUBLIC_TLS_CLIENT_CA_PATH"
+	// EnvHTTPReadHeaderTimeoutMS and EnvHTTPBodyIdleTimeoutMS are the public HTTP listener's
+	// slow-client bounds (slow headers; a body or response that makes no progress).
+	EnvHTTPReadHeaderTimeoutMS = "KURA_HTTP_READ_HEADER_TIMEOUT_MS"
+	EnvHTTPBodyIdleTimeoutMS   = "KURA_HTTP_BODY_IDLE_TIMEOUT_MS"
 
 	EnvDataDir          = "KURA_DATA_DIR"
 	EnvTmpDir           = "KURA_TMP_DIR"
@@ -122,6 +126,8 @@ var variables = []varGroup{
 		{name: EnvPublicTLSCert, def: "empty", meaning: "certificate (PEM chain) for HTTPS on KURA_PORT and TLS on KURA_GRPC_PORT; re-read when the file changes"},
 		{name: EnvPublicTLSKey, def: "empty", meaning: "its private key; certificate and key: both or neither"},
 		{name: EnvPublicTLSClientCA, def: "empty", meaning: "CA bundle client certificates must chain to; set = client certificates required"},
+		{name: EnvHTTPReadHeaderTimeoutMS, def: "10000", meaning: "how long an HTTP client may take to send its request headers before the connection is closed (slowloris)"},
+		{name: EnvHTTPBodyIdleTimeoutMS, def: "120000", meaning: "how long an HTTP request body may stall, or a response may fail to drain, before the connection is dropped; a slow but steady transfer is never cut"},
 	}},
 	{"Lifecycle", []varSpec{
 		{name: EnvDrainTimeoutMS, def: "25000", meaning: "one deadline for the whole drain after SIGTERM: in-flight requests, the outbox flush and closing the store"},
