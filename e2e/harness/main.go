@@ -170,3 +170,6 @@ func WithoutKuraEnv() []string {
 	}
 	return env
 }
+
+// TestBinaryRace reports whether this test binary runs under the race detector.
+func TestBinaryRace() bool { return raceEnabled }
