@@ -339,4 +339,3 @@ func waitRing(t *testing.T, nodes []*harness.Node, want int) {
 		})
 	}
 }
-
