@@ -131,11 +131,11 @@ func flipBytes(t *testing.T, rng *rand.Rand, rec segRecord, region string) rot {
 // again, fetched from its peer (checked with the peer stopped, so nothing is read through).
 func TestReliabilityBitRot(t *testing.T) {
 	objects := figures.Pick(400, 5000)
-	seed := testSeed(t)
+	seed := itemSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 4))
 	nodes := harness.StartCluster(t, 2, nil)
 	writer, victim := nodes[0], nodes[1]
-	waitRing(t, nodes, 2)
+	waitUntilRingHas(t, nodes, 2)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -156,14 +156,14 @@ func TestReliabilityBitRot(t *testing.T) {
 		digest := spec.digest()
 		specs[digest] = spec
 		// Half are written on each node, so the victim holds records it received both ways.
-		status, err := putCAS(ctx, client, nodes[i%2], spec, digest)
+		status, err := putBazelCAS(ctx, client, nodes[i%2], spec, digest)
 		if err != nil || status != http.StatusOK {
 			t.Fatalf("PUT object %d: %d %v", i, status, err)
 		}
 	}
 	for _, n := range nodes {
 		harness.PollUntil(t, 60*time.Second, n.Name+"'s outbox drained", func() (bool, string) {
-			d := nodeMetric(t, n, "kura_outbox_depth", nil)
+			d := scrapeSum(t, n, "kura_outbox_depth", nil)
 			return d == 0, fmt.Sprintf("depth %v", d)
 		})
 	}
@@ -212,7 +212,7 @@ func TestReliabilityBitRot(t *testing.T) {
 		t.Logf("damaged %s (%d-byte body, record %d bytes) in its %s at record offsets %v", rec.sha256[:12], rec.bodySize, rec.recordSize(), r.region, r.at)
 	}
 	victim.Restart()
-	waitRing(t, nodes, 2)
+	waitUntilRingHas(t, nodes, 2)
 
 	// Read every object from the damaged node.
 	vclient := victim.Client(time.Minute)
@@ -220,8 +220,8 @@ func TestReliabilityBitRot(t *testing.T) {
 	outcomes := map[string]int{}
 	var badBytes int64
 	var mu sync.Mutex
-	readAll(ctx, t, specs, func(digest string, spec blobSpec) {
-		s, err := getCompared(ctx, vclient, casURL(victim, digest), spec)
+	forEachObject(ctx, t, specs, func(digest string, spec blobSpec) {
+		s, err := getCompared(ctx, vclient, bazelCASURL(victim, digest), spec)
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -249,7 +249,7 @@ func TestReliabilityBitRot(t *testing.T) {
 	// A damaged record is detected when the node logs it dropped, naming the object.
 	detected := 0
 	for digest := range rotten {
-		if logContains(t, victim, "dropped corrupt record", digest) > 0 {
+		if logLinesWith(t, victim, "dropped corrupt record", digest) > 0 {
 			detected++
 		} else {
 			t.Errorf("damaged record of %s (%s) was not reported as corrupt", digest, rotten[digest].region)
@@ -261,19 +261,19 @@ func TestReliabilityBitRot(t *testing.T) {
 	harness.PollUntil(t, 60*time.Second, "damaged objects stored whole again", func() (bool, string) {
 		missing := 0
 		for digest := range rotten {
-			s, err := getCompared(ctx, vclient, casURL(victim, digest), specs[digest])
+			s, err := getCompared(ctx, vclient, bazelCASURL(victim, digest), specs[digest])
 			if err != nil || !s.whole(specs[digest].size) {
 				missing++
 			}
 		}
 		return missing == 0, fmt.Sprintf("%d of %d not yet whole", missing, len(rotten))
 	})
-	repairedMetric := nodeMetric(t, victim, "kura_corrupt_repairs_total", map[string]string{"result": "repaired"})
-	readThroughHits := nodeMetric(t, victim, "kura_read_through_total", map[string]string{"result": "hit"})
+	repairedMetric := scrapeSum(t, victim, "kura_corrupt_repairs_total", map[string]string{"result": "repaired"})
+	readThroughHits := scrapeSum(t, victim, "kura_read_through_total", map[string]string{"result": "hit"})
 	writer.Stop()
 	repaired := 0
 	for digest, r := range rotten {
-		s, err := getCompared(ctx, vclient, casURL(victim, digest), specs[digest])
+		s, err := getCompared(ctx, vclient, bazelCASURL(victim, digest), specs[digest])
 		switch {
 		case err != nil:
 			t.Errorf("GET repaired %s: %v", digest, err)
@@ -301,8 +301,8 @@ func sortRecords(rs []segRecord) {
 	sort.Slice(rs, func(i, j int) bool { return rs[i].sha256 < rs[j].sha256 })
 }
 
-// readAll calls read for every object, four at a time, in digest order.
-func readAll(ctx context.Context, t *testing.T, specs map[string]blobSpec, read func(digest string, spec blobSpec)) {
+// forEachObject calls read for every object, four at a time, in digest order.
+func forEachObject(ctx context.Context, t *testing.T, specs map[string]blobSpec, read func(digest string, spec blobSpec)) {
 	t.Helper()
 	digests := make([]string, 0, len(specs))
 	for d := range specs {
@@ -329,8 +329,8 @@ func readAll(ctx context.Context, t *testing.T, specs map[string]blobSpec, read 
 	wg.Wait()
 }
 
-// waitRing waits until every node counts want live members.
-func waitRing(t *testing.T, nodes []*harness.Node, want int) {
+// waitUntilRingHas waits until every node counts want live members.
+func waitUntilRingHas(t *testing.T, nodes []*harness.Node, want int) {
 	t.Helper()
 	for _, n := range nodes {
 		harness.PollUntil(t, 60*time.Second, n.Name+" sees the whole cluster", func() (bool, string) {

@@ -25,12 +25,12 @@ import (
 // blob bodies that are regenerated instead of kept in memory, and streaming comparisons of
 // what a node serves against them.
 
-// SeedEnv replays a storage item with the seed its log printed.
+// seedEnv replays a storage item with the seed its log printed.
 const seedEnv = "KURA_RELIABILITY_SEED"
 
-// testSeed is the run's random seed: KURA_RELIABILITY_SEED, else the clock. It is logged so
+// itemSeed is the run's random seed: KURA_RELIABILITY_SEED, else the clock. It is logged so
 // that a failure can be replayed.
-func testSeed(t *testing.T) uint64 {
+func itemSeed(t *testing.T) uint64 {
 	t.Helper()
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv(seedEnv); s != "" {
@@ -135,8 +135,8 @@ func getCompared(ctx context.Context, client *http.Client, url string, spec blob
 	return s, nil
 }
 
-// putBody sends body (of size bytes) with method to url and returns the status.
-func putBody(ctx context.Context, client *http.Client, method, url string, body io.Reader, size int64, contentType string) (int, error) {
+// sendBody sends body (of size bytes) with method to url and returns the status.
+func sendBody(ctx context.Context, client *http.Client, method, url string, body io.Reader, size int64, contentType string) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
 		return 0, err
@@ -154,18 +154,18 @@ func putBody(ctx context.Context, client *http.Client, method, url string, body 
 	return resp.StatusCode, nil
 }
 
-// putCAS uploads spec to the Bazel HTTP CAS of node (hash-verified by kura) under digest.
-func putCAS(ctx context.Context, client *http.Client, node *harness.Node, spec blobSpec, digest string) (int, error) {
-	return putBody(ctx, client, http.MethodPut, casURL(node, digest), spec.body(), spec.size, "application/octet-stream")
+// putBazelCAS uploads spec to the Bazel HTTP CAS of node (hash-verified by kura) under digest.
+func putBazelCAS(ctx context.Context, client *http.Client, node *harness.Node, spec blobSpec, digest string) (int, error) {
+	return sendBody(ctx, client, http.MethodPut, bazelCASURL(node, digest), spec.body(), spec.size, "application/octet-stream")
 }
 
-// casURL is the Bazel HTTP cache address of a CAS blob on node.
-func casURL(node *harness.Node, digest string) string { return node.URL() + "/cas/" + digest }
+// bazelCASURL is the Bazel HTTP cache address of a CAS blob on node.
+func bazelCASURL(node *harness.Node, digest string) string { return node.URL() + "/cas/" + digest }
 
-// nodeMetric sums the samples of a Prometheus family on node whose labels include labels
+// scrapeSum sums the samples of a Prometheus family on node whose labels include labels
 // (a family that is absent sums to 0). The text format is parsed directly: one line per
 // sample, `name{k="v",…} value`.
-func nodeMetric(t testing.TB, node *harness.Node, name string, labels map[string]string) float64 {
+func scrapeSum(t testing.TB, node *harness.Node, name string, labels map[string]string) float64 {
 	t.Helper()
 	resp, err := node.Client(30 * time.Second).Get(node.URL() + "/metrics")
 	if err != nil {
@@ -218,9 +218,9 @@ lines:
 	return total
 }
 
-// percent renders part of whole as the figures print it: "100 %" exactly when nothing is
+// percentWhole renders part of whole as the figures print it: "100 %" exactly when nothing is
 // missing (never rounded up to it).
-func percent(part, whole int) string {
+func percentWhole(part, whole int) string {
 	if whole == 0 || part == whole {
 		return "100 %"
 	}
@@ -231,8 +231,8 @@ func percent(part, whole int) string {
 	return fmt.Sprintf("%.2f %% (%d of %d)", v, part, whole)
 }
 
-// durationStats renders p50 and max of ds.
-func durationStats(ds []time.Duration) string {
+// readyTimeStats renders p50 and max of ds.
+func readyTimeStats(ds []time.Duration) string {
 	if len(ds) == 0 {
 		return "none"
 	}
@@ -242,8 +242,8 @@ func durationStats(ds []time.Duration) string {
 	return fmt.Sprintf("p50 %s, max %s (%d restarts)", p50.Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond), len(sorted))
 }
 
-// logContains counts the lines of node's log that contain every one of parts.
-func logContains(t testing.TB, node *harness.Node, parts ...string) int {
+// logLinesWith counts the lines of node's log that contain every one of parts.
+func logLinesWith(t testing.TB, node *harness.Node, parts ...string) int {
 	t.Helper()
 	data, err := os.ReadFile(node.LogPath())
 	if err != nil {

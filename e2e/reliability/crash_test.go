@@ -41,7 +41,7 @@ func TestReliabilityCrashUnderLoad(t *testing.T) {
 	iterations := figures.Pick(3, 20)
 	uploads := figures.Pick(100, 1000)
 	maxSize := figures.Pick[int64](4<<20, 64<<20)
-	seed := testSeed(t)
+	seed := itemSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	node := harness.StartNode(t, harness.NodeOptions{})
 	client := node.Client(5 * time.Minute)
@@ -94,9 +94,9 @@ func TestReliabilityCrashUnderLoad(t *testing.T) {
 	otherBad += o
 
 	figures.Check(t, 1, "corrupted bodies served", corrupted, 0)
-	figures.Check(t, 1, "acknowledged uploads readable after restart", percent(readable, ackedTotal), "100 %")
+	figures.Check(t, 1, "acknowledged uploads readable after restart", percentWhole(readable, ackedTotal), "100 %")
 	figures.Check(t, 1, "reads answered other than the body or 404", otherBad, 0)
-	figures.Report(t, 1, "time to ready after kill -9", durationStats(readyTimes))
+	figures.Report(t, 1, "time to ready after kill -9", readyTimeStats(readyTimes))
 	figures.Report(t, 1, "uploads acknowledged / cut off by the kill",
 		fmt.Sprintf("%d / %d of %d (%d bursts)", ackedTotal, inFlight, len(all), iterations))
 	if ackedTotal == 0 || inFlight == 0 {
@@ -132,7 +132,9 @@ func (u *crashUpload) kvDocument() []byte {
 	return doc
 }
 
-func kvQuery() string { return "?tenant_id=" + crashKVTenant + "&namespace_id=" + crashKVNamespace }
+func crashKVQuery() string {
+	return "?tenant_id=" + crashKVTenant + "&namespace_id=" + crashKVNamespace
+}
 
 // runCrashBurst starts every upload at once and kill -9s the node after killAfterAcks
 // acknowledgements or killAfterDelay, whichever is first; it returns when every client has
@@ -158,10 +160,10 @@ func runCrashBurst(t *testing.T, node *harness.Node, client *http.Client, batch 
 			var err error
 			if up.keyvalue {
 				doc := up.kvDocument()
-				status, err = putBody(ctx, client, http.MethodPut, node.URL()+"/api/cache/keyvalue"+kvQuery(),
+				status, err = sendBody(ctx, client, http.MethodPut, node.URL()+"/api/cache/keyvalue"+crashKVQuery(),
 					strings.NewReader(string(doc)), int64(len(doc)), "application/json")
 			} else {
-				status, err = putCAS(ctx, client, node, up.spec, up.digest)
+				status, err = putBazelCAS(ctx, client, node, up.spec, up.digest)
 			}
 			if err == nil && status >= 200 && status < 300 {
 				// Marked only when the answer arrived: that is what a client can rely on.
@@ -244,7 +246,7 @@ func verifyCrashUploads(t *testing.T, node *harness.Node, client *http.Client, b
 // kura served a body at all, problem when what it served (or answered) is wrong.
 func readCrashUpload(ctx context.Context, node *harness.Node, client *http.Client, up *crashUpload) (whole, found bool, problem string) {
 	if up.keyvalue {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, node.URL()+"/api/cache/keyvalue/"+up.digest+kvQuery(), nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, node.URL()+"/api/cache/keyvalue/"+up.digest+crashKVQuery(), nil)
 		if err != nil {
 			return false, false, err.Error()
 		}
@@ -275,7 +277,7 @@ func readCrashUpload(ctx context.Context, node *harness.Node, client *http.Clien
 		}
 		return true, true, ""
 	}
-	s, err := getCompared(ctx, client, casURL(node, up.digest), up.spec)
+	s, err := getCompared(ctx, client, bazelCASURL(node, up.digest), up.spec)
 	switch {
 	case err != nil:
 		return false, false, err.Error()

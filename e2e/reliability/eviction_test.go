@@ -69,7 +69,7 @@ type soakAction struct {
 func TestReliabilityEvictionRace(t *testing.T) {
 	budget := figures.Pick[int64](16<<20, 64<<20)
 	soakFor := figures.Pick(20*time.Second, 5*time.Minute)
-	seed := testSeed(t)
+	seed := itemSeed(t)
 	node := harness.StartNode(t, harness.NodeOptions{Env: map[string]string{"KURA_DISK_BUDGET_BYTES": strconv.FormatInt(budget, 10)}})
 	conn, err := grpc.NewClient(node.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
@@ -88,7 +88,7 @@ func TestReliabilityEvictionRace(t *testing.T) {
 		hot[i] = s.newSpec(rng, 4<<10, 256<<10)
 		hotDigests[i] = hot[i].digest()
 	}
-	retiredBefore := nodeMetric(t, node, "kura_storage_eviction_segments_retired_total", nil)
+	retiredBefore := scrapeSum(t, node, "kura_storage_eviction_segments_retired_total", nil)
 
 	ctx, cancel := context.WithTimeout(context.Background(), soakFor)
 	defer cancel()
@@ -113,9 +113,9 @@ func TestReliabilityEvictionRace(t *testing.T) {
 	run(500, s.sampleUsage(budget))
 	wg.Wait()
 
-	retired := nodeMetric(t, node, "kura_storage_eviction_segments_retired_total", nil) - retiredBefore
+	retired := scrapeSum(t, node, "kura_storage_eviction_segments_retired_total", nil) - retiredBefore
 	// Let the background evictor finish its pass, so what the node vouches for next stays.
-	settle(t, node, budget)
+	settleEviction(t, node, budget)
 	orphans := s.checkEveryBlob()
 	incompleteAfter := s.checkEveryAction()
 
@@ -140,7 +140,7 @@ func TestReliabilityEvictionRace(t *testing.T) {
 	cwg.Wait()
 	s.crashing.Store(false)
 	ready := node.Restart()
-	settle(t, node, budget)
+	settleEviction(t, node, budget)
 	orphansAfterCrash := s.checkEveryBlob()
 	incompleteAfterCrash := s.checkEveryAction()
 
@@ -149,7 +149,7 @@ func TestReliabilityEvictionRace(t *testing.T) {
 	figures.Check(t, 5, "metadata entries without bytes after kill -9 mid-eviction", orphansAfterCrash, 0)
 	figures.Check(t, 5, "action results whose outputs are missing", s.acIncomplete.Load()+incompleteAfter+incompleteAfterCrash, 0)
 	t.Logf("killed %s after %s of refilling; ready again in %s", node.Name, killAt, ready)
-	figures.Report(t, 5, "disk budget use during the soak", s.usageSummary())
+	figures.Report(t, 5, "disk budget use during the soak", s.usageSummary(budget))
 	figures.Report(t, 5, "soak traffic", fmt.Sprintf("%s: %d MiB written, %d segments retired, %d hot reads (%d misses), %d action lookups (%d hits), %d writes refused (507)",
 		soakFor, s.bytesWritten.Load()>>20, int(retired), s.hotReads.Load(), s.hotMisses.Load(), s.acHits.Load()+s.acMisses.Load(), s.acHits.Load(), s.refused.Load()))
 	if retired < 2 {
@@ -178,7 +178,7 @@ func (s *evictionSoak) remember(digest string, spec blobSpec) {
 
 // put uploads spec over the Bazel HTTP cache; false when it was not stored.
 func (s *evictionSoak) put(ctx context.Context, spec blobSpec, digest string) bool {
-	code, err := putCAS(ctx, s.client, s.node, spec, digest)
+	code, err := putBazelCAS(ctx, s.client, s.node, spec, digest)
 	switch {
 	case ctx.Err() != nil, s.crashing.Load():
 		return false
@@ -211,7 +211,7 @@ func (s *evictionSoak) coldWriter(ctx context.Context, rng *rand.Rand) {
 func (s *evictionSoak) hotReader(ctx context.Context, rng *rand.Rand, hot []blobSpec, digests []string) {
 	for ctx.Err() == nil {
 		i := rng.IntN(len(hot))
-		got, err := getCompared(ctx, s.client, casURL(s.node, digests[i]), hot[i])
+		got, err := getCompared(ctx, s.client, bazelCASURL(s.node, digests[i]), hot[i])
 		if ctx.Err() != nil {
 			return
 		}
@@ -386,7 +386,7 @@ func (s *evictionSoak) sampleUsage(budget int64) func(ctx context.Context, rng *
 				return
 			case <-tick.C:
 			}
-			used := nodeMetric(s.t, s.node, "kura_storage_segment_bytes", nil)
+			used := scrapeSum(s.t, s.node, "kura_storage_segment_bytes", nil)
 			s.usageSamplesMu.Lock()
 			s.usageSamples = append(s.usageSamples, used/float64(budget))
 			s.usageSamplesMu.Unlock()
@@ -394,7 +394,7 @@ func (s *evictionSoak) sampleUsage(budget int64) func(ctx context.Context, rng *
 	}
 }
 
-func (s *evictionSoak) usageSummary() string {
+func (s *evictionSoak) usageSummary(budget int64) string {
 	s.usageSamplesMu.Lock()
 	defer s.usageSamplesMu.Unlock()
 	if len(s.usageSamples) == 0 {
@@ -403,17 +403,17 @@ func (s *evictionSoak) usageSummary() string {
 	v := append([]float64(nil), s.usageSamples...)
 	sort.Float64s(v)
 	// The first samples are the fill-up; the median says where the soak held the disk.
-	return fmt.Sprintf("p50 %.0f %%, max %.0f %% of %d MiB (%d samples)", v[len(v)/2]*100, v[len(v)-1]*100, figures.Pick(16, 64), len(v))
+	return fmt.Sprintf("p50 %.0f %%, max %.0f %% of %d MiB (%d samples)", v[len(v)/2]*100, v[len(v)-1]*100, budget>>20, len(v))
 }
 
-// settle waits until the background evictor has stopped retiring segments and usage is
+// settleEviction waits until the background evictor has stopped retiring segments and usage is
 // within the budget.
-func settle(t *testing.T, node *harness.Node, budget int64) {
+func settleEviction(t *testing.T, node *harness.Node, budget int64) {
 	t.Helper()
 	last := -1.0
 	harness.PollUntil(t, 60*time.Second, "eviction settled within the budget", func() (bool, string) {
-		retired := nodeMetric(t, node, "kura_storage_eviction_segments_retired_total", nil)
-		used := nodeMetric(t, node, "kura_storage_segment_bytes", nil)
+		retired := scrapeSum(t, node, "kura_storage_eviction_segments_retired_total", nil)
+		used := scrapeSum(t, node, "kura_storage_segment_bytes", nil)
 		stable := retired == last
 		last = retired
 		if stable && used <= float64(budget) {
@@ -457,8 +457,8 @@ func (s *evictionSoak) checkEveryBlob() int {
 	}
 	orphans := 0
 	var mu sync.Mutex
-	readAll(ctx, s.t, present, func(digest string, spec blobSpec) {
-		got, err := getCompared(ctx, s.client, casURL(s.node, digest), spec)
+	forEachObject(ctx, s.t, present, func(digest string, spec blobSpec) {
+		got, err := getCompared(ctx, s.client, bazelCASURL(s.node, digest), spec)
 		if err == nil && got.whole(spec.size) {
 			return
 		}
