@@ -29,10 +29,12 @@ func corruptError(loc Location, format string, args ...any) error {
 
 // OpenRecord returns a reader over body bytes [offset, offset+length) of the record at loc
 // (length < 0: to the end; an offset at or past the end gives an empty reader). The footer is
-// checked first: magic, CRC, version, name == name, body size == loc.BodySize. Each 64 KiB
-// block is verified against its CRC before any byte of it is returned; a mismatch, a torn or
-// short file, or a missing segment file is an error wrapping storage.ErrCorrupt (the metadata
-// points at bytes that are not what was written). The caller must Close the reader.
+// checked first: magic, CRC, version, name == name, body size == loc.BodySize; then the
+// range's first block (unless the record is in the verified set), so a record damaged there
+// fails here and not on the first Read. Each 64 KiB block is verified against its CRC before
+// any byte of it is returned; a mismatch, a torn or short file, or a missing segment file is
+// an error wrapping storage.ErrCorrupt (the metadata points at bytes that are not what was
+// written). The caller must Close the reader.
 //
 // Reads go through the segment's shared read handle from the handle cache (opened through the
 // FD pool on a miss: when no descriptor frees up within the acquire timeout the error wraps
@@ -201,6 +203,17 @@ func (m *Manager) openStreamReader(f *os.File, path string, loc Location, name [
 		// the allocation is bounded by what is actually on disk.
 		r.table = make([]byte, (last-first)*crcEntryLen)
 		if err := readAt(f, path, loc, r.table, loc.Offset+loc.BodySize+first*crcEntryLen); err != nil {
+			return nil, err
+		}
+		// The range's first block is loaded and checked now rather than on the first Read:
+		// damage there is then reported by OpenRecord, before the caller has committed to
+		// serving the record (sent a 200, started a ByteStream), so storage/local drops it as
+		// a miss and the read-through serves a peer's copy in the same request. Damage in a
+		// later block can only cut the transfer short.
+		r.first = first
+		if err := r.load(first); err != nil {
+			blockPool.Put(r.buf)
+			r.buf = nil
 			return nil, err
 		}
 	}

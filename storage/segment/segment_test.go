@@ -705,3 +705,45 @@ func TestCommitCancelledWhileWaiting(t *testing.T) {
 		t.Fatalf("leader: %v", err)
 	}
 }
+
+// TestCorruptFirstBlockFailsOpen: damage in the first block a streamed read would hand out
+// (its body or its CRC entry) is reported by OpenRecord itself, before the caller has
+// committed to serving the record, so the store can treat it as a miss and read a peer's copy
+// through. Damage further on still only fails the Read that reaches it.
+func TestCorruptFirstBlockFailsOpen(t *testing.T) {
+	const size = 5*BlockSize - 7 // streamed, not read whole
+	cases := []struct {
+		what   string
+		at     func(loc Location) int64
+		offset int64 // start of the range read
+		atOpen bool
+	}{
+		{"body block 0", func(loc Location) int64 { return loc.Offset + 100 }, 0, true},
+		{"CRC entry 0", func(loc Location) int64 { return loc.Offset + loc.BodySize + 1 }, 0, true},
+		{"body block 2, range from block 2", func(loc Location) int64 { return loc.Offset + 2*BlockSize + 9 }, 2*BlockSize + 5, true},
+		{"body block 3, range from block 0", func(loc Location) int64 { return loc.Offset + 3*BlockSize + 9 }, 0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.what, func(t *testing.T) {
+			m := openManager(t, Options{})
+			body := testBody(3, size)
+			loc := commit(t, m, "victim", body)
+			flipByte(t, m.segPath(loc.Segment), tc.at(loc))
+			r, err := m.OpenRecord(context.Background(), loc, []byte("victim"), tc.offset, -1)
+			if tc.atOpen {
+				if !errors.Is(err, storage.ErrCorrupt) {
+					t.Fatalf("OpenRecord = %v, want ErrCorrupt", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("OpenRecord = %v; the damage is past the first block, so opening must work", err)
+			}
+			defer r.Close()
+			got, err := io.ReadAll(r)
+			if !errors.Is(err, storage.ErrCorrupt) || !bytes.Equal(got, body[:len(got)]) || len(got) > 3*BlockSize {
+				t.Fatalf("read %d bytes, err %v; want at most the 3 intact blocks, then ErrCorrupt", len(got), err)
+			}
+		})
+	}
+}
