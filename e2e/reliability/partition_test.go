@@ -360,7 +360,10 @@ func (l *writeLog) put(n *harness.Node, ref objectRef, body []byte) {
 // periods of the ring re-forming and that no deleted or cleaned key comes back.
 func TestReliabilityPartitionAcknowledgedWrites(t *testing.T) {
 	filter := newPacketFilter(t, "relnet-partition")
-	const antiEntropy = 3 * time.Second
+	// The short mode's sweeps are frequent so the test is quick; the long mode's are the
+	// default 30 s, the period the guarantee is written for, with ten times the writes
+	// (about 100 MB to carry over).
+	antiEntropy := figures.Pick(5*time.Second, 30*time.Second)
 	env := map[string]string{
 		"KURA_ANTI_ENTROPY_INTERVAL_MS":  strconv.Itoa(int(antiEntropy / time.Millisecond)),
 		"KURA_GOSSIP_REJOIN_INTERVAL_MS": "1000",
