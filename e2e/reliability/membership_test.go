@@ -189,9 +189,10 @@ func TestReliabilityMembershipKillDetection(t *testing.T) {
 // slows its probing and no peer confirms its suspicions (about 8 s with 3 nodes, 45-50 s
 // with 5, longer than memberlist's 30 s of gossip to the dead).
 func TestReliabilityMembershipIsolationRejoin(t *testing.T) {
-	filter := newPacketFilter(t, "relnet-isolation")
+	requirePacketFilter(t)
 	size, iterations := figures.Pick(3, 5), figures.Pick(2, 5)
 	nodes := harness.StartCluster(t, size, netNode(20, 47720, nil))
+	filter := newPacketFilter(t, "relnet-isolation")
 	waitRing(t, ringTimeout, nodes...)
 
 	var rejoins, cutOff []time.Duration
@@ -222,9 +223,10 @@ func TestReliabilityMembershipIsolationRejoin(t *testing.T) {
 // trickle of replicated writes, and counts the healthy nodes declared dead: the peers
 // removed from any ring (kura_cluster_member_events_total{type="left"}), which must be none.
 func TestReliabilityMembershipPacketLoss(t *testing.T) {
-	filter := newPacketFilter(t, "relnet-loss")
+	requirePacketFilter(t)
 	size, duration := figures.Pick(3, 5), figures.Pick(20*time.Second, 3*time.Minute)
 	nodes := harness.StartCluster(t, size, netNode(30, 47730, nil))
+	filter := newPacketFilter(t, "relnet-loss")
 	waitRing(t, ringTimeout, nodes...)
 
 	leftBefore := make([]float64, size)

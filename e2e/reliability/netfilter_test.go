@@ -38,10 +38,11 @@ const (
 	netfilterTimeout = 20 * time.Second
 )
 
-// iptablesPath finds iptables, or skips the test: it needs root and iptables, which
-// scripts/install-test-deps installs. In CI (CI set) a missing prerequisite fails the test
-// instead, so the figures cannot silently disappear from the table.
-func iptablesPath(t testing.TB) string {
+// requirePacketFilter returns the path of iptables, or skips the test: network tests need
+// root (for the rules and the nodes' group ids) and iptables, which scripts/install-test-deps
+// installs. In CI (CI set) a missing prerequisite fails the test instead, so the figures
+// cannot silently disappear from the table. Call it before starting the nodes.
+func requirePacketFilter(t testing.TB) string {
 	t.Helper()
 	harness.RequireKura(t)
 	missing := func(why string) {
@@ -72,10 +73,13 @@ type packetFilter struct {
 }
 
 // newPacketFilter creates the chain (after removing a leftover of a killed earlier run) and
-// jumps to it from OUTPUT; t.Cleanup removes both. chain is at most 28 characters.
+// jumps to it from OUTPUT; t.Cleanup removes both. chain is at most 28 characters. Call it
+// after starting the nodes: cleanups run last first, so the rules are gone before the nodes
+// stop (a node stopping behind a partition would wait out its drain for the peers it cannot
+// reach).
 func newPacketFilter(t testing.TB, chain string) *packetFilter {
 	t.Helper()
-	f := &packetFilter{t: t, iptables: iptablesPath(t), chain: chain}
+	f := &packetFilter{t: t, iptables: requirePacketFilter(t), chain: chain}
 	f.remove()
 	f.must("-N", chain)
 	t.Cleanup(f.remove)

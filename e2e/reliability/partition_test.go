@@ -359,7 +359,7 @@ func (l *writeLog) put(n *harness.Node, ref objectRef, body []byte) {
 // and checks that every acknowledged write reaches every node within two anti-entropy
 // periods of the ring re-forming and that no deleted or cleaned key comes back.
 func TestReliabilityPartitionAcknowledgedWrites(t *testing.T) {
-	filter := newPacketFilter(t, "relnet-partition")
+	requirePacketFilter(t)
 	// The short mode's sweeps are frequent so the test is quick; the long mode's are the
 	// default 30 s, the period the guarantee is written for, with ten times the writes
 	// (about 100 MB to carry over).
@@ -369,6 +369,7 @@ func TestReliabilityPartitionAcknowledgedWrites(t *testing.T) {
 		"KURA_GOSSIP_REJOIN_INTERVAL_MS": "1000",
 	}
 	nodes := harness.StartCluster(t, 3, netNode(40, 47740, env))
+	filter := newPacketFilter(t, "relnet-partition")
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	waitRing(t, ringTimeout, nodes...)
 	plane := newInternalPlane(t)
@@ -596,12 +597,13 @@ func percentOf(n, of int) string {
 // and checks that every acknowledged write reaches both peers. Anti-entropy is set to an
 // hour, so only the outbox can deliver.
 func TestReliabilityPartitionOutboxKill(t *testing.T) {
-	filter := newPacketFilter(t, "relnet-outbox")
+	requirePacketFilter(t)
 	env := map[string]string{
 		"KURA_ANTI_ENTROPY_INTERVAL_MS":  strconv.Itoa(int(time.Hour / time.Millisecond)),
 		"KURA_GOSSIP_REJOIN_INTERVAL_MS": "1000",
 	}
 	nodes := harness.StartCluster(t, 3, netNode(50, 47750, env))
+	filter := newPacketFilter(t, "relnet-outbox")
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	waitRing(t, ringTimeout, nodes...)
 	plane := newInternalPlane(t)
