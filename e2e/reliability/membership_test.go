@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net/http"
 	"slices"
-	"strings"
+	"strconv"
 	"testing"
 	"time"
 
@@ -222,6 +223,7 @@ func TestReliabilityMembershipIsolationRejoin(t *testing.T) {
 // (each direction of every link, gossip and internal plane alike) for a bounded time, with a
 // trickle of replicated writes, and counts the healthy nodes declared dead: the peers
 // removed from any ring (kura_cluster_member_events_total{type="left"}), which must be none.
+// Every acknowledged write must also reach every node while the loss lasts.
 func TestReliabilityMembershipPacketLoss(t *testing.T) {
 	requirePacketFilter(t)
 	size, duration := figures.Pick(3, 5), figures.Pick(20*time.Second, 3*time.Minute)
@@ -235,18 +237,12 @@ func TestReliabilityMembershipPacketLoss(t *testing.T) {
 	}
 	filter.lose(nodes, 0.10)
 	start := time.Now()
+	rng := mathrand.New(mathrand.NewPCG(uint64(start.UnixNano()), 3))
+	acked := &writeLog{bodies: map[objectRef][32]byte{}}
 	shortRings, polls, writes := 0, 0, 0
 	for time.Since(start) < duration {
 		// A write every round keeps the internal plane busy under the same loss.
-		n := nodes[writes%size]
-		path := fmt.Sprintf("/api/cache/objects/relnet/loss/%d", writes)
-		req, err := http.NewRequest(http.MethodPut, n.URL()+path, strings.NewReader(path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp, err := n.Client(30 * time.Second).Do(req); err == nil {
-			resp.Body.Close()
-		}
+		acked.put(nodes[writes%size], plain("loss", strconv.Itoa(writes)), objectBody(rng))
 		writes++
 		for _, n := range nodes {
 			names, err := ringNames(n)
@@ -261,14 +257,22 @@ func TestReliabilityMembershipPacketLoss(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond) // the polling cadence, not a wait for a condition
 	}
+	// Replication retries through the same loss: every acknowledged write reaches every node
+	// before the heal.
+	want := newExpectation()
+	want.bodies = acked.bodies
+	took, states, ok := newInternalPlane(t).waitDelivered(t, deliveryTimeout, want, nodes)
+	if !ok {
+		t.Errorf("under 10 %% loss, acknowledged writes did not reach every node within %s: %+v", deliveryTimeout, states)
+	}
 	dropped, sent := filter.counters()
 	filter.heal()
 	declaredDead := 0.0
 	for i, n := range nodes {
 		declaredDead += metricSum(t, n, "kura_cluster_member_events_total", map[string]string{"type": "left"}) - leftBefore[i]
 	}
-	t.Logf("%s of 10 %% loss on %d nodes: %d of %d packets dropped (%.1f %%), %d writes, %d of %d ring polls short of a member",
-		duration, size, dropped, sent, 100*float64(dropped)/float64(max(sent, 1)), writes, shortRings, polls)
+	t.Logf("%s of 10 %% loss on %d nodes: %d of %d packets dropped (%.1f %%); %d of %d writes acknowledged, on every node %s after the last; %d of %d ring polls short of a member",
+		duration, size, dropped, sent, 100*float64(dropped)/float64(max(sent, 1)), len(acked.bodies), writes, took.Round(time.Millisecond), shortRings, polls)
 	if dropped == 0 {
 		t.Fatalf("the loss rules dropped no packet: the test measured nothing")
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	mathrand "math/rand/v2"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -155,7 +156,10 @@ func (p *internalPlane) client(t testing.TB, n *harness.Node) peerpb.Replication
 	c, ok := p.conns[n]
 	if !ok {
 		var err error
-		c, err = grpc.NewClient(n.InternalAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// From testClientIP, like the test's HTTP clients, so packet-loss rules spare it.
+		dialer := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(testClientIP)}}
+		c, err = grpc.NewClient("passthrough:///"+n.InternalAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 		if err != nil {
 			t.Fatalf("grpc.NewClient(%s): %v", n.InternalAddr(), err)
