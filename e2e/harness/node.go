@@ -61,6 +61,12 @@ type NodeOptions struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Binary runs this kura executable instead of the one Main built (an older release).
 	Binary string
+	// GID, when non-zero, runs the process with this group id (and no supplementary groups),
+	// keeping the test's user id. A packet filter's owner match (iptables -m owner
+	// --gid-owner) can then tell one node's packets from another's: on loopback a node's
+	// outgoing TCP connections leave from 127.0.0.1 whatever address it binds, so the
+	// source address cannot. Setting a group id needs root.
+	GID uint32
 }
 
 // Node is one kura process under test, with its own ports and data directory. Its ports and
@@ -80,6 +86,8 @@ type Node struct {
 	done    chan struct{} // closed when cmd has been reaped
 	exitErr error         // cmd.Wait's result, valid once done is closed
 	starts  int
+
+	transport *http.Transport // see sharedTransport; nil until first needed
 }
 
 // URL is the node's public HTTP base URL (KURA_NODE_URL), without a trailing slash.
@@ -95,7 +103,19 @@ func (n *Node) Client(timeout time.Duration) *http.Client {
 	if n.opts.ClientTLS == nil && n.opts.Dial == nil {
 		return &http.Client{Timeout: timeout}
 	}
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: n.opts.ClientTLS, DialContext: n.opts.Dial}}
+	return &http.Client{Timeout: timeout, Transport: n.sharedTransport()}
+}
+
+// sharedTransport is the node's one TLS- or Dial-aware transport. One per node, not per
+// Client call: a fresh transport per call would keep every polled connection idle and open
+// (and its goroutines alive) until the node stops.
+func (n *Node) sharedTransport() *http.Transport {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.transport == nil {
+		n.transport = &http.Transport{TLSClientConfig: n.opts.ClientTLS, DialContext: n.opts.Dial}
+	}
+	return n.transport
 }
 
 // Options are the options the node was started with (Peers filled in by StartCluster).
@@ -343,6 +363,11 @@ func (n *Node) start() error {
 	cmd.Stderr = logFile
 	// Pdeathsig: a crashed or interrupted test binary must not leave kura running.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if n.opts.GID != 0 {
+		// Go sets the parent-death signal after changing credentials, so it survives this
+		// (a wrapper such as setpriv would clear it).
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(os.Getuid()), Gid: n.opts.GID, Groups: []uint32{}}
+	}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return fmt.Errorf("exec %s: %w", strings.Join(argv, " "), err)
@@ -493,6 +518,11 @@ func (n *Node) signalAndWait(sig syscall.Signal, timeout time.Duration) error {
 // cleanup stops a still-running node and, when the test failed, prints the node's log. It
 // also fails the test if the race detector reported anything in the server.
 func (n *Node) cleanup() {
+	n.mu.Lock()
+	if n.transport != nil {
+		n.transport.CloseIdleConnections()
+	}
+	n.mu.Unlock()
 	if n.Running() {
 		if n.t.Failed() {
 			_ = n.signalAndWait(syscall.SIGKILL, killTimeout)
