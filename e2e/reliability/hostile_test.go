@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -462,15 +461,4 @@ func stalledBody(addr string, bound time.Duration) slowAttack {
 	var ne net.Error
 	r.cut = !(errors.As(err, &ne) && ne.Timeout()) // our own deadline passing is not a cut
 	return r
-}
-
-// percentile is the p-th percentile (nearest rank) of ds; 0 for none.
-func percentile(ds []time.Duration, p int) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	return s[max(i-1, 0)]
 }

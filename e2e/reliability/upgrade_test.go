@@ -62,7 +62,7 @@ func TestReliabilityRollingUpgrade(t *testing.T) {
 	head.SetPeers([]string{prev.GossipAddr()})
 	prev.Restart()
 	head.Restart()
-	waitRing(t, 2, prev, head)
+	waitRingSize(t, 2, prev, head)
 	joined := time.Now()
 	want := float64(2*perSide + perSide/4) // both sides' blobs and the previous build's keyvalue entries
 	harness.PollUntil(t, 2*time.Minute, "anti-entropy between the previous build and HEAD", func() (bool, string) {
@@ -308,8 +308,9 @@ func checkKeyValues(t *testing.T, node *harness.Node, want map[string]string) {
 		fmt.Sprintf("%d/%d", current, len(want)), fmt.Sprintf("%d/%d", len(want), len(want)))
 }
 
-// waitRing waits until every node counts size live members.
-func waitRing(t *testing.T, size int, nodes ...*harness.Node) {
+// waitRingSize waits until every node counts size live members (/up ring_members, which
+// every release reports).
+func waitRingSize(t *testing.T, size int, nodes ...*harness.Node) {
 	t.Helper()
 	harness.PollUntil(t, time.Minute, fmt.Sprintf("a ring of %d", size), func() (bool, string) {
 		for _, n := range nodes {
