@@ -217,13 +217,16 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 func StartCluster(t testing.TB, n int, configure func(i int, o *NodeOptions)) []*Node {
 	t.Helper()
 	nodes := make([]*Node, n)
+	used := map[int]bool{}
 	for i := range nodes {
 		var o NodeOptions
 		if configure != nil {
 			configure(i, &o)
 		}
 		nodes[i] = newNode(t, o, i)
-		nodes[i].allocatePorts()
+		// Each node's probes are released before the next node's, so the kernel may hand a
+		// port out twice: the cluster's ports are kept distinct here.
+		nodes[i].allocatePortsAvoiding(used)
 	}
 	for i, node := range nodes {
 		if len(node.opts.Peers) == 0 {
@@ -265,13 +268,31 @@ func newNode(t testing.TB, opts NodeOptions, index int) *Node {
 }
 
 // allocatePorts picks four distinct free loopback ports (the gossip one free for UDP too).
-func (n *Node) allocatePorts() {
+func (n *Node) allocatePorts() { n.allocatePortsAvoiding(nil) }
+
+// allocatePortsAvoiding is allocatePorts with none of the ports in used (which it extends).
+func (n *Node) allocatePortsAvoiding(used map[int]bool) {
 	n.t.Helper()
-	ports, err := FreePorts(n.opts.Host, 4)
-	if err != nil {
-		n.t.Fatalf("allocate ports for %s: %v", n.Name, err)
+	for attempt := 0; ; attempt++ {
+		ports, err := FreePorts(n.opts.Host, 4)
+		if err != nil {
+			n.t.Fatalf("allocate ports for %s: %v", n.Name, err)
+		}
+		clash := false
+		for _, p := range ports {
+			clash = clash || used[p]
+		}
+		if clash && attempt < 100 {
+			continue
+		}
+		for _, p := range ports {
+			if used != nil {
+				used[p] = true
+			}
+		}
+		n.HTTPPort, n.GRPCPort, n.GossipPort, n.InternalPort = ports[0], ports[1], ports[2], ports[3]
+		return
 	}
-	n.HTTPPort, n.GRPCPort, n.GossipPort, n.InternalPort = ports[0], ports[1], ports[2], ports[3]
 }
 
 // startFresh is the first start: when another process grabbed a probed port before kura
@@ -415,9 +436,20 @@ func (n *Node) waitReady() error {
 			if resp.StatusCode == http.StatusOK {
 				var up struct {
 					Status string `json:"status"`
+					Node   string `json:"node"`
 				}
-				if json.Unmarshal(body, &up) == nil && up.Status == "ok" {
+				// Another node answering on this port (one that took it first) is not this
+				// node being ready: this one exits on the taken port and is retried.
+				if json.Unmarshal(body, &up) == nil && up.Status == "ok" && up.Node == n.Name {
 					return nil
+				}
+				if up.Node != n.Name {
+					last = fmt.Sprintf("GET /up answered by node %q, not %s", up.Node, n.Name)
+					if time.Now().After(deadline) {
+						return fmt.Errorf("not ready after %s (last: %s); log tail:\n%s", readyTimeout, last, n.logTail(40))
+					}
+					time.Sleep(pollInterval)
+					continue
 				}
 			}
 			last = fmt.Sprintf("GET /up: %d %s", resp.StatusCode, bytes.TrimSpace(body))
