@@ -23,7 +23,7 @@ type faultyOps struct {
 	writeAtErr  atomic.Pointer[error] // next pwrite writes half its bytes, then fails
 	writeErr    atomic.Pointer[error] // next staging write fails
 	datasyncErr atomic.Pointer[error] // next fdatasync fails
-	renameErr   atomic.Pointer[error] // every rename fails
+	renameErr   atomic.Pointer[error] // every rename between directories fails (a staging file's move)
 }
 
 func (f *faultyOps) ops() *fileOps {
@@ -51,7 +51,7 @@ func (f *faultyOps) ops() *fileOps {
 			return fdatasync(file)
 		},
 		rename: func(oldpath, newpath string) error {
-			if e := f.renameErr.Load(); e != nil {
+			if e := f.renameErr.Load(); e != nil && filepath.Dir(oldpath) != filepath.Dir(newpath) {
 				return *e
 			}
 			return os.Rename(oldpath, newpath)
