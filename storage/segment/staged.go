@@ -332,7 +332,15 @@ func (s *Staged) commitSpilled(ft footer) (Location, error) {
 	s.f = nil
 	if err := m.syncDir(); err != nil {
 		// Unacknowledged, so the file is garbage; drop it rather than leave it unaccounted.
-		_ = m.removeFile(dst)
+		if rerr := m.removeFile(dst); rerr != nil {
+			// It stays on disk (a disk that fails a directory fsync may fail the unlink too):
+			// list it, so its bytes count against the budget and eviction retires it like
+			// any old segment, instead of space nobody sees until the next Open.
+			m.log.Warn("cannot remove unacknowledged staged record; keeping it as a segment", "path", dst, "error", rerr)
+			m.mu.Lock()
+			m.insertLocked(&segEntry{id: id, size: recordSize})
+			m.mu.Unlock()
+		}
 		return Location{}, err
 	}
 	m.mu.Lock()
