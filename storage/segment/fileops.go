@@ -75,6 +75,54 @@ func (ops fileOps) withDefaults() fileOps {
 	return ops
 }
 
+// withHook returns ops with hook (Options.FaultHook) consulted before each operation.
+func (ops fileOps) withHook(hook func(op, path string) error) fileOps {
+	next := ops
+	ops.writeAt = func(f *os.File, p []byte, off int64) (int, error) {
+		if err := hook("writeAt", f.Name()); err != nil {
+			return 0, err
+		}
+		return next.writeAt(f, p, off)
+	}
+	ops.write = func(f *os.File, p []byte) (int, error) {
+		if err := hook("write", f.Name()); err != nil {
+			return 0, err
+		}
+		return next.write(f, p)
+	}
+	ops.truncate = func(f *os.File, size int64) error {
+		if err := hook("truncate", f.Name()); err != nil {
+			return err
+		}
+		return next.truncate(f, size)
+	}
+	ops.datasync = func(f *os.File) error {
+		if err := hook("datasync", f.Name()); err != nil {
+			return err
+		}
+		return next.datasync(f)
+	}
+	ops.syncDir = func(d *os.File) error {
+		if err := hook("syncDir", d.Name()); err != nil {
+			return err
+		}
+		return next.syncDir(d)
+	}
+	ops.rename = func(oldpath, newpath string) error {
+		if err := hook("rename", oldpath); err != nil {
+			return err
+		}
+		return next.rename(oldpath, newpath)
+	}
+	ops.remove = func(path string) error {
+		if err := hook("remove", path); err != nil {
+			return err
+		}
+		return next.remove(path)
+	}
+	return ops
+}
+
 // fdatasync flushes a file's data and the metadata needed to read it back (its size), which
 // is all a segment needs; it skips the timestamp update a full fsync would also write.
 // SyscallConn keeps the descriptor referenced for the duration of the call, so a concurrent

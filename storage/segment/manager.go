@@ -100,6 +100,14 @@ type Options struct {
 	// never meet a full disk. Zero: no reserve (only a real ENOSPC stops a write).
 	ReserveBytes int64
 
+	// FaultHook, when set, is called before every operation the Manager makes on the disk
+	// through its file-operation seam: op is "writeAt", "write", "truncate", "datasync",
+	// "syncDir", "rename" or "remove", path the file or directory it acts on. A non-nil error
+	// fails the operation with that error, and the operation does not happen. It exists for
+	// the fault-injection tests of the packages built on the Manager (storage/local);
+	// production code leaves it nil.
+	FaultHook func(op, path string) error
+
 	// ops replaces the file operations in tests (fault injection, sync counting).
 	ops *fileOps
 }
@@ -221,6 +229,9 @@ func Open(opts Options) (*Manager, error) {
 	}
 	if opts.ops != nil {
 		m.ops = opts.ops.withDefaults()
+	}
+	if opts.FaultHook != nil {
+		m.ops = m.ops.withHook(opts.FaultHook)
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
