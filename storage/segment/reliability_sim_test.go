@@ -65,6 +65,12 @@ type simFS struct {
 	calls   int // seam calls so far
 	crashAt int // the call that crashes (0: none armed)
 	crashed bool
+	// faults, when set, fails a faultRate share of the calls before the crash with EIO or
+	// ENOSPC (a write then may be short: half of it reaches the file), so the crash also
+	// lands after the Manager's failure paths (a cut-back tail, a sealed segment, a removed
+	// staged record).
+	faults    *rand.Rand
+	faultRate float64
 
 	// crossDevice makes a rename between directories fail with EXDEV (TmpDir on another
 	// filesystem), so staged records are copied instead.
@@ -134,13 +140,24 @@ func traceName(path string) string {
 func (s *simFS) tracef(format string, args ...any) { fmt.Fprintf(s.trace, format+"\n", args...) }
 
 // enter counts a seam call. dead: the machine already crashed (fail, change nothing);
-// crashing: this call is the crash point.
-func (s *simFS) enter() (crashing, dead bool) {
+// crashing: this call is the crash point; fault: this call fails with a transient I/O error
+// (EIO or ENOSPC, see faultRate) and the machine lives on.
+func (s *simFS) enter(op string) (crashing, dead bool, fault syscall.Errno) {
 	if s.crashed {
-		return false, true
+		return false, true, 0
 	}
 	s.calls++
-	return s.calls == s.crashAt, false
+	if s.calls == s.crashAt {
+		return true, false, 0
+	}
+	if s.faults != nil && s.faults.Float64() < s.faultRate {
+		fault = syscall.EIO
+		if s.faults.IntN(2) == 0 {
+			fault = syscall.ENOSPC
+		}
+		s.tracef("fault %s at call %d: %v", op, s.calls, fault)
+	}
+	return false, false, fault
 }
 
 func (s *simFS) crash(op string) {
@@ -161,6 +178,20 @@ func (s *simFS) file(f *os.File) *simFile {
 		d.cur[filepath.Base(f.Name())] = sf
 	}
 	return sf
+}
+
+// failWrite fails a write with fault: nothing written, or, for half of the ENOSPC faults, a
+// short write (the first half of p reaches the file).
+func (s *simFS) failWrite(f *os.File, p []byte, fault syscall.Errno, do func([]byte) (int, error), off int64) (int, error) {
+	if fault != syscall.ENOSPC || s.faults.IntN(2) == 0 || len(p) < 2 {
+		return 0, fault
+	}
+	n, err := do(p[:len(p)/2])
+	s.file(f).apply(simWrite{off: off, data: slices.Clone(p[:n])})
+	if err != nil {
+		return n, err
+	}
+	return n, fault
 }
 
 func (sf *simFile) apply(w simWrite) {
@@ -186,7 +217,7 @@ func (s *simFS) ops() *fileOps {
 	eio := syscall.EIO
 	return &fileOps{
 		writeAt: func(f *os.File, p []byte, off int64) (int, error) {
-			crashing, dead := s.enter()
+			crashing, dead, fault := s.enter("writeAt")
 			if dead {
 				return 0, eio
 			}
@@ -195,6 +226,9 @@ func (s *simFS) ops() *fileOps {
 					r.loc = Location{Segment: id, Offset: off, BodySize: int64(r.size), RecordSize: int64(len(p))}
 					r.located = true
 				}
+			}
+			if fault != 0 {
+				return s.failWrite(f, p, fault, func(b []byte) (int, error) { return f.WriteAt(b, off) }, off)
 			}
 			n, err := f.WriteAt(p, off)
 			s.file(f).apply(simWrite{off: off, data: slices.Clone(p[:n])})
@@ -212,13 +246,16 @@ func (s *simFS) ops() *fileOps {
 			return n, err
 		},
 		write: func(f *os.File, p []byte) (int, error) {
-			crashing, dead := s.enter()
+			crashing, dead, fault := s.enter("write")
 			if dead {
 				return 0, eio
 			}
 			off, err := f.Seek(0, io.SeekCurrent)
 			if err != nil {
 				return 0, err
+			}
+			if fault != 0 {
+				return s.failWrite(f, p, fault, f.Write, off)
 			}
 			n, err := f.Write(p)
 			s.file(f).apply(simWrite{off: off, data: slices.Clone(p[:n])})
@@ -230,12 +267,15 @@ func (s *simFS) ops() *fileOps {
 			return n, err
 		},
 		truncate: func(f *os.File, size int64) error {
-			crashing, dead := s.enter()
+			crashing, dead, fault := s.enter("truncate")
 			if dead || crashing {
 				if crashing {
 					s.crash("truncate")
 				}
 				return eio
+			}
+			if fault != 0 {
+				return fault
 			}
 			if err := f.Truncate(size); err != nil {
 				return err
@@ -245,12 +285,15 @@ func (s *simFS) ops() *fileOps {
 			return nil
 		},
 		datasync: func(f *os.File) error {
-			crashing, dead := s.enter()
+			crashing, dead, fault := s.enter("datasync")
 			if dead || crashing {
 				if crashing {
 					s.crash("datasync")
 				}
 				return eio
+			}
+			if fault != 0 {
+				return fault
 			}
 			// No real fdatasync: the model, not the disk, decides what survives.
 			sf := s.file(f)
@@ -262,12 +305,15 @@ func (s *simFS) ops() *fileOps {
 			return nil
 		},
 		syncDir: func(d *os.File) error {
-			crashing, dead := s.enter()
+			crashing, dead, fault := s.enter("syncDir")
 			if dead || crashing {
 				if crashing {
 					s.crash("syncDir")
 				}
 				return eio
+			}
+			if fault != 0 {
+				return fault
 			}
 			if sd := s.dirs[d.Name()]; sd != nil && !s.dropDirSync {
 				sd.durable = maps.Clone(sd.cur)
@@ -276,12 +322,15 @@ func (s *simFS) ops() *fileOps {
 			return nil
 		},
 		rename: func(oldpath, newpath string) error {
-			crashing, dead := s.enter()
+			crashing, dead, fault := s.enter("rename")
 			if dead || crashing {
 				if crashing {
 					s.crash("rename")
 				}
 				return eio
+			}
+			if fault != 0 {
+				return fault
 			}
 			s.tracef("rename %s %s", traceName(oldpath), traceName(newpath))
 			if s.crossDevice && filepath.Dir(oldpath) != filepath.Dir(newpath) {
@@ -306,12 +355,15 @@ func (s *simFS) ops() *fileOps {
 			return nil
 		},
 		remove: func(path string) error {
-			crashing, dead := s.enter()
+			crashing, dead, fault := s.enter("remove")
 			if dead || crashing {
 				if crashing {
 					s.crash("remove")
 				}
 				return eio
+			}
+			if fault != 0 {
+				return fault
 			}
 			s.tracef("remove %s", traceName(path))
 			if err := os.Remove(path); err != nil {
@@ -521,6 +573,10 @@ func runSimSeed(t testing.TB, seed uint64, cfg simConfig) simResult {
 		}
 		opsThisCycle := 10 + work.IntN(50)
 		fsys.crashAt = fsys.calls + 1 + disk.IntN(opsThisCycle*3)
+		if seed%2 == 0 {
+			// Half the seeds also meet transient I/O errors before the crash.
+			fsys.faults, fsys.faultRate = rand.New(rand.NewPCG(seed, uint64(cycle))), 0.04
+		}
 		logf("cycle %d: %d ops, crash at seam call %d, cross-device %v", cycle, opsThisCycle, fsys.crashAt, fsys.crossDevice)
 		m = runSimCycle(t, m, root, fsys, work, cycle, seed, &records, violate, logf, opsThisCycle)
 		if !fsys.crashed {
@@ -657,11 +713,19 @@ func runSimCycle(t testing.TB, m *Manager, root string, fsys *simFS, work *rand.
 			// A clean restart: Close syncs, the next Open starts a new segment.
 			err := m.Close()
 			logf("clean close: %v", err)
-			if m, err = Open(simOptions(root, fsys.ops())); err != nil {
-				if !fsys.crashed {
-					violate("cycle %d: reopen after a clean close: %v", cycle, err)
+			// A transient fault may fail an Open (a removal of a leftover); the next try
+			// must succeed.
+			for try := 0; ; try++ {
+				if m, err = Open(simOptions(root, fsys.ops())); err == nil {
+					break
 				}
-				return nil
+				if fsys.crashed {
+					return nil
+				}
+				if try == 5 {
+					violate("cycle %d: reopen after a clean close: %v", cycle, err)
+					return nil
+				}
 			}
 		}
 	}
