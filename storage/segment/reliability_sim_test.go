@@ -812,6 +812,9 @@ func TestReliabilitySimulatedCrashes(t *testing.T) {
 			break
 		}
 		res := runSimSeed(t, seed, simConfig{verbose: replay})
+		if replay {
+			t.Logf("seed %d: trace %x (the same in every replay)", seed, res.trace)
+		}
 		run++
 		crashes += res.crashes
 		acked += res.ackedChecked
