@@ -3,6 +3,7 @@ package segment
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
@@ -398,6 +399,22 @@ func runFaultScenario(t *testing.T, template, root string, old []*faultRecord, i
 			}
 		}
 		commitStep("small-2", testBody(15, 9000), false)
+		_ = step("append batch", func() error {
+			batch := []*faultRecord{{name: "batch-1", body: testBody(18, 700)}, {name: "batch-2", body: testBody(19, 12_000)}}
+			recs := make([]Record, len(batch))
+			for i, r := range batch {
+				recs[i] = Record{Name: []byte(r.name), Body: r.body, SHA256: sha256.Sum256(r.body)}
+			}
+			locs, err := m.AppendBatch(context.Background(), recs)
+			if err != nil {
+				return err
+			}
+			for i, r := range batch {
+				r.loc, r.acked = locs[i], true
+				records = append(records, r)
+			}
+			return nil
+		})
 		// A commit whose caller gives up while it waits for the sync: written, never
 		// acknowledged, and the segment's first sync (with its directory fsync) left to Close.
 		m.Seal()

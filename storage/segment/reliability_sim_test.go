@@ -79,8 +79,10 @@ type simFS struct {
 	// a lying disk, used only to prove the model and the checks can see lost data.
 	dropDataSync, dropDirSync bool
 
-	// current is the record being committed: its writes tell where it went.
-	current *simRecord
+	// current is the record being committed (currentBatch the records of an AppendBatch):
+	// its writes tell where it went.
+	current      *simRecord
+	currentBatch []*simRecord
 	// cancelOnWrite, when set, is called at the next pwrite (a commit whose caller gives up
 	// while its record waits for the sync).
 	cancelOnWrite func()
@@ -221,10 +223,18 @@ func (s *simFS) ops() *fileOps {
 			if dead {
 				return 0, eio
 			}
-			if r := s.current; r != nil {
-				if id, ok := parseSegmentName(filepath.Base(f.Name())); ok {
+			if id, ok := parseSegmentName(filepath.Base(f.Name())); ok {
+				if r := s.current; r != nil {
 					r.loc = Location{Segment: id, Offset: off, BodySize: int64(r.size), RecordSize: int64(len(p))}
 					r.located = true
+				}
+				// A batch's records lie back to back in the one write.
+				at := off
+				for _, r := range s.currentBatch {
+					size := RecordSize(int64(r.size), len(r.name))
+					r.loc = Location{Segment: id, Offset: at, BodySize: int64(r.size), RecordSize: size}
+					r.located = true
+					at += size
 				}
 			}
 			if fault != 0 {
@@ -667,14 +677,36 @@ func runSimCycle(t testing.TB, m *Manager, root string, fsys *simFS, work *rand.
 			commitRecord(newRecord(smallSize()), ctx)
 			fsys.cancelOnWrite = nil
 			cancel()
-		case k < 73:
+		case k < 70:
+			// A batch of small records, appended with one write and one sync.
+			batch := make([]*simRecord, 1+work.IntN(5))
+			recs := make([]Record, len(batch))
+			for i := range batch {
+				batch[i] = newRecord(smallSize())
+				body := batch[i].body()
+				recs[i] = Record{Name: []byte(batch[i].name), Body: body, SHA256: sha256.Sum256(body)}
+			}
+			fsys.currentBatch = batch
+			locs, err := m.AppendBatch(context.Background(), recs)
+			fsys.currentBatch = nil
+			if err != nil {
+				logf("append batch of %d: %v", len(batch), err)
+				continue
+			}
+			for i, r := range batch {
+				if locs[i] != r.loc {
+					violate("batch record %s returned %+v but was written at %+v", r.name, locs[i], r.loc)
+				}
+				r.acked = true
+			}
+		case k < 75:
 			// A spilled upload abandoned half-way.
 			s, err := m.Stage(context.Background(), []byte("abandoned"))
 			if err == nil {
 				_, _ = s.Write(testBody(uint64(op), 40<<10))
 				s.Abort()
 			}
-		case k < 80:
+		case k < 81:
 			m.Seal()
 		case k < 87:
 			var sealed []ID
