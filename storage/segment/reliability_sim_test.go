@@ -829,7 +829,7 @@ func simSeeds(t *testing.T, n int) (seeds []uint64, replay bool) {
 
 func TestReliabilitySimulatedCrashes(t *testing.T) {
 	seeds, replay := simSeeds(t, figures.Pick(200, 20_000))
-	budget := figures.Pick(90*time.Second, 20*time.Minute)
+	budget := figures.Pick(50*time.Second, 20*time.Minute)
 	start := time.Now()
 
 	// Replaying a seed is deterministic: the same seam calls, the same crash image.
