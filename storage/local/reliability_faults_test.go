@@ -162,6 +162,48 @@ func runStoreFaultScenario(t *testing.T, dataDir string, in *storeInjector) stor
 		}
 		check(s, o, "after the Put")
 	}
+	// A batch (one segment write and sync for all its items): each item stores its new value
+	// or leaves the old one.
+	batch := []*object{
+		{key: acKey("batch-overwrite"), old: body(7, 900), new: body(8, 1100)},
+		{key: cas("batch-new"), new: body(9, 5000)},
+	}
+	// Their old values go in with the injector off (its calls are not counted).
+	in.mu.Lock()
+	in.armed = false
+	in.mu.Unlock()
+	for _, o := range batch {
+		if o.old == nil {
+			continue
+		}
+		if _, err := s.Put(ctx(t), o.key, bytes.NewReader(o.old), storage.PutOptions{Size: int64(len(o.old))}); err != nil {
+			res.unclean = append(res.unclean, fmt.Sprintf("Put %v failed without a fault: %v", o.key, err))
+		}
+	}
+	in.mu.Lock()
+	in.armed = true
+	in.mu.Unlock()
+	items := make([]storage.PutItem, len(batch))
+	for i, o := range batch {
+		items[i] = storage.PutItem{Key: o.key, Body: o.new, Opts: storage.PutOptions{Size: int64(len(o.new))}}
+	}
+	before := in.failuresSoFar()
+	results := s.PutBatch(ctx(t), items)
+	for i, o := range batch {
+		err := results[i].Err
+		switch {
+		case err == nil:
+			o.acked = true
+		case in.failuresSoFar() == before:
+			res.unclean = append(res.unclean, fmt.Sprintf("PutBatch item %v failed without a fault: %v", o.key, err))
+		case !errors.Is(err, in.errno):
+			res.unclean = append(res.unclean, fmt.Sprintf("PutBatch item %v: error %q hides the injected %v", o.key, err, in.errno))
+		default:
+			res.failedPuts++
+		}
+		check(s, o, "after the PutBatch")
+	}
+	objects = append(objects, batch...)
 	_ = s.Close() // may fail on a disk that stays broken; must not hang or panic
 
 	staging := filepath.Join(dataDir, "tmp", "staging")
@@ -238,7 +280,7 @@ func TestReliabilityIOFaultsStore(t *testing.T) {
 	if failedPuts == 0 {
 		t.Fatal("no injected fault ever failed a Put: the hook does not reach the segment store")
 	}
-	figures.Report(t, 3, "store fault sites exercised", fmt.Sprintf("%d segment-store operations of 4 Puts, %d faulted runs, %d Puts failed",
+	figures.Report(t, 3, "store fault sites exercised", fmt.Sprintf("%d segment-store operations of 4 Puts and a PutBatch, %d faulted runs, %d Puts failed",
 		clean.calls, runs, failedPuts))
 	figures.Check(t, 3, "store: unclean failures", unclean, 0)
 	figures.Check(t, 3, "store: partial objects visible", partial, 0)
