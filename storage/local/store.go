@@ -111,6 +111,10 @@ type Options struct {
 	// DefaultReservedDiskBytes or a twentieth of the filesystem, whichever is smaller;
 	// negative: no reserve.
 	ReservedDiskBytes int64
+
+	// segmentFaults is segment.Options.FaultHook: tests fail the segment store's disk
+	// operations through it.
+	segmentFaults func(op, path string) error
 }
 
 // DefaultReservedDiskBytes is the free-space reserve on a large filesystem: room for several
@@ -360,6 +364,7 @@ func (s *Store) openFiles() error {
 		Pool:               s.pool,
 		HandleCacheSize:    opts.SegmentHandleCacheSize,
 		ReserveBytes:       max(opts.ReservedDiskBytes, 0),
+		FaultHook:          opts.segmentFaults,
 	})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)

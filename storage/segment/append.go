@@ -134,7 +134,7 @@ func (m *Manager) recoverAppendLocked(seg *activeSegment, off int64, n int, caus
 	if n == 0 && isNoSpace(cause) {
 		return
 	}
-	if err := seg.f.Truncate(off); err != nil {
+	if err := m.ops.truncate(seg.f.File, off); err != nil {
 		m.log.Warn("cannot cut back segment after failed append; rolling",
 			"segment", seg.id.String(), "offset", off, "error", err, "cause", cause)
 		if fi, serr := seg.f.Stat(); serr == nil && fi.Size() > seg.entry.size {
@@ -202,7 +202,7 @@ func (m *Manager) waitDurable(ctx context.Context, seg *activeSegment, end int64
 		if err != nil {
 			err = ioError("sync segment", seg.path, err)
 		} else if needDir {
-			err = syncDir(m.dir.File)
+			err = m.syncDir()
 		}
 		m.syncs.Add(1)
 

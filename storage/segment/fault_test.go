@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,7 +24,9 @@ type faultyOps struct {
 	writeAtErr  atomic.Pointer[error] // next pwrite writes half its bytes, then fails
 	writeErr    atomic.Pointer[error] // next staging write fails
 	datasyncErr atomic.Pointer[error] // next fdatasync fails
-	renameErr   atomic.Pointer[error] // every rename fails
+	renameErr   atomic.Pointer[error] // every rename between directories fails (a staging file's move)
+	syncDirErr  atomic.Pointer[error] // next directory fsync fails
+	removeErr   atomic.Pointer[error] // next removal of a segment file fails
 }
 
 func (f *faultyOps) ops() *fileOps {
@@ -51,10 +54,24 @@ func (f *faultyOps) ops() *fileOps {
 			return fdatasync(file)
 		},
 		rename: func(oldpath, newpath string) error {
-			if e := f.renameErr.Load(); e != nil {
+			if e := f.renameErr.Load(); e != nil && filepath.Dir(oldpath) != filepath.Dir(newpath) {
 				return *e
 			}
 			return os.Rename(oldpath, newpath)
+		},
+		syncDir: func(d *os.File) error {
+			if e := f.syncDirErr.Swap(nil); e != nil {
+				return *e
+			}
+			return d.Sync()
+		},
+		remove: func(path string) error {
+			if strings.HasSuffix(path, segSuffix) {
+				if e := f.removeErr.Swap(nil); e != nil {
+					return *e
+				}
+			}
+			return os.Remove(path)
 		},
 	}
 }
@@ -173,6 +190,27 @@ func TestSpillENOSPC(t *testing.T) {
 	}
 	loc := commit(t, m, "big3", testBody(3, 100_000))
 	mustRead(t, m, loc, "big3", testBody(3, 100_000))
+	checkAccounting(t, m)
+}
+
+// TestSpillDirSyncFailsAndRemoveToo: a spilled record whose directory fsync fails is not
+// acknowledged and its segment is removed; when the removal fails as well (found by
+// TestReliabilityIOFaults with a disk that stays broken) the file is listed, so its bytes are
+// counted and eviction can retire it, rather than sitting on disk unaccounted.
+func TestSpillDirSyncFailsAndRemoveToo(t *testing.T) {
+	var faults faultyOps
+	m := openManager(t, Options{SpillThreshold: 4096, ops: faults.ops()})
+	arm(&faults.syncDirErr, syscall.EIO)
+	arm(&faults.removeErr, syscall.EIO)
+	if _, err := tryCommit(context.Background(), m, "big", testBody(1, 50_000)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("commit with a failing directory fsync = %v", err)
+	}
+	if segs := m.Segments(); len(segs) != 1 || segs[0].Size != RecordSize(50_000, len("big")) {
+		t.Fatalf("the unremovable unacknowledged segment is not listed: %+v", segs)
+	}
+	checkAccounting(t, m)
+	loc := commit(t, m, "next", testBody(2, 50_000))
+	mustRead(t, m, loc, "next", testBody(2, 50_000))
 	checkAccounting(t, m)
 }
 

@@ -100,6 +100,14 @@ type Options struct {
 	// never meet a full disk. Zero: no reserve (only a real ENOSPC stops a write).
 	ReserveBytes int64
 
+	// FaultHook, when set, is called before every operation the Manager makes on the disk
+	// through its file-operation seam: op is "writeAt", "write", "truncate", "datasync",
+	// "syncDir", "rename" or "remove", path the file or directory it acts on. A non-nil error
+	// fails the operation with that error, and the operation does not happen. It exists for
+	// the fault-injection tests of the packages built on the Manager (storage/local);
+	// production code leaves it nil.
+	FaultHook func(op, path string) error
+
 	// ops replaces the file operations in tests (fault injection, sync counting).
 	ops *fileOps
 }
@@ -220,10 +228,10 @@ func Open(opts Options) (*Manager, error) {
 		m.dirPrefix += string(filepath.Separator)
 	}
 	if opts.ops != nil {
-		m.ops = *opts.ops
-		if m.ops.freeBytes == nil {
-			m.ops.freeBytes = freeBytes
-		}
+		m.ops = opts.ops.withDefaults()
+	}
+	if opts.FaultHook != nil {
+		m.ops = m.ops.withHook(opts.FaultHook)
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -270,7 +278,7 @@ func (m *Manager) scan() error {
 		name := e.Name()
 		path := filepath.Join(m.opts.Dir, name)
 		if strings.HasSuffix(name, partialSuffix) {
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := m.removeFile(path); err != nil {
 				return ioError("remove interrupted copy", path, err)
 			}
 			m.log.Info("removed interrupted segment copy", "path", path)
@@ -287,7 +295,7 @@ func (m *Manager) scan() error {
 		}
 		if info.Size() == 0 {
 			// Created just before a crash and never written: it holds no record.
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := m.removeFile(path); err != nil {
 				return ioError("remove empty segment", path, err)
 			}
 			continue
@@ -311,7 +319,7 @@ func (m *Manager) removeStaleStaging() error {
 			continue
 		}
 		path := filepath.Join(m.opts.TmpDir, name)
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := m.removeFile(path); err != nil {
 			return ioError("remove stale staging file", path, err)
 		}
 		m.log.Info("removed stale staging file", "path", path)
@@ -382,7 +390,7 @@ func (m *Manager) Close() error {
 		if err := m.ops.datasync(seg.f.File); err != nil {
 			errs = append(errs, ioError("sync segment", seg.path, err))
 		} else if !seg.dirSynced {
-			errs = append(errs, syncDir(m.dir.File))
+			errs = append(errs, m.syncDir())
 		}
 		if err := seg.f.Close(); err != nil {
 			errs = append(errs, ioError("close segment", seg.path, err))
@@ -476,7 +484,7 @@ func (m *Manager) Remove(id ID) error {
 	// Unlinking a large file frees its extents, which can take a while: do it without the
 	// append lock, and put the entry back if it fails so the list matches the directory.
 	path := m.segPath(id)
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := m.removeFile(path); err != nil {
 		m.mu.Lock()
 		m.insertLocked(e)
 		m.mu.Unlock()
@@ -487,5 +495,5 @@ func (m *Manager) Remove(id ID) error {
 	m.handles.remove(id)
 	m.verified.forget(id)
 	m.log.Info("segment removed", "segment", id.String(), "size", e.size)
-	return syncDir(m.dir.File)
+	return m.syncDir()
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -327,13 +326,21 @@ func (s *Staged) commitSpilled(ft footer) (Location, error) {
 	if err := s.f.Close(); err != nil {
 		m.log.Warn("close staging file", "path", s.f.Name(), "error", err)
 	}
-	if err := os.Remove(s.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := m.removeFile(s.f.Name()); err != nil {
 		m.log.Warn("remove copied staging file", "path", s.f.Name(), "error", err)
 	}
 	s.f = nil
-	if err := syncDir(m.dir.File); err != nil {
+	if err := m.syncDir(); err != nil {
 		// Unacknowledged, so the file is garbage; drop it rather than leave it unaccounted.
-		_ = os.Remove(dst)
+		if rerr := m.removeFile(dst); rerr != nil {
+			// It stays on disk (a disk that fails a directory fsync may fail the unlink too):
+			// list it, so its bytes count against the budget and eviction retires it like
+			// any old segment, instead of space nobody sees until the next Open.
+			m.log.Warn("cannot remove unacknowledged staged record; keeping it as a segment", "path", dst, "error", rerr)
+			m.mu.Lock()
+			m.insertLocked(&segEntry{id: id, size: recordSize})
+			m.mu.Unlock()
+		}
 		return Location{}, err
 	}
 	m.mu.Lock()
@@ -363,7 +370,7 @@ func (s *Staged) copyInto(dst string) error {
 	}
 	fail := func(err error) error {
 		_ = out.Close()
-		_ = os.Remove(partial)
+		_ = m.removeFile(partial)
 		return err
 	}
 	if _, err := s.f.Seek(0, 0); err != nil {
@@ -378,11 +385,11 @@ func (s *Staged) copyInto(dst string) error {
 		return fail(ioError("sync segment copy", partial, err))
 	}
 	if err := out.Close(); err != nil {
-		_ = os.Remove(partial)
+		_ = m.removeFile(partial)
 		return ioError("close segment copy", partial, err)
 	}
-	if err := os.Rename(partial, dst); err != nil {
-		_ = os.Remove(partial)
+	if err := m.ops.rename(partial, dst); err != nil {
+		_ = m.removeFile(partial)
 		return ioError("rename segment copy to", dst, err)
 	}
 	m.log.Debug("staged record copied across filesystems", "from", s.f.Name(), "to", filepath.Base(dst))
@@ -400,7 +407,7 @@ func (s *Staged) Abort() {
 	if s.f != nil {
 		name := s.f.Name()
 		_ = s.f.Close()
-		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := s.m.removeFile(name); err != nil {
 			s.m.log.Warn("remove staging file", "path", name, "error", err)
 		}
 		s.f = nil
