@@ -120,8 +120,14 @@ func (s *Store) PutPart(ctx context.Context, uploadID string, partNumber int, bo
 // writePartFile streams body into a new part file in dir and makes it durable (file and
 // directory synced) before any state references it. On error nothing is left behind.
 func (s *Store) writePartFile(ctx context.Context, dir, uploadID string, partNumber int, body io.Reader) (path string, size int64, err error) {
+	if err := s.stagingFault("mkdir", dir); err != nil {
+		return "", 0, classify("put part: create "+dir, err)
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", 0, classify("put part: create "+dir, err)
+	}
+	if err := s.stagingFault("create", dir); err != nil {
+		return "", 0, classify("put part: create part file", err)
 	}
 	f, err := s.pool.CreateTemp(ctx, dir, fmt.Sprintf("%d-*.part", partNumber))
 	if err != nil {
@@ -135,10 +141,13 @@ func (s *Store) writePartFile(ctx context.Context, dir, uploadID string, partNum
 			_ = os.Remove(path)
 		}
 	}()
-	rw := &roomWriter{s: s, ctx: ctx, w: f, first: true}
+	rw := &roomWriter{s: s, ctx: ctx, w: s.stagingWriter(f.File), first: true}
 	size, err = copyBody(ctx, rw, body, storage.PutOptions{Size: storage.UnknownSize, Limit: storage.MaxPartBytes})
 	if err != nil {
 		return "", 0, fmt.Errorf("put part %d of %s: %w", partNumber, uploadID, err)
+	}
+	if err := s.stagingFault("sync", path); err != nil {
+		return "", 0, classify("put part: sync "+path, err)
 	}
 	if err := f.Sync(); err != nil {
 		return "", 0, classify("put part: sync "+path, err)
@@ -182,7 +191,12 @@ func (s *Store) recordPart(uploadID, dir string, partNumber int, path string, si
 		return classify("put part", err)
 	}
 	if replacing {
-		if err := os.Remove(filepath.Join(dir, old.File)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		oldPath := filepath.Join(dir, old.File)
+		err := s.stagingFault("remove", oldPath)
+		if err == nil {
+			err = os.Remove(oldPath)
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			s.log.Warn("remove replaced multipart part", "upload", uploadID, "part", partNumber, "error", err)
 		}
 	}
@@ -409,6 +423,9 @@ func (s *Store) removeOrphanParts(_ context.Context) error {
 
 // syncDir fsyncs a directory so entries created in it survive a crash.
 func (s *Store) syncDir(ctx context.Context, dir string) error {
+	if err := s.stagingFault("syncDir", dir); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
 	d, err := s.pool.Open(ctx, dir)
 	if err != nil {
 		return fmt.Errorf("open directory %s: %w", dir, err)

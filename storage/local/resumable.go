@@ -175,8 +175,14 @@ func (s *Store) ResumeWrite(ctx context.Context, key storage.Key, uploadID strin
 	default:
 		return nil, classify("resume write "+key.String(), err)
 	}
+	if err := s.stagingFault("mkdir", s.resumableDir()); err != nil {
+		return nil, classify("resume write: create "+s.resumableDir(), err)
+	}
 	if err := os.MkdirAll(s.resumableDir(), 0o750); err != nil {
 		return nil, classify("resume write: create "+s.resumableDir(), err)
+	}
+	if err := s.stagingFault("create", path); err != nil {
+		return nil, classify("resume write: open staged file", err)
 	}
 	f, err := s.pool.OpenFile(ctx, path, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
@@ -220,6 +226,9 @@ func (w *resumableWrite) cut(ctx context.Context, n int64) error {
 			return err
 		}
 	}
+	if err := w.s.stagingFault("truncate", w.path); err != nil {
+		return classify("resumable upload: truncate staged file", err)
+	}
 	if err := w.f.Truncate(n); err != nil {
 		return classify("resumable upload: truncate staged file", err)
 	}
@@ -227,7 +236,7 @@ func (w *resumableWrite) cut(ctx context.Context, n int64) error {
 		return classify("resumable upload: seek staged file", err)
 	}
 	w.offset = n
-	w.rw = roomWriter{s: w.s, ctx: w.ctx, w: w.f.File, written: n, next: n}
+	w.rw = roomWriter{s: w.s, ctx: w.ctx, w: w.s.stagingWriter(w.f.File), written: n, next: n}
 	return nil
 }
 
@@ -251,6 +260,9 @@ func (w *resumableWrite) Restart(ctx context.Context) error { return w.cut(ctx, 
 // Checkpoint syncs the file (and, the first time, its directory entry) and then records the
 // size, so the record never counts a byte that is not on the disk.
 func (w *resumableWrite) Checkpoint(ctx context.Context) error {
+	if err := w.s.stagingFault("sync", w.path); err != nil {
+		return classify("resumable upload: sync staged file", err)
+	}
 	if err := w.f.Sync(); err != nil {
 		return classify("resumable upload: sync staged file", err)
 	}

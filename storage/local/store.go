@@ -115,6 +115,11 @@ type Options struct {
 	// segmentFaults is segment.Options.FaultHook: tests fail the segment store's disk
 	// operations through it.
 	segmentFaults func(op, path string) error
+	// stagingFaults is consulted before each disk operation of the multipart and resumable
+	// staging (multipart.go, resumable.go): op is "mkdir", "create", "write", "sync",
+	// "syncDir", "truncate" or "remove". A non-nil error fails the operation with it (a
+	// refused write lands half its bytes first, as a short write does). Tests only.
+	stagingFaults func(op, path string) error
 }
 
 // DefaultReservedDiskBytes is the free-space reserve on a large filesystem: room for several
