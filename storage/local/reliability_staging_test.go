@@ -63,7 +63,7 @@ func runStagingFaultScenario(t *testing.T, dataDir string, in *storeInjector) st
 	var (
 		completedModule, completedResumed bool
 		partsAcked                        = map[int][]byte{} // the last acknowledged body of each part
-		unfinishedDurable, resumedDurable int64 // what their last checkpoints made durable
+		unfinishedDurable, resumedDurable int64              // what their last checkpoints made durable
 		uploadID                          string
 	)
 	failed := false
