@@ -3,16 +3,11 @@ package reliability
 import (
 	"context"
 	"fmt"
-	"io"
 	mathrand "math/rand/v2"
-	"net/http"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/kuracache/kura/e2e/harness"
 	"github.com/kuracache/kura/internal/testsupport/figures"
@@ -122,39 +117,7 @@ func seconds(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds())
 // include all of match (0 when there is none).
 func metricSum(t testing.TB, n *harness.Node, name string, match map[string]string) float64 {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, n.URL()+"/metrics", nil)
-	if err != nil {
-		t.Fatalf("build a /metrics request: %v", err)
-	}
-	req.Header.Set("Accept", "text/plain;version=0.0.4")
-	resp, err := n.Client(30 * time.Second).Do(req)
-	if err != nil {
-		t.Fatalf("GET %s/metrics: %v", n.Name, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s/metrics: status %d", n.Name, resp.StatusCode)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		t.Fatalf("parse %s/metrics: %v", n.Name, err)
-	}
-	var total float64
-series:
-	for _, m := range families[name].GetMetric() {
-		labels := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			labels[lp.GetName()] = lp.GetValue()
-		}
-		for k, v := range match {
-			if labels[k] != v {
-				continue series
-			}
-		}
-		total += m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue()
-	}
-	return total
+	return harness.ScrapeMetrics(t, n).Sum(name, match)
 }
 
 // TestReliabilityMembershipKillDetection kills -9 one node of a converged cluster at a time

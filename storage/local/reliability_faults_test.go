@@ -228,8 +228,15 @@ func runStoreFaultScenario(t *testing.T, dataDir string, in *storeInjector) stor
 	if err := s2.Close(); err != nil {
 		res.unclean = append(res.unclean, fmt.Sprintf("close after reopen: %v", err))
 	}
+	res.leaks = append(res.leaks, leaksSince(t, fdsBefore, goroutinesBefore)...)
+	return res
+}
+
+// leaksSince reports descriptors and goroutines beyond the counts taken before a run.
+func leaksSince(t *testing.T, fdsBefore, goroutinesBefore int) []string {
+	var leaks []string
 	if fds := openFDCount(t); fds != fdsBefore {
-		res.leaks = append(res.leaks, fmt.Sprintf("%d descriptors open before the run, %d after", fdsBefore, fds))
+		leaks = append(leaks, fmt.Sprintf("%d descriptors open before the run, %d after", fdsBefore, fds))
 	}
 	// The store's background goroutines end with Close, but not necessarily at once.
 	deadline := time.Now().Add(5 * time.Second)
@@ -237,9 +244,34 @@ func runStoreFaultScenario(t *testing.T, dataDir string, in *storeInjector) stor
 		time.Sleep(10 * time.Millisecond)
 	}
 	if g := runtime.NumGoroutine(); g > goroutinesBefore {
-		res.leaks = append(res.leaks, fmt.Sprintf("%d goroutines before the run, %d after", goroutinesBefore, g))
+		leaks = append(leaks, fmt.Sprintf("%d goroutines before the run, %d after", goroutinesBefore, g))
 	}
-	return res
+	return leaks
+}
+
+// faultMatrixTotals sums a fault matrix's findings.
+type faultMatrixTotals struct{ runs, failedOps, unclean, partial, leaks int }
+
+// runFaultMatrix fails each of the clean run's calls in turn, with EIO and ENOSPC, once and
+// from then on, reporting every finding as a test error.
+func runFaultMatrix(t *testing.T, clean *storeInjector, run func(in *storeInjector) (failedOps int, unclean, partial, leaks []string)) faultMatrixTotals {
+	var tot faultMatrixTotals
+	for k := 1; k <= clean.calls; k++ {
+		for _, errno := range []syscall.Errno{syscall.EIO, syscall.ENOSPC} {
+			for _, sticky := range []bool{false, true} {
+				failed, unclean, partial, leaks := run(&storeInjector{target: k, errno: errno, sticky: sticky})
+				tot.runs++
+				tot.failedOps += failed
+				tot.unclean += len(unclean)
+				tot.partial += len(partial)
+				tot.leaks += len(leaks)
+				for _, m := range append(append(unclean, partial...), leaks...) {
+					t.Errorf("%v at call %d (%s), from then on %v: %s", errno, k, clean.sites[k-1], sticky, m)
+				}
+			}
+		}
+	}
+	return tot
 }
 
 func openFDCount(t *testing.T) int {
@@ -260,23 +292,11 @@ func TestReliabilityIOFaultsStore(t *testing.T) {
 		}
 	}
 	t.Logf("clean run: %d segment-store disk operations: %s", clean.calls, strings.Join(clean.sites, ", "))
-	runs, failedPuts, unclean, partial, leaks := 0, 0, 0, 0, 0
-	for k := 1; k <= clean.calls; k++ {
-		for _, errno := range []syscall.Errno{syscall.EIO, syscall.ENOSPC} {
-			for _, sticky := range []bool{false, true} {
-				in := &storeInjector{target: k, errno: errno, sticky: sticky}
-				res := runStoreFaultScenario(t, filepath.Join(base, "run"), in)
-				runs++
-				failedPuts += res.failedPuts
-				unclean += len(res.unclean)
-				partial += len(res.partial)
-				leaks += len(res.leaks)
-				for _, m := range append(append(res.unclean, res.partial...), res.leaks...) {
-					t.Errorf("%v at call %d (%s), from then on %v: %s", errno, k, clean.sites[k-1], sticky, m)
-				}
-			}
-		}
-	}
+	tot := runFaultMatrix(t, clean, func(in *storeInjector) (int, []string, []string, []string) {
+		res := runStoreFaultScenario(t, filepath.Join(base, "run"), in)
+		return res.failedPuts, res.unclean, res.partial, res.leaks
+	})
+	runs, failedPuts, unclean, partial, leaks := tot.runs, tot.failedOps, tot.unclean, tot.partial, tot.leaks
 	if failedPuts == 0 {
 		t.Fatal("no injected fault ever failed a Put: the hook does not reach the segment store")
 	}

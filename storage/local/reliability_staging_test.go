@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -249,16 +248,7 @@ func runStagingFaultScenario(t *testing.T, dataDir string, in *storeInjector) st
 	if err := s2.Close(); err != nil {
 		res.unclean = append(res.unclean, fmt.Sprintf("close after reopen: %v", err))
 	}
-	if fds := openFDCount(t); fds != fdsBefore {
-		res.leaks = append(res.leaks, fmt.Sprintf("%d descriptors open before the run, %d after", fdsBefore, fds))
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > goroutinesBefore && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if g := runtime.NumGoroutine(); g > goroutinesBefore {
-		res.leaks = append(res.leaks, fmt.Sprintf("%d goroutines before the run, %d after", goroutinesBefore, g))
-	}
+	res.leaks = append(res.leaks, leaksSince(t, fdsBefore, goroutinesBefore)...)
 	return res
 }
 
@@ -281,23 +271,11 @@ func TestReliabilityIOFaultsStaging(t *testing.T) {
 			t.Errorf("the scenario never reaches a staging %q", op)
 		}
 	}
-	runs, failedOps, unclean, partial, leaks := 0, 0, 0, 0, 0
-	for k := 1; k <= clean.calls; k++ {
-		for _, errno := range []syscall.Errno{syscall.EIO, syscall.ENOSPC} {
-			for _, sticky := range []bool{false, true} {
-				in := &storeInjector{target: k, errno: errno, sticky: sticky}
-				res := runStagingFaultScenario(t, filepath.Join(base, "run"), in)
-				runs++
-				failedOps += res.failedOps
-				unclean += len(res.unclean)
-				partial += len(res.partial)
-				leaks += len(res.leaks)
-				for _, m := range append(append(res.unclean, res.partial...), res.leaks...) {
-					t.Errorf("%v at call %d (%s), from then on %v: %s", errno, k, clean.sites[k-1], sticky, m)
-				}
-			}
-		}
-	}
+	tot := runFaultMatrix(t, clean, func(in *storeInjector) (int, []string, []string, []string) {
+		res := runStagingFaultScenario(t, filepath.Join(base, "run"), in)
+		return res.failedOps, res.unclean, res.partial, res.leaks
+	})
+	runs, failedOps, unclean, partial, leaks := tot.runs, tot.failedOps, tot.unclean, tot.partial, tot.leaks
 	if failedOps == 0 {
 		t.Fatal("no injected fault ever failed an operation: the hook does not reach the staging")
 	}
