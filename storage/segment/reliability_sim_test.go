@@ -829,7 +829,16 @@ func simSeeds(t *testing.T, n int) (seeds []uint64, replay bool) {
 
 func TestReliabilitySimulatedCrashes(t *testing.T) {
 	seeds, replay := simSeeds(t, figures.Pick(200, 20_000))
-	budget := figures.Pick(50*time.Second, 20*time.Minute)
+	// The long mode's budget keeps `task reliability` within the hour on two cores; the seeds
+	// it did not reach are reported (KURA_RELIABILITY_SIM_BUDGET, a duration, raises it).
+	budget := figures.Pick(50*time.Second, 10*time.Minute)
+	if v := os.Getenv("KURA_RELIABILITY_SIM_BUDGET"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("KURA_RELIABILITY_SIM_BUDGET=%q: %v", v, err)
+		}
+		budget = d
+	}
 	start := time.Now()
 
 	// Replaying a seed is deterministic: the same seam calls, the same crash image.
