@@ -301,11 +301,10 @@ func TestReliabilityHostileConcurrentOversize(t *testing.T) {
 
 // slowAttack is one slow connection's fate.
 type slowAttack struct {
-	kind    string
-	cutAt   time.Duration // from the first byte until the server closed or answered
-	cut     bool
-	answer  string // what the server sent, if anything
-	elapsed time.Duration
+	kind   string
+	cutAt  time.Duration // from the first byte until the server closed or answered
+	cut    bool
+	answer string // what the server sent, if anything
 }
 
 // TestReliabilityHostileSlowClients opens connections that send their headers one byte at a
