@@ -53,7 +53,7 @@ func TestHardMemoryWatermarkPausesReplication(t *testing.T) {
 	// reach B by B's own pull (B finished its bootstrap sweep; the next is an hour away).
 	PollUntil(t, wait, "A and B joined, A's outbox targets B, B bootstrapped", func() (bool, string) {
 		ma, mb := ScrapeMetrics(t, a), ScrapeMetrics(t, b)
-		target := hasSeries(ma, "kura_outbox_depth", map[string]string{"peer": b.Name})
+		target := len(ma.Series("kura_outbox_depth", map[string]string{"peer": b.Name})) > 0
 		sweeps := mb.Sum("kura_antientropy_runs_total", map[string]string{"result": "ok"})
 		return target && sweeps >= 1, fmt.Sprintf("A's outbox has a queue for %s: %v; B's ok sweeps: %v", b.Name, target, sweeps)
 	})
@@ -130,26 +130,4 @@ func TestHardMemoryWatermarkPausesReplication(t *testing.T) {
 	if n := ScrapeMetrics(t, b).Sum("kura_read_through_total", nil); n != 0 {
 		t.Errorf("B served %v reads through its peers; the writes should have been pushed", n)
 	}
-}
-
-// hasSeries reports whether the scrape holds a series of name whose labels include match.
-func hasSeries(m Metrics, name string, match map[string]string) bool {
-	fam, ok := m[name]
-	if !ok {
-		return false
-	}
-series:
-	for _, metric := range fam.GetMetric() {
-		labels := map[string]string{}
-		for _, lp := range metric.GetLabel() {
-			labels[lp.GetName()] = lp.GetValue()
-		}
-		for k, v := range match {
-			if labels[k] != v {
-				continue series
-			}
-		}
-		return true
-	}
-	return false
 }

@@ -180,6 +180,10 @@ func (c *bufferCursor) varint() (uint64, error) {
 		}
 		b := c.cur[0]
 		c.cur = c.cur[1:]
+		if shift == 63 && b > 1 {
+			// The tenth byte holds only the 64th bit; anything more overflows, as proto says.
+			break
+		}
 		v |= uint64(b&0x7f) << shift
 		if b < 0x80 {
 			return v, nil

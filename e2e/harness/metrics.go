@@ -38,14 +38,14 @@ func ScrapeMetrics(t testing.TB, n *Node) Metrics {
 	return Metrics(families)
 }
 
-// Sum adds the values of every counter or gauge series of the family whose labels include all
-// of match. A family that is absent sums to 0.
-func (m Metrics) Sum(name string, match map[string]string) float64 {
+// Series returns the series of the family whose labels include all of match; none when the
+// family is absent.
+func (m Metrics) Series(name string, match map[string]string) []*dto.Metric {
 	fam, ok := m[name]
 	if !ok {
-		return 0
+		return nil
 	}
-	var total float64
+	var out []*dto.Metric
 series:
 	for _, metric := range fam.GetMetric() {
 		labels := map[string]string{}
@@ -57,6 +57,16 @@ series:
 				continue series
 			}
 		}
+		out = append(out, metric)
+	}
+	return out
+}
+
+// Sum adds the values of every counter or gauge series of the family whose labels include all
+// of match. A family that is absent sums to 0.
+func (m Metrics) Sum(name string, match map[string]string) float64 {
+	var total float64
+	for _, metric := range m.Series(name, match) {
 		switch {
 		case metric.Counter != nil:
 			total += metric.GetCounter().GetValue()
